@@ -97,16 +97,16 @@ def _preprocess(feedback, algorithm: str, pos_rng: np.random.RandomState | None)
 
 
 def time_bucket(steps: int) -> int:
-  """Pads a step count up to the grid 1, 2, 3, 4, 6, 8, 12, 16, 24, ...
+  """Pads a step count up to the grid 2, 3, 4, 6, 8, 12, 16, 24, ...
 
   Powers of two and their 1.5 multiples: at most a third of padded steps are
   wasted and the number of distinct shapes grows only logarithmically.
   """
-  b = 1
+  b = 2  # at least one processor step
   while True:
     for cand in (b, b * 3 // 2):
       if cand >= steps:
-        return max(cand, 1)
+        return cand
     b *= 2
 
 
