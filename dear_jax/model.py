@@ -1,0 +1,110 @@
+"""What the stepwise NAR and DEAR share: encoders -> processor -> decoders.
+
+A reasoner holds three Flax modules and applies them with explicit parameter
+sub-trees {'encoders', 'processor', 'decoders'}: the equilibrium solver must
+receive the processor's parameters as an explicit argument (implicit
+differentiation through jaxopt breaks on captured parameters). Subclasses
+define `forward`, i.e. how the processor is iterated.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dear_jax import data as data_lib
+from dear_jax import losses
+from dear_jax.decoders import Decoders, postprocess
+from dear_jax.encoders import Encoders
+from dear_jax.processors import build_processor
+
+
+class Reasoner:
+  """Base class; `encode_hints`/`decode_hints` are set by subclasses."""
+  encode_hints = False
+  decode_hints = False
+
+  def __init__(self, spec: dict, sample_batch: dict, cfg):
+    self.spec = spec
+    self.cfg = cfg
+    self.hidden = cfg.hidden
+    self.output_names = tuple(sample_batch['outputs'])
+    self.hint_names = tuple(sample_batch['hints']) if self.decode_hints else ()
+    nb_dims = {k: int(v.shape[-1]) for group in ('outputs', 'hints')
+               for k, v in sample_batch[group].items()
+               if spec[k][2] == 'categorical'}
+    self.encoders = Encoders(spec=spec, hidden=cfg.hidden,
+                             init_mode=cfg.encoder_init)
+    self.processor = build_processor(cfg.processor, cfg.hidden,
+                                     cfg.nb_triplet_fts)
+    self.decoders = Decoders(spec=spec,
+                             names=self.output_names + self.hint_names,
+                             hidden=cfg.hidden, nb_dims=nb_dims)
+
+  # --- the three stages, each with its own parameters -----------------------
+  def encode(self, params, probes: dict, nb_nodes: int):
+    return self.encoders.apply({'params': params['encoders']}, probes, nb_nodes)
+
+  def adjacency(self, batch: dict, adj_from_encoders):
+    """Aggregation graph for processors that use one: the input graph's
+    edges (+ pointer edges, as dm-clrs accumulates them), or all pairs for
+    algorithms without an `adj` input (arrays, strings), as DEAR does."""
+    if 'adj' in batch['inputs']:
+      return (adj_from_encoders > 0).astype(jnp.float32)
+    return jnp.ones_like(adj_from_encoders)
+
+  def process(self, proc_params, node, edge, graph, adj, hidden,
+              triplets: bool = True):
+    return self.processor.apply({'params': proc_params}, node, edge, graph,
+                                adj, hidden, triplets=triplets)
+
+  def decode(self, params, node, h_prev, h_new, edge, edge_latent, graph,
+             training: bool, key):
+    h_t = jnp.concatenate([node, h_prev, h_new], axis=-1)
+    e_t = edge if edge_latent is None else jnp.concatenate(
+        [edge, edge_latent], axis=-1)
+    preds = self.decoders.apply({'params': params['decoders']}, h_t, e_t, graph,
+                                training=training, rngs={'gumbel': key})
+    return ({k: preds[k] for k in self.output_names},
+            {k: preds[k] for k in self.hint_names})
+
+  # --- parameters ------------------------------------------------------------
+  def init(self, key, batch: dict) -> dict:
+    """Initialises all parameters by tracing one forward pass on `batch`."""
+    k_enc, k_proc, k_dec = jax.random.split(key, 3)
+    nb_nodes = data_lib.num_nodes(batch)
+    probes = dict(batch['inputs'])
+    if self.encode_hints:
+      probes.update({k: v[0] for k, v in batch['hints'].items()})
+    enc = self.encoders.init(k_enc, probes, nb_nodes)['params']
+    node, edge, graph, adj = self.encoders.apply({'params': enc}, probes,
+                                                 nb_nodes)
+    hidden = jnp.zeros(node.shape)
+    proc = self.processor.init(k_proc, node, edge, graph, adj, hidden)['params']
+    h_new, tri = self.processor.apply({'params': proc}, node, edge, graph, adj,
+                                      hidden)
+    h_t = jnp.concatenate([node, hidden, h_new], axis=-1)
+    e_t = edge if tri is None else jnp.concatenate([edge, tri], axis=-1)
+    dec = self.decoders.init(k_dec, h_t, e_t, graph)['params']
+    return {'encoders': enc, 'processor': proc, 'decoders': dec}
+
+  # --- what training and evaluation call ------------------------------------
+  def forward(self, params, batch, *, training: bool, key):
+    """-> (output logits, stacked hint logits or None, aux dict)."""
+    raise NotImplementedError
+
+  def loss(self, params, batch, key):
+    outputs, hints, aux = self.forward(params, batch, training=True, key=key)
+    loss = losses.total_loss(self.spec, batch, outputs, hints)
+    return loss + aux.pop('penalty', 0.0), aux
+
+  def predict(self, params, batch, key=None):
+    """Hard predictions as dm-clrs scores them (50 Sinkhorn steps)."""
+    key = jax.random.PRNGKey(0) if key is None else key
+    outputs, _, aux = self.forward(params, batch, training=False, key=key)
+    return postprocess(self.spec, outputs, hard=True, sinkhorn_steps=50), aux
+
+
+def count_params(params) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(params)))
