@@ -52,7 +52,7 @@ def clrs():
 
 
 def algorithm_names() -> tuple[str, ...]:
-  return tuple(clrs().CLRS_30_ALGS)
+  return tuple(clrs()._src.specs.CLRS_30_ALGS)  # not re-exported by dm-clrs
 
 
 def check_algorithm(name: str) -> None:
@@ -200,6 +200,12 @@ def validation_length(algorithm: str, cfg: 'DataConfig') -> int:
   return cfg.val_length
 
 
+def _rng_state(rng: np.random.RandomState) -> dict:
+  _, keys, pos, has_gauss, cached = rng.get_state()
+  return dict(keys=keys, pos=np.int64(pos), has_gauss=np.int64(has_gauss),
+              cached=np.float64(cached))
+
+
 class TrainStream:
   """Infinite training batches: one on-the-fly dm-clrs sampler per size.
 
@@ -228,6 +234,21 @@ class TrainStream:
     if cfg.size_schedule not in ('cycle', 'uniform'):
       raise ValueError(f'data.size_schedule must be cycle or uniform, '
                        f'got {cfg.size_schedule!r}')
+
+  def _rngs(self) -> list:
+    return [s._rng for s in self._samplers] + [self._pos_rng,  # pylint: disable=protected-access
+                                               self._schedule_rng]
+
+  def get_state(self) -> dict:
+    """Every RNG state of the stream, as arrays (for checkpoints)."""
+    return dict(step=np.int64(self._step),
+                rngs=[_rng_state(r) for r in self._rngs()])
+
+  def set_state(self, state: dict) -> None:
+    for rng, s in zip(self._rngs(), state['rngs']):
+      rng.set_state(('MT19937', np.asarray(s['keys'], np.uint32),
+                     int(s['pos']), int(s['has_gauss']), float(s['cached'])))
+    self._step = int(state['step'])
 
   def __iter__(self) -> Iterator[Batch]:
     return self

@@ -1,0 +1,93 @@
+"""Command line: python -m dear_jax.run --algorithm=bfs [--model=dear|nar] ...
+
+Flags are defined when the CLI starts, not at import, and avoid the names
+that `import clrs` registers (e.g. `seeds`, `use_hints`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+from absl import flags  # pylint: disable=g-import-not-at-top
+from ml_collections import config_flags
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODELS = ('dear', 'nar')
+
+
+def _define_flags(fv: flags.FlagValues):
+  flags.DEFINE_string('algorithm', 'bfs', 'CLRS-30 algorithm name.',
+                      flag_values=fv)
+  flags.DEFINE_enum('model', None, MODELS, 'dear (default) or nar; '
+                    'overrides config.model_kind.', flag_values=fv)
+  flags.DEFINE_integer('train_steps', None, 'Overrides config.train.steps.',
+                       flag_values=fv)
+  flags.DEFINE_integer('seed', None, 'Overrides config.train.seed.',
+                       flag_values=fv)
+  flags.DEFINE_string('workdir', None, 'Output folder (default: '
+                      'runs/ALGORITHM_MODEL_sSEED).', flag_values=fv)
+  flags.DEFINE_string('hint_mode', None, 'NAR hint mode: encoded_decoded, '
+                      'decoded_only or none.', flag_values=fv)
+  flags.DEFINE_bool('progress', True, 'Show a progress bar.', flag_values=fv)
+  config_flags.DEFINE_config_file(
+      'config', os.path.join(_REPO, 'configs', 'default.py'),
+      'Config file (configs/*.py); override keys with --config.KEY=VALUE.',
+      flag_values=fv, lock_config=True)
+
+
+def _fail(message: str) -> None:
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def resolve_config(fv):
+  """The config with command-line overrides applied, validated."""
+  from dear_jax import validation  # pylint: disable=g-import-not-at-top
+  config = fv.config
+  with config.unlocked():
+    if fv.model is not None:
+      config.model_kind = fv.model
+    if fv.train_steps is not None:
+      config.train.steps = fv.train_steps
+    if fv.seed is not None:
+      config.train.seed = fv.seed
+    if fv.hint_mode is not None:
+      if config.model_kind != 'nar':
+        raise ValueError('--hint_mode applies to --model=nar only (DEAR '
+                         'uses no hints)')
+      config.nar.hint_mode = fv.hint_mode
+  validation.check_config(config)
+  return config
+
+
+def main(argv=None) -> int:
+  argv = sys.argv if argv is None else argv
+  fv = flags.FlagValues()
+  _define_flags(fv)
+  try:
+    fv(argv)
+    config = resolve_config(fv)
+  except (flags.Error, ValueError, TypeError, KeyError, AttributeError) as e:
+    _fail(str(e).strip().splitlines()[0])
+
+  from dear_jax import data, train  # pylint: disable=g-import-not-at-top
+  from dear_jax import validation  # pylint: disable=g-import-not-at-top
+  try:
+    data.check_algorithm(fv.algorithm)
+    workdir = fv.workdir or os.path.join(
+        'runs', f'{fv.algorithm}_{config.model_kind}_s{config.train.seed}')
+    validation.check_workdir(workdir)
+    results = train.train_and_evaluate(config, workdir, fv.algorithm,
+                                       progress=fv.progress)
+  except (ValueError, train.RunError) as e:
+    _fail(str(e).strip().splitlines()[0])
+  print(train.summary_table(results))
+  print(f'results: {os.path.join(workdir, "results.json")}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,244 @@
+"""Training and evaluation: `train_and_evaluate(config, workdir) -> results`.
+
+Adam with global-norm clipping; validation every `eval_every` steps (and at
+step 0, as run.py); the best-by-validation parameters are tested on the
+official OOD split. Every validation writes an orbax checkpoint holding the
+parameters, optimiser state, best parameters and the data stream's RNG
+states, so a killed run restarted on the same workdir ends exactly as an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import tqdm
+
+from dear_jax import data as data_lib
+from dear_jax.model import count_params
+from dear_jax.results import summary_table, write_results
+
+
+class RunError(Exception):
+  """A problem the user can fix; reported as one line, exit code 2."""
+
+
+def data_config(config) -> data_lib.DataConfig:
+  d = config.data.to_dict()
+  d['val_num_samples'] = d['val_num_samples'] or None
+  d['test_num_samples'] = d['test_num_samples'] or None
+  return data_lib.DataConfig.from_dict(d)
+
+
+def build_model(config, spec: dict, sample_batch: dict):
+  if config.model_kind == 'nar':
+    from dear_jax.nar import StepwiseNAR  # pylint: disable=g-import-not-at-top
+    return StepwiseNAR(spec, sample_batch, config.model, config.nar.hint_mode)
+  from dear_jax.dear import EquilibriumReasoner  # pylint: disable=g-import-not-at-top
+  return EquilibriumReasoner(spec, sample_batch, config.model, config.dear)
+
+
+def uses_hints(config) -> bool:
+  return config.model_kind == 'nar'
+
+
+def _optimizer(config):
+  return optax.chain(optax.clip_by_global_norm(config.train.grad_clip),
+                     optax.adam(config.train.learning_rate))
+
+
+def evaluate(model, predict_fn, params, evalset) -> dict:
+  """Scores a split with `clrs.evaluate` (pooled over the whole split)."""
+  preds, stats = [], []
+  for batch in evalset.batches:
+    out, aux = predict_fn(params, batch)
+    preds.append(jax.device_get(out))
+    if 'solver' in aux:
+      stats.append(jax.device_get(aux['solver']))
+  n = evalset.num_samples
+  preds = {k: np.concatenate([p[k] for p in preds])[:n] for k in preds[0]}
+  clrs = data_lib.clrs()
+  scores = clrs.evaluate(data_lib.datapoints(evalset.outputs, evalset.spec),
+                         {dp.name: dp for dp in
+                          data_lib.datapoints(preds, evalset.spec)})
+  result = {'score': float(scores['score'])}
+  if stats:
+    iters = np.concatenate([s.iterations for s in stats])[:n]
+    result.update(
+        solver_iters_mean=float(iters.mean()),
+        solver_iters_p95=float(np.percentile(iters, 95)),
+        nonconverged_fraction=float(
+            1 - np.concatenate([s.converged for s in stats])[:n].mean()),
+        final_residual_mean=float(
+            np.concatenate([s.residual for s in stats])[:n].mean()),
+        nonfinite_graphs=int(
+            (np.concatenate([s.nonfinite for s in stats])[:n] > 0).sum()),
+        iterations=iters.tolist())
+  return result
+
+
+class _Checkpoints:
+  """orbax CheckpointManager over {state pytree, meta json}."""
+
+  def __init__(self, directory: str):
+    self._mngr = ocp.CheckpointManager(
+        os.path.abspath(directory),
+        options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True),
+        item_names=('state', 'meta'))
+
+  def latest_step(self):
+    return self._mngr.latest_step()
+
+  def save(self, step: int, state: dict, meta: dict) -> None:
+    self._mngr.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+    self._mngr.wait_until_finished()
+
+  def restore(self, step: int, like: dict):
+    try:
+      restored = self._mngr.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(like), meta=ocp.args.JsonRestore()))
+    except Exception as e:  # orbax raises many types for damaged files
+      raise RunError(
+          f'checkpoint {step} in {self._mngr.directory} cannot be restored '
+          f'({type(e).__name__}: {str(e).splitlines()[0][:200]}); move it away '
+          'or use another --workdir') from e
+    return restored.state, restored.meta
+
+  def close(self):
+    self._mngr.close()
+
+
+def train_and_evaluate(config, workdir: str, algorithm: str,
+                       progress: bool = True) -> dict:
+  """Trains `config.model_kind` on `algorithm`; writes WORKDIR/results.json."""
+  os.makedirs(workdir, exist_ok=True)
+  dcfg = data_config(config)
+  seed = int(config.train.seed)
+  hints = uses_hints(config)
+  spec = data_lib.processed_spec(algorithm)
+  stream = data_lib.TrainStream(algorithm, dcfg, seed, keep_hints=hints)
+  val_set = data_lib.load_split(algorithm, 'val', dcfg, seed, keep_hints=hints)
+  test_set = data_lib.load_split(algorithm, 'test', dcfg, keep_hints=hints)
+
+  model = build_model(config, spec, val_set.batches[0])
+  key = jax.random.PRNGKey(seed)
+  params = model.init(jax.random.fold_in(key, 0), val_set.batches[0])
+  optimizer = _optimizer(config)
+  opt_state = optimizer.init(params)
+
+  @jax.jit
+  def train_step(params, opt_state, batch, step_key):
+    (loss, aux), grads = jax.value_and_grad(model.loss, has_aux=True)(
+        params, batch, step_key)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss, aux
+
+  predict = jax.jit(model.predict)
+
+  checkpoints = _Checkpoints(os.path.join(workdir, 'checkpoints'))
+  state = dict(params=params, opt_state=opt_state, best_params=params,
+               data=stream.get_state())
+  meta = dict(step=0, best_val=-1.0, best_step=0, val_curve=[], loss_curve=[],
+              train_seconds=0.0, data_key=val_set.key + test_set.key)
+  start = checkpoints.latest_step()
+  if start is not None:
+    state, meta = checkpoints.restore(start, state)
+    if meta['data_key'] != val_set.key + test_set.key:
+      raise RunError(f'{workdir} holds a run with another data protocol; '
+                     'use another --workdir')
+    stream.set_state(state['data'])
+  params, opt_state = state['params'], state['opt_state']
+  best_params = state['best_params']
+  steps = int(config.train.steps)
+  metrics_path = os.path.join(workdir, 'metrics.jsonl')
+
+  def validate(step, params):
+    nonlocal best_params
+    v = evaluate(model, predict, params, val_set)
+    meta['val_curve'].append([step, v['score']])
+    if v['score'] > meta['best_val']:
+      meta.update(best_val=v['score'], best_step=step)
+      best_params = params
+    record = dict(step=step, val_score=v['score'],
+                  **{k: v[k] for k in v if k.startswith(('solver', 'nonconv'))})
+    with open(metrics_path, 'a') as f:
+      f.write(json.dumps(record) + '\n')
+    return v
+
+  if meta['step'] == 0 and not meta['val_curve']:
+    validate(0, params)
+  bar = tqdm.tqdm(total=steps, initial=meta['step'], disable=not progress,
+                  dynamic_ncols=True, desc=f'{config.model_kind} {algorithm}')
+  step = meta['step']
+  losses = []
+  t0 = time.time()
+  try:
+    while step < steps:
+      batch = next(stream)
+      params, opt_state, loss, aux = train_step(
+          params, opt_state, batch, jax.random.fold_in(key, step + 1))
+      loss = float(loss)
+      step += 1
+      if not np.isfinite(loss):
+        raise RunError(
+            f'loss became {loss} at step {step}: training diverged; the last '
+            f'good checkpoint (step {checkpoints.latest_step()}) is intact')
+      losses.append(loss)
+      postfix = dict(loss=f'{loss:.3f}', val=f"{meta['val_curve'][-1][1]:.3f}")
+      if 'solver' in aux:
+        postfix['iters'] = f"{float(aux['solver'].iterations.mean()):.1f}"
+        postfix['nonconv'] = f"{float(1 - aux['solver'].converged.mean()):.0%}"
+      bar.set_postfix(postfix, refresh=False)
+      bar.update(1)
+      if step % config.train.eval_every == 0 or step == steps:
+        meta['train_seconds'] += time.time() - t0
+        meta['loss_curve'].append([step, float(np.mean(losses))])
+        losses = []
+        validate(step, params)
+        meta['step'] = step
+        checkpoints.save(step, dict(params=params, opt_state=opt_state,
+                                    best_params=best_params,
+                                    data=stream.get_state()), meta)
+        t0 = time.time()
+  except KeyboardInterrupt as e:
+    raise RunError(f'interrupted at step {step}; the checkpoint of step '
+                   f'{checkpoints.latest_step()} is intact: rerun the same '
+                   'command to resume') from e
+  finally:
+    bar.close()
+    checkpoints.close()
+
+  predict(best_params, test_set.batches[0])  # compile outside the timing
+  t_eval = time.time()
+  test = evaluate(model, predict, best_params, test_set)
+  eval_seconds = time.time() - t_eval
+  results = dict(
+      algorithm=algorithm, model=config.model_kind, seed=seed,
+      train_steps=steps, test_score=test['score'], val_score=meta['best_val'],
+      best_step=meta['best_step'], test_nodes=data_lib.num_nodes(
+          test_set.batches[0]), test_graphs=test_set.num_samples,
+      train_seconds=meta['train_seconds'],
+      eval_seconds_per_graph=eval_seconds / test_set.num_samples,
+      algo_steps_mean=float(np.mean(test_set.lengths) - 1),
+      num_params=count_params(best_params), val_curve=meta['val_curve'],
+      loss_curve=meta['loss_curve'], config=config.to_dict())
+  if config.model_kind == 'nar':
+    results['hint_mode'] = config.nar.hint_mode
+  for k, v in test.items():
+    if k != 'score':
+      results[k if k != 'iterations' else 'solver_iterations'] = v
+  if 'iterations' in test:
+    results['test_algo_steps'] = (test_set.lengths - 1).tolist()
+  write_results(workdir, results)
+  return results
+
+
+__all__ = ['train_and_evaluate', 'evaluate', 'RunError', 'summary_table']

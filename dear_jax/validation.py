@@ -1,0 +1,60 @@
+"""Checks of user input, each failing with one line that says what is allowed."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+from dear_jax.nar import HINT_MODES
+from dear_jax.processors import PROCESSORS
+from dear_jax.solver import SolverConfig
+
+MODEL_KINDS = ('dear', 'nar')
+
+
+def _positive(name: str, value) -> None:
+  if not value > 0:
+    raise ValueError(f'{name} must be positive, got {value}')
+
+
+def solver_config(dear_section) -> SolverConfig:
+  """The solver fields of the config's `dear` section."""
+  fields = SolverConfig.__dataclass_fields__
+  return SolverConfig(**{k: v for k, v in dear_section.items() if k in fields})
+
+
+def check_config(config) -> None:
+  if config.model_kind not in MODEL_KINDS:
+    raise ValueError(f'model must be one of {", ".join(MODEL_KINDS)}, got '
+                     f'{config.model_kind!r}')
+  for name in ('steps', 'eval_every', 'learning_rate', 'grad_clip'):
+    _positive(f'train.{name}', config.train[name])
+  for name in ('batch_size', 'eval_batch_size', 'val_length', 'test_length'):
+    _positive(f'data.{name}', config.data[name])
+  if not config.data.train_sizes or min(config.data.train_sizes) < 2:
+    raise ValueError('data.train_sizes must be graph sizes >= 2, got '
+                     f'{config.data.train_sizes}')
+  if config.data.size_schedule not in ('cycle', 'uniform'):
+    raise ValueError('data.size_schedule must be cycle or uniform, got '
+                     f'{config.data.size_schedule!r}')
+  if config.model.processor not in PROCESSORS:
+    raise ValueError(f'model.processor must be one of {", ".join(PROCESSORS)},'
+                     f' got {config.model.processor!r}')
+  _positive('model.hidden', config.model.hidden)
+  if config.nar.hint_mode not in HINT_MODES:
+    raise ValueError(f'hint_mode must be one of {", ".join(HINT_MODES)}, got '
+                     f'{config.nar.hint_mode!r}')
+  if config.dear.jac_reg_weight < 0 or config.dear.state_noise < 0:
+    raise ValueError('dear.jac_reg_weight and dear.state_noise must be >= 0')
+  solver_config(config.dear).validate()
+
+
+def check_workdir(workdir: str) -> None:
+  """Fails early if the workdir cannot be written (before any training)."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=workdir):
+      pass
+  except OSError as e:
+    raise ValueError(f'workdir {workdir!r} is not writable ({e.strerror})'
+                     ) from e
