@@ -1,0 +1,1 @@
+"""Reference baselines run on exactly the same data as dear_jax."""

@@ -1,0 +1,138 @@
+"""The official dm-clrs BaselineModel runner (baselines/clrs_official.py).
+
+The training runs happen in one child process so that it can use settings that
+must precede jax's backend start-up: CPU only, XLA's cheapest optimisation
+level (compiles dominate a 3-step run) and a persistent compilation cache, so
+the second, identical run does not recompile. Seed 1 is used because its first
+training batches at n=4 share one padded length: a single train-step compile.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from dear_jax import results as results_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PUBLISHED_BFS_PARAMS = 523963  # EvoPrompting Table 1; clrs.md section 7.5.
+
+_CHILD = r'''
+import functools, json, sys
+import jax
+from dear_jax import data
+from baselines import clrs_official as off
+
+out, cache = sys.argv[1], sys.argv[2]
+cfg = data.DataConfig(train_sizes=(4,), batch_size=4, val_length=5,
+                      test_length=6, val_num_samples=8, test_num_samples=8,
+                      eval_batch_size=4, cache_dir=cache)
+runs = [off.train_official('bfs', seed=1, train_steps=3,
+                           hint_mode='encoded_decoded', data_cfg=cfg,
+                           workdir=f'{out}/run{i}', eval_every=2)
+        for i in range(2)]
+
+# Parameter count of the run.py-default model built on a real BFS batch at
+# n=16 (shapes only: jax.eval_shape of the model's own haiku init).
+spec = data.processed_spec('bfs')
+stream = data.TrainStream('bfs', data.DataConfig(train_sizes=(16,)), 0)
+feedback = data.to_feedback(next(stream), spec)
+assert data.num_nodes(next(stream)) == 16
+counts = {}
+for mode in ('encoded_decoded', 'none'):
+  model = off.build_model('bfs', spec, feedback, hint_mode=mode)
+  shapes = jax.eval_shape(functools.partial(
+      model.net_fn.init, jax.random.PRNGKey(0), [feedback.features], True,
+      algorithm_index=-1, return_hints=False, return_all_outputs=False))
+  counts[mode] = off.count_params(shapes)
+print('RESULT' + json.dumps(dict(runs=[f'{out}/run{i}' for i in range(2)],
+                                 counts=counts)))
+'''
+
+
+def _env(**extra):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', JAX_PLATFORMS='cpu')
+  env['PYTHONPATH'] = os.pathsep.join(
+      p for p in (ROOT, os.environ.get('PYTHONPATH')) if p)
+  env.update(extra)
+  return env
+
+
+@pytest.fixture(scope='module')
+def child(tmp_path_factory):
+  tmp = tmp_path_factory.mktemp('clrs_official')
+  xla_flags = ' '.join(filter(None, (
+      os.environ.get('XLA_FLAGS'), '--xla_backend_optimization_level=0',
+      '--xla_llvm_disable_expensive_passes=true')))
+  env = _env(XLA_FLAGS=xla_flags,
+             JAX_COMPILATION_CACHE_DIR=str(tmp / 'jax_cache'),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
+  proc = subprocess.run(
+      [sys.executable, '-c', _CHILD, str(tmp / 'out'), str(tmp / 'data')],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-5000:]
+  line = [l for l in proc.stdout.splitlines() if l.startswith('RESULT')][-1]
+  info = json.loads(line[len('RESULT'):])
+  runs = []
+  for workdir in info['runs']:
+    with open(os.path.join(workdir, 'results.json')) as f:
+      runs.append(json.load(f))
+  return dict(runs=runs, counts=info['counts'])
+
+
+def test_results_json_schema(child):
+  r = child['runs'][0]
+  missing = [k for k in results_lib.REQUIRED_KEYS if k not in r]
+  assert not missing
+  assert r['model'] == 'clrs_official'
+  assert r['algorithm'] == 'bfs' and r['seed'] == 1 and r['train_steps'] == 3
+  assert r['hint_mode'] == 'encoded_decoded'
+  assert r['test_graphs'] == 8 and r['test_nodes'] == 6
+  assert 0.0 <= r['test_score'] <= 1.0 and 0.0 <= r['val_score'] <= 1.0
+  assert [s for s, _ in r['loss_curve']] == [0, 1, 2]
+  assert [s for s, _ in r['val_curve']] == [0, 2]  # run.py: step 0, then every 2
+  assert r['val_score'] == max(v for _, v in r['val_curve'])
+  assert r['train_steps_per_second'] > 0
+  assert r['eval_seconds_per_graph'] > 0
+  assert r['algo_steps_mean'] > 0
+  cfg = r['config']
+  assert cfg['hidden_dim'] == 128 and cfg['learning_rate'] == 1e-3
+  assert cfg['encode_hints'] and cfg['decode_hints']
+  assert cfg['data']['batch_size'] == 4
+  # The trained model is run.py's: same parameter count as published.
+  assert r['num_params'] == PUBLISHED_BFS_PARAMS
+  print(results_lib.summary_table(r))
+
+
+def test_same_seed_is_deterministic(child):
+  a, b = child['runs']
+  assert a['test_score'] == b['test_score']
+  assert a['loss_curve'] == b['loss_curve']
+  assert a['val_curve'] == b['val_curve']
+
+
+def test_num_params_bfs_n16(child):
+  assert child['counts']['encoded_decoded'] == PUBLISHED_BFS_PARAMS
+  # Without hints there are no hint encoders/decoders.
+  assert 0 < child['counts']['none'] < PUBLISHED_BFS_PARAMS
+
+
+@pytest.mark.parametrize('args', [
+    ['--algorithm=not_an_algorithm'],
+    ['--algorithm=bfs', '--train_steps=0'],
+    ['--algorithm=bfs', '--hint_mode=decoded_sometimes'],
+])
+def test_cli_bad_input(args, tmp_path):
+  proc = subprocess.run(
+      [sys.executable, '-m', 'baselines.clrs_official', *args,
+       f'--out={tmp_path}'],
+      cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2
+  assert 'Traceback' not in proc.stderr
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1, proc.stderr
+  assert 'error' in lines[0]
+  assert not os.path.exists(os.path.join(tmp_path, 'results.json'))
