@@ -1,0 +1,298 @@
+"""Tests for dear_jax.solver: gradients, per-graph stopping, tolerances, guards."""
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dear_jax.solver import SolveStats, SolverConfig, jacobian_penalty, solve
+
+B, N, H, D = 3, 5, 8, 4
+TIGHT = dict(tol=1e-6, tol_mode='abs', max_iter_train=200, max_iter_eval=200)
+# one compilation per (f, config, training, shapes) instead of op-by-op dispatch
+jsolve = jax.jit(solve, static_argnames=('f', 'config', 'training'))
+
+
+def gnn(h, p, adj, x):
+  """One graph: h' = tanh(A h W + x U + b); row-normalised A and ||W||_2 = 0.5
+  make it a 0.5-contraction."""
+  return jnp.tanh(adj @ h @ p['W'] + x @ p['U'] + p['b'])
+
+
+@pytest.fixture(scope='module')
+def problem():
+  rng = np.random.default_rng(0)   # numpy: eager jax ops would each compile
+  w = rng.normal(size=(H, H))
+  params = dict(W=0.5 * w / np.linalg.norm(w, 2), U=rng.normal(size=(D, H)),
+                b=0.1 * rng.normal(size=H))
+  adj = (rng.uniform(size=(B, N, N)) < 0.5) + np.eye(N)
+  adj = adj / adj.sum(-1, keepdims=True)
+  # graphs of different difficulty: small inputs keep tanh linear (slow), big ones saturate
+  x = rng.normal(size=(B, N, D)) * np.array([0.1, 1.0, 3.0])[:, None, None]
+  c = rng.normal(size=(B, N, H))
+  return jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), (params, adj, x, c))
+
+
+def solve_loss(cfg, params, adj, x, c):
+  h, _ = solve(gnn, jnp.zeros((B, N, H)), params, (adj, x), config=cfg, training=True)
+  return jnp.sum(h * c)
+
+
+@pytest.fixture(scope='module')
+def unrolled_grad(problem):
+  params, adj, x, c = problem
+
+  def loss(p, x):
+    fb = jax.vmap(gnn, in_axes=(0, None, 0, 0))
+    h = jax.lax.fori_loop(0, 100, lambda _, h: fb(h, p, adj, x), jnp.zeros((B, N, H)))
+    return jnp.sum(h * c)
+  return jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x)
+
+
+def flat(tree):
+  return jnp.concatenate([jnp.ravel(a) for a in jax.tree.leaves(tree)])
+
+
+def rel_err(a, b):
+  return float(jnp.linalg.norm(flat(a) - flat(b)) / jnp.linalg.norm(flat(b)))
+
+
+@pytest.fixture(scope='module')
+def grad_of(problem):
+  """cfg -> (loss, (d loss/d params, d loss/d x)), compiled once per config."""
+  params, adj, x, c = problem
+
+  @functools.cache
+  def grads(cfg):
+    loss = lambda p, x: solve_loss(cfg, p, adj, x, c)
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, x)
+  return grads
+
+
+@pytest.mark.parametrize('method', ['anderson', 'fixed_point'])
+def test_ift_matches_unrolled(grad_of, unrolled_grad, method):
+  _, g = grad_of(SolverConfig(method=method, grad='ift', **TIGHT))
+  assert rel_err(g[0], unrolled_grad[0]) < 1e-3   # params (measured ~1e-6)
+  assert rel_err(g[1], unrolled_grad[1]) < 1e-3   # inputs
+
+
+def test_ift_matches_finite_differences(problem, grad_of):
+  params, adj, x, c = problem
+  cfg = SolverConfig(method='anderson', grad='ift', **TIGHT)
+  _, (gp, gx) = grad_of(cfg)
+  loss = jax.jit(lambda p, x: solve_loss(cfg, p, adj, x, c))
+  keys = jax.random.split(jax.random.PRNGKey(1), 2)
+  dp = jax.tree.map(lambda a: jax.random.normal(keys[0], a.shape), params)
+  dx = jax.random.normal(keys[1], x.shape)
+  eps = 1e-2
+  for (tp, tx), exact in [((dp, 0 * dx), jnp.vdot(flat(gp), flat(dp))),
+                          ((jax.tree.map(jnp.zeros_like, dp), dx), jnp.vdot(gx, dx))]:
+    at = lambda s: loss(jax.tree.map(lambda a, t: a + s * eps * t, params, tp), x + s * eps * tx)
+    fd = (8 * (at(1) - at(-1)) - (at(2) - at(-2))) / (12 * eps)   # O(eps^4) stencil
+    assert abs(float(fd - exact)) < 2e-3 * abs(float(exact))
+
+
+def test_phantom_approaches_ift(grad_of):
+  ift = grad_of(SolverConfig(method='fixed_point', grad='ift', **TIGHT))[1]
+  errs = [rel_err(grad_of(SolverConfig(method='fixed_point', grad='phantom', phantom_steps=k,
+                                       **TIGHT))[1][0], ift[0]) for k in (1, 5, 20)]
+  assert errs[0] > errs[1] > errs[2] and errs[2] < 0.02, errs
+
+
+def test_jfb_is_detached(grad_of):
+  loss_jfb, (gp, gx) = grad_of(SolverConfig(method='fixed_point', grad='jfb', **TIGHT))
+  assert float(jnp.abs(flat(gp)).max()) == 0 and float(jnp.abs(gx).max()) == 0
+  loss_ift, _ = grad_of(SolverConfig(method='fixed_point', grad='ift', **TIGHT))
+  np.testing.assert_allclose(loss_jfb, loss_ift, rtol=1e-6)
+
+
+def test_ift_stores_no_per_iteration_activations(problem):
+  params, adj, x, c = problem
+  sizes = []
+  for cap in (5, 300):  # tol 0 never met: every graph runs to the cap
+    cfg = SolverConfig(method='fixed_point', grad='ift', backward_solver='bicgstab', tol=1e-30,
+                       tol_mode='abs', max_iter_train=cap)
+    fn = jax.jit(jax.grad(lambda p, x: solve_loss(cfg, p, adj, x, c)))
+    assert 'scan' not in str(jax.make_jaxpr(fn)(params, x))
+    sizes.append(fn.lower(params, x).compile().memory_analysis().temp_size_in_bytes)
+  assert sizes[0] == sizes[1]
+
+
+def test_per_graph_first_hit_matches_solo(problem):
+  params, adj, x, _ = problem
+  cfg = SolverConfig(method='anderson', tol=1e-3)
+  h, st = jsolve(gnn, jnp.zeros((B, N, H)), params, (adj, x), config=cfg, training=True)
+  assert bool(st.converged.all()) and len(set(st.iterations.tolist())) == B
+  for i in range(B):
+    hi, si = jsolve(gnn, jnp.zeros((1, N, H)), params, (adj[i:i + 1], x[i:i + 1]),
+                   config=cfg, training=True)
+    assert int(si.iterations[0]) == int(st.iterations[i])
+    np.testing.assert_allclose(hi[0], h[i], atol=1e-6)
+  # the hardest graph was still iterating when the others stopped; one f evaluation
+  # less and it is not yet under tol, so it returned its first under-tol iterate
+  i = int(jnp.argmax(st.iterations))
+  short = dataclasses.replace(cfg, max_iter_train=int(st.iterations[i]) - 1)
+  _, s2 = jsolve(gnn, jnp.zeros((B, N, H)), params, (adj, x), config=short, training=True)
+  assert not bool(s2.converged[i]) and bool(s2.converged[np.argmin(st.iterations)])
+
+
+def test_first_hit_is_exact_picard_iterate(problem):
+  """fixed_point with damping 1 evaluates f at x_k = f^k(0); the answer must be the
+  first x_k with ||f(x_k) - x_k|| / (||f(x_k)|| + 1e-9) < tol, after k + 1 evaluations."""
+  params, adj, x, _ = problem
+  tol = 1e-3
+  h, st = jsolve(gnn, jnp.zeros((B, N, H)), params, (adj, x), training=False,
+                config=SolverConfig(method='fixed_point', tol=tol))
+  for i in range(B):
+    xk = jnp.zeros((N, H))
+    for k in range(40):
+      fx = gnn(xk, params, adj[i], x[i])
+      r = jnp.linalg.norm(fx - xk) / (jnp.linalg.norm(fx) + 1e-9)
+      if r < tol:
+        break
+      xk = fx
+    assert int(st.iterations[i]) == k + 1
+    np.testing.assert_allclose(h[i], xk, atol=1e-6)
+    np.testing.assert_allclose(st.residual[i], r, rtol=1e-4)
+
+
+@pytest.mark.parametrize('method,mode', [('anderson', 'rel'), ('broyden', 'abs')])
+def test_residual_is_that_of_returned_state(problem, method, mode):
+  params, adj, x, _ = problem
+  h, st = jsolve(gnn, jnp.zeros((B, N, H)), params, (adj, x), training=True,
+                config=SolverConfig(method=method, tol=1e-2, tol_mode=mode))
+  fh = jax.vmap(gnn, in_axes=(0, None, 0, 0))(h, params, adj, x)
+  a = jnp.linalg.norm((fh - h).reshape(B, -1), axis=1)
+  r = a / (jnp.linalg.norm(fh.reshape(B, -1), axis=1) + 1e-9) if mode == 'rel' else a
+  np.testing.assert_allclose(st.abs_residual, a, rtol=1e-3, atol=1e-7)
+  np.testing.assert_allclose(st.residual, r, rtol=1e-3, atol=1e-7)
+  assert bool(st.converged.all()) and bool((st.residual < 1e-2).all())
+
+
+def test_rel_and_abs_tolerance_definitions():
+  """f(h) = c + (h - c)/2 from 0: x_k = c (1 - 2^-k), ||f(x_k) - x_k|| = 2^-(k+1) ||c||.
+  rel = 2^-(k+1) / (1 - 2^-(k+1)) < 0.1 first at k = 3; abs < 0.1 with ||c|| = 100 sqrt(40)
+  first at k = 12 (2^-13 * 632.5 = 0.077)."""
+  f = lambda h, _, c: c + 0.5 * (h - c)
+  c = jnp.full((1, N, H), 100.0)
+  its = {}
+  for mode in ('rel', 'abs'):
+    h, st = jsolve(f, jnp.zeros((1, N, H)), None, (c,), training=True,
+                  config=SolverConfig(method='fixed_point', tol_mode=mode))
+    its[mode] = int(st.iterations[0])
+    np.testing.assert_allclose(h[0], 100 * (1 - 0.5 ** (its[mode] - 1)), rtol=1e-6)
+  assert its == {'rel': 4, 'abs': 13}
+
+
+@pytest.mark.parametrize('method', ['anderson', 'fixed_point'])
+def test_nonconvergence_is_reported(method):
+  """h + 1 has no fixed point: the residual is sqrt(N H) forever."""
+  h, st = jsolve(lambda h, p: h + p, jnp.zeros((2, N, H)), jnp.float32(1.0), (), training=False,
+                config=SolverConfig(method=method, tol=0.1, tol_mode='abs', max_iter_eval=17))
+  assert not bool(st.converged.any()) and st.iterations.tolist() == [17, 17]
+  np.testing.assert_allclose(st.abs_residual, np.sqrt(N * H), rtol=1e-5)
+  assert int(st.nonfinite.sum()) == 0 and bool(jnp.isfinite(h).all())
+
+
+@pytest.mark.parametrize('method,last_good,evals', [
+    ('fixed_point', 1.5, 4), ('anderson', 1.5, 4), ('broyden', 1.0, 3)])
+def test_nan_is_caught(method, last_good, evals):
+  """h/2 + 1 from 0 visits 0, 1, 1.5, 1.75 (Broyden: 0, 1, then the exact root 2);
+  f returns NaN once its input exceeds 1.6, so the last point with a finite image is kept."""
+  f = lambda h, p: jnp.where(h[0, 0] > 1.6, jnp.nan, 0.5 * h + p)
+  h0 = jnp.zeros((2, N, H)).at[1].set(1.7)   # graph 1 is NaN at its first evaluation
+  h, st = jsolve(f, h0, jnp.float32(1.0), (), training=True,
+                config=SolverConfig(method=method, tol=1e-6, tol_mode='abs'))
+  assert st.nonfinite.tolist() == [1, 1] and not bool(st.converged.any())
+  assert int(st.iterations[0]) == evals
+  np.testing.assert_array_equal(h[0], jnp.full((N, H), last_good))
+  np.testing.assert_array_equal(h[1], h0[1])   # nothing finite: held at h0
+  np.testing.assert_allclose(st.abs_residual[0], (0.5 * last_good + 1 - last_good) * np.sqrt(N * H),
+                             rtol=1e-6)
+
+
+def test_node_mask_padding_is_invisible(problem):
+  params, adj, x, _ = problem
+  P = 8  # pad every graph from N to P nodes; padded inputs are garbage
+  adj_p = jnp.zeros((B, P, P)).at[:, :N, :N].set(adj)
+  x_p = jnp.full((B, P, D), 7.0).at[:, :N].set(x)
+  mask = jnp.arange(P)[None, :] < N
+  cfg = SolverConfig(method='anderson', tol=1e-3)
+  h, st = jsolve(gnn, jnp.zeros((B, N, H)), params, (adj, x), config=cfg, training=True)
+  hp, sp = jsolve(gnn, jnp.zeros((B, P, H)), params, (adj_p, x_p), config=cfg, training=True,
+                 node_mask=jnp.broadcast_to(mask, (B, P)))
+  assert sp.iterations.tolist() == st.iterations.tolist()
+  np.testing.assert_allclose(sp.residual, st.residual, rtol=1e-4)
+  np.testing.assert_allclose(hp[:, :N], h, atol=1e-5)
+  assert float(jnp.abs(hp[:, N:]).max()) == 0.0
+  _, s_nomask = jsolve(gnn, jnp.zeros((B, P, H)), params, (adj_p, x_p), config=cfg,
+                      training=True)
+  assert not np.allclose(s_nomask.residual, st.residual, rtol=1e-2)
+
+
+def test_jacobian_penalty():
+  f = lambda h, p, x: jnp.tanh(h @ p + x)
+  rng = np.random.default_rng(3)
+  h, p, x = (jnp.asarray(rng.normal(size=s), jnp.float32) for s in ((2, 3, 4), (4, 4), (2, 3, 4)))
+  key = jax.random.PRNGKey(5)
+  v = jax.random.normal(key, h.shape)   # the penalty draws the same v from the same key
+  jac = lambda p: jax.jacfwd(lambda hh: jax.vmap(f, in_axes=(0, None, 0))(hh, p, x))(h)
+
+  def exact(p, v):
+    u = v.reshape(-1) @ jac(p).reshape(h.size, h.size)
+    return jnp.sum(u * u) / h.size
+
+  pen = lambda p, key, mask=None: jacobian_penalty(f, h, p, (x,), key, node_mask=mask)
+  val, grad = jax.jit(jax.value_and_grad(pen))(p, key)
+  want, want_grad = jax.jit(jax.value_and_grad(exact))(p, v)
+  np.testing.assert_allclose(val, want, rtol=1e-5)
+  np.testing.assert_allclose(grad, want_grad, rtol=1e-4, atol=1e-6)
+  mask = jnp.array([[True, True, False], [True, False, False]])
+  np.testing.assert_allclose(jax.jit(pen)(p, key, mask), jax.jit(exact)(p, v * mask[..., None]),
+                             rtol=1e-5)
+
+
+@pytest.mark.parametrize('field,value', [
+    ('method', 'newton'), ('grad', 'bptt'), ('backward_solver', 'cg'), ('tol_mode', 'max'),
+    ('tol', 0.0), ('tol', float('nan')), ('max_iter_train', 0), ('max_iter_eval', 2.5),
+    ('anderson_history', 1), ('anderson_ridge', -1.0), ('anderson_beta', 0.0),
+    ('damping', 0.0), ('damping', 1.5), ('phantom_steps', 0), ('phantom_tau', 0.0),
+    ('backward_tol', 0.0), ('backward_max_iter', 0)])
+def test_validate_rejects(field, value):
+  cfg = dataclasses.replace(SolverConfig(), **{field: value})
+  with pytest.raises(ValueError, match=rf'SolverConfig\.{field}=.*(allowed|must be)') as e:
+    cfg.validate()
+  assert '\n' not in str(e.value)
+  with pytest.raises(ValueError):
+    solve(lambda h, p: h, jnp.zeros((1, 2, 2)), None, (), config=cfg, training=True)
+
+
+def test_validate_accepts_defaults_and_dear_settings():
+  SolverConfig().validate()
+  SolverConfig(method='broyden', grad='ift', backward_solver='bicgstab', damping=0.5,
+               tol_mode='abs', anderson_ridge=0.0).validate()
+  SolverConfig(max_iter_eval=np.int64(160), tol=np.float32(0.1)).validate()   # numpy scalars
+
+
+def test_jit_compiles_once(problem):
+  params, adj, x, _ = problem
+  traces = []
+
+  def f(h, p, adj, x):
+    traces.append(1)
+    return gnn(h, p, adj, x)
+
+  run = jax.jit(lambda p, adj, x: solve(f, jnp.zeros(x.shape[:2] + (H,)), p, (adj, x),
+                                        config=SolverConfig('fixed_point', grad='ift'),
+                                        training=True))
+  h1, s1 = run(params, adj, x)
+  n = len(traces)
+  h2, s2 = run(params, adj, 2 * x)
+  assert n > 0 and len(traces) == n and not np.allclose(h1, h2)
+  assert isinstance(s2, SolveStats) and s2.iterations.shape == (B,)
+  assert s2.iterations.dtype == jnp.int32 and s2.converged.dtype == jnp.bool_
+  assert s2.nonfinite.dtype == jnp.int32 and s2.residual.dtype == jnp.float32
+  run(params, adj[:2], x[:2])   # a new shape does retrace
+  assert len(traces) > n
