@@ -202,8 +202,9 @@ def validation_length(algorithm: str, cfg: 'DataConfig') -> int:
 
 def _rng_state(rng: np.random.RandomState) -> dict:
   _, keys, pos, has_gauss, cached = rng.get_state()
-  return dict(keys=keys, pos=np.int64(pos), has_gauss=np.int64(has_gauss),
-              cached=np.float64(cached))
+  return dict(keys=keys, pos=np.array(pos, np.int64),
+              has_gauss=np.array(has_gauss, np.int64),
+              cached=np.array(cached, np.float64))
 
 
 class TrainStream:
@@ -241,7 +242,7 @@ class TrainStream:
 
   def get_state(self) -> dict:
     """Every RNG state of the stream, as arrays (for checkpoints)."""
-    return dict(step=np.int64(self._step),
+    return dict(step=np.array(self._step, np.int64),
                 rngs=[_rng_state(r) for r in self._rngs()])
 
   def set_state(self, state: dict) -> None:

@@ -18,7 +18,7 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = ('dear', 'nar')
 
 
-def _define_flags(fv: flags.FlagValues):
+def _define_flags(fv: flags.FlagValues, argv):
   flags.DEFINE_string('algorithm', 'bfs', 'CLRS-30 algorithm name.',
                       flag_values=fv)
   flags.DEFINE_enum('model', None, MODELS, 'dear (default) or nar; '
@@ -35,7 +35,7 @@ def _define_flags(fv: flags.FlagValues):
   config_flags.DEFINE_config_file(
       'config', os.path.join(_REPO, 'configs', 'default.py'),
       'Config file (configs/*.py); override keys with --config.KEY=VALUE.',
-      flag_values=fv, lock_config=True)
+      flag_values=fv, lock_config=True, sys_argv=argv)
 
 
 def _fail(message: str) -> None:
@@ -66,11 +66,14 @@ def resolve_config(fv):
 def main(argv=None) -> int:
   argv = sys.argv if argv is None else argv
   fv = flags.FlagValues()
-  _define_flags(fv)
   try:
+    _define_flags(fv, argv)  # config overrides are parsed here already
     fv(argv)
     config = resolve_config(fv)
-  except (flags.Error, ValueError, TypeError, KeyError, AttributeError) as e:
+  except (KeyError, AttributeError) as e:
+    _fail(f'unknown config key {str(e).strip(chr(34))}; see configs/default.py '
+          'for the allowed keys')
+  except (flags.Error, ValueError, TypeError) as e:
     _fail(str(e).strip().splitlines()[0])
 
   from dear_jax import data, train  # pylint: disable=g-import-not-at-top
