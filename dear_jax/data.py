@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -45,10 +46,25 @@ Spec = dict
 
 
 def clrs():
-  """Imports dm-clrs lazily: it pulls in TensorFlow (~5 s)."""
-  import clrs as clrs_module  # pylint: disable=g-import-not-at-top
+  """Imports dm-clrs lazily: it pulls in TensorFlow (~5 s).
+
+  TensorFlow's C++ start-up lines (oneDNN, CUDA stubs) ignore
+  TF_CPP_MIN_LOG_LEVEL, so stderr is silenced at the file-descriptor level for
+  the import only; Python exceptions still propagate and print.
+  """
+  if 'clrs' not in sys.modules:
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+      import clrs as _  # pylint: disable=g-import-not-at-top,unused-import
+    finally:
+      os.dup2(saved, 2)
+      os.close(saved)
+      os.close(devnull)
   logging.getLogger('absl').setLevel(logging.ERROR)
-  return clrs_module
+  return sys.modules['clrs']
 
 
 def algorithm_names() -> tuple[str, ...]:
