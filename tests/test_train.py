@@ -81,15 +81,19 @@ def test_compile_count_stops_growing(tmp_path, kind):
     updates, opt_state = opt.update(grads, opt_state)
     return optax.apply_updates(params, updates), opt_state
 
-  sizes, shapes = [], set()
+  compiles, shapes = 0, set()
   for _ in range(40):
     batch = next(stream)
-    shapes.add(tuple(np.shape(x) for x in jax.tree_util.tree_leaves(batch)))
+    shape = tuple(np.shape(x) for x in jax.tree_util.tree_leaves(batch))
+    new_shape = shape not in shapes
+    shapes.add(shape)
     params, opt_state = step(params, opt_state, batch)
-    sizes.append(step._cache_size())  # pylint: disable=protected-access
-  assert sizes[-1] <= len(shapes)  # at most one compilation per batch shape
-  assert sizes[19] == sizes[-1]  # no new compilation after warm-up
-  assert len(shapes) <= (4 if kind == 'nar' else 2)
+    grew = step._cache_size() > compiles  # pylint: disable=protected-access
+    compiles = step._cache_size()  # pylint: disable=protected-access
+    assert not grew or new_shape  # a compilation only for an unseen shape
+  # Shapes are bounded: 2 sizes x time buckets {2, 3, 4, 6} for BFS at n <= 5
+  # (DEAR drops hints: one shape per size).
+  assert compiles <= len(shapes) <= (8 if kind == 'nar' else 2)
 
 
 def _run_cli(args, capsys):
