@@ -1,0 +1,216 @@
+"""Figures of `python -m baselines.compare` (matplotlib, Agg, PNG).
+
+Each function takes plain data (the runs' results.json contents, the csv
+rows, a convergence trace dict) and writes one titled, labelled figure.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+import numpy as np  # pylint: disable=g-import-not-at-top
+
+COLORS = {'dear': 'tab:red', 'nar': 'tab:blue', 'nar_nohint': 'tab:cyan',
+          'clrs_official': 'tab:green'}
+
+
+def _color(model: str, i: int):
+  return COLORS.get(model, f'C{i % 10}')
+
+
+def _ordered(models, order):
+  return [m for m in order if m in models] + sorted(set(models) - set(order))
+
+
+def _grid(n: int, width: float = 4.5, height: float = 3.4):
+  cols = min(n, 3)
+  rows = math.ceil(n / cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows),
+                           squeeze=False)
+  for ax in axes.flat[n:]:
+    ax.set_visible(False)
+  return fig, list(axes.flat[:n])
+
+
+def scores(path: str, rows: list, published: dict, published_label: str,
+           order=()) -> str:
+  """Bars: mean test score per algorithm and model, seed std as error bars."""
+  algorithms = sorted({r['algorithm'] for r in rows})
+  models = _ordered({r['model'] for r in rows}, order)
+  width = 0.8 / max(1, len(models))
+  x = np.arange(len(algorithms))
+  fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(algorithms) *
+                                      max(1, len(models)) / 2 + 2), 4.5))
+  for i, m in enumerate(models):
+    means, stds = [], []
+    for a in algorithms:
+      vals = [100 * r['test_score'] for r in rows
+              if r['algorithm'] == a and r['model'] == m]
+      means.append(np.mean(vals) if vals else np.nan)
+      stds.append(np.std(vals, ddof=1) if len(vals) > 1 else 0.0)
+    ax.bar(x + (i - (len(models) - 1) / 2) * width, means, width,
+           yerr=stds, capsize=3, label=m, color=_color(m, i))
+  pub = [published.get(a, (np.nan, 0))[0] for a in algorithms]
+  ax.scatter(x, pub, marker='D', color='black', zorder=5,
+             label=f'{published_label} (published)')
+  ax.set_xticks(x)
+  ax.set_xticklabels(algorithms, rotation=30 if len(algorithms) > 3 else 0,
+                     ha='right' if len(algorithms) > 3 else 'center')
+  ax.set_ylim(0, 105)
+  ax.set_ylabel('OOD test score (%)')
+  ax.set_xlabel('algorithm')
+  ax.set_title('Test score per algorithm and model\n(bars: mean over seeds, '
+               'error bars: std over seeds; diamonds: published)')
+  ax.legend(fontsize=8, loc='lower left')
+  ax.grid(axis='y', alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def iterations_vs_steps(path: str, runs: list) -> str | None:
+  """DEAR's solver iterations per test graph against its true step count."""
+  by_alg = {}
+  for r in runs:
+    res = r['results']
+    if 'solver_iterations' in res and 'test_algo_steps' in res:
+      by_alg.setdefault(r['algorithm'], []).append(
+          (r['seed'], res['test_algo_steps'], res['solver_iterations'],
+           res.get('config', {}).get('dear', {}).get('max_iter_eval')))
+  if not by_alg:
+    return None
+  fig, axes = _grid(len(by_alg))
+  rng = np.random.RandomState(0)
+  for ax, (a, seeds) in zip(axes, sorted(by_alg.items())):
+    hi = 1
+    cap = None
+    for i, (seed, steps, iters, cap) in enumerate(sorted(seeds)):
+      steps, iters = np.asarray(steps, float), np.asarray(iters, float)
+      jitter = rng.uniform(-0.15, 0.15, size=steps.shape)
+      ax.scatter(steps + jitter, iters, s=12, alpha=0.6, color=f'C{i}',
+                 label=f'seed {seed}')
+      hi = max(hi, steps.max(), iters.max())
+    ax.plot([0, hi], [0, hi], 'k--', lw=1, label='iterations = steps')
+    if cap:
+      ax.axhline(cap, color='gray', ls=':', lw=1, label=f'cap ({cap})')
+    ax.set_xlabel('true algorithm steps of the graph')
+    ax.set_ylabel('DEAR solver iterations')
+    ax.set_title(a)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+  fig.suptitle('DEAR: solver iterations vs true algorithm steps, per test '
+               'graph (trained model, best validation parameters)')
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def convergence(path: str, trace: dict) -> str:
+  """Residual per iteration: the run's solver vs plain fixed-point iteration."""
+  fig, ax = plt.subplots(figsize=(6.5, 4.5))
+  ks = np.asarray(trace['ks'])
+  solver_res = np.asarray(trace['solver_residual'])   # [len(ks), graphs]
+  picard = np.asarray(trace['picard_residual'])       # [iters, graphs]
+  its = np.arange(1, picard.shape[0] + 1)
+  for res, x, label, color in (
+      (solver_res, ks, f'{trace["method"]} (the run\'s solver)', 'tab:red'),
+      (picard, its, 'plain fixed-point iteration h ← f(h)', 'tab:blue')):
+    res = np.where(np.isfinite(res), res, np.nan)
+    med = np.nanmedian(res, axis=1)
+    lo, hi = np.nanpercentile(res, 25, axis=1), np.nanpercentile(res, 75,
+                                                                 axis=1)
+    ax.plot(x, med, marker='o', ms=3, color=color, label=f'{label}: median')
+    ax.fill_between(x, lo, hi, color=color, alpha=0.2,
+                    label='25–75% of graphs')
+  ax.axhline(trace['tol'], color='k', ls='--', lw=1,
+             label=f'tolerance {trace["tol"]} ({trace["tol_mode"]})')
+  mean_it = float(np.mean(trace['actual_iterations']))
+  ax.axvline(mean_it, color='gray', ls=':', lw=1,
+             label=f'mean iterations used: {mean_it:.1f}')
+  ax.set_yscale('log')
+  ax.set_xlabel('iterations (evaluations of the processor map f)')
+  unit = ('relative residual ‖f(h)−h‖/‖f(h)‖' if trace['tol_mode'] == 'rel'
+          else 'residual ‖f(h)−h‖')
+  ax.set_ylabel(unit)
+  ax.set_title(f'DEAR convergence on one test batch: {trace["algorithm"]}, '
+               f'{trace["graphs"]} graphs, n={trace["nodes"]}\n'
+               f'trained parameters of {trace["run"]}')
+  ax.legend(fontsize=7)
+  ax.grid(alpha=0.3, which='both')
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def _binned(curve, points: int = 60):
+  """[[step, value], ...] -> (steps, values), averaged into <= points bins."""
+  arr = np.asarray(curve, float).reshape(-1, 2)
+  if len(arr) <= points:
+    return arr[:, 0], arr[:, 1]
+  bins = np.array_split(arr, points)
+  return (np.array([b[-1, 0] for b in bins]),
+          np.array([b[:, 1].mean() for b in bins]))
+
+
+def training_curves(path: str, runs: list, order=()) -> str:
+  """Training loss and validation score against steps, per algorithm."""
+  algorithms = sorted({r['algorithm'] for r in runs})
+  fig, axes = plt.subplots(len(algorithms), 2,
+                           figsize=(11, 3.4 * len(algorithms)), squeeze=False)
+  for row, a in zip(axes, algorithms):
+    mine = [r for r in runs if r['algorithm'] == a]
+    models = _ordered({r['model'] for r in mine}, order)
+    for i, m in enumerate(models):
+      for j, r in enumerate(x for x in mine if x['model'] == m):
+        res = r['results']
+        kw = dict(color=_color(m, i), alpha=0.85,
+                  label=m if j == 0 else None)
+        if res.get('loss_curve'):
+          row[0].plot(*_binned(res['loss_curve']), marker='.', ms=3, **kw)
+        if res.get('val_curve'):
+          v = np.asarray(res['val_curve'], float).reshape(-1, 2)
+          row[1].plot(v[:, 0], 100 * v[:, 1], marker='.', ms=3, **kw)
+    row[0].set_yscale('log')
+    row[0].set_title(f'{a}: training loss')
+    row[0].set_xlabel('training step')
+    row[0].set_ylabel('loss (mean over steps, log)')
+    row[1].set_title(f'{a}: validation score')
+    row[1].set_xlabel('training step')
+    row[1].set_ylabel('validation score (%)')
+    for ax in row:
+      ax.grid(alpha=0.3)
+      ax.legend(fontsize=8)
+  fig.suptitle('Training curves (one line per seed)')
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def write_all(out_dir: str, runs: list, rows: list, published: dict,
+              published_label: str, trace: dict | None, order=()) -> list:
+  """Writes every figure the data allows; returns the paths written."""
+  os.makedirs(out_dir, exist_ok=True)
+  written = []
+  if rows:
+    written.append(scores(os.path.join(out_dir, 'scores.png'), rows,
+                          published, published_label, order))
+    written.append(training_curves(os.path.join(out_dir,
+                                                'training_curves.png'),
+                                   runs, order))
+  p = iterations_vs_steps(os.path.join(out_dir, 'iterations_vs_steps.png'),
+                          runs)
+  if p:
+    written.append(p)
+  if trace:
+    written.append(convergence(os.path.join(out_dir, 'convergence.png'),
+                               trace))
+  return written

@@ -1,0 +1,403 @@
+"""Speed and memory of DEAR vs the stepwise NAR, and of the Flax NAR vs dm-clrs.
+
+    python -m benchmarks.run [--out=benchmarks/results] [--quick]
+
+One run on the current machine (jax's default backend: a GPU when jax has
+one, else the CPU) measures:
+
+1. Inference seconds per graph of DEAR and of the stepwise NAR (same
+   Triplet-GMPNN processor, hidden 128, *untrained* parameters from a fixed
+   seed) on batches of a fixed size at several graph sizes n, jitted, compile
+   excluded, median over repeats; ratio NAR / DEAR. DEAR's cost follows its
+   solver iterations (capped at dear.max_iter_eval), the NAR's the true step
+   count, so untrained DEAR's iteration count is reported beside its time.
+2. XLA's compiled memory of one training step at n=64 (temp + arguments +
+   outputs, `jax.jit(step).lower(...).compile().memory_analysis()`) of DEAR
+   with the 'jfb' and the 'ift' gradient and of the NAR; ratio DEAR / NAR.
+3. Training steps per second of the Flax NAR and of dm-clrs's BaselineModel
+   (`baselines.clrs_official`, run.py defaults) on the same TrainStream
+   batches of one size and step count (each model compiles once, outside the
+   timing); ratio Flax / official.
+
+Writes OUT/results.json and OUT/results.md, prints the tables, and reports
+the project's goals as met / not met (never asserts): DEAR >= 2x faster per
+graph than the NAR at n=64 on algorithms whose step count grows with n, and
+DEAR's training memory <= 1/3 of the NAR's. `--quick` shrinks everything
+(n = 16, 32; fewer algorithms and repeats) to a few minutes on a small CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+# BaselineModel runs on one device only (see baselines.clrs_official).
+os.environ.setdefault('CUDA_VISIBLE_DEVICES', '0')
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+  sys.path.insert(0, REPO)
+
+# Algorithms whose number of steps grows with n (insertion_sort: ~n,
+# mst_prim: ~n) and BFS, whose steps follow the graph's depth (a few).
+GROWING = ('insertion_sort', 'mst_prim', 'dijkstra')
+
+SETTINGS = {
+    'full': dict(sizes=(16, 64, 128), algorithms=('insertion_sort', 'mst_prim',
+                                                  'bfs'),
+                 batch=8, repeats=5, memory_n=64, memory_batch=32,
+                 memory_algorithms=('insertion_sort', 'bfs'),
+                 train_algorithm='bfs', train_n=16, train_batch=32,
+                 train_batches=8, train_passes=3),
+    'quick': dict(sizes=(16, 32), algorithms=('insertion_sort', 'bfs'),
+                  batch=4, repeats=3, memory_n=64, memory_batch=32,
+                  memory_algorithms=('insertion_sort',),
+                  train_algorithm='bfs', train_n=16, train_batch=32,
+                  train_batches=3, train_passes=2),
+}
+
+
+def _configs():
+  from configs import default  # pylint: disable=g-import-not-at-top
+  nar = default.get_config()
+  nar.model_kind = 'nar'
+  nar.nar.hint_mode = 'encoded_decoded'
+  dear = default.get_config()
+  dear.model_kind = 'dear'
+  for c in (nar, dear):
+    c.model.processor = 'triplet_gmpnn'
+    c.model.hidden = 128
+  return dear, nar
+
+
+def _eval_batch(algorithm: str, n: int, batch: int, cache_dir: str):
+  """`batch` graphs of n nodes from the official test sampler (seed 3)."""
+  from dear_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  cfg = data_lib.DataConfig(test_length=n, test_num_samples=batch,
+                            eval_batch_size=batch, cache_dir=cache_dir)
+  split = data_lib.load_split(algorithm, 'test', cfg, keep_hints=True)
+  return split.batches[0], split.lengths
+
+
+def _median_seconds(fn, repeats: int):
+  """(median seconds of fn() over repeats, the first output); the first call
+  (compile, warm caches) is not timed."""
+  import jax  # pylint: disable=g-import-not-at-top
+  first = jax.block_until_ready(fn())
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times), first
+
+
+def inference(settings: dict, cache_dir: str, log) -> list:
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from dear_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  from dear_jax import train  # pylint: disable=g-import-not-at-top
+  dear_cfg, nar_cfg = _configs()
+  rows = []
+  for algorithm in settings['algorithms']:
+    spec = data_lib.processed_spec(algorithm)
+    batches = {n: _eval_batch(algorithm, n, settings['batch'], cache_dir)
+               for n in settings['sizes']}
+    small = batches[min(batches)][0]
+    models = {}
+    for name, cfg in (('nar', nar_cfg), ('dear', dear_cfg)):
+      b = small if name == 'nar' else dict(small, hints={})
+      model = train.build_model(cfg, spec, b)
+      # Parameters do not depend on n: initialised once, on the smallest size.
+      models[name] = (jax.jit(model.predict),
+                      model.init(jax.random.PRNGKey(0), b))
+    for n, (batch, lengths) in batches.items():
+      row = dict(algorithm=algorithm, n=n, batch=settings['batch'],
+                 true_steps_mean=float(np.mean(lengths) - 1),
+                 nar_steps_run=max(1, data_lib.num_steps(batch) - 1))
+      for name, (predict, params) in models.items():
+        b = batch if name == 'nar' else dict(batch, hints={})
+        sec, (_, aux) = _median_seconds(lambda: predict(params, b),
+                                        settings['repeats'])
+        row[f'{name}_seconds_per_graph'] = sec / settings['batch']
+        if name == 'dear':
+          stats = jax.device_get(aux['solver'])
+          row['dear_iterations_mean'] = float(np.mean(stats.iterations))
+          row['dear_converged_fraction'] = float(np.mean(stats.converged))
+      row['ratio_nar_over_dear'] = (row['nar_seconds_per_graph'] /
+                                    row['dear_seconds_per_graph'])
+      log(f'  inference {algorithm} n={n}: NAR '
+          f'{1e3 * row["nar_seconds_per_graph"]:.2f} ms/graph '
+          f'({row["nar_steps_run"]} steps), DEAR '
+          f'{1e3 * row["dear_seconds_per_graph"]:.2f} ms/graph '
+          f'({row["dear_iterations_mean"]:.1f} iterations), ratio '
+          f'{row["ratio_nar_over_dear"]:.2f}')
+      rows.append(row)
+  return rows
+
+
+def memory(settings: dict, cache_dir: str, log) -> list:
+  import jax  # pylint: disable=g-import-not-at-top
+  from baselines.compare import make_train_step  # pylint: disable=g-import-not-at-top
+  from dear_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  dear_cfg, nar_cfg = _configs()
+  rows = []
+  for algorithm in settings['memory_algorithms']:
+    spec = data_lib.processed_spec(algorithm)
+    batch, _ = _eval_batch(algorithm, settings['memory_n'],
+                           settings['memory_batch'], cache_dir)
+    # Parameters do not depend on n: initialised on a small batch (cheaper).
+    small, _ = _eval_batch(algorithm, min(settings['sizes']), 2, cache_dir)
+    row = dict(algorithm=algorithm, n=settings['memory_n'],
+               batch=settings['memory_batch'],
+               nar_steps=max(1, data_lib.num_steps(batch) - 1))
+    variants = (('nar', nar_cfg, None), ('dear_jfb', dear_cfg, 'jfb'),
+                ('dear_ift', dear_cfg, 'ift'))
+    for name, cfg, grad in variants:
+      cfg = cfg.copy_and_resolve_references()
+      if grad:
+        cfg.dear.grad = grad
+      strip = (lambda x: x) if name == 'nar' else (
+          lambda x: dict(x, hints={}))
+      step = make_train_step(cfg, spec, strip(small))
+      params, opt_state = step.init(strip(small))
+      t0 = time.perf_counter()
+      m = step.lower(params, opt_state, strip(batch),
+                     jax.random.PRNGKey(1)).compile().memory_analysis()
+      compile_s = time.perf_counter() - t0
+      if m is None:
+        row[f'{name}_mb'] = None
+        continue
+      parts = dict(temp=m.temp_size_in_bytes, argument=m.argument_size_in_bytes,
+                   output=m.output_size_in_bytes)
+      row[f'{name}_mb'] = sum(parts.values()) / 2**20
+      row[f'{name}_parts_mb'] = {k: v / 2**20 for k, v in parts.items()}
+      log(f'  memory {algorithm} n={settings["memory_n"]} {name}: '
+          f'{row[f"{name}_mb"]:.1f} MB (temp {parts["temp"] / 2**20:.1f}; '
+          f'compiled in {compile_s:.0f} s)')
+    for grad in ('jfb', 'ift'):
+      if row.get('nar_mb') and row.get(f'dear_{grad}_mb') is not None:
+        row[f'ratio_dear_{grad}_over_nar'] = row[f'dear_{grad}_mb'] / row[
+            'nar_mb']
+    rows.append(row)
+  return rows
+
+
+def _training_batches(settings: dict, cache_dir: str):
+  """TrainStream batches at one size, all padded to the most common length."""
+  import collections  # pylint: disable=g-import-not-at-top
+  from dear_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  cfg = data_lib.DataConfig(train_sizes=(settings['train_n'],),
+                            batch_size=settings['train_batch'],
+                            cache_dir=cache_dir)
+  stream = data_lib.TrainStream(settings['train_algorithm'], cfg, seed=0)
+  drawn = [next(stream) for _ in range(4 * settings['train_batches'])]
+  shape = collections.Counter(data_lib.num_steps(b) for b in drawn)
+  common = shape.most_common(1)[0][0]
+  kept = [b for b in drawn if data_lib.num_steps(b) == common]
+  return kept[:settings['train_batches']], common, len(drawn)
+
+
+def training(settings: dict, cache_dir: str, log) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  from baselines import clrs_official  # pylint: disable=g-import-not-at-top
+  from baselines.compare import make_train_step  # pylint: disable=g-import-not-at-top
+  from dear_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  algorithm = settings['train_algorithm']
+  spec = data_lib.processed_spec(algorithm)
+  batches, padded_steps, drawn = _training_batches(settings, cache_dir)
+  steps = len(batches) * settings['train_passes']
+  _, nar_cfg = _configs()
+
+  step = make_train_step(nar_cfg, spec, batches[0])
+  params, opt_state = step.init(batches[0])
+  key = jax.random.PRNGKey(1)
+
+  def flax_pass(state):
+    params, opt_state = state
+    for i, b in enumerate(batches):
+      params, opt_state, loss, _ = step(params, opt_state, b,
+                                        jax.random.fold_in(key, i))
+    jax.block_until_ready(loss)
+    return params, opt_state
+
+  state = flax_pass((params, opt_state))  # compile
+  t0 = time.perf_counter()
+  for _ in range(settings['train_passes']):
+    state = flax_pass(state)
+  flax_s = time.perf_counter() - t0
+
+  feedbacks = [data_lib.to_feedback(b, spec) for b in batches]
+  model = clrs_official.build_model(algorithm, spec, feedbacks[0],
+                                    checkpoint_path=os.path.join(
+                                        cache_dir, 'clrs_ckpt_unused'))
+  model.init(feedbacks[0].features, 1)
+  rng = jax.random.PRNGKey(2)
+
+  def official_pass():
+    loss = None
+    for i, fb in enumerate(feedbacks):
+      loss = model.feedback(jax.random.fold_in(rng, i), fb, 0)
+    float(loss)  # waits for the device
+
+  official_pass()  # compile
+  t0 = time.perf_counter()
+  for _ in range(settings['train_passes']):
+    official_pass()
+  official_s = time.perf_counter() - t0
+  row = dict(algorithm=algorithm, n=settings['train_n'],
+             batch=settings['train_batch'], padded_steps=padded_steps,
+             distinct_batches=len(batches), timed_steps=steps,
+             batches_drawn=drawn,
+             flax_nar_steps_per_second=steps / flax_s,
+             official_steps_per_second=steps / official_s)
+  row['ratio_flax_over_official'] = (row['flax_nar_steps_per_second'] /
+                                     row['official_steps_per_second'])
+  log(f'  training {algorithm} n={row["n"]} batch {row["batch"]}: Flax NAR '
+      f'{row["flax_nar_steps_per_second"]:.2f} steps/s, clrs_official '
+      f'{row["official_steps_per_second"]:.2f} steps/s, ratio '
+      f'{row["ratio_flax_over_official"]:.2f}')
+  return row
+
+
+def goals(infer: list, mem: list) -> list:
+  """The project's goals, each met / not met / not measured, with evidence."""
+  out = []
+  at64 = [r for r in infer if r['n'] == 64 and r['algorithm'] in GROWING]
+  if at64:
+    worst = min(at64, key=lambda r: r['ratio_nar_over_dear'])
+    met = all(r['ratio_nar_over_dear'] >= 2 for r in at64)
+    evidence = ', '.join(f'{r["algorithm"]} {r["ratio_nar_over_dear"]:.2f}x'
+                         for r in at64)
+    out.append(dict(goal='DEAR >= 2x faster per graph than the NAR at n=64 '
+                         '(algorithms whose steps grow with n)',
+                    status='met' if met else 'not met', evidence=evidence,
+                    worst=worst['ratio_nar_over_dear']))
+  else:
+    grow = [r for r in infer if r['algorithm'] in GROWING]
+    largest = max((r['n'] for r in grow), default=None)
+    evidence = ', '.join(f'{r["algorithm"]} n={r["n"]}: '
+                         f'{r["ratio_nar_over_dear"]:.2f}x'
+                         for r in grow if r['n'] == largest)
+    out.append(dict(goal='DEAR >= 2x faster per graph than the NAR at n=64 '
+                         '(algorithms whose steps grow with n)',
+                    status='not measured (n=64 not timed in this mode)',
+                    evidence=f'indicative at n={largest}: {evidence}'))
+  for grad in ('jfb', 'ift'):
+    ratios = [(r['algorithm'], r.get(f'ratio_dear_{grad}_over_nar'))
+              for r in mem]
+    ratios = [(a, x) for a, x in ratios if x is not None]
+    if not ratios:
+      out.append(dict(goal=f'DEAR ({grad}) training memory <= 1/3 of the '
+                           'NAR\'s', status='not measured', evidence=''))
+      continue
+    met = all(x <= 1 / 3 for _, x in ratios)
+    out.append(dict(goal=f'DEAR ({grad}) training memory <= 1/3 of the NAR\'s'
+                         f' (n={mem[0]["n"]})',
+                    status='met' if met else 'not met',
+                    evidence=', '.join(f'{a} {x:.3f}' for a, x in ratios)))
+  return out
+
+
+def markdown(res: dict) -> str:
+  s = res['settings']
+  lines = ['# dear_jax benchmarks', '',
+           f'Machine: {res["hardware"]}.', '',
+           f'Mode: {res["mode"]}; measured {res["date"]} in '
+           f'{res["wall_seconds"]:.0f} s. Untrained parameters (fixed seed) '
+           'for every model: speed and memory do not depend on training, '
+           'except DEAR\'s solver iteration count (shown), which a trained '
+           'model may change.', '',
+           '## Inference (seconds per graph, jitted, compile excluded, '
+           f'median of {s["repeats"]}, batches of {s["batch"]} graphs)', '',
+           '| algorithm | n | true steps (mean) | NAR steps run | NAR ms/graph '
+           '| DEAR ms/graph | DEAR iterations (mean) | NAR / DEAR |',
+           '|---|---|---|---|---|---|---|---|']
+  for r in res['inference']:
+    lines.append(
+        f'| {r["algorithm"]} | {r["n"]} | {r["true_steps_mean"]:.1f} | '
+        f'{r["nar_steps_run"]} | {1e3 * r["nar_seconds_per_graph"]:.3f} | '
+        f'{1e3 * r["dear_seconds_per_graph"]:.3f} | '
+        f'{r["dear_iterations_mean"]:.1f} | {r["ratio_nar_over_dear"]:.2f} |')
+  lines += ['', f'## Compiled train-step memory (MB, n={s["memory_n"]}, batch '
+            f'{s["memory_batch"]}; temp + arguments + outputs)', '',
+            '| algorithm | NAR steps | NAR | DEAR jfb | DEAR ift | '
+            'DEAR jfb / NAR | DEAR ift / NAR |', '|---|---|---|---|---|---|---|']
+  fmt = lambda x, d=1: '–' if x is None else f'{x:.{d}f}'
+  for r in res['memory']:
+    lines.append(
+        f'| {r["algorithm"]} | {r["nar_steps"]} | {fmt(r.get("nar_mb"))} | '
+        f'{fmt(r.get("dear_jfb_mb"))} | {fmt(r.get("dear_ift_mb"))} | '
+        f'{fmt(r.get("ratio_dear_jfb_over_nar"), 3)} | '
+        f'{fmt(r.get("ratio_dear_ift_over_nar"), 3)} |')
+  t = res['training']
+  lines += ['', '## Training steps per second: Flax NAR vs dm-clrs '
+            'BaselineModel', '',
+            f'{t["algorithm"]}, n={t["n"]}, batch {t["batch"]}, '
+            f'{t["distinct_batches"]} TrainStream batches padded to '
+            f'{t["padded_steps"]} steps, {t["timed_steps"]} timed updates '
+            'after a compile pass (host-to-device copies included, data '
+            'generation excluded).', '',
+            '| Flax NAR steps/s | clrs_official steps/s | Flax / official |',
+            '|---|---|---|',
+            f'| {t["flax_nar_steps_per_second"]:.2f} | '
+            f'{t["official_steps_per_second"]:.2f} | '
+            f'{t["ratio_flax_over_official"]:.2f} |',
+            '', '## Goals', '', '| goal | status | evidence |', '|---|---|---|']
+  lines += [f'| {g["goal"]} | {g["status"]} | {g["evidence"]} |'
+            for g in res['goals']]
+  return '\n'.join(lines) + '\n'
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(prog='python -m benchmarks.run',
+                              description=__doc__.split('\n')[0])
+  p.add_argument('--out', default=os.path.join(REPO, 'benchmarks', 'results'))
+  p.add_argument('--quick', action='store_true',
+                 help='small sizes and few repeats (a few minutes on a CPU)')
+  p.add_argument('--cache_dir', default='~/.cache/dear_jax/datasets',
+                 help='dataset cache folder')
+  args = p.parse_args(argv)
+  mode = 'quick' if args.quick else 'full'
+  settings = SETTINGS[mode]
+  cache_dir = os.path.expanduser(args.cache_dir)
+  log = lambda msg: print(msg, flush=True)
+
+  from baselines.compare import hardware_line  # pylint: disable=g-import-not-at-top
+  from dear_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  data_lib.clrs()
+  hardware = hardware_line()
+  log(f'benchmarks ({mode}) on {hardware}')
+  t0 = time.time()
+  log('inference:')
+  infer = inference(settings, cache_dir, log)
+  log('memory:')
+  mem = memory(settings, cache_dir, log)
+  log('training:')
+  trn = training(settings, cache_dir, log)
+  res = dict(hardware=hardware, mode=mode,
+             date=time.strftime('%Y-%m-%d %H:%M:%S'),
+             wall_seconds=time.time() - t0, settings=settings,
+             inference=infer, memory=mem, training=trn)
+  res['goals'] = goals(infer, mem)
+  os.makedirs(args.out, exist_ok=True)
+  with open(os.path.join(args.out, 'results.json'), 'w') as f:
+    json.dump(res, f, indent=2)
+  md = markdown(res)
+  with open(os.path.join(args.out, 'results.md'), 'w') as f:
+    f.write(md)
+  print()
+  print(md)
+  print(f'written: {os.path.join(args.out, "results.json")}, '
+        f'{os.path.join(args.out, "results.md")}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
