@@ -40,14 +40,14 @@ class StepwiseNAR(Reasoner):
     nb_nodes = data_lib.num_nodes(batch)
     nb_steps = max(1, data_lib.num_steps(batch) - 1)
     lengths = batch['lengths']
-    node0, edge0, graph, adj = self.encode(params, batch['inputs'], nb_nodes)
+    node0, edge0, graph0, adj = self.encode(params, batch['inputs'], nb_nodes)
     adj = self.adjacency(batch, adj)
 
     def step(hidden, i, hints):
-      node, edge = node0, edge0
-      if self.encode_hints:
-        d_node, d_edge, _, _ = self.encode(params, hints, nb_nodes)
-        node, edge = node + d_node, edge + d_edge
+      node, edge, graph = node0, edge0, graph0
+      if self.encode_hints:  # graph hints (e.g. a `phase`) too, as dm-clrs
+        d_node, d_edge, d_graph, _ = self.encode(params, hints, nb_nodes)
+        node, edge, graph = node + d_node, edge + d_edge, graph + d_graph
       h_new, tri = self.process(params['processor'], node, edge, graph, adj,
                                 hidden)
       outs, hint_preds = self.decode(params, node, hidden, h_new, edge, tri,
