@@ -115,14 +115,12 @@ def iterations_vs_steps(path: str, runs: list) -> str | None:
 def convergence(path: str, trace: dict) -> str:
   """Residual per iteration: the run's solver vs plain fixed-point iteration."""
   fig, ax = plt.subplots(figsize=(6.5, 4.5))
-  ks = np.asarray(trace['ks'])
-  solver_res = np.asarray(trace['solver_residual'])   # [len(ks), graphs]
-  picard = np.asarray(trace['picard_residual'])       # [iters, graphs]
-  its = np.arange(1, picard.shape[0] + 1)
-  for res, x, label, color in (
-      (solver_res, ks, f'{trace["method"]} (the run\'s solver)', 'tab:red'),
-      (picard, its, 'plain fixed-point iteration h ← f(h)', 'tab:blue')):
+  for name, label, color in (
+      ('solver', f'{trace["method"]} (the run\'s solver)', 'tab:red'),
+      ('fixed_point', 'plain fixed-point iteration h ← f(h)', 'tab:blue')):
+    res = np.asarray(trace['curves'][name], float).T   # [evaluations, graphs]
     res = np.where(np.isfinite(res), res, np.nan)
+    x = np.arange(1, res.shape[0] + 1)
     med = np.nanmedian(res, axis=1)
     lo, hi = np.nanpercentile(res, 25, axis=1), np.nanpercentile(res, 75,
                                                                  axis=1)

@@ -143,8 +143,7 @@ def inference(settings: dict, cache_dir: str, log) -> list:
 
 
 def memory(settings: dict, cache_dir: str, log) -> list:
-  import jax  # pylint: disable=g-import-not-at-top
-  from baselines.compare import make_train_step  # pylint: disable=g-import-not-at-top
+  from baselines.memory import dear_jax_step_mb  # pylint: disable=g-import-not-at-top
   from dear_jax import data as data_lib  # pylint: disable=g-import-not-at-top
   dear_cfg, nar_cfg = _configs()
   rows = []
@@ -165,21 +164,17 @@ def memory(settings: dict, cache_dir: str, log) -> list:
         cfg.dear.grad = grad
       strip = (lambda x: x) if name == 'nar' else (
           lambda x: dict(x, hints={}))
-      step = make_train_step(cfg, spec, strip(small))
-      params, opt_state = step.init(strip(small))
       t0 = time.perf_counter()
-      m = step.lower(params, opt_state, strip(batch),
-                     jax.random.PRNGKey(1)).compile().memory_analysis()
+      mb = dear_jax_step_mb(cfg, spec, strip(small), strip(batch))
       compile_s = time.perf_counter() - t0
-      if m is None:
+      if mb is None:
         row[f'{name}_mb'] = None
         continue
-      parts = dict(temp=m.temp_size_in_bytes, argument=m.argument_size_in_bytes,
-                   output=m.output_size_in_bytes)
-      row[f'{name}_mb'] = sum(parts.values()) / 2**20
-      row[f'{name}_parts_mb'] = {k: v / 2**20 for k, v in parts.items()}
+      row[f'{name}_mb'] = mb['total']
+      row[f'{name}_parts_mb'] = {k: mb[k] for k in ('temp', 'argument',
+                                                    'output')}
       log(f'  memory {algorithm} n={settings["memory_n"]} {name}: '
-          f'{row[f"{name}_mb"]:.1f} MB (temp {parts["temp"] / 2**20:.1f}; '
+          f'{mb["total"]:.1f} MB (temp {mb["temp"]:.1f}; '
           f'compiled in {compile_s:.0f} s)')
     for grad in ('jfb', 'ift'):
       if row.get('nar_mb') and row.get(f'dear_{grad}_mb') is not None:
@@ -207,16 +202,16 @@ def _training_batches(settings: dict, cache_dir: str):
 def training(settings: dict, cache_dir: str, log) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   from baselines import clrs_official  # pylint: disable=g-import-not-at-top
-  from baselines.compare import make_train_step  # pylint: disable=g-import-not-at-top
   from dear_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  from dear_jax import train  # pylint: disable=g-import-not-at-top
   algorithm = settings['train_algorithm']
   spec = data_lib.processed_spec(algorithm)
   batches, padded_steps, drawn = _training_batches(settings, cache_dir)
   steps = len(batches) * settings['train_passes']
   _, nar_cfg = _configs()
 
-  step = make_train_step(nar_cfg, spec, batches[0])
-  params, opt_state = step.init(batches[0])
+  _, step, params, opt_state = train.setup(nar_cfg, spec, batches[0],
+                                           jax.random.PRNGKey(0))
   key = jax.random.PRNGKey(1)
 
   def flax_pass(state):
@@ -369,7 +364,7 @@ def main(argv=None) -> int:
   cache_dir = os.path.expanduser(args.cache_dir)
   log = lambda msg: print(msg, flush=True)
 
-  from baselines.compare import hardware_line  # pylint: disable=g-import-not-at-top
+  from baselines.report import hardware_line  # pylint: disable=g-import-not-at-top
   from dear_jax import data as data_lib  # pylint: disable=g-import-not-at-top
   data_lib.clrs()
   hardware = hardware_line()

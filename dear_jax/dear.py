@@ -27,28 +27,29 @@ class EquilibriumReasoner(Reasoner):
     self.jac_reg_weight = float(dear_cfg.jac_reg_weight)
     self.state_noise = float(dear_cfg.state_noise)
 
-  def _fixed_point_fn(self):
-    """f(h, params, node, edge, graph, adj, noise) on one graph."""
-    def f(h, proc_params, node, edge, graph, adj, noise):
-      h_new, _ = self.process(proc_params, node[None], edge[None], graph[None],
-                              adj[None], h[None], triplets=False)
-      return h_new[0] + noise
-    return f
-
-  def forward(self, params, batch, *, training, key):
-    nb_nodes = data_lib.num_nodes(batch)
-    node, edge, graph, adj = self.encode(params, batch['inputs'], nb_nodes)
+  def equilibrium(self, params, batch, *, training, key):
+    """(f, h0, args): the problem h* = f(h*, params['processor'], *args), per
+    graph, that `forward` solves (and convergence plots re-solve)."""
+    node, edge, graph, adj = self.encode(params, batch['inputs'],
+                                         data_lib.num_nodes(batch))
     adj = self.adjacency(batch, adj)
     noise = jnp.zeros_like(node)
     if training and self.state_noise > 0:
       # Fixed for the whole solve, so the fixed point stays well defined.
       noise = self.state_noise * jax.random.normal(
           jax.random.fold_in(key, 1), node.shape)
-    f = self._fixed_point_fn()
-    args = (node, edge, graph, adj, noise)
-    h_star, stats = solver.solve(f, jnp.zeros_like(node), params['processor'],
-                                 args, config=self.solver_cfg,
-                                 training=training)
+
+    def f(h, proc_params, node, edge, graph, adj, noise):
+      h_new, _ = self.process(proc_params, node[None], edge[None], graph[None],
+                              adj[None], h[None], triplets=False)
+      return h_new[0] + noise
+    return f, jnp.zeros_like(node), (node, edge, graph, adj, noise)
+
+  def forward(self, params, batch, *, training, key):
+    f, h0, args = self.equilibrium(params, batch, training=training, key=key)
+    node, edge, graph, adj, _ = args
+    h_star, stats = solver.solve(f, h0, params['processor'], args,
+                                 config=self.solver_cfg, training=training)
     h_new, tri = self.process(params['processor'], node, edge, graph, adj,
                               h_star)
     outputs, _ = self.decode(params, node, h_star, h_new, edge, tri, graph,

@@ -225,6 +225,36 @@ def solve(f, h0, params, args, *, config: SolverConfig, training: bool, node_mas
   return jax.vmap(one, in_axes=(0, None, 0, 0))(h0, params, args, mask)
 
 
+def residual_history(f, h0, params, args, *, config: SolverConfig, evaluations: int,
+                     node_mask=None) -> jax.Array:
+  """[B, evaluations]: the residual (config.tol_mode units, as `solve` measures it)
+  after each f evaluation of config.method, ignoring the tolerance. For convergence
+  plots: the same updates `solve` makes, run to a fixed count."""
+  config.validate()
+  mask = (jnp.ones(h0.shape[:2], jnp.float32) if node_mask is None
+          else node_mask.astype(jnp.float32))
+  init, step, init_measures = _stepper(config, _masked(f), evaluations)
+  inf = jnp.asarray(jnp.inf, jnp.float32)
+
+  def residual(x, fx, mask):
+    rec = (x, inf, inf, jnp.int32(0), jnp.bool_(False), jnp.int32(0))
+    return _record(rec, x, fx, mask, config)[1]
+
+  def one(h0, args, mask):
+    a = (params, args, h0, mask)
+    st = init(h0, *a)
+
+    def body(carry, _):
+      p, st = carry
+      p, st, x, fx = step(p, st, *a)
+      return (p, st), residual(x, fx, mask)
+    first = [residual(h0, st.aux, mask)[None]] if init_measures else []
+    _, res = lax.scan(body, (h0, st), None, length=evaluations - len(first))
+    return jnp.concatenate(first + [res])
+
+  return jax.vmap(one, in_axes=(0, 0, 0))(h0, tuple(args), mask)
+
+
 def jacobian_penalty(f, h, params, args, key, node_mask=None) -> jax.Array:
   """Hutchinson estimate ||v^T J_f(h)||^2 / h.size with one Gaussian v ([B, N, H] h).
 

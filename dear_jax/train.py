@@ -49,9 +49,32 @@ def uses_hints(config) -> bool:
   return config.model_kind == 'nar'
 
 
-def _optimizer(config):
+def make_optimizer(config):
   return optax.chain(optax.clip_by_global_norm(config.train.grad_clip),
                      optax.adam(config.train.learning_rate))
+
+
+def make_train_step(model, optimizer):
+  """The one jitted update; compare's memory column and the benchmarks
+  measure exactly what training runs."""
+
+  @jax.jit
+  def train_step(params, opt_state, batch, step_key):
+    (loss, aux), grads = jax.value_and_grad(model.loss, has_aux=True)(
+        params, batch, step_key)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss, aux
+
+  return train_step
+
+
+def setup(config, spec: dict, sample_batch: dict, key):
+  """(model, jitted train step, fresh params, fresh optimiser state)."""
+  model = build_model(config, spec, sample_batch)
+  optimizer = make_optimizer(config)
+  params = model.init(key, sample_batch)
+  return (model, make_train_step(model, optimizer), params,
+          optimizer.init(params))
 
 
 def evaluate(model, predict_fn, params, evalset) -> dict:
@@ -116,6 +139,19 @@ class _Checkpoints:
     self._mngr.close()
 
 
+def load_best_params(workdir: str):
+  """The best-by-validation parameters of a run's latest checkpoint."""
+  checkpoints = _Checkpoints(os.path.join(workdir, 'checkpoints'))
+  try:
+    step = checkpoints.latest_step()
+    if step is None:
+      raise RunError(f'{workdir} has no checkpoint')
+    state, _ = checkpoints.restore(step, None)
+  finally:
+    checkpoints.close()
+  return state['best_params']
+
+
 def train_and_evaluate(config, workdir: str, algorithm: str,
                        progress: bool = True) -> dict:
   """Trains `config.model_kind` on `algorithm`; writes WORKDIR/results.json."""
@@ -128,19 +164,9 @@ def train_and_evaluate(config, workdir: str, algorithm: str,
   val_set = data_lib.load_split(algorithm, 'val', dcfg, seed, keep_hints=hints)
   test_set = data_lib.load_split(algorithm, 'test', dcfg, keep_hints=hints)
 
-  model = build_model(config, spec, val_set.batches[0])
   key = jax.random.PRNGKey(seed)
-  params = model.init(jax.random.fold_in(key, 0), val_set.batches[0])
-  optimizer = _optimizer(config)
-  opt_state = optimizer.init(params)
-
-  @jax.jit
-  def train_step(params, opt_state, batch, step_key):
-    (loss, aux), grads = jax.value_and_grad(model.loss, has_aux=True)(
-        params, batch, step_key)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss, aux
-
+  model, train_step, params, opt_state = setup(
+      config, spec, val_set.batches[0], jax.random.fold_in(key, 0))
   predict = jax.jit(model.predict)
 
   checkpoints = _Checkpoints(os.path.join(workdir, 'checkpoints'))

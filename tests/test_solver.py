@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dear_jax.solver import SolveStats, SolverConfig, jacobian_penalty, solve
+from dear_jax.solver import (SolveStats, SolverConfig, jacobian_penalty, residual_history,
+                             solve)
 
 B, N, H, D = 3, 5, 8, 4
 TIGHT = dict(tol=1e-6, tol_mode='abs', max_iter_train=200, max_iter_eval=200)
@@ -156,6 +157,34 @@ def test_first_hit_is_exact_picard_iterate(problem):
     assert int(st.iterations[i]) == k + 1
     np.testing.assert_allclose(h[i], xk, atol=1e-6)
     np.testing.assert_allclose(st.residual[i], r, rtol=1e-4)
+
+
+def test_residual_history_of_picard_is_that_of_its_iterates(problem):
+  params, adj, x, _ = problem
+  hist = residual_history(gnn, jnp.zeros((B, N, H)), params, (adj, x), evaluations=6,
+                          config=SolverConfig(method='fixed_point'))
+  assert hist.shape == (B, 6)
+  for i in range(B):
+    xk = jnp.zeros((N, H))
+    for k in range(6):
+      fx = gnn(xk, params, adj[i], x[i])
+      np.testing.assert_allclose(
+          hist[i, k], jnp.linalg.norm(fx - xk) / (jnp.linalg.norm(fx) + 1e-9), rtol=1e-4)
+      xk = fx
+
+
+@pytest.mark.parametrize('method', ['anderson', 'broyden'])
+def test_residual_history_follows_solve(problem, method):
+  """Entry k-1 is the residual `solve` reports when capped at k evaluations."""
+  params, adj, x, _ = problem
+  cfg = SolverConfig(method=method, tol=1e-30)
+  hist = residual_history(gnn, jnp.zeros((B, N, H)), params, (adj, x), config=cfg,
+                          evaluations=7)
+  for k in (1, 3, 7):
+    _, st = jsolve(gnn, jnp.zeros((B, N, H)), params, (adj, x), training=False,
+                   config=dataclasses.replace(cfg, max_iter_eval=k))
+    np.testing.assert_allclose(hist[:, k - 1], st.residual, rtol=1e-4, atol=1e-7)
+  assert bool((hist[:, -1] < hist[:, 0]).all())
 
 
 @pytest.mark.parametrize('method,mode', [('anderson', 'rel'), ('broyden', 'abs')])

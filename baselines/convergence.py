@@ -1,0 +1,73 @@
+"""Residual against f evaluations for a trained DEAR run (the plot's data)."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+
+
+def trace(workdir: str) -> dict:
+  """Residual after each f evaluation on the first test batch of a finished
+  DEAR run: the run's own solver and plain iteration h <- f(h) on the same
+  map, both to the run's evaluation cap, past its tolerance."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from dear_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  from dear_jax import solver, train  # pylint: disable=g-import-not-at-top
+
+  with open(os.path.join(workdir, 'results.json')) as f:
+    results = json.load(f)
+  config = ml_collections.ConfigDict(results['config'])
+  algorithm = results['algorithm']
+  test = data_lib.load_split(algorithm, 'test', train.data_config(config),
+                             keep_hints=False)
+  batch = test.batches[0]
+  model = train.build_model(config, data_lib.processed_spec(algorithm), batch)
+  params = train.load_best_params(workdir)
+  cap = model.solver_cfg.max_iter_eval
+  picard = dataclasses.replace(model.solver_cfg, method='fixed_point',
+                               damping=1.0)
+
+  @functools.partial(jax.jit, static_argnums=2)
+  def history(params, batch, cfg):
+    f, h0, args = model.equilibrium(params, batch, training=False, key=None)
+    return solver.residual_history(f, h0, params['processor'], args,
+                                   config=cfg, evaluations=cap)
+
+  curves = {name: np.asarray(history(params, batch, cfg))[:test.num_samples]
+            for name, cfg in (('solver', model.solver_cfg),
+                              ('fixed_point', picard))}
+  graphs = len(curves['solver'])
+  return dict(run=workdir, algorithm=algorithm,
+              method=model.solver_cfg.method, tol=model.solver_cfg.tol,
+              tol_mode=model.solver_cfg.tol_mode, cap=cap, graphs=graphs,
+              nodes=data_lib.num_nodes(batch),
+              curves={k: v.tolist() for k, v in curves.items()},
+              # The run's own test iterations of these graphs.
+              actual_iterations=results['solver_iterations'][:graphs])
+
+
+def cached_trace(out: str, runs: list):
+  """`trace` of the first finished dear run (seed 0 first), kept in
+  OUT/plots/convergence.json until that run's results change."""
+  dear = [r for r in runs if r['model'] == 'dear']
+  if not dear:
+    return None
+  run = sorted(dear, key=lambda r: (r['seed'], r['algorithm']))[0]
+  stamp = os.path.getmtime(os.path.join(run['run_dir'], 'results.json'))
+  path = os.path.join(out, 'plots', 'convergence.json')
+  if os.path.exists(path):
+    with open(path) as f:
+      cached = json.load(f)
+    if cached.get('source') == [run['run_dir'], stamp]:
+      return cached
+  result = trace(run['run_dir'])
+  result['run'] = os.path.relpath(run['run_dir'], out)
+  result['source'] = [run['run_dir'], stamp]
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, 'w') as f:
+    json.dump(result, f)
+  return result

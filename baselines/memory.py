@@ -1,0 +1,97 @@
+"""XLA's compiled memory of one training step (compare's column, benchmarks).
+
+Compiled, not measured: `memory_analysis()` of the jitted update is exact for
+a given batch shape, the same on every run, and needs no GPU allocator.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+from baselines.plan import MODEL_SETTINGS, Plan
+
+MB = 2**20
+
+
+def compiled_mb(compiled) -> dict | None:
+  """{'total', 'temp', 'argument', 'output'} in MB (donated buffers counted
+  once), or None where the backend gives no analysis."""
+  m = compiled.memory_analysis()
+  if m is None:
+    return None
+  parts = dict(temp=m.temp_size_in_bytes / MB,
+               argument=m.argument_size_in_bytes / MB,
+               output=m.output_size_in_bytes / MB)
+  return dict(parts, total=sum(parts.values()) - m.alias_size_in_bytes / MB)
+
+
+def dear_jax_step_mb(config, spec: dict, init_batch: dict, batch: dict):
+  """compiled_mb of dear_jax's own train step (train.make_train_step) on
+  `batch`; parameters come from `init_batch` (they do not depend on n)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from dear_jax import train  # pylint: disable=g-import-not-at-top
+  _, step, params, opt_state = train.setup(config, spec, init_batch,
+                                           jax.random.PRNGKey(0))
+  return compiled_mb(step.lower(params, opt_state, batch,
+                                jax.random.PRNGKey(1)).compile())
+
+
+def official_step_mb(algorithm: str, spec: dict, batch: dict, hint_mode: str):
+  """compiled_mb of dm-clrs BaselineModel's jitted feedback step."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from baselines import clrs_official  # pylint: disable=g-import-not-at-top
+  from dear_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  feedback = data_lib.to_feedback(batch, spec)
+  m = clrs_official.build_model(algorithm, spec, feedback, hint_mode=hint_mode)
+  m.init(feedback.features, 1)
+  # pylint: disable=protected-access
+  return compiled_mb(m.jitted_feedback.lower(
+      m._device_params, jax.random.PRNGKey(0), feedback, m._device_opt_state,
+      0).compile())
+
+
+def _largest_train_batch(algorithm: str, data_cfg, keep_hints: bool):
+  from dear_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  largest = max(data_lib.training_sizes(algorithm, data_cfg.train_sizes))
+  cfg = dataclasses.replace(data_cfg, train_sizes=(largest,))
+  return next(data_lib.TrainStream(algorithm, cfg, 0, keep_hints=keep_hints))
+
+
+def train_step_mb(plan: Plan, algorithm: str, model: str) -> float | None:
+  """Total compiled MB of `model`'s step on a batch of the largest training
+  size of its data config."""
+  from dear_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  from dear_jax import train  # pylint: disable=g-import-not-at-top
+  spec = data_lib.processed_spec(algorithm)
+  if model == 'clrs_official':
+    batch = _largest_train_batch(algorithm, plan.official_data, True)
+    mb = official_step_mb(algorithm, spec, batch, MODEL_SETTINGS[model][1])
+  else:
+    config = plan.configs[model]
+    batch = _largest_train_batch(algorithm, train.data_config(config),
+                                 train.uses_hints(config))
+    mb = dear_jax_step_mb(config, spec, batch, batch)
+  return None if mb is None else mb['total']
+
+
+def cached_train_step_mb(plan: Plan, algorithm: str, model: str):
+  """train_step_mb, kept in DIR/runs/ALG/MODEL/memory.json (seed-free)."""
+  path = os.path.join(plan.out, 'runs', algorithm, model, 'memory.json')
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)['train_step_memory_mb']
+  try:
+    mb = train_step_mb(plan, algorithm, model)
+  except Exception as e:  # pylint: disable=broad-except
+    # A missing column must not lose the finished runs' tables.
+    print(f'  memory of {algorithm}/{model} not measured: '
+          f'{type(e).__name__}: {str(e).splitlines()[0][:160]}')
+    return None
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, 'w') as f:
+    json.dump(dict(train_step_memory_mb=mb, what='XLA compiled memory of one '
+                   'train step (temp + arguments + outputs - aliased), batch '
+                   'of the largest training size'), f, indent=2)
+  return mb

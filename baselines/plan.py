@@ -1,0 +1,172 @@
+"""What one `baselines.compare` invocation runs: presets + flags -> Plan.
+
+Validates model and algorithm names, loads the configs of `dear` and of the
+NARs, applies `--override`, and fails with a one-line CompareError on
+anything the user can fix.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import dataclasses
+import importlib.util
+import os
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+MODELS = ('dear', 'nar', 'nar_nohint', 'clrs_official')
+# dear_jax model_kind and NAR hint mode behind each compared model name.
+MODEL_SETTINGS = {'dear': ('dear', None), 'nar': ('nar', 'encoded_decoded'),
+                  'nar_nohint': ('nar', 'none'),
+                  'clrs_official': (None, 'encoded_decoded')}
+# The 10 algorithms of DEAR's tables (Georgiev et al., NeurIPS 2024).
+PAPER_ALGORITHMS = ('bellman_ford', 'bfs', 'dfs', 'dag_shortest_paths',
+                    'floyd_warshall', 'mst_prim',
+                    'strongly_connected_components', 'binary_search',
+                    'insertion_sort', 'minimum')
+
+# None: taken from the dear config (train.steps, train.eval_every).
+PRESETS = {
+    # Minutes on a 2-core CPU: BFS, the official test set (32 graphs, n=64).
+    'smoke': dict(algorithms=('bfs',), models=MODELS, seeds=1,
+                  train_steps=100, eval_every=25,
+                  dear_config='configs/default.py',
+                  nar_config='configs/default.py'),
+    # DEAR's 10 algorithms, 3 seeds, configs/dear_paper.py for DEAR (31,250
+    # steps, validation every 313); the NARs keep CLRS run.py's data and
+    # optimiser (configs/default.py), as the published column. For a GPU.
+    'paper': dict(algorithms=PAPER_ALGORITHMS, models=MODELS, seeds=3,
+                  train_steps=None, eval_every=None,
+                  dear_config='configs/dear_paper.py',
+                  nar_config='configs/default.py'),
+}
+
+# --override may not set what has its own flag or what compare decides.
+_OWN_FLAGS = {'train.steps': '--train_steps', 'train.seed': '--seeds',
+              'train.eval_every': '--eval_every',
+              'data.cache_dir': '--cache_dir'}
+
+
+class CompareError(Exception):
+  """A problem the user can fix: one line on stderr, exit code 2."""
+
+
+@dataclasses.dataclass
+class Plan:
+  out: str
+  preset: str
+  algorithms: tuple
+  models: tuple
+  seeds: tuple
+  train_steps: int
+  eval_every: int
+  configs: dict        # model name -> ConfigDict (dear/nar kinds)
+  official_data: object = None  # DataConfig of clrs_official (nar config's)
+  progress: bool = True
+  memory: bool = True
+
+
+def _check_names(kind: str, names, valid) -> None:
+  bad = [n for n in names if n not in valid]
+  if bad or not names:
+    raise CompareError(f'unknown {kind} {", ".join(map(repr, bad)) or "(none)"}'
+                       f'; valid: {", ".join(valid)}')
+
+
+def load_config_file(path: str):
+  """get_config() of a configs/*.py file (path absolute or repo-relative)."""
+  full = path if os.path.isabs(path) else os.path.join(REPO, path)
+  if not os.path.isfile(full):
+    raise CompareError(f'config file {path!r} not found')
+  if REPO not in sys.path:  # configs/dear_paper.py imports configs.default
+    sys.path.insert(0, REPO)
+  name = 'dear_jax_compare_cfg_' + os.path.splitext(os.path.basename(full))[0]
+  spec = importlib.util.spec_from_file_location(name, full)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def _parse_value(raw: str):
+  try:
+    return ast.literal_eval(raw)
+  except (ValueError, SyntaxError):
+    return raw
+
+
+def apply_override(config, item: str) -> None:
+  """config[SECTION][KEY] = VALUE with the type of the existing value."""
+  key, sep, raw = item.partition('=')
+  key = key.strip()
+  if not sep or key.count('.') != 1:
+    raise CompareError(f'--override wants SECTION.KEY=VALUE, got {item!r}')
+  if key in _OWN_FLAGS:
+    raise CompareError(f'--override {key}: use {_OWN_FLAGS[key]} instead')
+  section, name = key.split('.')
+  if section not in config or not hasattr(config[section], 'keys') or (
+      name not in config[section]):
+    raise CompareError(f'--override: no config key {key!r}')
+  old, value = config[section][name], _parse_value(raw.strip())
+  if isinstance(old, tuple) and isinstance(value, (int, float, str)):
+    value = (value,)
+  elif isinstance(old, tuple) and isinstance(value, list):
+    value = tuple(value)
+  elif isinstance(old, float) and isinstance(value, int):
+    value = float(value)
+  try:
+    config[section][name] = value
+  except (TypeError, ValueError) as e:
+    raise CompareError(f'--override {key}: {str(e).splitlines()[0]}') from None
+
+
+def resolve(args) -> Plan:
+  """Preset + flags -> Plan; validates names and configs (one-line errors)."""
+  preset = PRESETS[args.preset]
+  pick = lambda flag, key: preset[key] if flag is None else flag
+  models = pick(args.models, 'models')
+  _check_names('model', models, MODELS)
+  algorithms = pick(args.algorithms, 'algorithms')
+  seeds = pick(args.seeds, 'seeds')
+  if seeds < 1:
+    raise CompareError(f'--seeds must be >= 1, got {seeds}')
+
+  from dear_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  from dear_jax import train, validation  # pylint: disable=g-import-not-at-top
+  _check_names('algorithm', algorithms, data_lib.algorithm_names())
+
+  base = {'dear': load_config_file(pick(args.dear_config, 'dear_config')),
+          'nar': load_config_file(pick(args.nar_config, 'nar_config'))}
+  train_steps = pick(args.train_steps, 'train_steps') or int(
+      base['dear'].train.steps)
+  eval_every = pick(args.eval_every, 'eval_every') or int(
+      base['dear'].train.eval_every)
+  if train_steps < 1 or eval_every < 1:
+    raise CompareError('--train_steps and --eval_every must be >= 1')
+  for config in base.values():
+    for item in args.override:
+      apply_override(config, item)
+    config.train.steps = train_steps
+    config.train.eval_every = eval_every
+    if args.cache_dir:
+      config.data.cache_dir = os.path.abspath(args.cache_dir)
+  configs = {}
+  for model in models:
+    kind, hint_mode = MODEL_SETTINGS[model]
+    if kind is None:
+      continue
+    config = copy.deepcopy(base[kind])
+    config.model_kind = kind
+    if hint_mode is not None:
+      config.nar.hint_mode = hint_mode
+    try:
+      validation.check_config(config)
+    except ValueError as e:
+      raise CompareError(f'{model} config: {str(e).splitlines()[0]}') from None
+    configs[model] = config
+  return Plan(out=args.out, preset=args.preset, algorithms=tuple(algorithms),
+              models=tuple(models), seeds=tuple(range(seeds)),
+              train_steps=train_steps, eval_every=eval_every, configs=configs,
+              official_data=train.data_config(base['nar']),
+              progress=not args.quiet, memory=args.memory)

@@ -1,0 +1,122 @@
+"""DIR/protocol.json: every setting that changes results, and its guard.
+
+A second invocation on the same --out may add algorithms, models or seeds,
+but any other difference (steps, data sizes, a model's config, the dm-clrs
+version) fails with a one-line error before anything is written.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+
+from baselines.plan import MODEL_SETTINGS, CompareError, Plan
+
+
+def _model_protocol(plan: Plan, model: str) -> dict:
+  if model == 'clrs_official':
+    from baselines import clrs_official  # pylint: disable=g-import-not-at-top
+    d = dataclasses.asdict(plan.official_data)
+    return dict(model=dict(clrs_official.RUN_PY_DEFAULTS),
+                hint_mode=MODEL_SETTINGS[model][1], data=d)
+  c = plan.configs[model].to_dict()
+  c['train'].pop('seed')
+  return c
+
+
+def _data_protocol(algorithm: str, data_cfg) -> dict:
+  """What data an algorithm's runs see (sizes and official counts resolved)."""
+  from dear_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  mult = data_lib.clrs().CLRS_30_ALGS_SETTINGS[algorithm][
+      'num_samples_multiplier']
+  return dict(
+      train_sizes=list(data_lib.training_sizes(algorithm,
+                                               data_cfg.train_sizes)),
+      size_schedule=data_cfg.size_schedule, batch_size=data_cfg.batch_size,
+      val_length=data_lib.validation_length(algorithm, data_cfg),
+      val_num_samples=data_cfg.val_num_samples or 64 * mult,
+      test_length=data_cfg.test_length,
+      test_num_samples=data_cfg.test_num_samples or 32 * mult)
+
+
+def _strip_cache_dir(d: dict) -> dict:
+  d = copy.deepcopy(d)
+  d.get('data', {}).pop('cache_dir', None)
+  return d
+
+
+def build(plan: Plan) -> dict:
+  """Everything that changes results; JSON-normalised (tuples -> lists)."""
+  from dear_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  from dear_jax import train  # pylint: disable=g-import-not-at-top
+  clrs = data_lib.clrs()
+  data_cfgs = {m: (plan.official_data if m == 'clrs_official'
+                   else train.data_config(plan.configs[m]))
+               for m in plan.models}
+  proto = dict(
+      train_steps=plan.train_steps, eval_every=plan.eval_every,
+      data_protocol_version=data_lib.PROTOCOL_VERSION,
+      clrs_version=getattr(clrs, '__version__', 'unknown'),
+      models={m: _strip_cache_dir(_model_protocol(plan, m))
+              for m in plan.models},
+      algorithms={a: {m: _data_protocol(a, data_cfgs[m]) for m in plan.models}
+                  for a in plan.algorithms})
+  return json.loads(json.dumps(proto))
+
+
+def first_difference(old, new, path=''):
+  """Path of the first difference between two JSON values on shared keys."""
+  if isinstance(old, dict) and isinstance(new, dict):
+    # Plain values first: the message then names train_steps, not the copy
+    # of it inside each model's config.
+    keys = sorted(set(old) | set(new),
+                  key=lambda k: (isinstance(old.get(k, new.get(k)), dict), k))
+    for k in keys:
+      if k not in old or k not in new:
+        # New algorithms/models may be added to a DIR; other keys may not.
+        if path in ('algorithms', 'models') or (
+            path.startswith('algorithms.') and path.count('.') == 1):
+          continue
+        return (f'{path}.{k}' if path else k) + ' (present in only one)'
+      d = first_difference(old[k], new[k], f'{path}.{k}' if path else k)
+      if d:
+        return d
+    return None
+  if old != new:
+    return f'{path}: {old!r} there, {new!r} now'
+  return None
+
+
+def check_and_write(plan: Plan, protocol: dict, info: dict) -> None:
+  """Fails if DIR was used with other results-changing settings."""
+  path = os.path.join(plan.out, 'protocol.json')
+  merged = protocol
+  if os.path.exists(path):
+    try:
+      with open(path) as f:
+        old = json.load(f)
+      old['protocol']['models'], old['protocol']['algorithms']  # pylint: disable=pointless-statement
+    except (ValueError, KeyError, TypeError) as e:
+      raise CompareError(f'{path} is unreadable ({type(e).__name__}); '
+                         'use another --out') from None
+    diff = first_difference(old['protocol'], protocol)
+    if diff:
+      raise CompareError(f'{plan.out} holds runs of another protocol ({diff})'
+                         '; use another --out')
+    merged = copy.deepcopy(old['protocol'])
+    merged['models'].update(protocol['models'])
+    for a, per_model in protocol['algorithms'].items():
+      merged['algorithms'].setdefault(a, {}).update(per_model)
+    old_info = old.get('info', {})
+    for key in ('algorithms', 'models', 'seeds'):
+      info[key] = sorted(set(old_info.get(key, [])) | set(info[key]),
+                         key=str)
+    info['presets'] = sorted(set(old_info.get('presets', [])) |
+                             set(info['presets']))
+  os.makedirs(plan.out, exist_ok=True)
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(dict(protocol=merged, info=info), f, indent=2, sort_keys=True)
+  os.replace(tmp, path)

@@ -1,0 +1,227 @@
+"""DIR/results.csv and DIR/results.md from the finished runs in DIR/runs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import platform
+
+from baselines.plan import MODELS
+
+# Published single-task Triplet-GMPNN OOD test scores (%, n=64, 10 seeds):
+# Ibarz et al. 2022, "A Generalist Neural Algorithmic Learner", Table 2, as
+# transcribed in /work/shared/reference/published-scores.md (from the
+# EvoPrompting reprint, arXiv 2302.14838, Appendix Table 3). Mean ± SEM.
+PUBLISHED_TRIPLET_GMPNN = {
+    'activity_selector': (95.18, 0.45),
+    'articulation_points': (88.32, 2.01),
+    'bellman_ford': (97.39, 0.19),
+    'bfs': (99.73, 0.04),
+    'binary_search': (77.58, 2.35),
+    'bridges': (93.99, 2.07),
+    'bubble_sort': (67.68, 5.50),
+    'dag_shortest_paths': (98.19, 0.30),
+    'dfs': (47.79, 4.19),
+    'dijkstra': (96.05, 0.60),
+    'find_maximum_subarray_kadane': (76.36, 0.43),
+    'floyd_warshall': (48.52, 1.04),
+    'graham_scan': (93.62, 0.91),
+    'heapsort': (31.04, 5.82),
+    'insertion_sort': (78.14, 4.64),
+    'jarvis_march': (91.01, 1.30),
+    'kmp_matcher': (19.51, 4.57),
+    'lcs_length': (80.51, 1.84),
+    'matrix_chain_order': (91.68, 0.59),
+    'minimum': (97.78, 0.55),
+    'mst_kruskal': (89.80, 0.77),
+    'mst_prim': (86.39, 1.33),
+    'naive_string_matcher': (78.67, 4.99),
+    'optimal_bst': (73.77, 1.48),
+    'quickselect': (0.47, 0.25),
+    'quicksort': (64.64, 5.12),
+    'segments_intersect': (97.64, 0.09),
+    'strongly_connected_components': (43.43, 3.15),
+    'task_scheduling': (87.25, 0.35),
+    'topological_sort': (87.27, 2.67),
+}
+PUBLISHED_LABEL = 'Triplet-GMPNN (Ibarz et al. 2022)'
+
+CSV_COLUMNS = ('algorithm', 'model', 'seed', 'test_score', 'val_score',
+               'train_seconds', 'train_steps_per_second',
+               'eval_seconds_per_graph', 'solver_iters_mean',
+               'algo_steps_mean', 'memory_mb')
+
+
+def _number(x):
+  if x is None:
+    return None
+  try:
+    x = float(x)
+  except (TypeError, ValueError):
+    return None
+  return x if math.isfinite(x) else None
+
+
+def collect(out: str) -> list:
+  """Every finished run in OUT/runs, as (algorithm, model, seed, results)."""
+  rows = []
+  root = os.path.join(out, 'runs')
+  if not os.path.isdir(root):
+    return rows
+  for algorithm in sorted(os.listdir(root)):
+    for model in os.listdir(os.path.join(root, algorithm)):
+      mdir = os.path.join(root, algorithm, model)
+      if not os.path.isdir(mdir):
+        continue
+      for sdir in os.listdir(mdir):
+        path = os.path.join(mdir, sdir, 'results.json')
+        if sdir.startswith('s') and os.path.exists(path):
+          with open(path) as f:
+            rows.append(dict(algorithm=algorithm, model=model,
+                             seed=int(sdir[1:]), results=json.load(f),
+                             run_dir=os.path.join(mdir, sdir)))
+  order = {m: i for i, m in enumerate(MODELS)}
+  rows.sort(key=lambda r: (r['algorithm'], order.get(r['model'], 99),
+                           r['seed']))
+  return rows
+
+
+def csv_row(run: dict, out: str) -> dict:
+  r = run['results']
+  steps_per_s = _number(r.get('train_steps_per_second'))
+  if steps_per_s is None and _number(r.get('train_seconds')):
+    steps_per_s = r['train_steps'] / r['train_seconds']
+  mem_path = os.path.join(out, 'runs', run['algorithm'], run['model'],
+                          'memory.json')
+  memory = None
+  if os.path.exists(mem_path):
+    with open(mem_path) as f:
+      memory = json.load(f).get('train_step_memory_mb')
+  return dict(algorithm=run['algorithm'], model=run['model'],
+              seed=run['seed'], test_score=r['test_score'],
+              val_score=r['val_score'], train_seconds=r['train_seconds'],
+              train_steps_per_second=steps_per_s,
+              eval_seconds_per_graph=r['eval_seconds_per_graph'],
+              solver_iters_mean=r.get('solver_iters_mean'),
+              algo_steps_mean=r['algo_steps_mean'], memory_mb=memory)
+
+
+def write_csv(path: str, rows: list) -> None:
+  with open(path, 'w', newline='') as f:
+    w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+    w.writeheader()
+    for row in rows:
+      w.writerow({k: ('' if _number(v) is None and k not in
+                      ('algorithm', 'model') else v) for k, v in row.items()})
+
+
+def mean_std(values: list):
+  """(mean, sample std or None for one value, n) of the finite values."""
+  vals = [v for v in (_number(x) for x in values) if v is not None]
+  if not vals:
+    return None, None, 0
+  n = len(vals)
+  mean = sum(vals) / n
+  std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1)) if n > 1 \
+      else None
+  return mean, std, n
+
+
+def _fmt(mean, std, n, scale=1.0, digits=1):
+  if mean is None:
+    return '–'
+  s = f'{scale * mean:.{digits}f}'
+  if std is not None:
+    s += f' ± {scale * std:.{digits}f}'
+  return s + (f' (n={n})' if n != 1 else ' (n=1)')
+
+
+def hardware_line() -> str:
+  import jax  # pylint: disable=g-import-not-at-top
+  cpu = platform.processor()
+  if not cpu and os.path.exists('/proc/cpuinfo'):
+    with open('/proc/cpuinfo') as f:
+      names = [l.split(':', 1)[1].strip() for l in f
+               if l.startswith('model name')]
+    cpu = names[0] if names else ''
+  return (f'{platform.system()} {platform.machine()}, CPU {cpu or "unknown"}, '
+          f'{os.cpu_count()} CPU cores, jax {jax.__version__} devices '
+          f'{jax.devices()}')
+
+
+def write_markdown(path: str, rows: list, info: dict, protocol: dict) -> None:
+  algorithms = sorted({r['algorithm'] for r in rows})
+  present = {r['model'] for r in rows}
+  models = [m for m in MODELS if m in present] + sorted(present - set(MODELS))
+
+  def cells(metric, scale=1.0, digits=1):
+    table = {}
+    for a in algorithms:
+      for m in models:
+        vals = [r[metric] for r in rows
+                if r['algorithm'] == a and r['model'] == m]
+        table[a, m] = _fmt(*mean_std(vals), scale=scale, digits=digits)
+    return table
+
+  lines = ['# DEAR vs stepwise NAR vs dm-clrs BaselineModel', '',
+           f'Hardware: {info["hardware"]}.', '',
+           f'Preset(s) {", ".join(info["presets"])}; {protocol["train_steps"]} '
+           f'training steps, validation every {protocol["eval_every"]} steps; '
+           f'seeds {", ".join(map(str, info["seeds"]))} requested. Models: '
+           + ', '.join(f'`{m}`' for m in models) + '.', '',
+           '## Test score (OOD, official CLRS test split; %, mean ± sample '
+           'std over seeds, n = seeds)', '']
+  header = ['algorithm'] + [f'`{m}`' for m in models] + [
+      f'{PUBLISHED_LABEL}, 10 seeds, mean ± SEM']
+  lines += ['| ' + ' | '.join(header) + ' |',
+            '|' + '---|' * len(header)]
+  test = cells('test_score', 100)
+  for a in algorithms:
+    pub = PUBLISHED_TRIPLET_GMPNN.get(a)
+    pub_s = f'{pub[0]:.2f} ± {pub[1]:.2f}' if pub else '–'
+    lines.append('| ' + ' | '.join([a] + [test[a, m] for m in models] +
+                                   [pub_s]) + ' |')
+
+  def table(title, metric, scale, digits, note=''):
+    t = cells(metric, scale, digits)
+    out = ['', f'## {title}', '']
+    if note:
+      out += [note, '']
+    out += ['| algorithm | ' + ' | '.join(f'`{m}`' for m in models) + ' |',
+            '|' + '---|' * (len(models) + 1)]
+    out += ['| ' + ' | '.join([a] + [t[a, m] for m in models]) + ' |'
+            for a in algorithms]
+    return out
+
+  lines += table('Validation score (best, n=16; %)', 'val_score', 100, 1)
+  lines += table(
+      'Training steps per second', 'train_steps_per_second', 1, 2,
+      'dear/nar: train_steps / train_seconds (the whole loop without '
+      'validation: data generation and compiles included). clrs_official: '
+      'its own steady-state figure (model updates only, compiling steps '
+      'excluded), falling back to train_steps / train_seconds when it has '
+      'none. Compare them with benchmarks/run.py, which times both on the '
+      'same batches.')
+  lines += table('Inference ms per test graph', 'eval_seconds_per_graph',
+                 1e3, 2)
+  lines += table('DEAR solver iterations per test graph (mean)',
+                 'solver_iters_mean', 1, 1)
+  lines += table('True algorithm steps per test graph (mean)',
+                 'algo_steps_mean', 1, 1)
+  lines += table('Compiled train-step memory (MB)', 'memory_mb', 1, 1,
+                 'XLA memory_analysis of one jitted training step on a batch '
+                 'of the largest training size: temp + arguments + outputs, '
+                 'donated buffers counted once. Same for every seed.')
+  lines += ['', '## Notes', '',
+            '- The published column is a reference, not a like-for-like '
+            'run: Ibarz et al. trained 10,000 steps on the CLRS v1.0.0 '
+            'splits; here the test split is regenerated with dm-clrs '
+            f'{protocol["clrs_version"]} (see '
+            '/work/shared/reference/published-scores.md). `clrs_official` is '
+            'the local re-run of that baseline on exactly our data.',
+            '- Per-run values: results.csv; settings: protocol.json; '
+            'figures: plots/.']
+  with open(path, 'w') as f:
+    f.write('\n'.join(lines) + '\n')
