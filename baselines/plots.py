@@ -61,12 +61,16 @@ def scores(path: str, rows: list, published: dict, published_label: str,
   ax.set_xticks(x)
   ax.set_xticklabels(algorithms, rotation=30 if len(algorithms) > 3 else 0,
                      ha='right' if len(algorithms) > 3 else 'center')
-  ax.set_ylim(0, 105)
+  # Scores near 100 would look identical on a 0-100 axis: start near the
+  # lowest bar, rounded down to a multiple of 10.
+  lowest = np.nanmin([100 * r['test_score'] for r in rows] + pub)
+  ax.set_ylim(max(0, 10 * np.floor(lowest / 10 - 0.5)), 101)
   ax.set_ylabel('OOD test score (%)')
   ax.set_xlabel('algorithm')
   ax.set_title('Test score per algorithm and model\n(bars: mean over seeds, '
-               'error bars: std over seeds; diamonds: published)')
-  ax.legend(fontsize=8, loc='lower left')
+               'error bars: std over seeds;\ndiamonds: published)',
+               fontsize=10)
+  ax.legend(fontsize=8, loc='upper left', bbox_to_anchor=(1.01, 1.0))
   ax.grid(axis='y', alpha=0.3)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
@@ -104,8 +108,8 @@ def iterations_vs_steps(path: str, runs: list) -> str | None:
     ax.set_title(a)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-  fig.suptitle('DEAR: solver iterations vs true algorithm steps, per test '
-               'graph (trained model, best validation parameters)')
+  fig.suptitle('DEAR: solver iterations vs true algorithm steps\nper test '
+               'graph (best validation parameters)', fontsize=10)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)

@@ -90,9 +90,6 @@ def collect(out: str) -> list:
 
 def csv_row(run: dict, out: str) -> dict:
   r = run['results']
-  steps_per_s = _number(r.get('train_steps_per_second'))
-  if steps_per_s is None and _number(r.get('train_seconds')):
-    steps_per_s = r['train_steps'] / r['train_seconds']
   mem_path = os.path.join(out, 'runs', run['algorithm'], run['model'],
                           'memory.json')
   memory = None
@@ -102,7 +99,7 @@ def csv_row(run: dict, out: str) -> dict:
   return dict(algorithm=run['algorithm'], model=run['model'],
               seed=run['seed'], test_score=r['test_score'],
               val_score=r['val_score'], train_seconds=r['train_seconds'],
-              train_steps_per_second=steps_per_s,
+              train_steps_per_second=r['train_steps_per_second'],
               eval_seconds_per_graph=r['eval_seconds_per_graph'],
               solver_iters_mean=r.get('solver_iters_mean'),
               algo_steps_mean=r['algo_steps_mean'], memory_mb=memory)
@@ -198,12 +195,10 @@ def write_markdown(path: str, rows: list, info: dict, protocol: dict) -> None:
   lines += table('Validation score (best, n=16; %)', 'val_score', 100, 1)
   lines += table(
       'Training steps per second', 'train_steps_per_second', 1, 2,
-      'dear/nar: train_steps / train_seconds (the whole loop without '
-      'validation: data generation and compiles included). clrs_official: '
-      'its own steady-state figure (model updates only, compiling steps '
-      'excluded), falling back to train_steps / train_seconds when it has '
-      'none. Compare them with benchmarks/run.py, which times both on the '
-      'same batches.')
+      'Steady state, every model alike: model updates per second over the '
+      'training steps that did not compile (data generation, validation and '
+      'compiling steps excluded). benchmarks/run.py times the Flax NAR and '
+      'clrs_official on the same batches.')
   lines += table('Inference ms per test graph', 'eval_seconds_per_graph',
                  1e3, 2)
   lines += table('DEAR solver iterations per test graph (mean)',

@@ -8,7 +8,8 @@ import os
 # Keys every results.json has (dear adds solver statistics).
 REQUIRED_KEYS = (
     'algorithm', 'model', 'seed', 'train_steps', 'test_score', 'val_score',
-    'test_nodes', 'test_graphs', 'train_seconds', 'eval_seconds_per_graph',
+    'test_nodes', 'test_graphs', 'train_seconds', 'train_steps_per_second',
+    'eval_seconds_per_graph',
     'algo_steps_mean', 'num_params', 'config')
 SOLVER_KEYS = ('solver_iters_mean', 'solver_iters_p95', 'nonconverged_fraction',
                'final_residual_mean')
@@ -37,6 +38,8 @@ def summary_table(results: dict) -> str:
            f"{results['test_graphs']} x {results['test_nodes']}"),
           ('true algorithm steps (mean)', f"{results['algo_steps_mean']:.1f}"),
           ('train seconds', f"{results['train_seconds']:.1f}"),
+          ('train steps / s (no compiles)',
+           f"{results['train_steps_per_second']:.2f}"),
           ('eval ms / graph', f"{1e3 * results['eval_seconds_per_graph']:.2f}"),
           ('parameters', f"{results['num_params']:,}")]
   if 'solver_iters_mean' in results:

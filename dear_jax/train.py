@@ -152,6 +152,10 @@ def load_best_params(workdir: str):
   return state['best_params']
 
 
+def _rate(steps: int, seconds: float) -> float:
+  return steps / seconds if seconds > 0 else float('nan')
+
+
 def train_and_evaluate(config, workdir: str, algorithm: str,
                        progress: bool = True) -> dict:
   """Trains `config.model_kind` on `algorithm`; writes WORKDIR/results.json."""
@@ -173,7 +177,9 @@ def train_and_evaluate(config, workdir: str, algorithm: str,
   state = dict(params=params, opt_state=opt_state, best_params=params,
                data=stream.get_state())
   meta = dict(step=0, best_val=-1.0, best_step=0, val_curve=[], loss_curve=[],
-              train_seconds=0.0, data_key=val_set.key + test_set.key)
+              train_seconds=0.0, data_key=val_set.key + test_set.key,
+              steady=dict(steps=0, update_seconds=0.0, loop_seconds=0.0),
+              compile_steps=0)
   start = checkpoints.latest_step()
   if start is not None:
     state, meta = checkpoints.restore(start, state)
@@ -208,10 +214,22 @@ def train_and_evaluate(config, workdir: str, algorithm: str,
   t0 = time.time()
   try:
     while step < steps:
+      t_data = time.perf_counter()
       batch = next(stream)
+      compiled_before = train_step._cache_size()  # pylint: disable=protected-access
+      t_update = time.perf_counter()
       params, opt_state, loss, aux = train_step(
           params, opt_state, batch, jax.random.fold_in(key, step + 1))
       loss = float(loss)
+      t_done = time.perf_counter()
+      # Steady state as baselines.clrs_official measures it: steps that
+      # did not compile, so the rates compare across models.
+      if train_step._cache_size() == compiled_before:  # pylint: disable=protected-access
+        meta['steady']['steps'] += 1
+        meta['steady']['update_seconds'] += t_done - t_update
+        meta['steady']['loop_seconds'] += t_done - t_data
+      else:
+        meta['compile_steps'] += 1
       step += 1
       if not np.isfinite(loss):
         raise RunError(
@@ -252,6 +270,11 @@ def train_and_evaluate(config, workdir: str, algorithm: str,
       best_step=meta['best_step'], test_nodes=data_lib.num_nodes(
           test_set.batches[0]), test_graphs=test_set.num_samples,
       train_seconds=meta['train_seconds'],
+      train_steps_per_second=_rate(meta['steady']['steps'],
+                                   meta['steady']['update_seconds']),
+      train_loop_steps_per_second=_rate(meta['steady']['steps'],
+                                        meta['steady']['loop_seconds']),
+      compile_steps=meta['compile_steps'],
       eval_seconds_per_graph=eval_seconds / test_set.num_samples,
       algo_steps_mean=float(np.mean(test_set.lengths) - 1),
       num_params=count_params(best_params), val_curve=meta['val_curve'],

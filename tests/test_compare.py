@@ -45,7 +45,8 @@ def test_outputs(finished):
   for r in rows:
     assert (r['algorithm'], r['seed']) == ('bfs', '0')
     assert 0 <= float(r['test_score']) <= 1
-    assert float(r['train_steps_per_second']) > 0
+    assert r['train_steps_per_second'] == ''  # its one step compiled
+    assert float(r['train_seconds']) > 0
     assert r['memory_mb'] == ''  # --no_memory
     assert (r['solver_iters_mean'] != '') == (r['model'] == 'dear')
   md = (out / 'results.md').read_text()

@@ -50,6 +50,12 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
   again = train.train_and_evaluate(config, str(tmp_path / 'b'), 'bfs', False)
   assert again['test_score'] == full['test_score']  # determinism on CPU
   assert again['loss_curve'] == full['loss_curve']
+  # Steps that compiled are those with a batch shape not seen before.
+  stream = data.TrainStream('bfs', train.data_config(config),
+                            int(config.train.seed), keep_hints=True)
+  shapes = {str(jax.tree.map(np.shape, next(stream))) for _ in range(6)}
+  assert full['compile_steps'] == len(shapes) < 6
+  assert full['train_steps_per_second'] > 0
   # A run killed after its step-4 checkpoint: later state never reached disk.
   ckpt = tmp_path / 'b' / 'checkpoints'
   assert sorted(os.listdir(ckpt)) == ['4', '6']
