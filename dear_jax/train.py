@@ -210,25 +210,27 @@ def train_and_evaluate(config, workdir: str, algorithm: str,
   bar = tqdm.tqdm(total=steps, initial=meta['step'], disable=not progress,
                   dynamic_ncols=True, desc=f'{config.model_kind} {algorithm}')
   step = meta['step']
+  seen_shapes = set()
   losses = []
   t0 = time.time()
   try:
     while step < steps:
       t_data = time.perf_counter()
       batch = next(stream)
-      compiled_before = train_step._cache_size()  # pylint: disable=protected-access
+      shapes = str(jax.tree.map(np.shape, batch))
       t_update = time.perf_counter()
       params, opt_state, loss, aux = train_step(
           params, opt_state, batch, jax.random.fold_in(key, step + 1))
       loss = float(loss)
       t_done = time.perf_counter()
-      # Steady state as baselines.clrs_official measures it: steps that
-      # did not compile, so the rates compare across models.
-      if train_step._cache_size() == compiled_before:  # pylint: disable=protected-access
+      # Steady state: steps that did not compile (train_step compiles once
+      # per batch shape), so the rate compares with clrs_official's.
+      if shapes in seen_shapes:
         meta['steady']['steps'] += 1
         meta['steady']['update_seconds'] += t_done - t_update
         meta['steady']['loop_seconds'] += t_done - t_data
       else:
+        seen_shapes.add(shapes)
         meta['compile_steps'] += 1
       step += 1
       if not np.isfinite(loss):
