@@ -140,13 +140,20 @@ def _stepper(cfg, fm, cap):
   return s.init_state, step, True   # Broyden's init_state already evaluated f(h0)
 
 
-def _record(rec, x, fx, mask, cfg):
-  """Accepts (x, f(x)) as the graph's current answer unless non-finite."""
-  out, res, ares, n, done, nonfin = rec
+def _residual(x, fx, mask, cfg):
+  """(residual in cfg.tol_mode units, absolute residual) of x over real nodes."""
   m = mask.reshape(mask.shape + (1,) * (x.ndim - 1)) > 0
   d = jnp.where(m, fx - x, 0.0)
   a = jnp.sqrt(jnp.sum(d * d))
   r = a if cfg.tol_mode == 'abs' else a / (jnp.sqrt(jnp.sum(jnp.where(m, fx, 0.0) ** 2)) + 1e-9)
+  return r, a
+
+
+def _record(rec, x, fx, mask, cfg):
+  """Accepts (x, f(x)) as the graph's current answer unless non-finite."""
+  out, res, ares, n, done, nonfin = rec
+  m = mask.reshape(mask.shape + (1,) * (x.ndim - 1)) > 0
+  r, a = _residual(x, fx, mask, cfg)
   ok = jnp.all(jnp.isfinite(jnp.where(m, fx, 0.0))) & jnp.all(jnp.isfinite(jnp.where(m, x, 0.0)))
   ok = ok & jnp.isfinite(r)
   return (jnp.where(ok, x, out), jnp.where(ok, r, res), jnp.where(ok, a, ares), n + 1,
@@ -234,11 +241,7 @@ def residual_history(f, h0, params, args, *, config: SolverConfig, evaluations: 
   mask = (jnp.ones(h0.shape[:2], jnp.float32) if node_mask is None
           else node_mask.astype(jnp.float32))
   init, step, init_measures = _stepper(config, _masked(f), evaluations)
-  inf = jnp.asarray(jnp.inf, jnp.float32)
-
-  def residual(x, fx, mask):
-    rec = (x, inf, inf, jnp.int32(0), jnp.bool_(False), jnp.int32(0))
-    return _record(rec, x, fx, mask, config)[1]
+  residual = lambda x, fx, mask: _residual(x, fx, mask, config)[0]
 
   def one(h0, args, mask):
     a = (params, args, h0, mask)
