@@ -19,4 +19,10 @@ def get_config():
   c.train.steps = 31250
   c.train.eval_every = 313  # about once per epoch
   c.dear.jac_reg_weight = 1e-4
+  # DEAR's solve, not this project's default (README, "Equilibrium"):
+  c.dear.tol = 0.1
+  c.dear.max_iter_eval = 40       # the release's eval cap (its eval_factor never applies)
+  c.dear.grad = 'jfb'
+  c.dear.anderson_ridge_relative = False   # torchdeq's absolute lam
+  c.dear.gate_bias = 0.0          # DEAR's gate has no bias
   return c

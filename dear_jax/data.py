@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import pickle
 import json
 import logging
 import os
@@ -194,6 +195,7 @@ class DataConfig:
   test_num_samples: int | None = None
   eval_batch_size: int = 32
   cache_dir: str = '~/.cache/dear_jax/datasets'
+  recorded_stream: bool = False  # replay training batches recorded on disk
 
   @classmethod
   def from_dict(cls, d) -> 'DataConfig':
@@ -281,6 +283,88 @@ class TrainStream:
     return to_batch(fb, self._spec, keep_hints=self._keep_hints)
 
 
+class RecordedStream:
+  """TrainStream's batches, recorded to disk once and replayed by every later
+  run with the same (algorithm, training sizes, schedule, batch size, seed,
+  hints): models compared on one stream see identical batches, and the
+  dm-clrs samplers (the slow part of a short run on a GPU) run once.
+
+  Batch k is cache_dir/stream-KEY/k.npz; the live stream's RNG state after the
+  last recorded batch sits beside them, so recording resumes where it stopped.
+  One process should record a stream at a time (`record` it first, then
+  start the runs that share it).
+  """
+
+  def __init__(self, algorithm: str, cfg: DataConfig, seed: int,
+               keep_hints: bool = True):
+    protocol = dict(kind='train_stream', algorithm=algorithm,
+                    sizes=list(training_sizes(algorithm, cfg.train_sizes)),
+                    schedule=cfg.size_schedule, batch_size=cfg.batch_size,
+                    seed=int(seed), keep_hints=bool(keep_hints))
+    self._dir = os.path.join(os.path.expanduser(cfg.cache_dir),
+                             'stream-' + _protocol_key(protocol))
+    os.makedirs(self._dir, exist_ok=True)
+    self._live_args = (algorithm, cfg, seed, keep_hints)
+    self._live = None
+    self._step = 0
+
+  def _path(self, k: int) -> str:
+    return os.path.join(self._dir, f'{k}.npz')
+
+  def _live_at(self, k: int) -> TrainStream:
+    """The live stream positioned to produce batch k."""
+    if self._live is None:
+      self._live = TrainStream(*self._live_args)
+      state_path = os.path.join(self._dir, 'live_state.pkl')
+      if os.path.exists(state_path):
+        with open(state_path, 'rb') as f:
+          state = pickle.load(f)
+        if state['step'] <= k:
+          self._live.set_state(state)
+    while self._live._step < k:  # pylint: disable=protected-access
+      next(self._live)
+    return self._live
+
+  def record(self, steps: int) -> None:
+    """Makes sure batches 0 .. steps-1 are on disk."""
+    for k in range(steps):
+      if not os.path.exists(self._path(k)):
+        self._record(k)
+
+  def _record(self, k: int) -> Batch:
+    live = self._live_at(k)
+    batch = next(live)
+    _save(self._path(k), batch)
+    tmp = os.path.join(self._dir, f'live_state.{os.getpid()}.tmp')
+    with open(tmp, 'wb') as f:
+      pickle.dump(live.get_state(), f)
+    os.replace(tmp, os.path.join(self._dir, 'live_state.pkl'))
+    return batch
+
+  def get_state(self) -> dict:
+    return dict(step=np.array(self._step, np.int64))
+
+  def set_state(self, state: dict) -> None:
+    self._step = int(state['step'])
+
+  def __iter__(self) -> Iterator[Batch]:
+    return self
+
+  def __next__(self) -> Batch:
+    k = self._step
+    self._step += 1
+    if os.path.exists(self._path(k)):
+      return _load(self._path(k))
+    return self._record(k)
+
+
+def train_stream(algorithm: str, cfg: DataConfig, seed: int, keep_hints: bool = True,
+                 recorded: bool = False):
+  """The training stream: live (default) or recorded to disk and replayed."""
+  cls = RecordedStream if recorded else TrainStream
+  return cls(algorithm, cfg, seed, keep_hints=keep_hints)
+
+
 @dataclasses.dataclass
 class EvalSet:
   """A whole split as fixed-shape batches; the last one padded by repetition."""
@@ -344,7 +428,7 @@ def _save(path: str, batch: Batch) -> None:
   flat = {f'{group}/{k}': v for group in ('inputs', 'hints', 'outputs')
           for k, v in batch[group].items()}
   flat['lengths'] = batch['lengths']
-  tmp = path + '.tmp.npz'
+  tmp = f'{path}.{os.getpid()}.tmp.npz'  # unique: parallel runs may write one key
   np.savez(tmp, **flat)
   os.replace(tmp, path)
 

@@ -25,7 +25,7 @@ class Reasoner:
   encode_hints = False
   decode_hints = False
 
-  def __init__(self, spec: dict, sample_batch: dict, cfg):
+  def __init__(self, spec: dict, sample_batch: dict, cfg, gate_bias=None):
     self.spec = spec
     self.cfg = cfg
     self.hidden = cfg.hidden
@@ -37,7 +37,7 @@ class Reasoner:
     self.encoders = Encoders(spec=spec, hidden=cfg.hidden,
                              init_mode=cfg.encoder_init)
     self.processor = build_processor(cfg.processor, cfg.hidden,
-                                     cfg.nb_triplet_fts)
+                                     cfg.nb_triplet_fts, gate_bias)
     self.decoders = Decoders(spec=spec,
                              names=self.output_names + self.hint_names,
                              hidden=cfg.hidden, nb_dims=nb_dims)

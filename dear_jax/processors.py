@@ -40,6 +40,7 @@ class TripletGMPNN(nn.Module):
   use_ln: bool = True
   gated: bool = True
   use_triplets: bool = True
+  gate_bias: float = -3.0   # CLRS: the gate starts almost closed (h' ~ 0.95 h)
 
   def setup(self):
     dense = lambda n: nn.Dense(n, kernel_init=haiku_init)
@@ -56,7 +57,7 @@ class TripletGMPNN(nn.Module):
     if self.gated:
       self.gate1, self.gate2 = dense(h), dense(h)
       self.gate3 = nn.Dense(h, kernel_init=haiku_init,
-                            bias_init=nn.initializers.constant(-3.0))
+                            bias_init=nn.initializers.constant(self.gate_bias))
 
   def triplet_features(self, z, edge_fts, graph_fts):
     """(B, N, N, H) edge latent from max over i of the (B, N, N, N, 8) triplets."""
@@ -91,6 +92,7 @@ class TripletGMPNN(nn.Module):
 class GatedMaxMPNN(nn.Module):
   """DEAR's gated max-MPNN over graph edges (adj, self-loops added here)."""
   hidden: int
+  gate_bias: float = 0.0    # DEAR: no gate bias
 
   @nn.compact
   def __call__(self, node_fts, edge_fts, graph_fts, adj, hidden,
@@ -112,7 +114,9 @@ class GatedMaxMPNN(nn.Module):
     agg = _max_aggregate(msgs, adj)
     ret = nn.LayerNorm(epsilon=1e-5, name='ln')(
         dense(h, 'u1')(z) + dense(h, 'u2')(agg))
-    gate = jax.nn.sigmoid(dense(h, 'gate3')(
+    gate3 = nn.Dense(h, kernel_init=torch_uniform, name='gate3',
+                     bias_init=nn.initializers.constant(self.gate_bias))
+    gate = jax.nn.sigmoid(gate3(
         jax.nn.relu(dense(h, 'gate1')(z) + dense(h, 'gate2')(agg))))
     return ret * gate + hidden * (1 - gate), None
 
@@ -120,10 +124,13 @@ class GatedMaxMPNN(nn.Module):
 PROCESSORS = ('triplet_gmpnn', 'gmpnn')
 
 
-def build_processor(kind: str, hidden: int, nb_triplet_fts: int = 8):
+def build_processor(kind: str, hidden: int, nb_triplet_fts: int = 8,
+                    gate_bias: float | None = None):
+  """gate_bias None keeps the processor's own initial gate bias."""
+  extra = {} if gate_bias is None else dict(gate_bias=float(gate_bias))
   if kind == 'triplet_gmpnn':
-    return TripletGMPNN(hidden=hidden, nb_triplet_fts=nb_triplet_fts)
+    return TripletGMPNN(hidden=hidden, nb_triplet_fts=nb_triplet_fts, **extra)
   if kind == 'gmpnn':
-    return GatedMaxMPNN(hidden=hidden)
+    return GatedMaxMPNN(hidden=hidden, **extra)
   raise ValueError(f'unknown processor {kind!r}; allowed: '
                    f'{", ".join(PROCESSORS)}')

@@ -164,7 +164,8 @@ def train_and_evaluate(config, workdir: str, algorithm: str,
   seed = int(config.train.seed)
   hints = uses_hints(config)
   spec = data_lib.processed_spec(algorithm)
-  stream = data_lib.TrainStream(algorithm, dcfg, seed, keep_hints=hints)
+  stream = data_lib.train_stream(algorithm, dcfg, seed, keep_hints=hints,
+                                 recorded=dcfg.recorded_stream)
   val_set = data_lib.load_split(algorithm, 'val', dcfg, seed, keep_hints=hints)
   test_set = data_lib.load_split(algorithm, 'test', dcfg, keep_hints=hints)
 
@@ -288,6 +289,13 @@ def train_and_evaluate(config, workdir: str, algorithm: str,
       results[k if k != 'iterations' else 'solver_iterations'] = v
   if 'iterations' in test:
     results['test_algo_steps'] = (test_set.lengths - 1).tolist()
+  if config.model_kind == 'dear' and config.dear.diagnostics:
+    from dear_jax import diagnostics  # pylint: disable=g-import-not-at-top
+    results.update(diagnostics.fixed_point_check(
+        model, best_params, test_set, ref_tol=config.dear.check_tol,
+        ref_cap=config.dear.check_max_iter))
+    results.update(diagnostics.score_by_tol(model, best_params, test_set,
+                                            evaluate))
   write_results(workdir, results)
   return results
 

@@ -7,7 +7,7 @@ import tempfile
 
 from dear_jax.nar import HINT_MODES
 from dear_jax.processors import PROCESSORS
-from dear_jax.solver import SolverConfig
+from dear_jax.solver import config_from_section
 
 MODEL_KINDS = ('dear', 'nar')
 
@@ -15,12 +15,6 @@ MODEL_KINDS = ('dear', 'nar')
 def _positive(name: str, value) -> None:
   if not value > 0:
     raise ValueError(f'{name} must be positive, got {value}')
-
-
-def solver_config(dear_section) -> SolverConfig:
-  """The solver fields of the config's `dear` section."""
-  fields = SolverConfig.__dataclass_fields__
-  return SolverConfig(**{k: v for k, v in dear_section.items() if k in fields})
 
 
 def check_config(config) -> None:
@@ -44,9 +38,12 @@ def check_config(config) -> None:
   if config.nar.hint_mode not in HINT_MODES:
     raise ValueError(f'hint_mode must be one of {", ".join(HINT_MODES)}, got '
                      f'{config.nar.hint_mode!r}')
-  if config.dear.jac_reg_weight < 0 or config.dear.state_noise < 0:
-    raise ValueError('dear.jac_reg_weight and dear.state_noise must be >= 0')
-  solver_config(config.dear).validate()
+  for name in ('jac_reg_weight', 'state_noise', 'init_state_std'):
+    if not config.dear[name] >= 0:
+      raise ValueError(f'dear.{name} must be >= 0, got {config.dear[name]}')
+  for name in ('check_tol', 'check_max_iter'):
+    _positive(f'dear.{name}', config.dear[name])
+  config_from_section(config.dear, 'dear.')
 
 
 def check_workdir(workdir: str) -> None:

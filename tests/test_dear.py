@@ -1,12 +1,14 @@
 """The equilibrium reasoner: gradients, memory, statistics."""
 
+import shutil
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dear_jax import data, losses, train
-from tests.test_train import tiny_config
+from conftest import tiny_config
+from dear_jax import data, diagnostics, losses, solver, train
 
 
 @pytest.fixture(scope='module')
@@ -87,28 +89,144 @@ def test_ift_train_step_memory_does_not_grow_with_iteration_cap(bfs_batch):
   assert abs(sizes[1] - sizes[0]) <= 0.1 * sizes[0], sizes
 
 
-def test_jfb_gradient_reaches_processor_through_final_step_only(bfs_batch):
+def _grads(model, params, batch, key):
+  return jax.jit(jax.grad(lambda p: model.loss(p, batch, key)[0]))(params)
+
+
+def _flat(tree):
+  return jnp.concatenate([x.ravel() for x in jax.tree_util.tree_leaves(tree)])
+
+
+def test_jfb_gradient_is_one_processor_step_at_the_detached_fixed_point(bfs_batch):
+  """JFB = the gradient through one explicit processor call at stop_gradient(h*),
+  and it is not the implicit gradient."""
   config, batch = bfs_batch
   model = _model(config, batch, grad='jfb')
   params = model.init(jax.random.PRNGKey(0), batch)
-  grads, aux = jax.grad(model.loss, has_aux=True)(params, batch,
-                                                   jax.random.PRNGKey(0))
-  norms = {k: float(jnp.sqrt(sum(jnp.sum(x ** 2) for x in
-                                 jax.tree_util.tree_leaves(v))))
-           for k, v in grads.items()}
-  assert all(np.isfinite(v) and v > 0 for v in norms.values()), norms
-  assert aux['solver'].iterations.shape == (batch['lengths'].shape[0],)
+  key = jax.random.PRNGKey(0)
+
+  def one_step_loss(p):
+    f, h0, args = model.equilibrium(p, batch, training=True, key=key)
+    node, edge, graph, adj, _ = args
+    h_star, _ = solver.solve(f, h0, p['processor'], args, config=model.solver_cfg,
+                             training=True)
+    h_star = jax.lax.stop_gradient(h_star)
+    h_new, tri = model.process(p['processor'], node, edge, graph, adj, h_star)
+    outs, _ = model.decode(p, node, h_star, h_new, edge, tri, graph, True,
+                           jax.random.fold_in(key, 2))
+    return losses.total_loss(model.spec, batch, outs)
+
+  g_jfb = _flat(_grads(model, params, batch, key))
+  g_ref = _flat(jax.jit(jax.grad(one_step_loss))(params))
+  np.testing.assert_allclose(g_jfb, g_ref, rtol=1e-4,
+                             atol=1e-6 * float(jnp.abs(g_ref).max()))
+  g_ift = _flat(_grads(_model(config, batch, grad='ift'), params, batch, key))
+  assert float(jnp.linalg.norm(g_ift - g_jfb) / jnp.linalg.norm(g_ift)) > 1e-2
 
 
-def test_jacobian_regularisation_adds_to_training_loss(bfs_batch):
+@pytest.mark.parametrize('dear', [dict(grad='phantom'), dict(method='broyden'),
+                                  dict(method='fixed_point', damping=0.5)])
+def test_other_gradients_and_solvers_train(bfs_batch, dear):
+  """Phantom gradients and the Broyden / damped-Picard solvers in the whole model:
+  finite loss and gradients, statistics per graph, and a gradient that differs
+  from the default's (the option is really used)."""
   config, batch = bfs_batch
+  params = _model(config, batch).init(jax.random.PRNGKey(0), batch)
+  key = jax.random.PRNGKey(0)
+  model = _model(config, batch, **dear)
+  (loss, aux), g = jax.jit(jax.value_and_grad(model.loss, has_aux=True))(params, batch, key)
+  assert np.isfinite(float(loss)) and bool(jnp.isfinite(_flat(g)).all())
+  assert aux['solver'].iterations.shape == (batch['lengths'].shape[0],)
+  g_default = _flat(_grads(_model(config, batch), params, batch, key))
+  assert not np.allclose(_flat(g), g_default, rtol=1e-3)
+
+
+def test_jacobian_regularisation_adds_exactly_its_term_in_training_only(bfs_batch):
+  config, batch = bfs_batch
+  w = 10.0
   plain = _model(config, batch)
-  reg = _model(config, batch, jac_reg_weight=10.0)
+  reg = _model(config, batch, jac_reg_weight=w)
   params = plain.init(jax.random.PRNGKey(0), batch)
   key = jax.random.PRNGKey(0)
   l0, _ = plain.loss(params, batch, key)
   l1, _ = reg.loss(params, batch, key)
-  assert float(l1) > float(l0)
+  # the term: weight * Hutchinson ||v^T J_f(P(h*))||^2 / size, v drawn from fold_in(key, 3)
+  f, h0, args = plain.equilibrium(params, batch, training=True, key=key)
+  h_star, _ = solver.solve(f, h0, params['processor'], args, config=plain.solver_cfg,
+                           training=True)
+  node, edge, graph, adj, _ = args
+  h_new, _ = plain.process(params['processor'], node, edge, graph, adj, h_star)
+  v = jax.random.normal(jax.random.fold_in(key, 3), h_new.shape)
+  _, vjp = jax.vjp(lambda h: jax.vmap(lambda hg, a: f(hg, params['processor'], *a))(
+      h, tuple(args)), h_new)
+  u = vjp(v)[0]
+  want = w * float(jnp.sum(u * u)) / h_new.size
+  assert want > 1e-3
+  np.testing.assert_allclose(float(l1) - float(l0), want, rtol=1e-3)
+  # evaluation never adds it: same predictions, no penalty in aux
+  p0, _ = plain.predict(params, batch)
+  p1, aux1 = reg.predict(params, batch)
+  assert 'penalty' not in aux1
+  for k in p0:
+    np.testing.assert_array_equal(p0[k], p1[k])
+
+
+@pytest.mark.parametrize('field', ['state_noise', 'init_state_std'])
+def test_training_perturbations_leave_evaluation_alone(bfs_batch, field):
+  """state_noise perturbs f, init_state_std the solve's start; both in training
+  only: the training loss moves, evaluation does not."""
+  config, batch = bfs_batch
+  plain = _model(config, batch)
+  noisy = _model(config, batch, **{field: 0.5})
+  params = plain.init(jax.random.PRNGKey(0), batch)
+  key = jax.random.PRNGKey(1)
+  assert float(plain.loss(params, batch, key)[0]) != float(noisy.loss(params, batch, key)[0])
+  p0, a0 = plain.predict(params, batch)
+  p1, a1 = noisy.predict(params, batch)
+  for k in p0:
+    np.testing.assert_array_equal(p0[k], p1[k])
+  np.testing.assert_array_equal(a0['solver'].iterations, a1['solver'].iterations)
+  f, h0, _ = noisy.equilibrium(params, batch, training=True, key=key)
+  assert (float(jnp.abs(h0).max()) > 0) == (field == 'init_state_std')
+
+
+def test_gate_bias_reaches_the_processor(bfs_batch):
+  config, batch = bfs_batch
+  for bias in (-3.0, 0.0):
+    params = _model(config, batch, gate_bias=bias).init(jax.random.PRNGKey(0), batch)
+    np.testing.assert_array_equal(params['processor']['gate3']['bias'], bias)
+
+
+def test_fixed_point_check_measures_distance_to_the_fixed_point(bfs_batch):
+  """A loose solve (rel 0.5) is far from H*; a tight one (rel 1e-4) is close,
+  measured against reference solves to rel 1e-5 (float32's reach). The model is
+  made contractive (h-reading rows x 0.01; at x 0.05 one graph of this batch
+  cycles between max-aggregation regions and never converges)."""
+  config, batch = bfs_batch
+  model = _model(config, batch, method='fixed_point')
+  params = model.init(jax.random.PRNGKey(3), batch)
+  h = model.hidden
+  params['processor'] = jax.tree_util.tree_map(
+      lambda w: w.at[h:].multiply(0.01) if w.ndim == 2 and w.shape[0] == 2 * h else w,
+      params['processor'])
+  evalset = data.EvalSet(batches=[batch], num_samples=batch['lengths'].shape[0],
+                         outputs=batch['outputs'], lengths=batch['lengths'],
+                         spec=model.spec, key='')
+  loose = diagnostics.fixed_point_check(model.with_solver(tol=0.5), params, evalset,
+                                        ref_tol=1e-5, ref_cap=300)
+  tight = diagnostics.fixed_point_check(model.with_solver(tol=1e-4, max_iter_eval=300),
+                                        params, evalset, ref_tol=1e-5, ref_cap=300)
+  for check in (loose, tight):
+    assert check['fixed_point_reference']['converged_fraction'] == 1.0
+  assert loose['fixed_point_distance_mean'] > 1e-2 > 1e-3 > tight['fixed_point_distance_mean']
+  # a map squeezed this much contracts: its spectral radius is below 1
+  assert 0 < tight['spectral_radius_mean'] < 0.9   # (1 - gate) h alone gives ~0.5
+  sbt = diagnostics.score_by_tol(model, params, evalset, train.evaluate)
+  assert list(sbt['score_by_tol']) == ['0.001', '0.0001', '1e-05']
+  assert sbt['score_by_tol']['0.001'] == train.evaluate(
+      model, jax.jit(model.predict), params, evalset)['score']
+  assert sbt['score_by_tol_spread'] == 100 * (max(sbt['score_by_tol'].values())
+                                             - min(sbt['score_by_tol'].values()))
 
 
 def test_eval_cap_and_stats_are_reported(bfs_batch):
@@ -119,3 +237,19 @@ def test_eval_cap_and_stats_are_reported(bfs_batch):
   stats = aux['solver']
   assert int(stats.iterations.max()) == 2
   assert not bool(stats.converged.any())  # never silent about non-convergence
+  assert stats.result.tolist() == [solver.MAX_ITER] * len(stats.result)
+
+
+def test_dear_run_resumes_exactly(tmp_path):
+  """A DEAR run killed after its step-4 checkpoint ends as the uninterrupted one."""
+  config = tiny_config(tmp_path / 'cache', 'dear')
+  config.dear.diagnostics = False
+  full = train.train_and_evaluate(config, str(tmp_path / 'a'), 'bfs', False)
+  shutil.copytree(tmp_path / 'a', tmp_path / 'b')
+  shutil.rmtree(tmp_path / 'b' / 'checkpoints' / '6')
+  (tmp_path / 'b' / 'results.json').unlink()
+  again = train.train_and_evaluate(config, str(tmp_path / 'b'), 'bfs', False)
+  assert again['loss_curve'] == full['loss_curve']
+  assert again['val_curve'] == full['val_curve']
+  assert again['test_score'] == full['test_score']
+  assert again['solver_iterations'] == full['solver_iterations']
