@@ -1,12 +1,35 @@
-"""Shared fixtures: a tiny data protocol cached under pytest's tmp dir, tiny models."""
+"""Shared test set-up: CPU only, a persistent compilation cache, one tiny run
+config, tiny data protocols cached under pytest's tmp dir, tiny models.
+
+Environment (all optional):
+  DEAR_JAX_TEST_JAX_CACHE  folder of jax's persistent compilation cache for
+                           the tests (default ~/.cache/dear_jax/jax_cache;
+                           empty: no persistent cache).
+"""
 import os
 
+# Parity tests compare float32 programs with tight tolerances: never let a GPU
+# (TF32 matmuls) run them by accident. Must precede jax's backend start-up.
+os.environ['JAX_PLATFORMS'] = 'cpu'
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
+import jax  # noqa: E402
 import ml_collections  # noqa: E402
 import pytest  # noqa: E402
 
 from dear_jax import data as data_lib  # noqa: E402
+
+jax.config.update('jax_platforms', 'cpu')  # in case a plugin imported jax
+
+# Most of the suite's time is XLA compiling small programs, many of them
+# identical across tests (same tiny config, same shapes) and across runs:
+# keep executables on disk, including the cheap ones.
+JAX_CACHE_DIR = os.path.expanduser(os.environ.get(
+    'DEAR_JAX_TEST_JAX_CACHE', '~/.cache/dear_jax/jax_cache'))
+if JAX_CACHE_DIR:
+  jax.config.update('jax_compilation_cache_dir', JAX_CACHE_DIR)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.1)
+  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
 
 
 def pytest_addoption(parser):
@@ -16,13 +39,55 @@ def pytest_addoption(parser):
       'both hint modes (about 8 min on 2 CPU cores) instead of tracing most')
 
 
+def pytest_configure(config):
+  config.addinivalue_line(
+      'markers', 'smoke: runs the code end to end and checks only that the '
+      'result is well formed (kept cheap; deselect with -m "not smoke")')
+
+
+# --- one tiny run config ------------------------------------------------------
+
+def tiny_config(cache_dir, kind='nar', steps=6):
+  """configs/default.py shrunk to seconds: BFS-sized graphs of 5 nodes,
+  batches of 2, 4 validation and 4 test graphs (n=5), hidden 16, validation
+  (and a checkpoint) every 2 steps."""
+  from configs import default  # pylint: disable=g-import-not-at-top
+  c = default.get_config()
+  c.model_kind = kind
+  c.data.train_sizes = (5,)
+  c.data.batch_size = 2
+  c.data.val_length = 5
+  c.data.test_length = 5
+  c.data.val_num_samples = 4
+  c.data.test_num_samples = 4
+  c.data.eval_batch_size = 2
+  c.data.cache_dir = str(cache_dir)
+  c.model.hidden = 16
+  c.train.steps = steps
+  c.train.eval_every = 2
+  return c
+
+
+def config_flags(config, sections=('data', 'model', 'train')) -> list:
+  """--config.SECTION.KEY=VALUE flags that turn configs/default.py into
+  `config` (its keys that differ from the default), for the CLI."""
+  from configs import default  # pylint: disable=g-import-not-at-top
+  base = default.get_config()
+  flags = []
+  for section in sections:
+    for key, value in config[section].items():
+      if value != base[section][key]:
+        if isinstance(value, tuple):
+          value = '(' + ','.join(map(str, value)) + ',)'
+        flags.append(f'--config.{section}.{key}={value}')
+  return flags
+
+
 def tiny_data_config(cache_dir, **overrides) -> data_lib.DataConfig:
-  """Graphs of 5 nodes for training/validation, 6 for test; 4 eval graphs."""
-  kw = dict(train_sizes=(5,), batch_size=2, val_length=5, test_length=6,
-            val_num_samples=4, test_num_samples=4, eval_batch_size=2,
-            cache_dir=str(cache_dir))
+  """tiny_config's data section as a DataConfig, with `overrides`."""
+  kw = tiny_config(cache_dir).data.to_dict()
   kw.update(overrides)
-  return data_lib.DataConfig(**kw)
+  return data_lib.DataConfig.from_dict(kw)
 
 
 def model_config(hidden=16, processor='triplet_gmpnn', nb_triplet_fts=8,
@@ -46,3 +111,79 @@ def data_cfg(cache_dir) -> data_lib.DataConfig:
 @pytest.fixture(scope='session')
 def clrs():
   return data_lib.clrs()
+
+
+# --- finished tiny runs, shared by the CLI / checkpoint / resume tests -------
+
+class FinishedRun:
+  """A `python -m dear_jax.run` of tiny_config(cache_dir, kind), trained to
+  its end, with what an observer outside the code saw while it ran."""
+
+  def __init__(self, kind, workdir, cache_dir, code, stdout, loss_traces):
+    self.kind = kind
+    self.workdir = workdir        # pathlib.Path: results.json, checkpoints/
+    self.cache_dir = cache_dir
+    self.code = code              # run.main's return value
+    self.stdout = stdout
+    self.loss_traces = loss_traces  # times the train step traced model.loss
+
+  @property
+  def config(self):
+    return tiny_config(self.cache_dir, self.kind)
+
+  @property
+  def results(self) -> dict:
+    import json  # pylint: disable=g-import-not-at-top
+    return json.loads((self.workdir / 'results.json').read_text())
+
+
+def cli_args(config, workdir) -> list:
+  """run.main's argv for `config` on BFS."""
+  return (['run', '--algorithm=bfs', f'--model={config.model_kind}',
+           f'--workdir={workdir}', '--noprogress'] + config_flags(config))
+
+
+@pytest.fixture(scope='session')
+def finished_run(tmp_path_factory, cache_dir):
+  """finished_run(kind) -> FinishedRun; each kind trains once per session.
+
+  Do not modify its workdir: copy it (shutil.copytree) first. Compiled with
+  jax_disable_most_optimizations, as test_train.py's own runs, so that a
+  resumed run reproduces its numbers bit for bit.
+  """
+  import contextlib  # pylint: disable=g-import-not-at-top
+  import io  # pylint: disable=g-import-not-at-top
+  from dear_jax import run, train  # pylint: disable=g-import-not-at-top
+  done = {}
+
+  def get(kind):
+    if kind not in done:
+      workdir = tmp_path_factory.mktemp(f'finished_{kind}') / 'w'
+      traces = []
+      real = train.make_train_step
+
+      def counting_make_train_step(model, optimizer):
+        loss = model.loss
+
+        def traced_loss(*args, **kwargs):
+          traces.append(1)  # runs once per trace (compile), not per step
+          return loss(*args, **kwargs)
+
+        model.loss = traced_loss
+        return real(model, optimizer)
+
+      out = io.StringIO()
+      fast = jax.config.read('jax_disable_most_optimizations')
+      jax.config.update('jax_disable_most_optimizations', True)
+      try:
+        with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(
+            out):
+          mp.setattr(train, 'make_train_step', counting_make_train_step)
+          code = run.main(cli_args(tiny_config(cache_dir, kind), workdir))
+      finally:
+        jax.config.update('jax_disable_most_optimizations', fast)
+      done[kind] = FinishedRun(kind, workdir, cache_dir, code, out.getvalue(),
+                               len(traces))
+    return done[kind]
+
+  return get

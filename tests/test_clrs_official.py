@@ -2,8 +2,9 @@
 
 The training runs happen in one child process so that it can use settings that
 must precede jax's backend start-up: CPU only, XLA's cheapest optimisation
-level (compiles dominate a 3-step run) and a persistent compilation cache, so
-the second, identical run does not recompile. Seed 1 is used because its first
+level (compiles dominate a 3-step run) and the tests' persistent compilation
+cache (conftest.JAX_CACHE_DIR, or a fresh one), so the second, identical run
+does not recompile. Seed 1 is used because its first
 training batches at n=4 share one padded length: a single train-step compile.
 """
 
@@ -14,6 +15,7 @@ import sys
 
 import pytest
 
+from conftest import JAX_CACHE_DIR
 from dear_jax import results as results_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -67,7 +69,7 @@ def child(tmp_path_factory):
       os.environ.get('XLA_FLAGS'), '--xla_backend_optimization_level=0',
       '--xla_llvm_disable_expensive_passes=true')))
   env = _env(XLA_FLAGS=xla_flags,
-             JAX_COMPILATION_CACHE_DIR=str(tmp / 'jax_cache'),
+             JAX_COMPILATION_CACHE_DIR=JAX_CACHE_DIR or str(tmp / 'jax_cache'),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
   proc = subprocess.run(

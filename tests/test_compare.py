@@ -1,26 +1,60 @@
-"""baselines.compare end to end at a tiny size: outputs, resume, protocol guard,
-bad names (one line, exit 2)."""
+"""baselines.compare end to end at a tiny size: outputs (tables, and the data
+drawn in each plot), resume, protocol guard, bad names and overrides (one
+line, exit 2)."""
 
 import csv
+import json
 import os
 import subprocess
 import sys
 
+import matplotlib
+import matplotlib.collections
+import matplotlib.container
+import matplotlib.figure
+import matplotlib.image
+import numpy as np
 import pytest
 
 from baselines import compare, protocol, report
+from conftest import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = ('dear', 'nar', 'clrs_official')
-TINY = ['--preset=smoke', '--algorithms=bfs', f'--models={",".join(MODELS)}',
-        '--seeds=1', '--train_steps=1', '--eval_every=1', '--quiet',
-        '--no_memory',
-        '--override=data.train_sizes=5', '--override=data.batch_size=2',
-        '--override=data.val_length=5', '--override=data.test_length=5',
-        '--override=data.val_num_samples=2',
-        '--override=data.test_num_samples=2',
-        '--override=data.eval_batch_size=2', '--override=model.hidden=16',
-        '--override=dear.max_iter_eval=3']
+DPI = 110  # baselines/plots.py
+
+
+def _tiny_overrides():
+  """--override flags that turn configs/default.py into tests' tiny_config
+  (train.* and data.cache_dir have their own compare flags)."""
+  from configs import default  # pylint: disable=g-import-not-at-top
+  base, tiny = default.get_config(), tiny_config('unused')
+  flags = []
+  for section in ('data', 'model'):
+    for key, value in tiny[section].items():
+      if value != base[section][key] and key != 'cache_dir':
+        flags.append(f'--override={section}.{key}={value!r}')
+  return flags + ['--override=dear.max_iter_eval=3']
+
+
+TINY = (['--preset=smoke', '--algorithms=bfs', f'--models={",".join(MODELS)}',
+         '--seeds=1', '--train_steps=1', '--eval_every=1', '--quiet',
+         '--no_memory'] + _tiny_overrides())
+
+
+def _guard_environ(mp):
+  """compare.main sets CUDA_VISIBLE_DEVICES (for clrs_official): have the
+  monkeypatch `mp` restore its current state afterwards."""
+  name = 'CUDA_VISIBLE_DEVICES'
+  if name in os.environ:
+    mp.setenv(name, os.environ[name])
+  else:
+    mp.delenv(name, raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _restore_environ(monkeypatch):
+  _guard_environ(monkeypatch)
 
 
 def _results_mtimes(out):
@@ -28,23 +62,60 @@ def _results_mtimes(out):
                      ).st_mtime_ns for m in MODELS}
 
 
+def _figure_data(fig, dpi):
+  """What a figure shows: per visible axes its title, bars (by label),
+  lines (label, x, y) and scatter points (label, offsets)."""
+  axes = []
+  for ax in fig.axes:
+    if not ax.get_visible():
+      continue
+    axes.append(dict(
+        title=ax.get_title(),
+        bars={c.get_label(): [p.get_height() for p in c.patches]
+              for c in ax.containers
+              if isinstance(c, matplotlib.container.BarContainer)},
+        lines=[(l.get_label(), np.asarray(l.get_xdata(), float),
+                np.asarray(l.get_ydata(), float)) for l in ax.get_lines()],
+        points=[(c.get_label(), np.asarray(c.get_offsets(), float))
+                for c in ax.collections
+                if isinstance(c, matplotlib.collections.PathCollection)]))
+  w, h = fig.get_size_inches()
+  return dict(axes=axes, pixels=(round(h * dpi), round(w * dpi)))
+
+
 @pytest.fixture(scope='module')
 def finished(tmp_path_factory, cache_dir):
   out = tmp_path_factory.mktemp('compare')
   argv = [f'--out={out}', f'--cache_dir={cache_dir}'] + TINY
-  assert compare.main(argv) == 0
-  return out, argv
+  figures = {}
+  real_savefig = matplotlib.figure.Figure.savefig
+
+  def recording_savefig(fig, path, *args, **kwargs):
+    figures[os.path.basename(str(path))] = _figure_data(
+        fig, kwargs.get('dpi', DPI))
+    return real_savefig(fig, path, *args, **kwargs)
+
+  with pytest.MonkeyPatch.context() as mp:
+    _guard_environ(mp)
+    mp.setattr(matplotlib.figure.Figure, 'savefig', recording_savefig)
+    assert compare.main(argv) == 0
+  return out, argv, figures
+
+
+def _results(out, model):
+  with open(out / 'runs' / 'bfs' / model / 's0' / 'results.json') as f:
+    return json.load(f)
 
 
 def test_outputs(finished):
-  out, _ = finished
+  out, _, _ = finished
   with open(out / 'results.csv') as f:
     rows = list(csv.DictReader(f))
   assert [r['model'] for r in rows] == list(MODELS)  # one row per run
   assert tuple(rows[0]) == report.CSV_COLUMNS
   for r in rows:
     assert (r['algorithm'], r['seed']) == ('bfs', '0')
-    assert 0 <= float(r['test_score']) <= 1
+    assert float(r['test_score']) == _results(out, r['model'])['test_score']
     assert r['train_steps_per_second'] == ''  # its one step compiled
     assert float(r['train_seconds']) > 0
     assert r['memory_mb'] == ''  # --no_memory
@@ -52,14 +123,76 @@ def test_outputs(finished):
   md = (out / 'results.md').read_text()
   assert report.PUBLISHED_LABEL in md and '99.73 ± 0.04' in md
   assert 'CPU cores' in md
-  for name in ('scores', 'iterations_vs_steps', 'convergence',
-               'training_curves'):
-    png = (out / 'plots' / f'{name}.png').read_bytes()
-    assert png.startswith(b'\x89PNG') and len(png) > 1000
+  # The runs used the tiny protocol (the overrides reached every model).
+  assert _results(out, 'nar')['config']['model']['hidden'] == 16
+  assert _results(out, 'dear')['test_graphs'] == 4
+
+
+PLOTS = ('scores', 'iterations_vs_steps', 'convergence', 'training_curves')
+
+
+@pytest.mark.parametrize('name', PLOTS)
+def test_plot_files_are_real_images(finished, name):
+  out, _, figures = finished
+  image = matplotlib.image.imread(out / 'plots' / f'{name}.png')
+  assert image.shape[:2] == figures[f'{name}.png']['pixels']
+  # Not blank: many distinct colours.
+  colours = np.unique(image.reshape(-1, image.shape[-1]), axis=0)
+  assert len(colours) > 20
+
+
+def test_scores_plot_shows_test_scores(finished):
+  out, _, figures = finished
+  (ax,) = figures['scores.png']['axes']
+  assert set(ax['bars']) == set(MODELS)
+  for m in MODELS:  # one algorithm, one seed: the bar is the score
+    np.testing.assert_allclose(ax['bars'][m],
+                               [100 * _results(out, m)['test_score']])
+  (published,) = [p for label, p in ax['points'] if 'published' in label]
+  np.testing.assert_allclose(published[:, 1],
+                             [report.PUBLISHED_TRIPLET_GMPNN['bfs'][0]])
+
+
+def test_training_curves_plot_shows_curves(finished):
+  out, _, figures = finished
+  loss_ax, val_ax = figures['training_curves.png']['axes']
+  for m in MODELS:
+    r = _results(out, m)
+    (loss,) = [(x, y) for label, x, y in loss_ax['lines'] if label == m]
+    np.testing.assert_allclose(np.stack(loss, 1), r['loss_curve'])
+    (val,) = [(x, y) for label, x, y in val_ax['lines'] if label == m]
+    want = np.asarray(r['val_curve'], float) * [1, 100]
+    np.testing.assert_allclose(np.stack(val, 1), want)
+
+
+def test_iterations_plot_shows_solver_iterations(finished):
+  out, _, figures = finished
+  (ax,) = figures['iterations_vs_steps.png']['axes']
+  r = _results(out, 'dear')
+  (points,) = [p for label, p in ax['points'] if label == 'seed 0']
+  np.testing.assert_allclose(points[:, 1], r['solver_iterations'])
+  assert np.all(np.abs(points[:, 0] - r['test_algo_steps']) <= 0.15)  # jitter
+
+
+def test_convergence_plot_shows_trace(finished):
+  out, _, figures = finished
+  (ax,) = figures['convergence.png']['axes']
+  with open(out / 'plots' / 'convergence.json') as f:
+    trace = json.load(f)
+  # The first test batch (eval_batch_size graphs), to the evaluation cap.
+  assert trace['cap'] == 3 and trace['graphs'] == 2
+  for name in ('solver', 'fixed_point'):
+    (line,) = [(x, y) for label, x, y in ax['lines']
+               if label.endswith(': median') and (
+                   'plain' in label) == (name == 'fixed_point')]
+    res = np.asarray(trace['curves'][name], float).T
+    np.testing.assert_allclose(line[1], np.median(res, axis=1))
+  tol_lines = [y for label, _, y in ax['lines'] if label.startswith('tolerance')]
+  assert tol_lines and np.allclose(tol_lines[0], trace['tol'])
 
 
 def test_second_invocation_skips_finished_runs(finished, capsys):
-  out, argv = finished
+  out, argv, _ = finished
   before = _results_mtimes(out)
   assert compare.main(argv) == 0
   assert _results_mtimes(out) == before
@@ -92,7 +225,7 @@ def _stored(out):
 
 
 def test_other_protocol_in_same_out_is_refused(finished, capsys):
-  out, argv = finished
+  out, argv, _ = finished
   before = _stored(out)
   changed = [a for a in argv if not a.startswith('--train_steps')]
   assert compare.main(changed + ['--train_steps=2']) == 2
@@ -103,7 +236,7 @@ def test_other_protocol_in_same_out_is_refused(finished, capsys):
 
 
 def test_changed_model_config_in_same_out_is_refused(finished, capsys):
-  out, argv = finished
+  out, argv, _ = finished
   before = _stored(out)
   assert compare.main(argv + ['--override=model.hidden=32']) == 2
   err = capsys.readouterr().err.strip()
@@ -116,6 +249,27 @@ def test_unreadable_protocol_is_refused(tmp_path, capsys):
   assert compare.main([f'--out={tmp_path}', '--models=dear']) == 2
   assert 'unreadable' in capsys.readouterr().err
   assert (tmp_path / 'protocol.json').read_text() == '{"protocol": '
+
+
+@pytest.mark.parametrize('override, message', [
+    ('model.hidden', 'wants SECTION.KEY=VALUE'),
+    ('hidden=32', 'wants SECTION.KEY=VALUE'),
+    ('dear.solver.tol=1', 'wants SECTION.KEY=VALUE'),
+    ('train.steps=3', 'use --train_steps instead'),
+    ('train.seed=1', 'use --seeds instead'),
+    ('data.cache_dir=/tmp', 'use --cache_dir instead'),
+    ('model.width=32', "no config key 'model.width'"),
+    ('optimizer.lr=1', "no config key 'optimizer.lr'"),
+    ('model.hidden=wide', '--override model.hidden:'),
+    ('dear.tol=-1', 'dear config:'),
+])
+def test_bad_override_is_one_line_exit_2(tmp_path, capsys, override, message):
+  assert compare.main([f'--out={tmp_path}', '--models=dear',
+                       f'--override={override}']) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1, err
+  assert message in err[0], err[0]
+  assert not os.listdir(tmp_path)
 
 
 def test_protocol_allows_new_algorithms_models_seeds_only():

@@ -1,4 +1,9 @@
-"""Training loop, checkpoints/resume, compile counts, CLI and bad input."""
+"""Training loop, checkpoints/resume, compile counts, evaluation, CLI and bad
+input.
+
+Most tests share the session's finished tiny runs (conftest.finished_run: one
+CLI run per model kind) and copy a workdir before changing it.
+"""
 
 import json
 import os
@@ -8,98 +13,27 @@ import sys
 
 import jax
 import numpy as np
-import optax
 import pytest
 
-from configs import default
-from dear_jax import data, run, train
+from conftest import cli_args, config_flags, tiny_config  # noqa: F401  (tiny_config: re-exported for tests/test_dear.py)
+from dear_jax import data, run, train, validation
 from dear_jax.results import REQUIRED_KEYS, SOLVER_KEYS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def tiny_config(cache_dir, kind='nar', steps=6):
-  c = default.get_config()
-  c.model_kind = kind
-  c.data.train_sizes = (5,)
-  c.data.batch_size = 2
-  c.data.val_length = 5
-  c.data.test_length = 5
-  c.data.val_num_samples = 4
-  c.data.test_num_samples = 4
-  c.data.eval_batch_size = 2
-  c.data.cache_dir = str(cache_dir)
-  c.model.hidden = 16
-  c.train.steps = steps
-  c.train.eval_every = 2
-  return c
+@pytest.fixture(scope='module', autouse=True)
+def fast_compile():
+  """XLA's optimisations double compile times on CPU; these runs are tiny and
+  every comparison below is between runs compiled the same way."""
+  old = jax.config.read('jax_disable_most_optimizations')
+  jax.config.update('jax_disable_most_optimizations', True)
+  yield
+  jax.config.update('jax_disable_most_optimizations', old)
 
 
 def _tiny_flags(cache_dir):
-  return ['--config.data.train_sizes=(5,)', '--config.data.batch_size=2',
-          '--config.data.val_length=5', '--config.data.test_length=5',
-          '--config.data.val_num_samples=4', '--config.data.test_num_samples=4',
-          '--config.data.eval_batch_size=2', '--config.model.hidden=16',
-          f'--config.data.cache_dir={cache_dir}', '--config.train.eval_every=2',
-          '--noprogress']
-
-
-def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
-  config = tiny_config(tmp_path / 'cache')
-  full = train.train_and_evaluate(config, str(tmp_path / 'a'), 'bfs', False)
-  again = train.train_and_evaluate(config, str(tmp_path / 'b'), 'bfs', False)
-  assert again['test_score'] == full['test_score']  # determinism on CPU
-  assert again['loss_curve'] == full['loss_curve']
-  # Steps that compiled are those with a batch shape not seen before.
-  stream = data.TrainStream('bfs', train.data_config(config),
-                            int(config.train.seed), keep_hints=True)
-  shapes = {str(jax.tree.map(np.shape, next(stream))) for _ in range(6)}
-  assert full['compile_steps'] == len(shapes) < 6
-  assert full['train_steps_per_second'] > 0
-  # A run killed after its step-4 checkpoint: later state never reached disk.
-  ckpt = tmp_path / 'b' / 'checkpoints'
-  assert sorted(os.listdir(ckpt)) == ['4', '6']
-  shutil.rmtree(ckpt / '6')
-  os.remove(tmp_path / 'b' / 'results.json')
-  resumed = train.train_and_evaluate(config, str(tmp_path / 'b'), 'bfs', False)
-  assert resumed['loss_curve'] == full['loss_curve']
-  assert resumed['val_curve'] == full['val_curve']
-  assert resumed['test_score'] == full['test_score']
-
-
-@pytest.mark.parametrize('kind', ['nar', 'dear'])
-def test_compile_count_stops_growing(tmp_path, kind):
-  config = tiny_config(tmp_path / 'cache', kind)
-  config.data.train_sizes = (4, 5)
-  cfg = train.data_config(config)
-  stream = data.TrainStream('bfs', cfg, seed=0, keep_hints=kind == 'nar')
-  spec = data.processed_spec('bfs')
-  first = next(stream)
-  model = train.build_model(config, spec, first)
-  params = model.init(jax.random.PRNGKey(0), first)
-  opt = optax.adam(1e-3)
-  opt_state = opt.init(params)
-
-  @jax.jit
-  def step(params, opt_state, batch):
-    grads, _ = jax.grad(model.loss, has_aux=True)(params, batch,
-                                                  jax.random.PRNGKey(1))
-    updates, opt_state = opt.update(grads, opt_state)
-    return optax.apply_updates(params, updates), opt_state
-
-  compiles, shapes = 0, set()
-  for _ in range(40):
-    batch = next(stream)
-    shape = tuple(np.shape(x) for x in jax.tree_util.tree_leaves(batch))
-    new_shape = shape not in shapes
-    shapes.add(shape)
-    params, opt_state = step(params, opt_state, batch)
-    grew = step._cache_size() > compiles  # pylint: disable=protected-access
-    compiles = step._cache_size()  # pylint: disable=protected-access
-    assert not grew or new_shape  # a compilation only for an unseen shape
-  # Shapes are bounded: 2 sizes x time buckets {2, 3, 4, 6} for BFS at n <= 5
-  # (DEAR drops hints: one shape per size).
-  assert compiles <= len(shapes) <= (8 if kind == 'nar' else 2)
+  return config_flags(tiny_config(cache_dir)) + ['--noprogress']
 
 
 def _run_cli(args, capsys):
@@ -109,20 +43,244 @@ def _run_cli(args, capsys):
   return e.value.code, err
 
 
-def test_cli_trains_and_writes_results(tmp_path, capsys):
-  for kind in ('nar', 'dear'):
-    workdir = tmp_path / kind
-    code = run.main(['run', '--algorithm=bfs', f'--model={kind}',
-                     '--train_steps=2', f'--workdir={workdir}'] +
-                    _tiny_flags(tmp_path / 'cache'))
-    assert code == 0
-    results = json.loads((workdir / 'results.json').read_text())
-    assert set(REQUIRED_KEYS) <= set(results)
-    assert results['model'] == kind and results['train_steps'] == 2
-    assert 0.0 <= results['test_score'] <= 1.0
-    if kind == 'dear':
-      assert set(SOLVER_KEYS) <= set(results)
-    assert 'test score (OOD)' in capsys.readouterr().out
+def _tree_equal(a, b) -> bool:
+  la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+  return len(la) == len(lb) and all(
+      np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb))
+
+
+def _mtimes(folder) -> dict:
+  return {os.path.join(root, f): os.stat(os.path.join(root, f)).st_mtime_ns
+          for root, _, files in os.walk(folder) for f in files}
+
+
+def _copy_run(finished, dest):
+  shutil.copytree(finished.workdir, dest)
+  return dest
+
+
+# --- the CLI end to end -------------------------------------------------------
+
+@pytest.mark.smoke
+@pytest.mark.parametrize('kind', ['nar', 'dear'])
+def test_cli_trains_and_writes_results(finished_run, kind):
+  r = finished_run(kind)
+  assert r.code == 0
+  results = r.results
+  assert set(REQUIRED_KEYS) <= set(results)
+  assert results['model'] == kind and results['train_steps'] == 6
+  assert 0.0 <= results['test_score'] <= 1.0
+  assert (set(SOLVER_KEYS) <= set(results)) == (kind == 'dear')
+  assert 'test score (OOD)' in r.stdout
+  # The CLI flags built from tiny_config reproduce tiny_config exactly (the
+  # resume tests below rely on it).
+  assert results['config'] == json.loads(json.dumps(r.config.to_dict()))
+
+
+# --- checkpoints and resume -------------------------------------------------
+
+@pytest.mark.parametrize('kind', ['nar', 'dear'])
+def test_resume_after_interruption_matches_uninterrupted_run(
+    finished_run, tmp_path, monkeypatch, kind):
+  full = finished_run(kind)
+  workdir = _copy_run(full, tmp_path / 'b')
+  # A run killed after its step-4 checkpoint: later state never reached disk.
+  ckpt = workdir / 'checkpoints'
+  assert sorted(os.listdir(ckpt)) == ['4', '6']
+  shutil.rmtree(ckpt / '6')
+  os.remove(workdir / 'results.json')
+  drawn = []
+  real_next = data.TrainStream.__next__
+
+  def counting_next(self):
+    drawn.append(1)
+    return real_next(self)
+
+  monkeypatch.setattr(data.TrainStream, '__next__', counting_next)
+  resumed = train.train_and_evaluate(full.config, str(workdir), 'bfs', False)
+  # It continued from step 4 (a restart from scratch would draw 6 batches
+  # and, being deterministic, reach the same numbers).
+  assert len(drawn) == 2
+  want = full.results
+  assert resumed['loss_curve'] == want['loss_curve']
+  assert resumed['val_curve'] == want['val_curve']
+  assert resumed['best_step'] == want['best_step']
+  assert resumed['test_score'] == want['test_score']
+
+
+def test_compile_steps_counts_train_step_traces(finished_run):
+  """results.json's compile_steps against the number of times the jitted
+  train step actually traced the loss (an observer outside the counting)."""
+  r = finished_run('nar')
+  # BFS at n=5 pads hints to several time buckets: several compiles, but
+  # fewer than steps.
+  assert 2 <= r.loss_traces < 6
+  assert r.results['compile_steps'] == r.loss_traces
+  assert r.results['train_steps_per_second'] > 0
+
+
+def test_data_protocol_change_on_resume_is_refused(finished_run, tmp_path,
+                                                  capsys):
+  workdir = _copy_run(finished_run('nar'), tmp_path / 'w')
+  before = _mtimes(workdir)
+  changed = tiny_config(finished_run('nar').cache_dir, 'nar')
+  changed.data.test_num_samples = 3
+  code, err = _run_cli(cli_args(changed, workdir)[1:], capsys)
+  assert code == 2 and 'another data protocol' in err
+  assert len(err.strip().splitlines()) == 1 and 'Traceback' not in err
+  assert _mtimes(workdir) == before
+
+
+def test_corrupted_checkpoint_is_reported_and_kept(finished_run, tmp_path,
+                                                   capsys):
+  r = finished_run('nar')
+  workdir = _copy_run(r, tmp_path / 'w')
+  step_dir = workdir / 'checkpoints' / '6' / 'state'
+  for root, _, files in os.walk(step_dir):
+    for name in files:
+      with open(os.path.join(root, name), 'wb') as f:
+        f.write(b'garbage')
+  before = sorted(os.listdir(workdir))
+  results_before = (workdir / 'results.json').read_text()
+  code, err = _run_cli(cli_args(r.config, workdir)[1:], capsys)
+  assert code == 2 and 'cannot be restored' in err
+  assert len(err.strip().splitlines()) == 1
+  assert sorted(os.listdir(workdir)) == before
+  assert (workdir / 'results.json').read_text() == results_before
+
+
+def test_divergence_stops_with_message_and_keeps_checkpoint(cache_dir, tmp_path,
+                                                            capsys):
+  config = tiny_config(cache_dir, 'nar', steps=4)
+  config.nar.hint_mode = 'none'  # one batch shape: one compile
+  config.train.learning_rate = 1e30
+  config.train.grad_clip = 1e30
+  config.train.eval_every = 1
+  workdir = tmp_path / 'w'
+  code, err = _run_cli(cli_args(config, workdir)[1:] +
+                       ['--hint_mode=none'], capsys)
+  assert code == 2 and 'diverged' in err
+  last = int(err.split('(step ')[1].split(')')[0])
+  assert last >= 1 and str(last) in os.listdir(workdir / 'checkpoints')
+
+
+# --- compile counts -----------------------------------------------------------
+
+@pytest.mark.parametrize('kind', ['nar', 'dear'])
+def test_compile_count_stops_growing(cache_dir, kind):
+  """The train step traces once per distinct batch shape, and the shapes are
+  few: 2 sizes x time buckets {2, 3, 4, 6} for BFS at n <= 5 (DEAR drops
+  hints: one shape per size)."""
+  config = tiny_config(cache_dir, kind)
+  config.data.train_sizes = (4, 5)
+  stream = data.TrainStream('bfs', train.data_config(config), seed=0,
+                            keep_hints=kind == 'nar')
+  first = next(stream)
+  model = train.build_model(config, data.processed_spec('bfs'), first)
+  traces = []
+  loss = model.loss
+
+  def traced_loss(*args, **kwargs):
+    traces.append(1)  # a Python side effect: runs when jit traces, only
+    return loss(*args, **kwargs)
+
+  model.loss = traced_loss
+  optimizer = train.make_optimizer(config)
+  step = train.make_train_step(model, optimizer)
+  params = model.init(jax.random.PRNGKey(0), first)
+  opt_state = optimizer.init(params)
+  shapes = []
+  batch = first
+  for i in range(12):
+    shape = tuple(np.shape(x) for x in jax.tree_util.tree_leaves(batch))
+    new_shape = shape not in shapes
+    if new_shape:
+      shapes.append(shape)
+    before = len(traces)
+    params, opt_state, _, _ = step(params, opt_state, batch,
+                                   jax.random.PRNGKey(i))
+    assert len(traces) - before == int(new_shape), i
+    batch = next(stream)
+  assert len(traces) == len(shapes)
+  assert 2 <= len(shapes) <= (8 if kind == 'nar' else 2)
+
+
+# --- evaluation ----------------------------------------------------------------
+
+def test_padded_last_eval_batch_scores_like_unpadded(cache_dir):
+  """3 test graphs in batches of 2: the last batch is padded by repetition
+  and `evaluate` must drop the padding before scoring."""
+  config = tiny_config(cache_dir, 'nar')
+  config.nar.hint_mode = 'none'
+  config.data.test_num_samples = 3
+  sets = {}
+  for bs in (2, 3):
+    config.data.eval_batch_size = bs
+    sets[bs] = data.load_split('bfs', 'test', train.data_config(config))
+  padded, whole = sets[2], sets[3]
+  assert padded.num_samples == whole.num_samples == 3
+  assert len(padded.batches) == 2 and len(whole.batches) == 1
+  assert len(padded.batches[1]['lengths']) == 2  # one repeated graph
+  model = train.build_model(config, data.processed_spec('bfs'),
+                            whole.batches[0])
+  params = model.init(jax.random.PRNGKey(0), whole.batches[0])
+  predict = jax.jit(model.predict)
+  got = train.evaluate(model, predict, params, padded)['score']
+  want = train.evaluate(model, predict, params, whole)['score']
+  assert got == pytest.approx(want, abs=1e-12)
+  assert 0 < want < 1  # an untrained model: the score depends on every graph
+
+
+def test_test_score_uses_best_validation_parameters(cache_dir, tmp_path,
+                                                   monkeypatch):
+  """Validation scores are scripted so that the best step (2) is not the last
+  (4); the test split must then be scored with the step-2 parameters."""
+  config = tiny_config(cache_dir, 'nar', steps=4)
+  config.nar.hint_mode = 'none'
+  test_key = data.load_split('bfs', 'test', train.data_config(config)).key
+  scripted = iter([0.2, 0.9, 0.5])  # validations at steps 0, 2, 4
+  val_params, test_calls = [], []
+  real = train.evaluate
+
+  def fake_evaluate(model, predict_fn, params, evalset):
+    if evalset.key == test_key:
+      result = real(model, predict_fn, params, evalset)
+      test_calls.append((params, result['score']))
+      return result
+    val_params.append(params)
+    return {'score': next(scripted)}
+
+  monkeypatch.setattr(train, 'evaluate', fake_evaluate)
+  results = train.train_and_evaluate(config, str(tmp_path / 'w'), 'bfs', False)
+  assert len(val_params) == 3 and test_calls
+  assert results['best_step'] == 2 and results['val_score'] == 0.9
+  assert not _tree_equal(val_params[1], val_params[2])  # training moved
+  for params, _ in test_calls:
+    assert _tree_equal(params, val_params[1])
+  assert results['test_score'] == test_calls[0][1]
+  assert _tree_equal(train.load_best_params(str(tmp_path / 'w')),
+                     val_params[1])
+
+
+# --- configs and bad input ----------------------------------------------------
+
+def _resolve(argv):
+  fv = run.flags.FlagValues()
+  run._define_flags(fv, argv)  # pylint: disable=protected-access
+  fv(argv)
+  return run.resolve_config(fv)
+
+
+def test_dear_paper_config_passes_check_config():
+  config = _resolve(['run', f'--config={REPO}/configs/dear_paper.py'])
+  validation.check_config(config)
+  assert config.model_kind == 'dear'
+  assert config.data.size_schedule == 'uniform'
+  assert config.data.train_sizes == tuple(range(8, 17))
+  # check_config does check (so passing it means something)
+  with pytest.raises(ValueError, match='processor'):
+    _resolve(['run', f'--config={REPO}/configs/dear_paper.py',
+              '--config.model.processor=bogus'])
 
 
 @pytest.mark.parametrize('args, message', [
@@ -146,39 +304,8 @@ def test_bad_input_one_line_exit_2(tmp_path, capsys, args, message):
   assert len(err.strip().splitlines()) == 1 and 'Traceback' not in err
 
 
-def test_corrupted_checkpoint_is_reported_and_kept(tmp_path, capsys):
-  workdir = tmp_path / 'w'
-  flags = ['--model=nar', '--train_steps=2', f'--workdir={workdir}'] + \
-      _tiny_flags(tmp_path / 'cache')
-  assert run.main(['run'] + flags) == 0
-  step_dir = workdir / 'checkpoints' / '2' / 'state'
-  for root, _, files in os.walk(step_dir):
-    for name in files:
-      with open(os.path.join(root, name), 'wb') as f:
-        f.write(b'garbage')
-  before = sorted(p for p in os.listdir(workdir))
-  results_before = (workdir / 'results.json').read_text()
-  code, err = _run_cli(flags, capsys)
-  assert code == 2 and 'cannot be restored' in err
-  assert len(err.strip().splitlines()) == 1
-  assert sorted(os.listdir(workdir)) == before
-  assert (workdir / 'results.json').read_text() == results_before
-
-
-def test_divergence_stops_with_message_and_keeps_checkpoint(tmp_path, capsys):
-  workdir = tmp_path / 'w'
-  flags = ['--model=nar', '--train_steps=8', f'--workdir={workdir}',
-           '--config.train.learning_rate=1e30', '--config.train.grad_clip=1e30'
-           ] + _tiny_flags(tmp_path / 'cache')
-  flags = [f for f in flags if not f.startswith('--config.train.eval_every')]
-  code, err = _run_cli(flags + ['--config.train.eval_every=1'], capsys)
-  assert code == 2 and 'diverged' in err
-  last = int(err.split('(step ')[1].split(')')[0])
-  assert last >= 1 and str(last) in os.listdir(workdir / 'checkpoints')
-
-
-def test_subprocess_bad_algorithm_lists_valid_names(tmp_path):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
+def test_subprocess_bad_algorithm_lists_valid_names():
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', JAX_PLATFORMS='cpu')
   proc = subprocess.run(
       [sys.executable, '-m', 'dear_jax.run', '--algorithm=bfz'],
       cwd=REPO, capture_output=True, text=True, env=env, timeout=300)

@@ -1,0 +1,210 @@
+"""baselines/memory.py (compiled train-step memory) and benchmarks/run.py
+(a tiny end-to-end run of its quick mode, and its goal verdicts)."""
+
+import json
+import os
+import types
+
+import jax
+import numpy as np
+import pytest
+
+from baselines import memory
+from baselines.plan import Plan
+from conftest import tiny_config
+from dear_jax import data as data_lib
+from dear_jax import train
+
+MB = 2**20
+
+
+@pytest.fixture(scope='module', autouse=True)
+def fast_compile():
+  """Compiled memory and timings here only need to be consistent within a
+  test; XLA's optimisations double compile times on CPU."""
+  old = jax.config.read('jax_disable_most_optimizations')
+  jax.config.update('jax_disable_most_optimizations', True)
+  yield
+  jax.config.update('jax_disable_most_optimizations', old)
+
+
+@pytest.fixture(scope='module')
+def bench():
+  """benchmarks.run, imported without keeping the CUDA_VISIBLE_DEVICES it sets."""
+  with pytest.MonkeyPatch.context() as mp:
+    name = 'CUDA_VISIBLE_DEVICES'
+    if name in os.environ:
+      mp.setenv(name, os.environ[name])
+    else:
+      mp.delenv(name, raising=False)
+    from benchmarks import run as bench_run  # pylint: disable=g-import-not-at-top
+  return bench_run
+
+
+# --- baselines/memory.py -------------------------------------------------------
+
+def test_compiled_mb_sums_parts_and_counts_aliased_once():
+  stats = types.SimpleNamespace(
+      temp_size_in_bytes=3 * MB, argument_size_in_bytes=5 * MB,
+      output_size_in_bytes=4 * MB, alias_size_in_bytes=2 * MB)
+  compiled = types.SimpleNamespace(memory_analysis=lambda: stats)
+  assert memory.compiled_mb(compiled) == dict(temp=3.0, argument=5.0,
+                                              output=4.0, total=10.0)
+  none = types.SimpleNamespace(memory_analysis=lambda: None)
+  assert memory.compiled_mb(none) is None
+
+
+def _nbytes(tree) -> int:
+  return sum(np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(tree))
+
+
+def test_dear_jax_step_mb_arguments_are_the_step_inputs(cache_dir):
+  """The step's argument memory is exactly its inputs (parameters, optimiser
+  state, batch, key), counted independently from the arrays."""
+  config = tiny_config(cache_dir, 'nar')
+  stream = data_lib.TrainStream('bfs', train.data_config(config), seed=0)
+  batch = next(stream)
+  mb = memory.dear_jax_step_mb(config, data_lib.processed_spec('bfs'), batch,
+                               batch)
+  _, _, params, opt_state = train.setup(config, data_lib.processed_spec('bfs'),
+                                        batch, jax.random.PRNGKey(0))
+  inputs = _nbytes((params, opt_state, batch))
+  key = _nbytes(jax.random.PRNGKey(1))  # pruned by jit when unused (BFS)
+  assert inputs <= round(mb['argument'] * MB) <= inputs + key
+  assert mb['temp'] > 0
+  # New parameters and optimiser state come out (plus loss and aux).
+  assert mb['output'] >= _nbytes((params, opt_state)) / MB
+  assert mb['total'] <= mb['temp'] + mb['argument'] + mb['output']
+
+
+def _plan(tmp_path, cache_dir, models=('nar',)):
+  config = tiny_config(cache_dir, 'nar')
+  config.data.train_sizes = (4, 6)
+  return Plan(out=str(tmp_path), preset='smoke', algorithms=('bfs',),
+              models=models, seeds=(0,), train_steps=1, eval_every=1,
+              configs={'nar': config},
+              official_data=train.data_config(config))
+
+
+def test_train_step_mb_uses_largest_training_size(tmp_path, cache_dir,
+                                                  monkeypatch):
+  seen = []
+
+  def fake_step_mb(config, spec, init_batch, batch):
+    seen.append((data_lib.num_nodes(batch), len(batch['lengths']),
+                 bool(batch['hints'])))
+    return dict(total=12.5)
+
+  monkeypatch.setattr(memory, 'dear_jax_step_mb', fake_step_mb)
+  assert memory.train_step_mb(_plan(tmp_path, cache_dir), 'bfs', 'nar') == 12.5
+  assert seen == [(6, 2, True)]  # n = max(4, 6), batch 2, hints (nar)
+
+
+def test_cached_train_step_mb_writes_once_and_survives_errors(
+    tmp_path, cache_dir, monkeypatch, capsys):
+  plan = _plan(tmp_path, cache_dir)
+  calls = []
+
+  def fake(plan, algorithm, model):
+    calls.append(model)
+    return 7.25
+
+  monkeypatch.setattr(memory, 'train_step_mb', fake)
+  assert memory.cached_train_step_mb(plan, 'bfs', 'nar') == 7.25
+  path = tmp_path / 'runs' / 'bfs' / 'nar' / 'memory.json'
+  assert json.loads(path.read_text())['train_step_memory_mb'] == 7.25
+  assert memory.cached_train_step_mb(plan, 'bfs', 'nar') == 7.25
+  assert calls == ['nar']  # the second call read the file
+
+  def broken(plan, algorithm, model):
+    raise RuntimeError('no memory analysis here')
+
+  monkeypatch.setattr(memory, 'train_step_mb', broken)
+  assert memory.cached_train_step_mb(plan, 'bfs', 'dear') is None
+  assert 'not measured' in capsys.readouterr().out
+  assert not (tmp_path / 'runs' / 'bfs' / 'dear').exists()
+
+
+# --- benchmarks/run.py ----------------------------------------------------------
+
+TINY_SETTINGS = dict(sizes=(4, 5), algorithms=('bfs',), batch=2,
+                     repeats=1, memory_n=5, memory_batch=2,
+                     memory_algorithms=('bfs',),
+                     train_algorithm='bfs', train_n=4, train_batch=2,
+                     train_batches=2, train_passes=1)
+
+
+def test_benchmarks_tiny_quick_run(bench, tmp_path, cache_dir, monkeypatch,
+                                   capsys):
+  """benchmarks.run's quick mode with every size shrunk (hidden 8, n <= 5,
+  batches of 2): every section runs and the tables hold what was measured."""
+  from baselines import clrs_official  # pylint: disable=g-import-not-at-top
+  monkeypatch.setitem(bench.SETTINGS, 'quick', TINY_SETTINGS)
+  real_configs = bench._configs  # pylint: disable=protected-access
+
+  def tiny_configs():
+    dear, nar = real_configs()
+    for c in (dear, nar):
+      c.model.hidden = 8
+    dear.dear.max_iter_eval = 4
+    return dear, nar
+
+  monkeypatch.setattr(bench, '_configs', tiny_configs)
+  real_build = clrs_official.build_model
+  monkeypatch.setattr(clrs_official, 'build_model',
+                      lambda *a, **k: real_build(*a, hidden_dim=8, **k))
+  out = tmp_path / 'out'
+  assert bench.main(['--quick', f'--out={out}', f'--cache_dir={cache_dir}']) == 0
+  res = json.loads((out / 'results.json').read_text())
+  assert res['mode'] == 'quick' and res['settings'] == json.loads(
+      json.dumps(TINY_SETTINGS))
+  infer = res['inference']
+  assert [(r['algorithm'], r['n']) for r in infer] == [
+      ('bfs', 4), ('bfs', 5)]
+  for r in infer:
+    assert r['nar_seconds_per_graph'] > 0 and r['dear_seconds_per_graph'] > 0
+    assert r['ratio_nar_over_dear'] == pytest.approx(
+        r['nar_seconds_per_graph'] / r['dear_seconds_per_graph'])
+    assert 1 <= r['dear_iterations_mean'] <= 4  # the evaluation cap
+    assert r['nar_steps_run'] >= 1
+  (mem,) = res['memory']
+  assert mem['n'] == 5 and mem['batch'] == 2
+  for name in ('nar', 'dear_jfb', 'dear_ift'):
+    assert mem[f'{name}_mb'] > 0
+  assert mem['ratio_dear_jfb_over_nar'] == pytest.approx(
+      mem['dear_jfb_mb'] / mem['nar_mb'])
+  trn = res['training']
+  assert trn['timed_steps'] == 2 and trn['distinct_batches'] == 2
+  assert trn['ratio_flax_over_official'] == pytest.approx(
+      trn['flax_nar_steps_per_second'] / trn['official_steps_per_second'])
+  assert [g['status'] for g in res['goals']][0].startswith('not measured')
+  md = (out / 'results.md').read_text()
+  assert md == bench.markdown(res)
+  assert f'| bfs | 5 | {infer[1]["true_steps_mean"]:.1f} |' in md
+  assert 'written:' in capsys.readouterr().out
+
+
+def _infer_row(algorithm, n, ratio):
+  return dict(algorithm=algorithm, n=n, ratio_nar_over_dear=ratio)
+
+
+@pytest.mark.parametrize('ratios, status', [
+    ((2.0, 3.5), 'met'), ((1.99, 9.0), 'not met')])
+def test_speed_goal_needs_every_growing_algorithm_at_n64(bench, ratios,
+                                                         status):
+  infer = [_infer_row('insertion_sort', 64, ratios[0]),
+           _infer_row('mst_prim', 64, ratios[1]),
+           _infer_row('bfs', 64, 0.5),            # not a growing algorithm
+           _infer_row('insertion_sort', 16, 0.1)]  # not n=64
+  speed = bench.goals(infer, [])[0]
+  assert speed['status'] == status
+  assert speed['worst'] == min(ratios)
+
+
+@pytest.mark.parametrize('ratio, status', [(1 / 3, 'met'), (0.34, 'not met')])
+def test_memory_goal_is_one_third(bench, ratio, status):
+  mem = [dict(algorithm='bfs', n=64, ratio_dear_jfb_over_nar=0.1,
+              ratio_dear_ift_over_nar=ratio)]
+  by_goal = {g['goal'].split(')')[0]: g['status']
+             for g in bench.goals([], mem)[1:]}
+  assert by_goal == {'DEAR (jfb': 'met', 'DEAR (ift': status}
