@@ -11,9 +11,10 @@ import platform
 from baselines.plan import MODELS
 
 # Published single-task Triplet-GMPNN OOD test scores (%, n=64, 10 seeds):
-# Ibarz et al. 2022, "A Generalist Neural Algorithmic Learner", Table 2, as
-# transcribed in /work/shared/reference/published-scores.md (from the
-# EvoPrompting reprint, arXiv 2302.14838, Appendix Table 3). Mean ± SEM.
+# Ibarz et al. 2022, "A Generalist Neural Algorithmic Learner" (arXiv
+# 2209.11142), Table 2, transcribed from the EvoPrompting reprint (arXiv
+# 2302.14838, Appendix Table 3), not from the Ibarz PDF itself; cross-checked
+# against EvoPrompting's Table 1 and the 30-task mean 75.98. Mean ± SEM.
 PUBLISHED_TRIPLET_GMPNN = {
     'activity_selector': (95.18, 0.45),
     'articulation_points': (88.32, 2.01),
@@ -51,7 +52,9 @@ PUBLISHED_LABEL = 'Triplet-GMPNN (Ibarz et al. 2022)'
 CSV_COLUMNS = ('algorithm', 'model', 'seed', 'test_score', 'val_score',
                'train_seconds', 'train_steps_per_second',
                'eval_seconds_per_graph', 'solver_iters_mean',
-               'algo_steps_mean', 'memory_mb')
+               'algo_steps_mean', 'memory_mb', 'nonconverged_fraction',
+               'fixed_point_distance_mean', 'score_by_tol_spread',
+               'spectral_radius_mean')
 
 
 def _number(x):
@@ -102,7 +105,11 @@ def csv_row(run: dict, out: str) -> dict:
               train_steps_per_second=r['train_steps_per_second'],
               eval_seconds_per_graph=r['eval_seconds_per_graph'],
               solver_iters_mean=r.get('solver_iters_mean'),
-              algo_steps_mean=r['algo_steps_mean'], memory_mb=memory)
+              algo_steps_mean=r['algo_steps_mean'], memory_mb=memory,
+              nonconverged_fraction=r.get('nonconverged_fraction'),
+              fixed_point_distance_mean=r.get('fixed_point_distance_mean'),
+              score_by_tol_spread=r.get('score_by_tol_spread'),
+              spectral_radius_mean=r.get('spectral_radius_mean'))
 
 
 def write_csv(path: str, rows: list) -> None:
@@ -203,6 +210,17 @@ def write_markdown(path: str, rows: list, info: dict, protocol: dict) -> None:
                  1e3, 2)
   lines += table('DEAR solver iterations per test graph (mean)',
                  'solver_iters_mean', 1, 1)
+  lines += table(
+      'DEAR: is the answer a fixed point?', 'fixed_point_distance_mean', 1, 3,
+      'Mean distance ||h - h_ref|| / ||h_ref|| of the decoded state to a '
+      'reference solve continued from it (dear_jax/diagnostics.py); small '
+      'means the answer is H*, not an early iterate.')
+  lines += table('DEAR: test score spread as the tolerance tightens (points)',
+                 'score_by_tol_spread', 1, 2,
+                 'max - min of the test score at the operating tolerance, '
+                 '/10 and /100 (results.json `score_by_tol`).')
+  lines += table('DEAR: spectral radius of the map at the answer (mean)',
+                 'spectral_radius_mean', 1, 3)
   lines += table('True algorithm steps per test graph (mean)',
                  'algo_steps_mean', 1, 1)
   lines += table('Compiled train-step memory (MB)', 'memory_mb', 1, 1,
@@ -213,8 +231,8 @@ def write_markdown(path: str, rows: list, info: dict, protocol: dict) -> None:
             '- The published column is a reference, not a like-for-like '
             'run: Ibarz et al. trained 10,000 steps on the CLRS v1.0.0 '
             'splits; here the test split is regenerated with dm-clrs '
-            f'{protocol["clrs_version"]} (see '
-            '/work/shared/reference/published-scores.md). `clrs_official` is '
+            f'{protocol["clrs_version"]} (scores and source: '
+            '`baselines/report.py`, PUBLISHED_TRIPLET_GMPNN). `clrs_official` is '
             'the local re-run of that baseline on exactly our data.',
             '- Per-run values: results.csv; settings: protocol.json; '
             'figures: plots/.']

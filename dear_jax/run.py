@@ -31,7 +31,13 @@ def _define_flags(fv: flags.FlagValues, argv):
                       'runs/ALGORITHM_MODEL_sSEED).', flag_values=fv)
   flags.DEFINE_string('hint_mode', None, 'NAR hint mode: encoded_decoded, '
                       'decoded_only or none.', flag_values=fv)
-  flags.DEFINE_bool('progress', True, 'Show a progress bar.', flag_values=fv)
+  flags.DEFINE_bool('progress', True, 'Show a progress bar (loss, last '
+                    'validation score, DEAR: mean solver iterations and the '
+                    'share of graphs not converged in the batch).',
+                    flag_values=fv)
+  flags.DEFINE_bool('reevaluate', False, 'On a finished workdir, score the '
+                    'best parameters again and rewrite results.json (default: '
+                    'print the stored results).', flag_values=fv)
   config_flags.DEFINE_config_file(
       'config', os.path.join(_REPO, 'configs', 'default.py'),
       'Config file (configs/*.py); override keys with --config.KEY=VALUE.',
@@ -63,17 +69,62 @@ def resolve_config(fv):
   return config
 
 
+USAGE = """Train and test DEAR (or the stepwise NAR) on one CLRS-30 algorithm.
+
+usage: python -m dear_jax.run --algorithm=ALG [--model=dear|nar] [--train_steps=N]
+         [--seed=S] [--workdir=DIR] [--config=configs/FILE.py]
+         [--config.SECTION.KEY=VALUE ...] [--hint_mode=MODE] [--noprogress]
+
+Configs: configs/default.py (CPU-sized, the default) and configs/dear_paper.py
+(DEAR's paper protocol); every key of their sections data, model, nar, dear and
+train can be overridden, e.g. --config.dear.tol=1e-4 --config.train.steps=2000.
+Writes WORKDIR/results.json, metrics.jsonl and checkpoints/; rerunning resumes.
+"""
+
+
+def _help(fv) -> str:
+  lines = [USAGE, 'flags:']
+  for flag in sorted(sum(fv.flags_by_module_dict().values(), []),
+                     key=lambda f: f.name):
+    if flag.name == 'config':
+      default = 'configs/default.py'
+    else:
+      default = flag.default
+    lines.append(f'  --{flag.name}: {flag.help} (default: {default})')
+  return '\n'.join(lines)
+
+
+def _key_error(e) -> str:
+  """ml_collections' KeyError text (quoted, with a "Did you mean" line) as one
+  line: unknown config key 'hiden' (did you mean "hidden"?)."""
+  text = (str(e.args[0]) if e.args else str(e)).replace('\\n', '\n')
+  lines = [l.strip().strip('\\\'"') for l in text.splitlines() if l.strip()]
+  msg = f'unknown config key {lines[0]!r}' if lines else 'unknown config key'
+  hint = [l for l in lines[1:] if l.lower().startswith('did you mean')]
+  if hint:
+    msg += f' ({hint[0][0].lower() + hint[0][1:].split(" instead")[0]}?)'
+  return msg + '; see configs/default.py for the allowed keys'
+
+
 def main(argv=None) -> int:
   argv = sys.argv if argv is None else argv
   fv = flags.FlagValues()
+  if any(a in ('--help', '-h', '--helpfull') for a in argv[1:]):
+    _define_flags(fv, [argv[0]])
+    print(_help(fv))
+    return 0
+  config_file = next((a.split('=', 1)[1] for a in argv[1:]
+                      if a.startswith('--config=')), None)
+  if config_file is not None and not os.path.isfile(config_file):
+    _fail(f'config file {config_file!r} not found; use one of '
+          f'{", ".join(sorted(f"configs/{f}" for f in os.listdir(os.path.join(_REPO, "configs")) if f.endswith(".py") and not f.startswith("_")))}')
   try:
     _define_flags(fv, argv)  # config overrides are parsed here already
     fv(argv)
     config = resolve_config(fv)
   except (KeyError, AttributeError) as e:
-    _fail(f'unknown config key {str(e).strip(chr(34))}; see configs/default.py '
-          'for the allowed keys')
-  except (flags.Error, ValueError, TypeError) as e:
+    _fail(_key_error(e))
+  except (flags.Error, ValueError, TypeError, OSError) as e:
     _fail(str(e).strip().splitlines()[0])
 
   from dear_jax import data, train  # pylint: disable=g-import-not-at-top
@@ -84,7 +135,8 @@ def main(argv=None) -> int:
         'runs', f'{fv.algorithm}_{config.model_kind}_s{config.train.seed}')
     validation.check_workdir(workdir)
     results = train.train_and_evaluate(config, workdir, fv.algorithm,
-                                       progress=fv.progress)
+                                       progress=fv.progress,
+                                       reevaluate=fv.reevaluate)
   except (ValueError, train.RunError) as e:
     _fail(str(e).strip().splitlines()[0])
   print(train.summary_table(results))

@@ -157,9 +157,23 @@ def _rate(steps: int, seconds: float) -> float:
 
 
 def train_and_evaluate(config, workdir: str, algorithm: str,
-                       progress: bool = True) -> dict:
-  """Trains `config.model_kind` on `algorithm`; writes WORKDIR/results.json."""
+                       progress: bool = True, reevaluate: bool = False) -> dict:
+  """Trains `config.model_kind` on `algorithm`; writes WORKDIR/results.json.
+
+  A workdir with checkpoints resumes from the latest one; a finished one
+  (results.json of the same steps) returns its results without work unless
+  `reevaluate`."""
   os.makedirs(workdir, exist_ok=True)
+  done_path = os.path.join(workdir, 'results.json')
+  if os.path.exists(done_path) and not reevaluate:
+    with open(done_path) as f:
+      done = json.load(f)
+    same_config = done.get('config') == json.loads(
+        json.dumps(config.to_dict(), sort_keys=True, default=float))
+    if done.get('train_steps') == int(config.train.steps) and same_config:
+      if progress:
+        print(f'already finished: {done_path} (--reevaluate scores it again)')
+      return done
   dcfg = data_config(config)
   seed = int(config.train.seed)
   hints = uses_hints(config)
@@ -188,6 +202,8 @@ def train_and_evaluate(config, workdir: str, algorithm: str,
       raise RunError(f'{workdir} holds a run with another data protocol; '
                      'use another --workdir')
     stream.set_state(state['data'])
+    if progress:
+      print(f'resuming from step {meta["step"]} ({workdir})')
   params, opt_state = state['params'], state['opt_state']
   best_params = state['best_params']
   steps = int(config.train.steps)

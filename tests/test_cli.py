@@ -1,0 +1,59 @@
+"""The newcomer's edges of `python -m dear_jax.run`: help, bad config files and
+keys named as typed, and what a rerun of a finished workdir says."""
+
+import json
+import shutil
+
+import pytest
+
+from conftest import cli_args
+from dear_jax import run
+
+
+def test_help_lists_flags_and_exits_0(capsys):
+  assert run.main(['run', '--help']) == 0
+  out = capsys.readouterr().out
+  assert out.startswith('Train and test DEAR')
+  for flag in ('--algorithm', '--model', '--workdir', '--config', '--reevaluate'):
+    assert f'  {flag}: ' in out
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--config=configs/nope.py'],
+     "error: config file 'configs/nope.py' not found; use one of "
+     'configs/dear_paper.py, configs/default.py'),
+    (['--config.model.hiden=64'],
+     "error: unknown config key 'hiden' (did you mean \"hidden\"?); see "
+     'configs/default.py for the allowed keys'),
+    (['--config.dear.tol=0'], 'error: dear.tol=0.0; must be a finite float > 0'),
+    (['--config.dear.backward_solver=cg'],
+     "error: dear.backward_solver='cg'; allowed: anderson, gmres, bicgstab"),
+])
+def test_bad_config_is_one_line_naming_what_was_typed(capsys, args, message):
+  with pytest.raises(SystemExit) as e:
+    run.main(['run', '--algorithm=bfs'] + args)
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert err == message + '\n'
+
+
+def test_rerun_of_a_finished_workdir_says_so_and_changes_nothing(
+    finished_run, tmp_path, capsys):
+  done = finished_run('nar')
+  workdir = tmp_path / 'w'
+  shutil.copytree(done.workdir, workdir)
+  before = (workdir / 'results.json').read_bytes()
+  args = [a for a in cli_args(done.config, workdir) if a != '--noprogress']
+  assert run.main(args) == 0
+  out = capsys.readouterr().out
+  assert f'already finished: {workdir / "results.json"}' in out
+  assert (workdir / 'results.json').read_bytes() == before
+  # without its results.json the run resumes from its last checkpoint (the end),
+  # says so, and scores the same best parameters again
+  (workdir / 'results.json').unlink()
+  config = done.config
+  assert run.main([a for a in cli_args(config, workdir) if a != '--noprogress']) == 0
+  out = capsys.readouterr().out
+  assert f'resuming from step {config.train.steps}' in out
+  assert json.loads((workdir / 'results.json').read_text())['test_score'] == \
+      done.results['test_score']
