@@ -46,7 +46,10 @@ CONVERGED, MAX_ITER, NONFINITE = 0, 1, 2
 
 @dataclasses.dataclass(frozen=True)
 class SolverConfig:
-  """Solver settings; `validate` names the offending field as `<prefix><field>`."""
+  """Solver settings; `validate` names the offending field as `<prefix><field>`.
+
+  Field defaults are the library's (close to DEAR's release: tol 0.1, 1-step
+  gradient); the project's defaults are configs/default.py's `dear` section."""
   method: str = 'anderson'       # METHODS
   max_iter_train: int = 40       # caps count f evaluations
   max_iter_eval: int = 40
@@ -215,9 +218,6 @@ class Broyden:
     x, inner = st
     x_new, inner = self._solver(f).update(x, inner)
     return (x_new, inner), x_new, inner.aux
-
-
-SOLVERS = dict(anderson=Anderson, fixed_point=FixedPoint, broyden=Broyden)
 
 
 def make_solver(cfg: SolverConfig):
