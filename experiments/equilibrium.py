@@ -27,11 +27,12 @@ import time
 # name -> overrides of configs/default.py (dotted keys). Every candidate uses
 # the solver settings below; only the map (and its regularisers) differ.
 CANDIDATES = {
-    'tgmpnn_gate-3': {'dear.gate_bias': -3.0},
-    'tgmpnn_gate0': {'dear.gate_bias': 0.0},
-    'gmpnn': {'model.processor': 'gmpnn', 'dear.gate_bias': 0.0},
+    'tgmpnn_gate-3': {'dear.gate_bias': -3.0, 'dear.jac_reg_weight': 0.0},
+    'tgmpnn_gate0': {'dear.gate_bias': 0.0, 'dear.jac_reg_weight': 0.0},
+    'gmpnn': {'model.processor': 'gmpnn', 'dear.gate_bias': 0.0, 'dear.jac_reg_weight': 0.0},
     'tgmpnn_gate0_jac': {'dear.gate_bias': 0.0, 'dear.jac_reg_weight': 0.1},
-    'tgmpnn_gate0_rand0': {'dear.gate_bias': 0.0, 'dear.init_state_std': 1.0},
+    'tgmpnn_gate0_rand0': {'dear.gate_bias': 0.0, 'dear.jac_reg_weight': 0.0,
+                           'dear.init_state_std': 1.0},
 }
 GRADS = {
     'jfb': {'dear.grad': 'jfb'},

@@ -669,7 +669,8 @@ def implicit_gradients():
               c = config.copy_and_resolve_references()
               c.dear.update(dict(grad=grad, method='anderson', tol=1e-6, tol_mode='rel',
                                  max_iter_train=300, max_iter_eval=300, backward_tol=1e-8,
-                                 backward_max_iter=80, phantom_steps=5, phantom_tau=0.5))
+                                 backward_max_iter=80, phantom_steps=5, phantom_tau=0.5,
+                                 jac_reg_weight=0.0))   # the references have no penalty
               return train.build_model(c, spec, batch)
 
 

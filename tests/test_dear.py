@@ -29,7 +29,7 @@ def _model(config, batch, **dear):
 
 def test_ift_gradient_of_whole_model_matches_unrolled(bfs_batch):
   config, batch = bfs_batch
-  model = _model(config, batch, grad='ift', method='fixed_point', tol=1e-5,
+  model = _model(config, batch, grad='ift', method='fixed_point', tol=1e-5, jac_reg_weight=0.0,
                  tol_mode='abs', max_iter_train=3000, max_iter_eval=3000,
                  backward_tol=1e-7, backward_max_iter=60)
   params = model.init(jax.random.PRNGKey(3), batch)
@@ -101,7 +101,7 @@ def test_jfb_gradient_is_one_processor_step_at_the_detached_fixed_point(bfs_batc
   """JFB = the gradient through one explicit processor call at stop_gradient(h*),
   and it is not the implicit gradient."""
   config, batch = bfs_batch
-  model = _model(config, batch, grad='jfb')
+  model = _model(config, batch, grad='jfb', jac_reg_weight=0.0)
   params = model.init(jax.random.PRNGKey(0), batch)
   key = jax.random.PRNGKey(0)
 
@@ -120,7 +120,8 @@ def test_jfb_gradient_is_one_processor_step_at_the_detached_fixed_point(bfs_batc
   g_ref = _flat(jax.jit(jax.grad(one_step_loss))(params))
   np.testing.assert_allclose(g_jfb, g_ref, rtol=1e-4,
                              atol=1e-6 * float(jnp.abs(g_ref).max()))
-  g_ift = _flat(_grads(_model(config, batch, grad='ift'), params, batch, key))
+  g_ift = _flat(_grads(_model(config, batch, grad='ift', jac_reg_weight=0.0), params, batch,
+                       key))
   assert float(jnp.linalg.norm(g_ift - g_jfb) / jnp.linalg.norm(g_ift)) > 1e-2
 
 
@@ -144,7 +145,7 @@ def test_other_gradients_and_solvers_train(bfs_batch, dear):
 def test_jacobian_regularisation_adds_exactly_its_term_in_training_only(bfs_batch):
   config, batch = bfs_batch
   w = 10.0
-  plain = _model(config, batch)
+  plain = _model(config, batch, jac_reg_weight=0.0)
   reg = _model(config, batch, jac_reg_weight=w)
   params = plain.init(jax.random.PRNGKey(0), batch)
   key = jax.random.PRNGKey(0)

@@ -142,7 +142,8 @@ def test_corrupted_checkpoint_is_reported_and_kept(finished_run, tmp_path,
         f.write(b'garbage')
   before = sorted(os.listdir(workdir))
   results_before = (workdir / 'results.json').read_text()
-  code, err = _run_cli(cli_args(r.config, workdir)[1:], capsys)
+  # --reevaluate: a finished workdir is otherwise answered from results.json
+  code, err = _run_cli(cli_args(r.config, workdir)[1:] + ['--reevaluate'], capsys)
   assert code == 2 and 'cannot be restored' in err
   assert len(err.strip().splitlines()) == 1
   assert sorted(os.listdir(workdir)) == before
