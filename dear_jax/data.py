@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import pickle
 import json
 import logging
 import os
+import pickle
 import sys
 from typing import Iterator, Sequence
 
