@@ -250,6 +250,12 @@ class LoopState(NamedTuple):
   nonfinite: jax.Array
 
 
+def _graph_mask(h, node_mask):
+  """[B, N] mask in h's dtype: node_mask, or every node real."""
+  return (jnp.ones(h.shape[:2], h.dtype) if node_mask is None
+          else node_mask.astype(h.dtype))
+
+
 def _node_mask(mask, x):
   return mask.reshape(mask.shape + (1,) * (x.ndim - mask.ndim)) > 0
 
@@ -343,8 +349,7 @@ def solve(f, h0, params, args, *, config: SolverConfig, training: bool, node_mas
   config.validate()
   cap = config.max_iter_train if training else config.max_iter_eval
   args = tuple(args)
-  mask = (jnp.ones(h0.shape[:2], h0.dtype) if node_mask is None
-          else node_mask.astype(h0.dtype))
+  mask = _graph_mask(h0, node_mask)
   fm = _masked(f)
 
   def run(init_h, params, args, h0, mask):
@@ -374,8 +379,7 @@ def residual_history(f, h0, params, args, *, config: SolverConfig, evaluations: 
   of each f evaluation of config.method, ignoring the tolerance. For convergence
   plots: the same updates `solve` makes, run to a fixed count."""
   config.validate()
-  mask = (jnp.ones(h0.shape[:2], h0.dtype) if node_mask is None
-          else node_mask.astype(h0.dtype))
+  mask = _graph_mask(h0, node_mask)
   fm = _masked(f)
   solver = make_solver(config)
 
@@ -400,9 +404,8 @@ def jacobian_penalty(f, h, params, args, key, node_mask=None) -> jax.Array:
   Matches torchdeq's jac_reg on DEAR's dense padded tensor: with node_mask, v is
   zero on padded rows (whose outputs DEAR zero-pads). Differentiable w.r.t. params.
   """
-  v = jax.random.normal(key, h.shape, h.dtype)
-  if node_mask is not None:
-    v = v * node_mask.reshape(node_mask.shape + (1,) * (h.ndim - 2)).astype(h.dtype)
+  v = jnp.where(_node_mask(_graph_mask(h, node_mask), h),
+                jax.random.normal(key, h.shape, h.dtype), 0)
   fb = lambda hh: jax.vmap(lambda hg, a: f(hg, params, *a))(hh, tuple(args))
   _, vjp = jax.vjp(fb, h)
   (u,) = vjp(v)
@@ -416,8 +419,7 @@ def spectral_radius(f, h, params, args, key, *, iterations: int = 30,
   The geometric mean of ||J v_k|| / ||v_k|| over the second half of the
   iterations, robust to a complex dominant pair (where single ratios oscillate).
   Below 1 means the fixed point attracts; near 1, iteration crawls."""
-  mask = (jnp.ones(h.shape[:2], h.dtype) if node_mask is None
-          else node_mask.astype(h.dtype))
+  mask = _graph_mask(h, node_mask)
   fm = _masked(f)
   keys = jax.random.split(key, h.shape[0])
 

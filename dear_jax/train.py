@@ -311,7 +311,7 @@ def train_and_evaluate(config, workdir: str, algorithm: str,
         model, best_params, test_set, ref_tol=config.dear.check_tol,
         ref_cap=config.dear.check_max_iter))
     results.update(diagnostics.score_by_tol(model, best_params, test_set,
-                                            evaluate))
+                                            evaluate, operating=test))
   write_results(workdir, results)
   return results
 

@@ -69,16 +69,22 @@ def overrides(candidate, grad, seed, steps, extra):
   return o
 
 
-def train_one(workdir, algorithm, overrides_):
-  """In-process: one training run (used by the subprocess entry point)."""
+def _config(overrides_):
+  """configs/default.py with dotted-key overrides (JSON lists become tuples)."""
   from configs import default  # pylint: disable=g-import-not-at-top
-  from dear_jax import train, validation  # pylint: disable=g-import-not-at-top
   config = default.get_config()
   for key, value in overrides_.items():
     section, name = key.split('.')
     if isinstance(config[section][name], tuple):
       value = tuple(value)
     config[section][name] = value
+  return config
+
+
+def train_one(workdir, algorithm, overrides_):
+  """In-process: one training run (used by the subprocess entry point)."""
+  from dear_jax import train, validation  # pylint: disable=g-import-not-at-top
+  config = _config(overrides_)
   validation.check_config(config)
   train.train_and_evaluate(config, workdir, algorithm, progress=True)
   shutil.rmtree(os.path.join(workdir, 'checkpoints'), ignore_errors=True)
@@ -86,12 +92,8 @@ def train_one(workdir, algorithm, overrides_):
 
 def record_one(algorithm, seed, steps, overrides_):
   """In-process: writes the training stream all runs of (algorithm, seed) replay."""
-  from configs import default  # pylint: disable=g-import-not-at-top
   from dear_jax import data, train  # pylint: disable=g-import-not-at-top
-  config = default.get_config()
-  for key, value in overrides_.items():
-    section, name = key.split('.')
-    config[section][name] = tuple(value) if isinstance(config[section][name], tuple) else value
+  config = _config(overrides_)
   data.RecordedStream(algorithm, train.data_config(config), seed,
                       keep_hints=False).record(steps)
 
