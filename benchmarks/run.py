@@ -6,11 +6,16 @@ One run on the current machine (jax's default backend: a GPU when jax has
 one, else the CPU) measures:
 
 1. Inference seconds per graph of DEAR and of the stepwise NAR (same
-   Triplet-GMPNN processor, hidden 128, *untrained* parameters from a fixed
-   seed) on batches of a fixed size at several graph sizes n, jitted, compile
-   excluded, median over repeats; ratio NAR / DEAR. DEAR's cost follows its
-   solver iterations (capped at dear.max_iter_eval), the NAR's the true step
-   count, so untrained DEAR's iteration count is reported beside its time.
+   Triplet-GMPNN processor, hidden 128) on batches of a fixed size at several
+   graph sizes n, jitted, compile excluded, median over repeats; ratio
+   NAR / DEAR. DEAR's cost follows its solver iterations (capped at
+   dear.max_iter_eval), the NAR's the true step count. With
+   `--trained=FOLDER` (a folder of finished runs with checkpoints, e.g.
+   experiments.equilibrium's OUT/runs) both models are the trained ones, with
+   their own configs: DEAR then runs the iterations the trained map needs at
+   its operating tolerance, which is the figure that matters. Without it the
+   parameters are untrained (a fixed seed) and DEAR's iteration count says
+   little.
 2. XLA's compiled memory of one training step at n=64 (temp + arguments +
    outputs, `jax.jit(step).lower(...).compile().memory_analysis()`) of DEAR
    with the 'jfb' and the 'ift' gradient and of the NAR; ratio DEAR / NAR.
@@ -98,7 +103,47 @@ def _median_seconds(fn, repeats: int):
   return statistics.median(times), first
 
 
-def inference(settings: dict, cache_dir: str, log) -> list:
+class BenchmarkError(Exception):
+  """Bad benchmark input (reported in one line, exit 2)."""
+
+
+def trained_runs(folder: str, algorithm: str) -> dict:
+  """{'dear'|'nar': (config, best params, run name)}: for each model kind,
+  the finished run of `algorithm` under `folder` (lowest seed first) that
+  kept its checkpoints."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from dear_jax import train  # pylint: disable=g-import-not-at-top
+  found = {}
+  names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+  candidates = []
+  for name in names:
+    path = os.path.join(folder, name, 'results.json')
+    if not (os.path.exists(path) and
+            os.path.isdir(os.path.join(folder, name, 'checkpoints'))):
+      continue
+    with open(path) as f:
+      r = json.load(f)
+    if r.get('algorithm') == algorithm:
+      candidates.append((r['seed'], name, r))
+  for _, name, r in sorted(candidates):
+    kind = r['model']
+    if kind in found:
+      continue
+    config = ml_collections.ConfigDict(r['config'])
+    config.data.train_sizes = tuple(config.data.train_sizes)
+    params = train.load_best_params(os.path.join(folder, name))
+    found[kind] = (config, params, name)
+  missing = [k for k in ('dear', 'nar') if k not in found]
+  if missing:
+    raise BenchmarkError(
+        f'--trained={folder}: no finished {" or ".join(missing)} run of '
+        f'{algorithm} with checkpoints (need one of each model kind)')
+  return found
+
+
+def inference(settings: dict, cache_dir: str, log, trained=None) -> list:
+  """Rows of inference time per graph; `trained`: a folder of trained runs
+  (see `trained_runs`), else untrained parameters."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from dear_jax import data as data_lib  # pylint: disable=g-import-not-at-top
@@ -107,20 +152,26 @@ def inference(settings: dict, cache_dir: str, log) -> list:
   rows = []
   for algorithm in settings['algorithms']:
     spec = data_lib.processed_spec(algorithm)
+    runs = trained_runs(trained, algorithm) if trained else None
     batches = {n: _eval_batch(algorithm, n, settings['batch'], cache_dir)
                for n in settings['sizes']}
     small = batches[min(batches)][0]
     models = {}
     for name, cfg in (('nar', nar_cfg), ('dear', dear_cfg)):
+      if runs:
+        cfg, params, _ = runs[name]
       b = small if name == 'nar' else dict(small, hints={})
       model = train.build_model(cfg, spec, b)
       # Parameters do not depend on n: initialised once, on the smallest size.
-      models[name] = (jax.jit(model.predict),
-                      model.init(jax.random.PRNGKey(0), b))
+      if not runs:
+        params = model.init(jax.random.PRNGKey(0), b)
+      models[name] = (jax.jit(model.predict), params)
     for n, (batch, lengths) in batches.items():
       row = dict(algorithm=algorithm, n=n, batch=settings['batch'],
                  true_steps_mean=float(np.mean(lengths) - 1),
                  nar_steps_run=max(1, data_lib.num_steps(batch) - 1))
+      if runs:
+        row.update(dear_run=runs['dear'][2], nar_run=runs['nar'][2])
       for name, (predict, params) in models.items():
         b = batch if name == 'nar' else dict(batch, hints={})
         sec, (_, aux) = _median_seconds(lambda: predict(params, b),
@@ -305,10 +356,16 @@ def markdown(res: dict) -> str:
   lines = ['# dear_jax benchmarks', '',
            f'Machine: {res["hardware"]}.', '',
            f'Mode: {res["mode"]}; measured {res["date"]} in '
-           f'{res["wall_seconds"]:.0f} s. Untrained parameters (fixed seed) '
-           'for every model: speed and memory do not depend on training, '
-           'except DEAR\'s solver iteration count (shown), which a trained '
-           'model may change.', '',
+           f'{res["wall_seconds"]:.0f} s. ' + (
+               f'Trained parameters: the runs under `{res["trained"]}` '
+               '(named per row), each with its own config; DEAR runs the '
+               'iterations its trained map needs at its operating tolerance.'
+               if res.get('trained') else
+               'Untrained parameters (fixed seed) for every model: speed and '
+               'memory do not depend on training, except DEAR\'s solver '
+               'iteration count (shown), which a trained model changes: see '
+               'the trained-parameter table for the figures that matter.'),
+           '',
            '## Inference (seconds per graph, jitted, compile excluded, '
            f'median of {s["repeats"]}, batches of {s["batch"]} graphs)', '',
            '| algorithm | n | true steps (mean) | NAR steps run | NAR ms/graph '
@@ -320,6 +377,20 @@ def markdown(res: dict) -> str:
         f'{r["nar_steps_run"]} | {1e3 * r["nar_seconds_per_graph"]:.3f} | '
         f'{1e3 * r["dear_seconds_per_graph"]:.3f} | '
         f'{r["dear_iterations_mean"]:.1f} | {r["ratio_nar_over_dear"]:.2f} |')
+  if res.get('trained'):
+    lines += ['', 'Runs: ' + '; '.join(sorted(
+        {f'{r["algorithm"]}: DEAR `{r["dear_run"]}`, NAR `{r["nar_run"]}`'
+         for r in res['inference']})) + '.', '',
+              'DEAR converged fraction per row: ' + ', '.join(
+                  f'{r["algorithm"]} n={r["n"]} '
+                  f'{r["dear_converged_fraction"]:.0%}'
+                  for r in res['inference']) + '.']
+  if not res.get('memory') and not res.get('training'):
+    lines += ['', '## Goals', '', '| goal | status | evidence |',
+              '|---|---|---|']
+    lines += [f'| {g["goal"]} | {g["status"]} | {g["evidence"]} |'
+              for g in res['goals'] if 'memory' not in g['goal']]
+    return '\n'.join(lines) + '\n'
   lines += ['', f'## Compiled train-step memory (MB, n={s["memory_n"]}, batch '
             f'{s["memory_batch"]}; temp + arguments + outputs)', '',
             '| algorithm | NAR steps | NAR | DEAR jfb | DEAR ift | '
@@ -358,9 +429,28 @@ def main(argv=None) -> int:
                  help='small sizes and few repeats (a few minutes on a CPU)')
   p.add_argument('--cache_dir', default='~/.cache/dear_jax/datasets',
                  help='dataset cache folder')
+  p.add_argument('--trained', default=None, metavar='FOLDER',
+                 help='time trained models: a folder of finished run folders '
+                 'with checkpoints (e.g. results/equilibrium/panel_cpu/runs);'
+                 ' inference only (memory and training speed do not depend '
+                 'on the parameters)')
+  p.add_argument('--sizes', default=None,
+                 help='comma-separated graph sizes n for inference (default: '
+                 'the mode\'s)')
   args = p.parse_args(argv)
   mode = 'quick' if args.quick else 'full'
-  settings = SETTINGS[mode]
+  settings = dict(SETTINGS[mode])
+  if args.sizes:
+    try:
+      settings['sizes'] = tuple(int(n) for n in args.sizes.split(','))
+    except ValueError:
+      print(f'error: --sizes must be comma-separated integers, got '
+            f'{args.sizes!r}', file=sys.stderr)
+      return 2
+  if args.trained and not os.path.isdir(args.trained):
+    print(f'error: --trained={args.trained} is not a folder (give a folder '
+          'of finished run folders)', file=sys.stderr)
+    return 2
   cache_dir = os.path.expanduser(args.cache_dir)
   log = lambda msg: print(msg, flush=True)
 
@@ -371,15 +461,21 @@ def main(argv=None) -> int:
   log(f'benchmarks ({mode}) on {hardware}')
   t0 = time.time()
   log('inference:')
-  infer = inference(settings, cache_dir, log)
-  log('memory:')
-  mem = memory(settings, cache_dir, log)
-  log('training:')
-  trn = training(settings, cache_dir, log)
+  try:
+    infer = inference(settings, cache_dir, log, trained=args.trained)
+  except BenchmarkError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  mem, trn = [], {}
+  if not args.trained:
+    log('memory:')
+    mem = memory(settings, cache_dir, log)
+    log('training:')
+    trn = training(settings, cache_dir, log)
   res = dict(hardware=hardware, mode=mode,
              date=time.strftime('%Y-%m-%d %H:%M:%S'),
              wall_seconds=time.time() - t0, settings=settings,
-             inference=infer, memory=mem, training=trn)
+             trained=args.trained, inference=infer, memory=mem, training=trn)
   res['goals'] = goals(infer, mem)
   os.makedirs(args.out, exist_ok=True)
   with open(os.path.join(args.out, 'results.json'), 'w') as f:

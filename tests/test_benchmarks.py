@@ -184,6 +184,43 @@ def test_benchmarks_tiny_quick_run(bench, tmp_path, cache_dir, monkeypatch,
   assert 'written:' in capsys.readouterr().out
 
 
+def test_benchmarks_time_trained_runs(bench, tmp_path, cache_dir, monkeypatch,
+                                      capsys, finished_run):
+  """--trained: the models are the finished runs' (their configs, their best
+  parameters); DEAR's iterations are those of the trained map on the same
+  batch; a folder without a run of each kind is one line, exit 2."""
+  monkeypatch.setitem(bench.SETTINGS, 'quick', TINY_SETTINGS)
+  runs = tmp_path / 'runs'
+  runs.mkdir()
+  for kind in ('dear', 'nar'):
+    (runs / f'bfs_{kind}').symlink_to(finished_run(kind).workdir)
+  out = tmp_path / 'out'
+  assert bench.main(['--quick', f'--out={out}', f'--cache_dir={cache_dir}',
+                     f'--trained={runs}', '--sizes=5']) == 0
+  res = json.loads((out / 'results.json').read_text())
+  assert res['memory'] == [] and res['training'] == {}
+  (row,) = res['inference']
+  assert (row['dear_run'], row['nar_run']) == ('bfs_dear', 'bfs_nar')
+  # The same trained model, solved here without the benchmark's code.
+  done = json.loads((runs / 'bfs_dear' / 'results.json').read_text())
+  config = tiny_config(cache_dir, 'dear')
+  assert done['config']['model']['hidden'] == config.model.hidden
+  batch, _ = bench._eval_batch('bfs', 5, 2, cache_dir)  # pylint: disable=protected-access
+  batch = dict(batch, hints={})
+  model = train.build_model(config, data_lib.processed_spec('bfs'), batch)
+  _, aux = model.predict(train.load_best_params(str(runs / 'bfs_dear')), batch)
+  assert row['dear_iterations_mean'] == pytest.approx(
+      float(np.mean(aux['solver'].iterations)))
+  assert 'Trained parameters' in (out / 'results.md').read_text()
+  capsys.readouterr()
+
+  (runs / 'bfs_nar').unlink()
+  assert bench.main(['--quick', f'--out={out}', f'--cache_dir={cache_dir}',
+                     f'--trained={runs}']) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and 'no finished nar run of bfs' in err[0]
+
+
 def _infer_row(algorithm, n, ratio):
   return dict(algorithm=algorithm, n=n, ratio_nar_over_dear=ratio)
 
