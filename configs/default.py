@@ -25,6 +25,10 @@ def get_config():
       # Record the training batches under cache_dir once and replay them:
       # runs with the same data settings and seed then see identical batches.
       recorded_stream=False,
+      # binary_search only: DEAR's BetterSearchSampler, no target above every
+      # element (CLRS clamps that answer to n-1). Changes train, val and test
+      # data and their cache keys; the test split is then no longer CLRS's.
+      better_search=False,
   ))
 
   c.model = ml_collections.ConfigDict(dict(

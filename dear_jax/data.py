@@ -16,7 +16,9 @@ that covers every parameter of the protocol.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -88,6 +90,52 @@ def train_sampler_kwargs(algorithm: str, length: int) -> dict:
   if algorithm in SPARSE_ALGOS:
     p = tuple(x / 2 for x in p)
   return dict(p=p, length_needle=-min(8, max(1, (length - 1) // 2)))
+
+
+@functools.cache
+def _better_search_sampler_class():
+  """dm-clrs's SearchSampler without targets above every element (DEAR's
+  BetterSearchSampler, built lazily because dm-clrs imports TensorFlow).
+
+  dm-clrs draws a sorted array and a target x, both U[0, 1); when x exceeds
+  every element, binary search clamps its answer to the last index, a case
+  the task then has to learn as an exception. Here such an x trades places
+  with the largest element: the array stays sorted, the target now lies
+  between its last two elements (the answer is still the last index, but by
+  the search's own rule). The random draws are the dm-clrs sampler's, so a
+  seed gives the same samples except for those swaps."""
+  samplers = clrs()._src.samplers  # pylint: disable=protected-access
+
+  class BetterSearchSampler(samplers.SearchSampler):
+    CAN_TRUNCATE_INPUT_DATA = True  # dm-clrs >= 2.0.2 requires it declared
+
+    def _sample_data(self, length: int, low: float = 0., high: float = 1.):
+      x, arr = super()._sample_data(length, low, high)
+      if x > arr[-1]:
+        x, arr[-1] = arr[-1], x
+      return [x, arr]
+
+  return BetterSearchSampler
+
+
+def uses_better_search(algorithm: str, better_search: bool) -> bool:
+  """data.better_search only changes binary_search's samplers."""
+  return bool(better_search) and algorithm == 'binary_search'
+
+
+def build_sampler(algorithm: str, better_search: bool = False, **kwargs):
+  """`clrs.build_sampler`, or for binary_search with `better_search` the
+  same construction around BetterSearchSampler (kwargs its `_sample_data`
+  does not take are dropped, as dm-clrs drops them)."""
+  c = clrs()
+  if not uses_better_search(algorithm, better_search):
+    return c.build_sampler(algorithm, **kwargs)[0]
+  cls = _better_search_sampler_class()
+  accepted = inspect.signature(cls._sample_data).parameters  # pylint: disable=protected-access
+  own = ('num_samples', 'seed', 'track_max_steps', 'truncate_decimals')
+  sampler_kwargs = {k: v for k, v in kwargs.items() if k in accepted}
+  return cls(getattr(c._src.algorithms, algorithm), c.SPECS[algorithm],  # pylint: disable=protected-access
+             **{k: v for k, v in kwargs.items() if k in own}, **sampler_kwargs)
 
 
 def processed_spec(algorithm: str) -> Spec:
@@ -196,6 +244,7 @@ class DataConfig:
   eval_batch_size: int = 32
   cache_dir: str = '~/.cache/dear_jax/datasets'
   recorded_stream: bool = False  # replay training batches recorded on disk
+  better_search: bool = False  # binary_search: DEAR's BetterSearchSampler
 
   @classmethod
   def from_dict(cls, d) -> 'DataConfig':
@@ -235,13 +284,12 @@ class TrainStream:
 
   def __init__(self, algorithm: str, cfg: DataConfig, seed: int,
                keep_hints: bool = True):
-    c = clrs()
     rng = np.random.RandomState(seed)
     self._sizes = training_sizes(algorithm, cfg.train_sizes)
     self._samplers = [
-        c.build_sampler(algorithm, num_samples=-1, length=n,
-                        seed=rng.randint(2**32), track_max_steps=False,
-                        **train_sampler_kwargs(algorithm, n))[0]
+        build_sampler(algorithm, cfg.better_search, num_samples=-1, length=n,
+                      seed=rng.randint(2**32), track_max_steps=False,
+                      **train_sampler_kwargs(algorithm, n))
         for n in self._sizes]
     self._pos_rng = np.random.RandomState(rng.randint(2**32))
     self._schedule_rng = np.random.RandomState(rng.randint(2**32))
@@ -301,6 +349,8 @@ class RecordedStream:
                     sizes=list(training_sizes(algorithm, cfg.train_sizes)),
                     schedule=cfg.size_schedule, batch_size=cfg.batch_size,
                     seed=int(seed), keep_hints=bool(keep_hints))
+    if uses_better_search(algorithm, cfg.better_search):
+      protocol['better_search'] = True
     self._dir = os.path.join(os.path.expanduser(cfg.cache_dir),
                              'stream-' + _protocol_key(protocol))
     os.makedirs(self._dir, exist_ok=True)
@@ -378,7 +428,17 @@ class EvalSet:
 
 def _split_protocol(algorithm: str, split: str, cfg: DataConfig,
                     seed: int) -> dict:
-  """Every parameter that determines a split's content."""
+  """Every parameter that determines a split's content. `better_search` is
+  a key only where it changes the data, so the keys of every other split
+  (and cache file names) are those of before the option existed."""
+  protocol = _base_split_protocol(algorithm, split, cfg, seed)
+  if uses_better_search(algorithm, cfg.better_search):
+    protocol['better_search'] = True
+  return protocol
+
+
+def _base_split_protocol(algorithm: str, split: str, cfg: DataConfig,
+                         seed: int) -> dict:
   c = clrs()
   mult = c.CLRS_30_ALGS_SETTINGS[algorithm]['num_samples_multiplier']
   if split == 'test':
@@ -411,12 +471,12 @@ def _protocol_key(protocol: dict) -> str:
 
 
 def _generate(protocol: dict) -> Batch:
-  c = clrs()
   kwargs = {k: tuple(v) if isinstance(v, list) else v
             for k, v in protocol['sampler_kwargs'].items()}
-  sampler, _ = c.build_sampler(
-      protocol['algorithm'], num_samples=protocol['num_samples'],
-      length=protocol['length'], seed=protocol['seed'], **kwargs)
+  sampler = build_sampler(
+      protocol['algorithm'], protocol.get('better_search', False),
+      num_samples=protocol['num_samples'], length=protocol['length'],
+      seed=protocol['seed'], **kwargs)
   pos_rng = (None if protocol['pos_seed'] is None
              else np.random.RandomState(protocol['pos_seed']))
   fb = _preprocess(sampler.next(), protocol['algorithm'], pos_rng)
