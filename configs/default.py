@@ -69,6 +69,12 @@ def get_config():
       state_noise=0.0,       # std of a Gaussian perturbation of f (training)
       init_state_std=0.0,    # training solves start from N(0, std^2), not 0
       gate_bias=0.0,         # initial update-gate bias (CLRS's NAR: -3)
+      # DEAR's stochastic extra iterations (training only): past the answer,
+      # K more f steps with gradient, P(K >= k) = alpha^k, K <= max_steps;
+      # alpha = stochastic_alpha * stochastic_decay^step. 0: off (DEAR: 0.1).
+      stochastic_alpha=0.0,
+      stochastic_decay=0.998,
+      stochastic_max_steps=9,
       # After the test: is the answer a fixed point? (dear_jax/diagnostics.py)
       diagnostics=True,
       check_tol=1e-5,        # reference solve from the answer: relative tol
@@ -81,5 +87,9 @@ def get_config():
       grad_clip=1.0,
       eval_every=50,
       seed=0,
+      # Split every training batch over all local devices (jax.sharding mesh;
+      # batch_size must be a multiple of the device count). Same results to
+      # float tolerance, so a finished run stays finished when it changes.
+      data_parallel=False,
   ))
   return c

@@ -6,6 +6,12 @@ processor is applied once more, with triplet edge features, so the decoders
 see exactly what the stepwise model's decoders see at a step:
 h_t = [U, H*, P(H*)], e_t = [E, triplets(H*)]. With the 'jfb' gradient this
 last call is the only one that carries gradient (DEAR's 1-step gradient).
+
+Stochastic extra iterations (DEAR's "S", `dear.stochastic_alpha` > 0, training
+only): past the solver's answer each graph takes K more f steps, with
+gradient, where K counts leading successes of Bernoulli(alpha) draws, capped
+at `stochastic_max_steps` (P(K >= k) = alpha^k). alpha decays as DEAR's,
+alpha_0 * decay^step, when the caller passes the training step to `loss`.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from dear_jax import data as data_lib
+from dear_jax import losses
 from dear_jax import solver
 from dear_jax.model import Reasoner
 
@@ -29,6 +36,9 @@ class EquilibriumReasoner(Reasoner):
     self.jac_reg_weight = float(dear_cfg.jac_reg_weight)
     self.state_noise = float(dear_cfg.state_noise)
     self.init_state_std = float(dear_cfg.init_state_std)
+    self.stochastic_alpha = float(dear_cfg.stochastic_alpha)
+    self.stochastic_decay = float(dear_cfg.stochastic_decay)
+    self.stochastic_max_steps = int(dear_cfg.stochastic_max_steps)
 
   def with_solver(self, **changes) -> 'EquilibriumReasoner':
     """The same model solved with other solver settings (same parameters)."""
@@ -61,18 +71,53 @@ class EquilibriumReasoner(Reasoner):
       return h_new[0] + noise
     return f, h0, (node, edge, graph, adj, noise)
 
-  def forward(self, params, batch, *, training, key):
+  def forward(self, params, batch, *, training, key, step=None):
     f, h0, args = self.equilibrium(params, batch, training=training, key=key)
     node, edge, graph, adj, _ = args
     h_star, stats = solver.solve(f, h0, params['processor'], args,
                                  config=self.solver_cfg, training=training)
+    aux = {'solver': stats}
+    if training and self.stochastic_alpha > 0:
+      alpha = self.stochastic_alpha
+      if step is not None:
+        alpha = alpha * self.stochastic_decay ** jnp.asarray(step, jnp.float32)
+      batched_f = jax.vmap(lambda h, *a: f(h, params['processor'], *a))
+      h_star, aux['extra_steps'] = extra_steps(
+          lambda h: batched_f(h, *args), h_star, jax.random.fold_in(key, 5),
+          alpha, self.stochastic_max_steps)
     h_new, tri = self.process(params['processor'], node, edge, graph, adj,
                               h_star)
     outputs, _ = self.decode(params, node, h_star, h_new, edge, tri, graph,
                              training, jax.random.fold_in(key, 2))
-    aux = {'solver': stats}
     if training and self.jac_reg_weight > 0:
       aux['penalty'] = self.jac_reg_weight * solver.jacobian_penalty(
           f, jax.lax.stop_gradient(h_new), params['processor'], args,
           jax.random.fold_in(key, 3))
     return outputs, None, aux
+
+  def loss(self, params, batch, key, step=None):
+    """As Reasoner.loss; `step` (the training step) decays stochastic_alpha."""
+    outputs, _, aux = self.forward(params, batch, training=True, key=key,
+                                   step=step)
+    loss = losses.total_loss(self.spec, batch, outputs, None)
+    return loss + aux.pop('penalty', 0.0), aux
+
+
+def extra_steps(step_fn, h, key, alpha, max_steps: int):
+  """(h after K_b more steps of step_fn for graph b, K): K_b counts the
+  leading successes of `max_steps` Bernoulli(alpha) draws, so P(K >= k) =
+  alpha^k up to the cap (DEAR's continuation rule). step_fn maps [B, ...]
+  arrays; graphs that stopped keep their state. One compiled loop of
+  `max_steps` rounds, each skipped (lax.cond) once no graph continues."""
+  draws = jax.random.bernoulli(key, alpha, (max_steps, h.shape[0]))
+  k = jnp.sum(jnp.cumprod(draws.astype(jnp.int32), axis=0), axis=0)
+
+  def body(h, i):
+    active = (i < k).reshape((-1,) + (1,) * (h.ndim - 1))
+    h = jax.lax.cond(jnp.any(i < k),
+                     lambda h: jnp.where(active, step_fn(h), h),
+                     lambda h: h, h)
+    return h, None
+
+  h, _ = jax.lax.scan(body, h, jnp.arange(max_steps))
+  return h, k

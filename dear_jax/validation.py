@@ -43,7 +43,39 @@ def check_config(config) -> None:
       raise ValueError(f'dear.{name} must be >= 0, got {config.dear[name]}')
   for name in ('check_tol', 'check_max_iter'):
     _positive(f'dear.{name}', config.dear[name])
+  _check_dear_parts(config)
   config_from_section(config.dear, 'dear.')
+  if config.train.get('data_parallel', False):
+    from dear_jax import seeds  # pylint: disable=g-import-not-at-top
+    seeds.check_divisible(config.data.batch_size)
+
+
+def check_seeds(seeds) -> list:
+  """--seeds: distinct integers in numpy's seed range, as ints."""
+  try:
+    out = [int(s) for s in seeds]
+  except ValueError as e:
+    raise ValueError(f'--seeds must be comma-separated integers, got '
+                     f'{",".join(seeds)!r}') from e
+  if not out or len(set(out)) != len(out) or not all(
+      0 <= s < 2**32 for s in out):
+    raise ValueError('--seeds must be distinct integers in [0, 2**32), got '
+                     f'{",".join(map(str, seeds))!r}')
+  return out
+
+
+def _check_dear_parts(config) -> None:
+  """DEAR's stochastic iterations, CGP and alignment keys."""
+  d = config.dear
+  if not 0 <= d.stochastic_alpha < 1:
+    raise ValueError('dear.stochastic_alpha must be in [0, 1) (0: off), got '
+                     f'{d.stochastic_alpha}')
+  if not 0 < d.stochastic_decay <= 1:
+    raise ValueError('dear.stochastic_decay must be in (0, 1], got '
+                     f'{d.stochastic_decay}')
+  if not d.stochastic_max_steps >= 1:
+    raise ValueError('dear.stochastic_max_steps must be an int >= 1, got '
+                     f'{d.stochastic_max_steps}')
 
 
 def check_workdir(workdir: str) -> None:
