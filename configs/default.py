@@ -75,6 +75,12 @@ def get_config():
       stochastic_alpha=0.0,
       stochastic_decay=0.998,
       stochastic_max_steps=9,
+      # CGP: a second pass over the smallest SL(2, Z_p) Cayley graph with >= n
+      # nodes (virtual nodes appended) inside every f evaluation. Shared
+      # weights reuse the processor (model.processor='gmpnn' only); else a
+      # separate gated max-MPNN (DEAR's deq_cgp.yaml shares, config.yaml not).
+      cgp=False,
+      cgp_shared_weights=False,
       # After the test: is the answer a fixed point? (dear_jax/diagnostics.py)
       diagnostics=True,
       check_tol=1e-5,        # reference solve from the answer: relative tol

@@ -12,6 +12,17 @@ only): past the solver's answer each graph takes K more f steps, with
 gradient, where K counts leading successes of Bernoulli(alpha) draws, capped
 at `stochastic_max_steps` (P(K >= k) = alpha^k). alpha decays as DEAR's,
 alpha_0 * decay^step, when the caller passes the training step to `loss`.
+
+CGP (`dear.cgp`): every f evaluation (and the final P(H*)) is followed by a
+second pass over the graph's Cayley graph (dear_jax/cgp.py): the new real
+states, then zero states for the virtual nodes (DEAR's virtual states never
+persist inside the DEQ), zero inputs for the virtual nodes, and one learned
+edge vector on every Cayley edge; the real nodes keep their part of the
+result. The pass is DEAR's gated max-MPNN: the processor itself with
+`cgp_shared_weights` (model.processor='gmpnn' only), else a separate one (the
+only choice with triplet_gmpnn, which ignores edges). Its parameters sit in
+params['processor'] under CGP_KEYS, so every solver and diagnostic that
+passes the processor's parameters explicitly passes them too.
 """
 
 from __future__ import annotations
@@ -22,10 +33,14 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from dear_jax import cgp
 from dear_jax import data as data_lib
 from dear_jax import losses
 from dear_jax import solver
 from dear_jax.model import Reasoner
+from dear_jax.processors import GatedMaxMPNN
+
+CGP_KEYS = ('cgp_edge', 'cgp_processor')
 
 
 class EquilibriumReasoner(Reasoner):
@@ -39,6 +54,15 @@ class EquilibriumReasoner(Reasoner):
     self.stochastic_alpha = float(dear_cfg.stochastic_alpha)
     self.stochastic_decay = float(dear_cfg.stochastic_decay)
     self.stochastic_max_steps = int(dear_cfg.stochastic_max_steps)
+    self.cgp = bool(dear_cfg.cgp)
+    self.cgp_shared = bool(dear_cfg.cgp_shared_weights)
+    if self.cgp and self.cgp_shared and model_cfg.processor != 'gmpnn':
+      raise ValueError('dear.cgp_shared_weights=True needs model.processor='
+                       f'gmpnn (got {model_cfg.processor}); the Cayley pass is '
+                       'a max-MPNN over Cayley edges')
+    if self.cgp and not self.cgp_shared:
+      self.cgp_processor = GatedMaxMPNN(hidden=model_cfg.hidden,
+                                        gate_bias=float(dear_cfg.gate_bias))
 
   def with_solver(self, **changes) -> 'EquilibriumReasoner':
     """The same model solved with other solver settings (same parameters)."""
@@ -47,6 +71,64 @@ class EquilibriumReasoner(Reasoner):
     other.solver_cfg.validate()
     return other
 
+  # --- CGP -------------------------------------------------------------------
+  def process(self, proc_params, node, edge, graph, adj, hidden,
+              triplets: bool = True):
+    """The processor on the input graph only (CGP parameters set aside)."""
+    own = {k: v for k, v in proc_params.items() if k not in CGP_KEYS}
+    return super().process(own, node, edge, graph, adj, hidden, triplets)
+
+  def step(self, proc_params, node, edge, graph, adj, hidden,
+           triplets: bool = True):
+    """One evaluation of the map: the processor, then the Cayley pass."""
+    h_new, tri = self.process(proc_params, node, edge, graph, adj, hidden,
+                              triplets)
+    if self.cgp:
+      h_new = self.cayley_pass(proc_params, node, graph, h_new)
+    return h_new, tri
+
+  def _cayley_inputs(self, cgp_edge, node, hidden):
+    """[B, M, ...] inputs of the Cayley pass: real nodes first, then zeros."""
+    b, n, h = hidden.shape
+    adj = jnp.asarray(cgp.cayley_adjacency(n))
+    m = adj.shape[0]
+    pad = ((0, 0), (0, m - n), (0, 0))
+    edge = jnp.broadcast_to(cgp_edge.astype(hidden.dtype), (b, m, m, h))
+    return (jnp.pad(node, pad), edge, jnp.broadcast_to(adj, (b, m, m)),
+            jnp.pad(hidden, pad))
+
+  def cayley_pass(self, proc_params, node, graph, hidden):
+    node_c, edge_c, adj_c, h_c = self._cayley_inputs(
+        proc_params['cgp_edge'], node, hidden)
+    if self.cgp_shared:
+      out, _ = self.process(proc_params, node_c, edge_c, graph, adj_c, h_c,
+                            triplets=False)
+    else:
+      out, _ = self.cgp_processor.apply(
+          {'params': proc_params['cgp_processor']}, node_c, edge_c, graph,
+          adj_c, h_c)
+    return out[:, :hidden.shape[1]]
+
+  def init(self, key, batch):
+    params = super().init(key, batch)
+    if not self.cgp:
+      return params
+    k_edge, k_proc = jax.random.split(jax.random.fold_in(key, 11))
+    proc = dict(params['processor'])
+    # DEAR learns one Cayley edge vector; its init is not specified there.
+    proc['cgp_edge'] = jax.random.normal(k_edge, (self.hidden,))
+    if not self.cgp_shared:
+      node, _, graph, _ = self.encode(params, batch['inputs'],
+                                      data_lib.num_nodes(batch))
+      inputs = self._cayley_inputs(proc['cgp_edge'], node,
+                                   jnp.zeros_like(node))
+      node_c, edge_c, adj_c, h_c = inputs
+      proc['cgp_processor'] = self.cgp_processor.init(
+          k_proc, node_c, edge_c, graph, adj_c, h_c)['params']
+    params['processor'] = proc
+    return params
+
+  # --- the equilibrium --------------------------------------------------------
   def equilibrium(self, params, batch, *, training, key):
     """(f, h0, args): the problem h* = f(h*, params['processor'], *args), per
     graph, that `forward` solves (and diagnostics and plots re-solve)."""
@@ -66,8 +148,8 @@ class EquilibriumReasoner(Reasoner):
           jax.random.fold_in(key, 4), node.shape)
 
     def f(h, proc_params, node, edge, graph, adj, noise):
-      h_new, _ = self.process(proc_params, node[None], edge[None], graph[None],
-                              adj[None], h[None], triplets=False)
+      h_new, _ = self.step(proc_params, node[None], edge[None], graph[None],
+                           adj[None], h[None], triplets=False)
       return h_new[0] + noise
     return f, h0, (node, edge, graph, adj, noise)
 
@@ -85,8 +167,8 @@ class EquilibriumReasoner(Reasoner):
       h_star, aux['extra_steps'] = extra_steps(
           lambda h: batched_f(h, *args), h_star, jax.random.fold_in(key, 5),
           alpha, self.stochastic_max_steps)
-    h_new, tri = self.process(params['processor'], node, edge, graph, adj,
-                              h_star)
+    h_new, tri = self.step(params['processor'], node, edge, graph, adj,
+                           h_star)
     outputs, _ = self.decode(params, node, h_star, h_new, edge, tri, graph,
                              training, jax.random.fold_in(key, 2))
     if training and self.jac_reg_weight > 0:

@@ -76,6 +76,11 @@ def _check_dear_parts(config) -> None:
   if not d.stochastic_max_steps >= 1:
     raise ValueError('dear.stochastic_max_steps must be an int >= 1, got '
                      f'{d.stochastic_max_steps}')
+  if d.cgp and d.cgp_shared_weights and config.model.processor != 'gmpnn':
+    raise ValueError('dear.cgp_shared_weights=True needs model.processor=gmpnn'
+                     f' (got {config.model.processor}); use '
+                     'dear.cgp_shared_weights=False for a separate Cayley '
+                     'processor')
 
 
 def check_workdir(workdir: str) -> None:
