@@ -5,7 +5,8 @@
         [--seeds=3] [--train_steps=N] [--eval_every=N]
         [--dear_config=configs/dear_paper.py] [--nar_config=configs/default.py]
         [--override SECTION.KEY=VALUE ...] [--cache_dir=DIR] [--no_memory]
-        [--quiet]
+        [--quiet] [--executor=local|ray] [--ray_address=ADDRESS]
+        [--ray_cpus_per_task=C] [--ray_gpus_per_task=G] [--ray_num_cpus=N]
 
 Models: `dear` (EquilibriumReasoner, no hints), `nar` (Flax stepwise NAR,
 hint_mode encoded_decoded), `nar_nohint` (the same with hint_mode none),
@@ -22,8 +23,12 @@ to DIR is allowed. After the runs: DIR/results.csv (one row per finished run
 in DIR), DIR/results.md (mean ± std over seeds beside the published
 Triplet-GMPNN score) and DIR/plots/*.png (baselines.plots).
 
+`--executor=ray` trains each run as a Ray task (on the cluster at
+--ray_address, or on a Ray it starts here) and writes what the tasks send
+back into the same DIR layout; baselines.executors says how.
+
 The parts, in the order they act: baselines.plan (presets + flags -> Plan),
-baselines.protocol (the DIR guard), this module (the runs),
+baselines.protocol (the DIR guard), baselines.executors (the runs),
 baselines.memory, baselines.report (csv, md), baselines.convergence and
 baselines.plots (figures).
 
@@ -33,16 +38,16 @@ argparse, not absl: `import clrs` registers absl flags such as `seeds`.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import sys
-import time
 
+from baselines import executors
 from baselines import plan as plan_lib
 from baselines import protocol as protocol_lib
 from baselines import report
-from baselines.plan import MODEL_SETTINGS, MODELS, PRESETS, CompareError, Plan
+from baselines.executors import run_dir, train_one  # noqa: F401 (API)
+from baselines.plan import MODELS, PRESETS, CompareError, Plan
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
@@ -83,26 +88,20 @@ def parse_args(argv):
   p.add_argument('--no_memory', dest='memory', action='store_false',
                  help='skip the compiled train-step memory column')
   p.add_argument('--quiet', action='store_true', help='no progress bars')
+  p.add_argument('--executor', default='local', choices=('local', 'ray'),
+                 help='local: runs one after another here; ray: each run a '
+                      'Ray task (baselines.executors)')
+  p.add_argument('--ray_address', default=None,
+                 help='Ray cluster to join (auto, HOST:PORT, ray://HOST:PORT);'
+                      ' default: start a local Ray')
+  p.add_argument('--ray_cpus_per_task', type=float, default=1.0,
+                 help='CPUs each run asks Ray for')
+  p.add_argument('--ray_gpus_per_task', type=float, default=None,
+                 help='GPUs each run asks Ray for (a fraction shares one); '
+                      'default: 1 if the cluster has GPUs, else 0')
+  p.add_argument('--ray_num_cpus', type=int, default=None,
+                 help='CPUs of the local Ray (default: all of this machine)')
   return p.parse_args(argv)
-
-
-def run_dir(out: str, algorithm: str, model: str, seed: int) -> str:
-  return os.path.join(out, 'runs', algorithm, model, f's{seed}')
-
-
-def train_one(plan: Plan, algorithm: str, model: str, seed: int) -> dict:
-  workdir = run_dir(plan.out, algorithm, model, seed)
-  if model == 'clrs_official':
-    from baselines import clrs_official  # pylint: disable=g-import-not-at-top
-    return clrs_official.train_official(
-        algorithm, seed=seed, train_steps=plan.train_steps,
-        hint_mode=MODEL_SETTINGS[model][1], data_cfg=plan.official_data,
-        workdir=workdir, eval_every=plan.eval_every)
-  from dear_jax import train  # pylint: disable=g-import-not-at-top
-  config = copy.deepcopy(plan.configs[model])
-  config.train.seed = seed
-  return train.train_and_evaluate(config, workdir, algorithm,
-                                  progress=plan.progress)
 
 
 def _fail(message: str) -> int:
@@ -110,33 +109,26 @@ def _fail(message: str) -> int:
   return 2
 
 
-def run_all(plan: Plan) -> int | None:
-  """Trains every unfinished (algorithm, model, seed); the failure count, or
-  None when the user interrupted (the interrupted run can be resumed)."""
-  from dear_jax import train  # pylint: disable=g-import-not-at-top
-  todo = [(a, m, s) for a in plan.algorithms for m in plan.models
-          for s in plan.seeds]
-  failures = 0
-  for i, (a, m, s) in enumerate(todo, 1):
-    label = f'[{i}/{len(todo)}] {a} {m} seed {s}'
-    if os.path.exists(os.path.join(run_dir(plan.out, a, m, s),
-                                   'results.json')):
-      print(f'{label}: done, skipped')
-      continue
-    t0 = time.time()
-    try:
-      r = train_one(plan, a, m, s)
-    except (train.RunError, ValueError) as e:
-      message = f'{label}: {str(e).splitlines()[0]}'
-      if isinstance(e.__cause__, KeyboardInterrupt):
-        print(f'error: {message}', file=sys.stderr)
-        return None
-      print(f'FAILED {message}', file=sys.stderr)
-      failures += 1
-      continue
-    print(f'{label}: test {r["test_score"]:.4f}, val {r["val_score"]:.4f} '
-          f'({time.time() - t0:.0f} s)')
-  return failures
+def ray_options(args) -> executors.RayOptions | None:
+  """The Ray executor's options, None for the local executor."""
+  if args.executor != 'ray':
+    return None
+  if args.ray_cpus_per_task <= 0 or (args.ray_gpus_per_task or 0) < 0:
+    raise CompareError('--ray_cpus_per_task must be > 0 and '
+                       '--ray_gpus_per_task >= 0')
+  executors.check_ray_installed()
+  return executors.RayOptions(
+      address=args.ray_address, cpus_per_task=args.ray_cpus_per_task,
+      gpus_per_task=args.ray_gpus_per_task, local_cpus=args.ray_num_cpus,
+      log_to_driver=not args.quiet)
+
+
+def run_all(plan: Plan, ray: executors.RayOptions | None = None) -> int | None:
+  """Trains every unfinished (algorithm, model, seed), here or as Ray tasks
+  when `ray` is given; the failure count, or None when interrupted."""
+  if ray is None:
+    return executors.run_local(plan)
+  return executors.run_ray(plan, ray)
 
 
 def write_reports(plan: Plan) -> None:
@@ -160,27 +152,42 @@ def write_reports(plan: Plan) -> None:
 
 def main(argv=None) -> int:
   args = parse_args(sys.argv[1:] if argv is None else argv)
-  if 'clrs_official' in (args.models or PRESETS[args.preset]['models']):
-    # BaselineModel runs on one device only (as baselines.clrs_official).
+  local = args.executor == 'local'
+  if local and 'clrs_official' in (args.models or
+                                   PRESETS[args.preset]['models']):
+    # BaselineModel runs on one device only (as baselines.clrs_official);
+    # a Ray task sees the devices Ray gives it.
     os.environ.setdefault('CUDA_VISIBLE_DEVICES', '0')
+  if not local:
+    # The driver only gathers files and writes reports: its jax stays on the
+    # CPU and leaves this machine's GPUs to the Ray tasks.
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.config.update('jax_platforms', 'cpu')
   try:
+    ray = ray_options(args)
     plan = plan_lib.resolve(args)
+    hardware = report.hardware_line()
+    if ray is not None:
+      hardware = f'Ray workers (driver: {hardware})'
     info = dict(presets=[plan.preset], algorithms=list(plan.algorithms),
                 models=list(plan.models), seeds=list(plan.seeds),
-                hardware=report.hardware_line())
+                hardware=hardware)
     protocol_lib.check_and_write(plan, protocol_lib.build(plan), info)
   except CompareError as e:
     return _fail(str(e))
-  if 'clrs_official' in plan.models:
+  if local and 'clrs_official' in plan.models:
     from baselines import clrs_official  # pylint: disable=g-import-not-at-top
     try:
       clrs_official.check_single_device()
     except RuntimeError as e:
       return _fail(str(e).splitlines()[0])
-  failures = run_all(plan)
+  try:
+    failures = run_all(plan, ray)
+  except CompareError as e:  # Ray could not start or be reached
+    return _fail(str(e))
   if failures is None:
     return 2
-  if plan.memory:
+  if plan.memory and local:  # Ray tasks measure it on their own devices
     from baselines import memory  # pylint: disable=g-import-not-at-top
     for a in plan.algorithms:
       for m in plan.models:

@@ -1,0 +1,267 @@
+"""Where compare's runs train: one after another in this process (`local`),
+or as Ray tasks on a cluster (`ray`).
+
+Both executors skip a run whose results.json exists in --out (resume), count
+a run that raised as a failure without stopping the others, and leave the
+same --out layout: DIR/runs/ALGORITHM/MODEL/sSEED/ (results.json,
+metrics.jsonl, checkpoints/) and DIR/runs/ALGORITHM/MODEL/memory.json.
+
+The Ray executor assumes no shared filesystem: a task trains in a temporary
+folder on its worker and returns that run folder's files as bytes; the driver
+writes them into --out, where an interrupted write reads as an unfinished
+run. `import ray` happens only here, inside `run_ray`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+from baselines.plan import MODEL_SETTINGS, CompareError, Plan
+
+# Set in every Ray worker (start_ray). A task without a GPU also gets the
+# driver's JAX_PLATFORMS, or cpu (tests run the driver with JAX_PLATFORMS=cpu).
+_WORKER_ENV = {'TF_CPP_MIN_LOG_LEVEL': '3'}
+
+
+def run_dir(out: str, algorithm: str, model: str, seed: int) -> str:
+  return os.path.join(out, 'runs', algorithm, model, f's{seed}')
+
+
+def train_one(plan: Plan, algorithm: str, model: str, seed: int) -> dict:
+  import copy  # pylint: disable=g-import-not-at-top
+  workdir = run_dir(plan.out, algorithm, model, seed)
+  if model == 'clrs_official':
+    from baselines import clrs_official  # pylint: disable=g-import-not-at-top
+    return clrs_official.train_official(
+        algorithm, seed=seed, train_steps=plan.train_steps,
+        hint_mode=MODEL_SETTINGS[model][1], data_cfg=plan.official_data,
+        workdir=workdir, eval_every=plan.eval_every)
+  from dear_jax import train  # pylint: disable=g-import-not-at-top
+  config = copy.deepcopy(plan.configs[model])
+  config.train.seed = seed
+  return train.train_and_evaluate(config, workdir, algorithm,
+                                  progress=plan.progress)
+
+
+def _todo(plan: Plan) -> list:
+  """(label, algorithm, model, seed, finished) of every run of the plan."""
+  runs = [(a, m, s) for a in plan.algorithms for m in plan.models
+          for s in plan.seeds]
+  return [(f'[{i}/{len(runs)}] {a} {m} seed {s}', a, m, s,
+           os.path.exists(os.path.join(run_dir(plan.out, a, m, s),
+                                       'results.json')))
+          for i, (a, m, s) in enumerate(runs, 1)]
+
+
+def _done_line(label: str, r: dict, seconds: float) -> str:
+  return (f'{label}: test {r["test_score"]:.4f}, val {r["val_score"]:.4f} '
+          f'({seconds:.0f} s)')
+
+
+def run_local(plan: Plan) -> int | None:
+  """Trains every unfinished run here, in order; the failure count, or None
+  when the user interrupted (the interrupted run can be resumed)."""
+  from dear_jax import train  # pylint: disable=g-import-not-at-top
+  failures = 0
+  for label, a, m, s, finished in _todo(plan):
+    if finished:
+      print(f'{label}: done, skipped')
+      continue
+    t0 = time.time()
+    try:
+      r = train_one(plan, a, m, s)
+    except (train.RunError, ValueError) as e:
+      message = f'{label}: {str(e).splitlines()[0]}'
+      if isinstance(e.__cause__, KeyboardInterrupt):
+        print(f'error: {message}', file=sys.stderr)
+        return None
+      print(f'FAILED {message}', file=sys.stderr)
+      failures += 1
+      continue
+    print(_done_line(label, r, time.time() - t0))
+  return failures
+
+
+# --- Ray ---------------------------------------------------------------------
+
+@dataclasses.dataclass
+class RayOptions:
+  address: str | None = None     # None: start a local Ray here
+  cpus_per_task: float = 1.0
+  gpus_per_task: float | None = None  # None: 1 if the cluster has GPUs, else 0
+  local_cpus: int | None = None  # CPUs of the local Ray (None: all)
+  log_to_driver: bool = True     # forward workers' stdout/stderr
+  env: dict = dataclasses.field(default_factory=dict)  # more worker env vars
+
+
+def check_ray_installed() -> None:
+  if importlib.util.find_spec('ray') is None:
+    raise CompareError('--executor=ray needs the ray package (pip install '
+                       'ray, or pip install -r requirements.txt)')
+
+
+def _read_tree(root: str, start: str) -> dict:
+  """{path relative to root: bytes} of every file under root/start."""
+  files = {}
+  for dirpath, _, names in os.walk(os.path.join(root, start)):
+    for name in names:
+      path = os.path.join(dirpath, name)
+      with open(path, 'rb') as f:
+        files[os.path.relpath(path, root)] = f.read()
+  return files
+
+
+def ray_task(plan: Plan, algorithm: str, model: str, seed: int,
+             memory: bool, train=train_one) -> dict:
+  """One run on a Ray worker: trains in a temporary --out, then returns its
+  results and its files (and the model's memory.json when `memory`)."""
+  t0 = time.time()
+  with tempfile.TemporaryDirectory(prefix='dear_jax_ray_') as tmp:
+    local = dataclasses.replace(plan, out=tmp, progress=False)
+    results = train(local, algorithm, model, seed)
+    files = _read_tree(tmp, os.path.relpath(
+        run_dir(tmp, algorithm, model, seed), tmp))
+    if memory:
+      from baselines import memory as memory_lib  # pylint: disable=g-import-not-at-top
+      memory_lib.cached_train_step_mb(local, algorithm, model)
+      mem = os.path.join('runs', algorithm, model, 'memory.json')
+      if os.path.exists(os.path.join(tmp, mem)):
+        with open(os.path.join(tmp, mem), 'rb') as f:
+          files[mem] = f.read()
+  return dict(results=results, files=files, seconds=time.time() - t0)
+
+
+def write_files(out: str, run: str, files: dict) -> None:
+  """A task's files into out. The run folder is assembled beside its place
+  (in a dot-folder report.collect ignores), then swapped in, replacing a
+  partial one: a driver killed meanwhile leaves an unfinished run, never a
+  half-written one."""
+  parent, name = os.path.split(os.path.join(out, run))
+  incoming = os.path.join(parent, '.incoming-' + name)
+  shutil.rmtree(incoming, ignore_errors=True)
+  for rel in files:
+    inside = os.path.relpath(rel, run)
+    # memory.json lies beside the run folders, outside `run`.
+    dest = (os.path.join(out, rel) if inside.startswith('..')
+            else os.path.join(incoming, inside))
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    with open(dest + '.tmp', 'wb') as f:
+      f.write(files[rel])
+    os.replace(dest + '.tmp', dest)
+  shutil.rmtree(os.path.join(out, run), ignore_errors=True)
+  os.replace(incoming, os.path.join(out, run))
+
+
+def _failure_line(e: BaseException) -> str:
+  cause = getattr(e, 'cause', None) or e  # RayTaskError wraps the task's error
+  lines = str(cause).strip().splitlines()
+  return f'{type(cause).__name__}: {lines[0] if lines else ""}'[:300]
+
+
+def _code_dirs() -> list:
+  """The packages a worker imports, shipped with the job (Ray py_modules)."""
+  import baselines  # pylint: disable=g-import-not-at-top
+  import configs  # pylint: disable=g-import-not-at-top
+  import dear_jax  # pylint: disable=g-import-not-at-top
+  return [os.path.abspath(list(m.__path__)[0])  # configs: a namespace package
+          for m in (dear_jax, baselines, configs)]
+
+
+def start_ray(opts: RayOptions) -> None:
+  """ray.init with the job's code and environment (a local Ray without an
+  address: no dashboard, Ray's own logs at ERROR)."""
+  import ray  # pylint: disable=g-import-not-at-top
+  runtime_env = dict(py_modules=_code_dirs(), excludes=['__pycache__', '*.pyc'],
+                     env_vars=dict(_WORKER_ENV, **opts.env))
+  kw = dict(runtime_env=runtime_env, logging_level=logging.ERROR,
+            log_to_driver=opts.log_to_driver)
+  if opts.address:
+    kw['address'] = opts.address
+  else:
+    kw.update(num_cpus=opts.local_cpus or os.cpu_count(),
+              include_dashboard=False)
+  try:
+    ray.init(**kw)
+  except Exception as e:  # pylint: disable=broad-except
+    where = opts.address or 'a local Ray'
+    lines = str(e).strip().splitlines()
+    raise CompareError(f'cannot start or reach {where}: {type(e).__name__}: '
+                       f'{lines[0] if lines else ""}') from None
+
+
+def _task_options(ray, opts: RayOptions) -> dict:
+  gpus = opts.gpus_per_task
+  if gpus is None:
+    gpus = 1 if ray.cluster_resources().get('GPU', 0) > 0 else 0
+  env = {}  # added to the job's env_vars (start_ray)
+  if not gpus:
+    env['JAX_PLATFORMS'] = os.environ.get('JAX_PLATFORMS', 'cpu')
+  elif gpus < 1:
+    # Several runs share a GPU: jax must not take 75 % of it up front.
+    env['XLA_PYTHON_CLIENT_PREALLOCATE'] = 'false'
+  # max_calls=1: a fresh process per run (a GPU task must see only the
+  # CUDA_VISIBLE_DEVICES Ray gives it; no state leaks between runs).
+  return dict(num_cpus=opts.cpus_per_task, num_gpus=gpus, max_calls=1,
+              runtime_env=dict(env_vars=env))
+
+
+def run_ray(plan: Plan, opts: RayOptions, train=None) -> int | None:
+  """Trains every unfinished run as a Ray task; the failure count, or None
+  when the user interrupted (finished runs are in --out; rerun to resume).
+
+  `train(plan, algorithm, model, seed) -> results` runs on the workers (a
+  test swaps in one that fails on purpose); default: train_one."""
+  import ray  # pylint: disable=g-import-not-at-top
+  train = train or train_one
+  todo = _todo(plan)
+  for label, *_, finished in todo:
+    if finished:
+      print(f'{label}: done, skipped')
+  pending = [t for t in todo if not t[-1]]
+  if not pending:
+    return 0
+  started_here = not ray.is_initialized()
+  if started_here:
+    start_ray(opts)
+  try:
+    remote = ray.remote(**_task_options(ray, opts))(ray_task)
+    plan_ref = ray.put(plan)
+    memory_for = set()
+    refs = {}
+    for label, a, m, s, _ in pending:
+      memory = plan.memory and (a, m) not in memory_for and not os.path.exists(
+          os.path.join(plan.out, 'runs', a, m, 'memory.json'))
+      memory_for.add((a, m))
+      refs[remote.remote(plan_ref, a, m, s, memory, train)] = (label, a, m, s)
+    failures = 0
+    waiting = list(refs)
+    try:
+      while waiting:
+        (ref,), waiting = ray.wait(waiting, num_returns=1)
+        label, a, m, s = refs.pop(ref)
+        try:
+          got = ray.get(ref)
+        except Exception as e:  # pylint: disable=broad-except
+          print(f'FAILED {label}: {_failure_line(e)}', file=sys.stderr)
+          failures += 1
+          continue
+        write_files(plan.out, os.path.relpath(run_dir(plan.out, a, m, s),
+                                              plan.out), got['files'])
+        print(_done_line(label, got['results'], got['seconds']))
+    except KeyboardInterrupt:
+      for ref in waiting:
+        ray.cancel(ref, force=True)
+      print(f'error: interrupted; {len(waiting)} runs cancelled, finished '
+            'runs are kept (rerun to resume)', file=sys.stderr)
+      return None
+    return failures
+  finally:
+    if started_here:
+      ray.shutdown()
