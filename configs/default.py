@@ -81,6 +81,14 @@ def get_config():
       # separate gated max-MPNN (DEAR's deq_cgp.yaml shares, config.yaml not).
       cgp=False,
       cgp_shared_weights=False,
+      # DEAR's alignment loss (training only): the solver's trajectory and
+      # answer pulled towards a frozen teacher's per-step states, times
+      # align_weight (DEAR: 0.01; 0: off). align_teacher: the workdir of a
+      # finished --model=nar --hint_mode=none run of the same algorithm and
+      # hidden size. align_samples: trajectory states aligned per graph.
+      align_weight=0.0,
+      align_teacher='',
+      align_samples=1,
       # After the test: is the answer a fixed point? (dear_jax/diagnostics.py)
       diagnostics=True,
       check_tol=1e-5,        # reference solve from the answer: relative tol

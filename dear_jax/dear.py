@@ -23,6 +23,9 @@ result. The pass is DEAR's gated max-MPNN: the processor itself with
 only choice with triplet_gmpnn, which ignores edges). Its parameters sit in
 params['processor'] under CGP_KEYS, so every solver and diagnostic that
 passes the processor's parameters explicitly passes them too.
+
+Alignment (`dear.align_weight` > 0, training only): dear_jax/alignment.py,
+with the frozen teacher loaded from `dear.align_teacher` (or passed in).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from dear_jax import alignment
 from dear_jax import cgp
 from dear_jax import data as data_lib
 from dear_jax import losses
@@ -45,7 +49,9 @@ CGP_KEYS = ('cgp_edge', 'cgp_processor')
 
 class EquilibriumReasoner(Reasoner):
 
-  def __init__(self, spec, sample_batch, model_cfg, dear_cfg):
+  def __init__(self, spec, sample_batch, model_cfg, dear_cfg, teacher=None):
+    """teacher: (StepwiseNAR, params) for the alignment loss; by default
+    loaded from dear_cfg.align_teacher when dear_cfg.align_weight > 0."""
     super().__init__(spec, sample_batch, model_cfg, gate_bias=dear_cfg.gate_bias)
     self.solver_cfg = solver.config_from_section(dear_cfg)
     self.jac_reg_weight = float(dear_cfg.jac_reg_weight)
@@ -63,6 +69,12 @@ class EquilibriumReasoner(Reasoner):
     if self.cgp and not self.cgp_shared:
       self.cgp_processor = GatedMaxMPNN(hidden=model_cfg.hidden,
                                         gate_bias=float(dear_cfg.gate_bias))
+    self.align_weight = float(dear_cfg.align_weight)
+    self.align_samples = int(dear_cfg.align_samples)
+    if self.align_weight > 0 and teacher is None:
+      teacher = alignment.load_teacher(dear_cfg.align_teacher, spec,
+                                       sample_batch, model_cfg)
+    self.teacher = teacher if self.align_weight > 0 else None
 
   def with_solver(self, **changes) -> 'EquilibriumReasoner':
     """The same model solved with other solver settings (same parameters)."""
@@ -167,6 +179,9 @@ class EquilibriumReasoner(Reasoner):
       h_star, aux['extra_steps'] = extra_steps(
           lambda h: batched_f(h, *args), h_star, jax.random.fold_in(key, 5),
           alpha, self.stochastic_max_steps)
+    if training and self.teacher is not None:
+      aux['align_loss'] = self._alignment(f, h0, params, args, h_star, batch,
+                                          jax.random.fold_in(key, 6))
     h_new, tri = self.step(params['processor'], node, edge, graph, adj,
                            h_star)
     outputs, _ = self.decode(params, node, h_star, h_new, edge, tri, graph,
@@ -177,12 +192,31 @@ class EquilibriumReasoner(Reasoner):
           jax.random.fold_in(key, 3))
     return outputs, None, aux
 
+  def _alignment(self, f, h0, params, args, answer, batch, key):
+    """DEAR's alignment loss of this solve (unweighted; see alignment.py)."""
+    cap = self.solver_cfg.max_iter_train
+    points, evaluations = alignment.record_iterates(
+        f, h0, params['processor'], args, self.solver_cfg, cap)
+    idx = alignment.sample_indices(key, evaluations, self.align_samples, cap)
+    xs = jnp.take_along_axis(points, idx[:, :, None, None], axis=1)
+    # One step with gradient from each sampled iterate: f(x_k), [B, S, N, H].
+    per_graph = lambda xs, *a: jax.vmap(
+        lambda x: f(x, params['processor'], *a))(xs)
+    sampled = jax.vmap(per_graph)(xs, *args)
+    model, teacher_params = self.teacher
+    states = alignment.teacher_states(model, teacher_params, batch)
+    return alignment.alignment_loss(sampled, answer, states, batch['lengths'])
+
   def loss(self, params, batch, key, step=None):
-    """As Reasoner.loss; `step` (the training step) decays stochastic_alpha."""
+    """As Reasoner.loss, plus align_weight x the alignment loss; `step` (the
+    training step) decays stochastic_alpha."""
     outputs, _, aux = self.forward(params, batch, training=True, key=key,
                                    step=step)
     loss = losses.total_loss(self.spec, batch, outputs, None)
-    return loss + aux.pop('penalty', 0.0), aux
+    loss = loss + aux.pop('penalty', 0.0)
+    if 'align_loss' in aux:
+      loss = loss + self.align_weight * aux['align_loss']
+    return loss, aux
 
 
 def extra_steps(step_fn, h, key, alpha, max_steps: int):

@@ -81,6 +81,14 @@ def _check_dear_parts(config) -> None:
                      f' (got {config.model.processor}); use '
                      'dear.cgp_shared_weights=False for a separate Cayley '
                      'processor')
+  if not d.align_weight >= 0:
+    raise ValueError(f'dear.align_weight must be >= 0, got {d.align_weight}')
+  if not d.align_samples >= 1:
+    raise ValueError('dear.align_samples must be an int >= 1, got '
+                     f'{d.align_samples}')
+  if config.model_kind == 'dear' and d.align_weight > 0:
+    from dear_jax import alignment  # pylint: disable=g-import-not-at-top
+    alignment.read_teacher_results(d.align_teacher)
 
 
 def check_workdir(workdir: str) -> None:
