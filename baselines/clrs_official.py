@@ -36,6 +36,7 @@ import jax  # pylint: disable=g-import-not-at-top
 import numpy as np
 
 from dear_jax import data as data_lib
+from dear_jax.model import count_params
 from dear_jax import results as results_lib
 
 MODEL_NAME = 'clrs_official'
@@ -105,11 +106,10 @@ def check_single_device() -> None:
         f'device, e.g. CUDA_VISIBLE_DEVICES=0.')
 
 
-def build_model(algorithm: str, spec: dict, dummy_feedback, *,
+def build_model(spec: dict, dummy_feedback, *,
                 hint_mode: str = 'encoded_decoded', checkpoint_path: str = '',
                 **overrides):
   """A `clrs.models.BaselineModel` with run.py's defaults (not yet init'ed)."""
-  del algorithm  # The spec says everything; kept for symmetry with callers.
   clrs = data_lib.clrs()
   cfg = dict(RUN_PY_DEFAULTS, **overrides)
   encode_hints, decode_hints = HINT_MODES[hint_mode]
@@ -133,10 +133,6 @@ def build_model(algorithm: str, spec: dict, dummy_feedback, *,
       hint_teacher_forcing=cfg['hint_teacher_forcing'],
       hint_repred_mode=cfg['hint_repred_mode'],
       nb_msg_passing_steps=cfg['nb_msg_passing_steps'])
-
-
-def count_params(params) -> int:
-  return int(sum(np.size(x) for x in jax.tree_util.tree_leaves(params)))
 
 
 def _copy_params(params):
@@ -195,7 +191,7 @@ def train_official(algorithm: str, *, seed: int, train_steps: int,
   # run.py: the jax key comes from a RandomState(seed); init uses seed + 1.
   rng = np.random.RandomState(seed)
   rng_key = jax.random.PRNGKey(rng.randint(2**32))
-  model = build_model(algorithm, spec,
+  model = build_model(spec,
                       data_lib.to_feedback(valset.batches[0], spec),
                       hint_mode=hint_mode,
                       checkpoint_path=os.path.join(workdir, 'clrs_ckpt'))

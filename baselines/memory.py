@@ -38,13 +38,13 @@ def dear_jax_step_mb(config, spec: dict, init_batch: dict, batch: dict):
                                 jax.random.PRNGKey(1)).compile())
 
 
-def official_step_mb(algorithm: str, spec: dict, batch: dict, hint_mode: str):
+def official_step_mb(spec: dict, batch: dict, hint_mode: str):
   """compiled_mb of dm-clrs BaselineModel's jitted feedback step."""
   import jax  # pylint: disable=g-import-not-at-top
   from baselines import clrs_official  # pylint: disable=g-import-not-at-top
   from dear_jax import data as data_lib  # pylint: disable=g-import-not-at-top
   feedback = data_lib.to_feedback(batch, spec)
-  m = clrs_official.build_model(algorithm, spec, feedback, hint_mode=hint_mode)
+  m = clrs_official.build_model(spec, feedback, hint_mode=hint_mode)
   m.init(feedback.features, 1)
   # pylint: disable=protected-access
   return compiled_mb(m.jitted_feedback.lower(
@@ -67,7 +67,7 @@ def train_step_mb(plan: Plan, algorithm: str, model: str) -> float | None:
   spec = data_lib.processed_spec(algorithm)
   if model == 'clrs_official':
     batch = _largest_train_batch(algorithm, plan.official_data, True)
-    mb = official_step_mb(algorithm, spec, batch, MODEL_SETTINGS[model][1])
+    mb = official_step_mb(spec, batch, MODEL_SETTINGS[model][1])
   else:
     config = plan.configs[model]
     batch = _largest_train_batch(algorithm, train.data_config(config),

@@ -280,7 +280,7 @@ def training(settings: dict, cache_dir: str, log) -> dict:
   flax_s = time.perf_counter() - t0
 
   feedbacks = [data_lib.to_feedback(b, spec) for b in batches]
-  model = clrs_official.build_model(algorithm, spec, feedbacks[0],
+  model = clrs_official.build_model(spec, feedbacks[0],
                                     checkpoint_path=os.path.join(
                                         cache_dir, 'clrs_ckpt_unused'))
   model.init(feedbacks[0].features, 1)

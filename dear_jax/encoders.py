@@ -13,7 +13,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-POINTERS = ('pointer', 'permutation_pointer')
+from dear_jax.specs import Location, Stage, Type
+
+POINTERS = (Type.POINTER, Type.PERMUTATION_POINTER)
 
 
 def haiku_init(key, shape, dtype=jnp.float32):
@@ -38,8 +40,8 @@ class Encoders(nn.Module):
   def _linear(self, name: str, index: int) -> nn.Dense:
     stage, _, type_ = self.spec[name]
     init = haiku_init
-    if (self.init_mode == 'xavier_on_scalars' and stage == 'hint'
-        and type_ == 'scalar'):
+    if (self.init_mode == 'xavier_on_scalars' and stage == Stage.HINT
+        and type_ == Type.SCALAR):
       init = jax.nn.initializers.truncated_normal(1.0 / jnp.sqrt(self.hidden))
     return nn.Dense(self.hidden, kernel_init=init, name=f'{name}_enc_{index}')
 
@@ -60,20 +62,21 @@ class Encoders(nn.Module):
         data = expand_pointer(data, nb_nodes)
       data = data.astype(jnp.float32)
       encode = self._linear(name, 0)
-      as_features = data if type_ == 'categorical' else data[..., None]
-      if loc == 'node' and is_pointer:
+      as_features = data if type_ == Type.CATEGORICAL else data[..., None]
+      if loc == Location.NODE and is_pointer:
         edge = edge + encode(as_features)
         adj = adj + ((data + jnp.swapaxes(data, 1, 2)) > 0.5)
-      elif loc == 'edge':
-        if type_ == 'pointer':
+      elif loc == Location.EDGE:
+        if type_ == Type.POINTER:
           # Aggregate pointer contributions across sender and receiver nodes.
           edge = edge + (jnp.mean(encode(as_features), axis=1) +
                          jnp.mean(self._linear(name, 1)(as_features), axis=2))
         else:
           edge = edge + encode(as_features)
-        if type_ == 'mask':
+        if type_ == Type.MASK:
           adj = adj + ((data + jnp.swapaxes(data, 1, 2)) > 0.0)
-      elif loc == 'node' or (loc == 'graph' and type_ == 'pointer'):
+      elif loc == Location.NODE or (loc == Location.GRAPH and
+                                    type_ == Type.POINTER):
         node = node + encode(as_features)
       else:
         graph = graph + encode(as_features)

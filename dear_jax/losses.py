@@ -5,6 +5,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from dear_jax.specs import Type
+
 MASKED = -1.0
 EPS = 1e-12
 
@@ -12,22 +14,22 @@ EPS = 1e-12
 def _per_element(type_: str, truth, pred, nb_nodes: int, hint: bool):
   """Elementwise loss and its validity mask for one probe."""
   mask = None
-  if type_ == 'scalar':
+  if type_ == Type.SCALAR:
     loss = (pred - truth) ** 2
-  elif type_ == 'mask':
+  elif type_ == Type.MASK:
     loss = (jnp.maximum(pred, 0) - pred * truth +
             jnp.log1p(jnp.exp(-jnp.abs(pred))))
     mask = (truth != MASKED).astype(jnp.float32)
-  elif type_ == 'mask_one' and hint:
+  elif type_ == Type.MASK_ONE and hint:
     loss = -jnp.sum(truth * jax.nn.log_softmax(pred), axis=-1, keepdims=True)
-  elif type_ in ('mask_one', 'categorical'):
+  elif type_ in (Type.MASK_ONE, Type.CATEGORICAL):
     labels = truth if hint else truth * (truth != MASKED)
     loss = -jnp.sum(labels * jax.nn.log_softmax(pred), axis=-1)
     mask = jnp.any(truth == 1, axis=-1).astype(jnp.float32)
-  elif type_ == 'pointer':
+  elif type_ == Type.POINTER:
     loss = -jnp.sum(jax.nn.one_hot(truth, nb_nodes) *
                     jax.nn.log_softmax(pred), axis=-1)
-  elif type_ == 'permutation_pointer':
+  elif type_ == Type.PERMUTATION_POINTER:
     loss = -jnp.sum(truth * pred, axis=-1)
   else:
     raise ValueError(f'no loss for type {type_!r}')
@@ -36,7 +38,7 @@ def _per_element(type_: str, truth, pred, nb_nodes: int, hint: bool):
 
 def output_loss(type_: str, truth, pred, nb_nodes: int):
   loss, mask = _per_element(type_, truth, pred, nb_nodes, hint=False)
-  if type_ in ('mask_one', 'categorical'):
+  if type_ in (Type.MASK_ONE, Type.CATEGORICAL):
     # dm-clrs divides by the number of positive labels, i.e. of rows.
     return jnp.sum(loss) / jnp.sum(truth == 1)
   return jnp.sum(loss * mask) / jnp.sum(mask)

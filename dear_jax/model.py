@@ -18,6 +18,7 @@ from dear_jax import losses
 from dear_jax.decoders import Decoders, postprocess
 from dear_jax.encoders import Encoders
 from dear_jax.processors import build_processor
+from dear_jax.specs import Type
 
 
 class Reasoner:
@@ -27,13 +28,12 @@ class Reasoner:
 
   def __init__(self, spec: dict, sample_batch: dict, cfg, gate_bias=None):
     self.spec = spec
-    self.cfg = cfg
     self.hidden = cfg.hidden
     self.output_names = tuple(sample_batch['outputs'])
     self.hint_names = tuple(sample_batch['hints']) if self.decode_hints else ()
     nb_dims = {k: int(v.shape[-1]) for group in ('outputs', 'hints')
                for k, v in sample_batch[group].items()
-               if spec[k][2] == 'categorical'}
+               if spec[k][2] == Type.CATEGORICAL}
     self.encoders = Encoders(spec=spec, hidden=cfg.hidden,
                              init_mode=cfg.encoder_init)
     self.processor = build_processor(cfg.processor, cfg.hidden,

@@ -26,6 +26,7 @@ import functools, json, sys
 import jax
 from dear_jax import data
 from baselines import clrs_official as off
+from dear_jax.model import count_params
 
 out, cache = sys.argv[1], sys.argv[2]
 cfg = data.DataConfig(train_sizes=(4,), batch_size=4, val_length=5,
@@ -44,11 +45,11 @@ feedback = data.to_feedback(next(stream), spec)
 assert data.num_nodes(next(stream)) == 16
 counts = {}
 for mode in ('encoded_decoded', 'none'):
-  model = off.build_model('bfs', spec, feedback, hint_mode=mode)
+  model = off.build_model(spec, feedback, hint_mode=mode)
   shapes = jax.eval_shape(functools.partial(
       model.net_fn.init, jax.random.PRNGKey(0), [feedback.features], True,
       algorithm_index=-1, return_hints=False, return_all_outputs=False))
-  counts[mode] = off.count_params(shapes)
+  counts[mode] = count_params(shapes)
 print('RESULT' + json.dumps(dict(runs=[f'{out}/run{i}' for i in range(2)],
                                  counts=counts)))
 '''
