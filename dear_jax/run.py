@@ -1,7 +1,9 @@
 """Command line: python -m dear_jax.run --algorithm=bfs [--model=dear|nar] ...
 
-Flags are defined when the CLI starts, not at import, and avoid the names
-that `import clrs` registers (e.g. `seeds`, `use_hints`).
+Flags are defined when the CLI starts, not at import, on the CLI's own
+FlagValues: `import clrs` registers absl flags on the global FLAGS (e.g.
+`seeds`, `use_hints`), which therefore never see our command line, so our
+`--seeds` does not collide with dm-clrs's.
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ def _define_flags(fv: flags.FlagValues, argv):
                        flag_values=fv)
   flags.DEFINE_integer('seed', None, 'Overrides config.train.seed.',
                        flag_values=fv)
+  flags.DEFINE_list('seeds', None, 'Several seeds trained together in one '
+                    'program (stacked, vmapped), e.g. 0,1,2; each writes what '
+                    '--seed would into its own workdir, WORKDIR_sSEED.',
+                    flag_values=fv)
   flags.DEFINE_string('workdir', None, 'Output folder (default: '
                       'runs/ALGORITHM_MODEL_sSEED).', flag_values=fv)
   flags.DEFINE_string('hint_mode', None, 'NAR hint mode: encoded_decoded, '
@@ -72,13 +78,16 @@ def resolve_config(fv):
 USAGE = """Train and test DEAR (or the stepwise NAR) on one CLRS-30 algorithm.
 
 usage: python -m dear_jax.run --algorithm=ALG [--model=dear|nar] [--train_steps=N]
-         [--seed=S] [--workdir=DIR] [--config=configs/FILE.py]
+         [--seed=S | --seeds=S1,S2,...] [--workdir=DIR] [--config=configs/FILE.py]
          [--config.SECTION.KEY=VALUE ...] [--hint_mode=MODE] [--noprogress]
 
 Configs: configs/default.py (CPU-sized, the default) and configs/dear_paper.py
 (DEAR's paper protocol); every key of their sections data, model, nar, dear and
 train can be overridden, e.g. --config.dear.tol=1e-4 --config.train.steps=2000.
 Writes WORKDIR/results.json, metrics.jsonl and checkpoints/; rerunning resumes.
+--seeds trains several seeds in one program, into WORKDIR_sSEED each
+(default runs/ALG_MODEL_sSEED); --config.train.data_parallel=True splits the
+batches over all local devices.
 """
 
 
@@ -118,30 +127,44 @@ def main(argv=None) -> int:
   if config_file is not None and not os.path.isfile(config_file):
     _fail(f'config file {config_file!r} not found; use one of '
           f'{", ".join(sorted(f"configs/{f}" for f in os.listdir(os.path.join(_REPO, "configs")) if f.endswith(".py") and not f.startswith("_")))}')
+  from dear_jax import validation  # pylint: disable=g-import-not-at-top
   try:
     _define_flags(fv, argv)  # config overrides are parsed here already
     fv(argv)
     config = resolve_config(fv)
+    seeds = None
+    if fv.seeds is not None:
+      if fv.seed is not None:
+        raise ValueError('give --seed=S or --seeds=S1,S2,..., not both')
+      seeds = validation.check_seeds(fv.seeds)
   except (KeyError, AttributeError) as e:
     _fail(_key_error(e))
   except (flags.Error, ValueError, TypeError, OSError) as e:
     _fail(str(e).strip().splitlines()[0])
 
   from dear_jax import data, train  # pylint: disable=g-import-not-at-top
-  from dear_jax import validation  # pylint: disable=g-import-not-at-top
   try:
     data.check_algorithm(fv.algorithm)
-    workdir = fv.workdir or os.path.join(
-        'runs', f'{fv.algorithm}_{config.model_kind}_s{config.train.seed}')
-    validation.check_workdir(workdir)
-    results = train.train_and_evaluate(config, workdir, fv.algorithm,
-                                       progress=fv.progress,
-                                       reevaluate=fv.reevaluate)
+    if seeds is None:
+      seeds = [int(config.train.seed)]
+      workdirs = [fv.workdir or default_workdir(fv.algorithm, config, seeds[0])]
+    else:
+      workdirs = [f'{fv.workdir}_s{s}' if fv.workdir else
+                  default_workdir(fv.algorithm, config, s) for s in seeds]
+    for workdir in workdirs:
+      validation.check_workdir(workdir)
+    results = train.train_seeds(config, seeds, workdirs, fv.algorithm,
+                                progress=fv.progress, reevaluate=fv.reevaluate)
   except (ValueError, train.RunError) as e:
     _fail(str(e).strip().splitlines()[0])
-  print(train.summary_table(results))
-  print(f'results: {os.path.join(workdir, "results.json")}')
+  for r, workdir in zip(results, workdirs):
+    print(train.summary_table(r))
+    print(f'results: {os.path.join(workdir, "results.json")}')
   return 0
+
+
+def default_workdir(algorithm: str, config, seed: int) -> str:
+  return os.path.join('runs', f'{algorithm}_{config.model_kind}_s{seed}')
 
 
 if __name__ == '__main__':

@@ -10,6 +10,7 @@ uninterrupted one.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import time
@@ -18,16 +19,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 import tqdm
 
 from dear_jax import data as data_lib
+from dear_jax import seeds as seeds_lib
+from dear_jax.checkpoints import Checkpoints as _Checkpoints
+from dear_jax.checkpoints import RunError, load_best_params  # noqa: F401  (re-exported)
 from dear_jax.model import count_params
 from dear_jax.results import summary_table, write_results
-
-
-class RunError(Exception):
-  """A problem the user can fix; reported as one line, exit code 2."""
 
 
 def data_config(config) -> data_lib.DataConfig:
@@ -54,18 +53,23 @@ def make_optimizer(config):
                      optax.adam(config.train.learning_rate))
 
 
-def make_train_step(model, optimizer):
-  """The one jitted update; compare's memory column and the benchmarks
-  measure exactly what training runs."""
+def make_update(model, optimizer):
+  """The un-jitted update: `make_train_step` jits it, `seeds.SeedStack`
+  vmaps it over seeds."""
 
-  @jax.jit
-  def train_step(params, opt_state, batch, step_key):
+  def update(params, opt_state, batch, step_key):
     (loss, aux), grads = jax.value_and_grad(model.loss, has_aux=True)(
         params, batch, step_key)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss, aux
 
-  return train_step
+  return update
+
+
+def make_train_step(model, optimizer):
+  """The one jitted update; compare's memory column and the benchmarks
+  measure exactly what training runs."""
+  return jax.jit(make_update(model, optimizer))
 
 
 def setup(config, spec: dict, sample_batch: dict, key):
@@ -107,53 +111,41 @@ def evaluate(model, predict_fn, params, evalset) -> dict:
   return result
 
 
-class _Checkpoints:
-  """orbax CheckpointManager over {state pytree, meta json}."""
-
-  def __init__(self, directory: str):
-    self._mngr = ocp.CheckpointManager(
-        os.path.abspath(directory),
-        options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True),
-        item_names=('state', 'meta'))
-
-  def latest_step(self):
-    return self._mngr.latest_step()
-
-  def save(self, step: int, state: dict, meta: dict) -> None:
-    self._mngr.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
-    self._mngr.wait_until_finished()
-
-  def restore(self, step: int, like: dict):
-    try:
-      restored = self._mngr.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(like), meta=ocp.args.JsonRestore()))
-    except Exception as e:  # orbax raises many types for damaged files
-      raise RunError(
-          f'checkpoint {step} in {self._mngr.directory} cannot be restored '
-          f'({type(e).__name__}: {str(e).splitlines()[0][:200]}); move it away '
-          'or use another --workdir') from e
-    return restored.state, restored.meta
-
-  def close(self):
-    self._mngr.close()
-
-
-def load_best_params(workdir: str):
-  """The best-by-validation parameters of a run's latest checkpoint."""
-  checkpoints = _Checkpoints(os.path.join(workdir, 'checkpoints'))
-  try:
-    step = checkpoints.latest_step()
-    if step is None:
-      raise RunError(f'{workdir} has no checkpoint')
-    state, _ = checkpoints.restore(step, None)
-  finally:
-    checkpoints.close()
-  return state['best_params']
-
-
 def _rate(steps: int, seconds: float) -> float:
   return steps / seconds if seconds > 0 else float('nan')
+
+
+# Keys that change how a run executes, not what it computes: a finished
+# workdir stays finished when only these differ.
+EXECUTION_KEYS = ('data_parallel',)
+
+
+def _comparable(config_dict: dict) -> dict:
+  d = json.loads(json.dumps(config_dict, sort_keys=True, default=float))
+  for k in EXECUTION_KEYS:
+    d.get('train', {}).pop(k, None)
+  return d
+
+
+def _finished(config, workdir: str, reevaluate: bool, progress: bool):
+  """The stored results of a finished workdir with the same config, or None."""
+  os.makedirs(workdir, exist_ok=True)
+  done_path = os.path.join(workdir, 'results.json')
+  if os.path.exists(done_path) and not reevaluate:
+    with open(done_path) as f:
+      done = json.load(f)
+    if (done.get('train_steps') == int(config.train.steps) and
+        _comparable(done.get('config') or {}) == _comparable(config.to_dict())):
+      if progress:
+        print(f'already finished: {done_path} (--reevaluate scores it again)')
+      return done
+  return None
+
+
+def with_seed(config, seed: int):
+  config = copy.deepcopy(config)
+  config.train.seed = int(seed)
+  return config
 
 
 def train_and_evaluate(config, workdir: str, algorithm: str,
@@ -163,129 +155,218 @@ def train_and_evaluate(config, workdir: str, algorithm: str,
   A workdir with checkpoints resumes from the latest one; a finished one
   (results.json of the same steps) returns its results without work unless
   `reevaluate`."""
-  os.makedirs(workdir, exist_ok=True)
-  done_path = os.path.join(workdir, 'results.json')
-  if os.path.exists(done_path) and not reevaluate:
-    with open(done_path) as f:
-      done = json.load(f)
-    same_config = done.get('config') == json.loads(
-        json.dumps(config.to_dict(), sort_keys=True, default=float))
-    if done.get('train_steps') == int(config.train.steps) and same_config:
+  return train_seeds(config, [config.train.seed], [workdir], algorithm,
+                     progress, reevaluate)[0]
+
+
+def train_seeds(config, seeds, workdirs, algorithm: str, progress: bool = True,
+                reevaluate: bool = False) -> list:
+  """Trains the seeds together (one vmapped step, `dear_jax/seeds.py`), each
+  into its own workdir exactly as `train_and_evaluate` would; their results.
+
+  Finished workdirs are answered from results.json and left out of the stack.
+  A seed whose loss diverges leaves the stack; the others finish, then the
+  divergence is raised."""
+  configs = [with_seed(config, s) for s in seeds]
+  results = [_finished(c, w, reevaluate, progress)
+             for c, w in zip(configs, workdirs)]
+  todo = [i for i, r in enumerate(results) if r is None]
+  if todo:
+    trained = _train([configs[i] for i in todo], [workdirs[i] for i in todo],
+                     algorithm, progress)
+    for i, r in zip(todo, trained):
+      results[i] = r
+  return results
+
+
+class _Seed:
+  """One seed of a (stacked) run: its data, checkpoints and bookkeeping."""
+
+  def __init__(self, config, workdir, algorithm, dcfg, hints, test_key):
+    self.config, self.workdir = config, workdir
+    self.seed = int(config.train.seed)
+    self.stream = data_lib.train_stream(algorithm, dcfg, self.seed,
+                                        keep_hints=hints,
+                                        recorded=dcfg.recorded_stream)
+    self.val_set = data_lib.load_split(algorithm, 'val', dcfg, self.seed,
+                                       keep_hints=hints)
+    self.data_key = self.val_set.key + test_key
+    self.checkpoints = _Checkpoints(os.path.join(workdir, 'checkpoints'))
+    self.meta = dict(step=0, best_val=-1.0, best_step=0, val_curve=[],
+                     loss_curve=[], train_seconds=0.0, data_key=self.data_key,
+                     steady=dict(steps=0, update_seconds=0.0,
+                                 loop_seconds=0.0),
+                     compile_steps=0)
+    self.metrics_path = os.path.join(workdir, 'metrics.jsonl')
+    self.best_params, self.step, self.losses = None, 0, []
+    self.clock, self.error = 0.0, None  # training time at the last save
+
+  def restore(self, state: dict, progress: bool) -> dict:
+    start = self.checkpoints.latest_step()
+    if start is not None:
+      state, self.meta = self.checkpoints.restore(start, state)
+      if self.meta['data_key'] != self.data_key:
+        raise RunError(f'{self.workdir} holds a run with another data '
+                       'protocol; use another --workdir')
+      self.stream.set_state(state['data'])
       if progress:
-        print(f'already finished: {done_path} (--reevaluate scores it again)')
-      return done
-  dcfg = data_config(config)
-  seed = int(config.train.seed)
-  hints = uses_hints(config)
-  spec = data_lib.processed_spec(algorithm)
-  stream = data_lib.train_stream(algorithm, dcfg, seed, keep_hints=hints,
-                                 recorded=dcfg.recorded_stream)
-  val_set = data_lib.load_split(algorithm, 'val', dcfg, seed, keep_hints=hints)
-  test_set = data_lib.load_split(algorithm, 'test', dcfg, keep_hints=hints)
+        print(f'resuming from step {self.meta["step"]} ({self.workdir})')
+    self.best_params, self.step = state['best_params'], self.meta['step']
+    return state
 
-  key = jax.random.PRNGKey(seed)
-  model, train_step, params, opt_state = setup(
-      config, spec, val_set.batches[0], jax.random.fold_in(key, 0))
-  predict = jax.jit(model.predict)
-
-  checkpoints = _Checkpoints(os.path.join(workdir, 'checkpoints'))
-  state = dict(params=params, opt_state=opt_state, best_params=params,
-               data=stream.get_state())
-  meta = dict(step=0, best_val=-1.0, best_step=0, val_curve=[], loss_curve=[],
-              train_seconds=0.0, data_key=val_set.key + test_set.key,
-              steady=dict(steps=0, update_seconds=0.0, loop_seconds=0.0),
-              compile_steps=0)
-  start = checkpoints.latest_step()
-  if start is not None:
-    state, meta = checkpoints.restore(start, state)
-    if meta['data_key'] != val_set.key + test_set.key:
-      raise RunError(f'{workdir} holds a run with another data protocol; '
-                     'use another --workdir')
-    stream.set_state(state['data'])
-    if progress:
-      print(f'resuming from step {meta["step"]} ({workdir})')
-  params, opt_state = state['params'], state['opt_state']
-  best_params = state['best_params']
-  steps = int(config.train.steps)
-  metrics_path = os.path.join(workdir, 'metrics.jsonl')
-
-  def validate(step, params):
-    nonlocal best_params
-    v = evaluate(model, predict, params, val_set)
-    meta['val_curve'].append([step, v['score']])
-    if v['score'] > meta['best_val']:
-      meta.update(best_val=v['score'], best_step=step)
-      best_params = params
+  def validate(self, step, params, model, predict):
+    v = evaluate(model, predict, params, self.val_set)
+    self.meta['val_curve'].append([step, v['score']])
+    if v['score'] > self.meta['best_val']:
+      self.meta.update(best_val=v['score'], best_step=step)
+      self.best_params = params
     record = dict(step=step, val_score=v['score'],
                   **{k: v[k] for k in v if k.startswith(('solver', 'nonconv'))})
-    with open(metrics_path, 'a') as f:
+    with open(self.metrics_path, 'a') as f:
       f.write(json.dumps(record) + '\n')
-    return v
 
-  if meta['step'] == 0 and not meta['val_curve']:
-    validate(0, params)
-  bar = tqdm.tqdm(total=steps, initial=meta['step'], disable=not progress,
-                  dynamic_ncols=True, desc=f'{config.model_kind} {algorithm}')
-  step = meta['step']
-  seen_shapes = set()
-  losses = []
-  t0 = time.time()
+  def save(self, params, opt_state) -> None:
+    self.meta['step'] = self.step
+    self.checkpoints.save(self.step, dict(
+        params=params, opt_state=opt_state, best_params=self.best_params,
+        data=self.stream.get_state()), self.meta)
+
+
+def _train(configs, workdirs, algorithm: str, progress: bool) -> list:
+  """The training loop of `train_seeds` (unfinished seeds only)."""
+  config = configs[0]
+  dcfg = data_config(config)
+  hints = uses_hints(config)
+  spec = data_lib.processed_spec(algorithm)
+  test_set = data_lib.load_split(algorithm, 'test', dcfg, keep_hints=hints)
+  runs = [_Seed(c, w, algorithm, dcfg, hints, test_set.key)
+          for c, w in zip(configs, workdirs)]
+  model, train_step, params, opt_state = setup(
+      config, spec, runs[0].val_set.batches[0],
+      jax.random.fold_in(jax.random.PRNGKey(runs[0].seed), 0))
+  optimizer = make_optimizer(config)
+  predict = jax.jit(model.predict)
+  steps = int(config.train.steps)
+  states = []
   try:
-    while step < steps:
+    for j, run in enumerate(runs):
+      if j:
+        params = model.init(jax.random.fold_in(jax.random.PRNGKey(run.seed), 0),
+                            run.val_set.batches[0])
+        opt_state = optimizer.init(params)
+      state = run.restore(dict(params=params, opt_state=opt_state,
+                               best_params=params, data=run.stream.get_state()),
+                          progress)
+      states.append((state['params'], state['opt_state']))
+      if run.step == 0 and not run.meta['val_curve']:
+        run.validate(0, state['params'], model, predict)
+    mesh = None
+    if config.train.get('data_parallel', False):
+      seeds_lib.check_divisible(dcfg.batch_size)
+      mesh = seeds_lib.data_mesh()
+    stack = seeds_lib.SeedStack(states, [r.seed for r in runs],
+                               make_update(model, optimizer), train_step, mesh)
+  except BaseException:
+    for run in runs:
+      run.checkpoints.close()
+    raise
+  del states, params, opt_state
+  desc = f'{config.model_kind} {algorithm}' + (
+      f' seeds {",".join(str(r.seed) for r in runs)}' if len(runs) > 1 else '')
+  bar = tqdm.tqdm(total=steps, initial=min(r.step for r in runs),
+                  disable=not progress, dynamic_ncols=True, desc=desc)
+  clock = 0.0  # training time of the loop, validations and checkpoints left out
+  try:
+    while True:
+      active = [j for j, r in enumerate(runs) if r.step < steps and not r.error]
+      if not active:
+        break
       t_data = time.perf_counter()
-      batch = next(stream)
-      shapes = str(jax.tree.map(np.shape, batch))
+      batches = [next(runs[j].stream) for j in active]
       t_update = time.perf_counter()
-      params, opt_state, loss, aux = train_step(
-          params, opt_state, batch, jax.random.fold_in(key, step + 1))
-      loss = float(loss)
+      done, any_compiled = [], False
+      for group in seeds_lib.groups(batches):
+        members = [active[p] for p in group]
+        loss, aux, compiled = stack.step(
+            members, [batches[p] for p in group], [runs[j].step for j in members])
+        any_compiled |= compiled
+        done += [(j, float(l), compiled) for j, l in zip(members, loss)]
       t_done = time.perf_counter()
-      # Steady state: steps that did not compile (train_step compiles once
-      # per batch shape), so the rate compares with clrs_official's.
-      if shapes in seen_shapes:
-        meta['steady']['steps'] += 1
-        meta['steady']['update_seconds'] += t_done - t_update
-        meta['steady']['loop_seconds'] += t_done - t_data
-      else:
-        seen_shapes.add(shapes)
-        meta['compile_steps'] += 1
-      step += 1
-      if not np.isfinite(loss):
-        raise RunError(
-            f'loss became {loss} at step {step}: training diverged; the last '
-            f'good checkpoint (step {checkpoints.latest_step()}) is intact')
-      losses.append(loss)
-      postfix = dict(loss=f'{loss:.3f}', val=f"{meta['val_curve'][-1][1]:.3f}")
+      clock += t_done - t_data
+      for j, loss, compiled in sorted(done):
+        run = runs[j]
+        # Steady state: steps that did not compile (the step compiles once
+        # per batch shape), so the rate compares with clrs_official's.
+        if compiled:
+          run.meta['compile_steps'] += 1
+        elif not any_compiled:
+          run.meta['steady']['steps'] += 1
+          run.meta['steady']['update_seconds'] += t_done - t_update
+          run.meta['steady']['loop_seconds'] += t_done - t_data
+        run.step += 1
+        if not np.isfinite(loss):
+          run.error = (
+              f'loss became {loss} at step {run.step}: training diverged; the '
+              f'last good checkpoint (step {run.checkpoints.latest_step()}) is '
+              'intact')
+          if len(runs) > 1:
+            run.error = f'seed {run.seed}: {run.error}'
+        else:
+          run.losses.append(loss)
+      live = [runs[j] for j in active if not runs[j].error]
+      postfix = dict(loss=f'{np.mean([r.losses[-1] for r in live]):.3f}',
+                     val=f"{np.mean([r.meta['val_curve'][-1][1] for r in live]):.3f}"
+                     ) if live else {}
       if 'solver' in aux:
         postfix['iters'] = f"{float(aux['solver'].iterations.mean()):.1f}"
         postfix['nonconv'] = f"{float(1 - aux['solver'].converged.mean()):.0%}"
       bar.set_postfix(postfix, refresh=False)
       bar.update(1)
-      if step % config.train.eval_every == 0 or step == steps:
-        meta['train_seconds'] += time.time() - t0
-        meta['loss_curve'].append([step, float(np.mean(losses))])
-        losses = []
-        validate(step, params)
-        meta['step'] = step
-        checkpoints.save(step, dict(params=params, opt_state=opt_state,
-                                    best_params=best_params,
-                                    data=stream.get_state()), meta)
-        t0 = time.time()
+      for j in active:
+        run = runs[j]
+        if not run.error and (run.step % config.train.eval_every == 0 or
+                              run.step == steps):
+          run.meta['train_seconds'] += clock - run.clock
+          run.clock = clock
+          run.meta['loss_curve'].append([run.step, float(np.mean(run.losses))])
+          run.losses = []
+          params, opt_state = stack.get(j)
+          run.validate(run.step, params, model, predict)
+          run.save(params, opt_state)
   except KeyboardInterrupt as e:
-    raise RunError(f'interrupted at step {step}; the checkpoint of step '
-                   f'{checkpoints.latest_step()} is intact: rerun the same '
-                   'command to resume') from e
+    if len(runs) == 1:
+      raise RunError(
+          f'interrupted at step {runs[0].step}; the checkpoint of step '
+          f'{runs[0].checkpoints.latest_step()} is intact: rerun the same '
+          'command to resume') from e
+    raise RunError(
+        f'interrupted at step {min(r.step for r in runs)}; every seed\'s last '
+        'checkpoint is intact: rerun the same command to resume') from e
   finally:
     bar.close()
-    checkpoints.close()
+    for run in runs:
+      run.checkpoints.close()
+  results = [None if run.error else _results(run, model, predict, test_set,
+                                             algorithm)
+             for run in runs]
+  failed = [run.error for run in runs if run.error]
+  if failed:
+    raise RunError(failed[0] + (f' ({len(runs) - len(failed)} other seeds '
+                                'finished)' if len(runs) > 1 else ''))
+  return results
 
+
+def _results(run, model, predict, test_set, algorithm: str) -> dict:
+  """Scores `run`'s best parameters on the test split; writes results.json."""
+  config, meta, best_params = run.config, run.meta, run.best_params
   predict(best_params, test_set.batches[0])  # compile outside the timing
   t_eval = time.time()
   test = evaluate(model, predict, best_params, test_set)
   eval_seconds = time.time() - t_eval
   results = dict(
-      algorithm=algorithm, model=config.model_kind, seed=seed,
-      train_steps=steps, test_score=test['score'], val_score=meta['best_val'],
+      algorithm=algorithm, model=config.model_kind, seed=run.seed,
+      train_steps=int(config.train.steps), test_score=test['score'],
+      val_score=meta['best_val'],
       best_step=meta['best_step'], test_nodes=data_lib.num_nodes(
           test_set.batches[0]), test_graphs=test_set.num_samples,
       train_seconds=meta['train_seconds'],
@@ -312,8 +393,9 @@ def train_and_evaluate(config, workdir: str, algorithm: str,
         ref_cap=config.dear.check_max_iter))
     results.update(diagnostics.score_by_tol(model, best_params, test_set,
                                             evaluate, operating=test))
-  write_results(workdir, results)
+  write_results(run.workdir, results)
   return results
 
 
-__all__ = ['train_and_evaluate', 'evaluate', 'RunError', 'summary_table']
+__all__ = ['train_and_evaluate', 'train_seeds', 'evaluate', 'RunError',
+           'summary_table']
