@@ -117,6 +117,8 @@ def ray_options(args) -> executors.RayOptions | None:
     raise CompareError('--ray_cpus_per_task must be > 0 and '
                        '--ray_gpus_per_task >= 0')
   executors.check_ray_installed()
+  if args.ray_address:
+    executors.check_reachable(args.ray_address)
   return executors.RayOptions(
       address=args.ray_address, cpus_per_task=args.ray_cpus_per_task,
       gpus_per_task=args.ray_gpus_per_task, local_cpus=args.ray_num_cpus,

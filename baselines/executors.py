@@ -22,11 +22,11 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 
 from baselines.plan import MODEL_SETTINGS, CompareError, Plan
 
-# Set in every Ray worker (start_ray). A task without a GPU also gets the
-# driver's JAX_PLATFORMS, or cpu (tests run the driver with JAX_PLATFORMS=cpu).
+# Set in every Ray worker (start_ray); _task_options adds per-task ones.
 _WORKER_ENV = {'TF_CPP_MIN_LOG_LEVEL': '3'}
 
 
@@ -174,12 +174,30 @@ def _code_dirs() -> list:
           for m in (dear_jax, baselines, configs)]
 
 
+def check_reachable(address: str, timeout: float = 10.0) -> None:
+  """A HOST:PORT or ray://HOST:PORT that accepts no connection fails here:
+  ray.init would retry it for minutes."""
+  import socket  # pylint: disable=g-import-not-at-top
+  host, _, port = address.split('://')[-1].rpartition(':')
+  if not host or not port.isdigit():
+    return  # 'auto', or a form Ray resolves itself
+  try:
+    socket.create_connection((host, int(port)), timeout=timeout).close()
+  except OSError as e:
+    raise CompareError(f'cannot reach a Ray cluster at {address} '
+                       f'({e.strerror or type(e).__name__}); valid: auto, '
+                       'HOST:PORT of its head (6379), ray://HOST:10001'
+                       ) from None
+
+
 def start_ray(opts: RayOptions) -> None:
   """ray.init with the job's code and environment (a local Ray without an
   address: no dashboard, Ray's own logs at ERROR)."""
   import ray  # pylint: disable=g-import-not-at-top
   runtime_env = dict(py_modules=_code_dirs(), excludes=['__pycache__', '*.pyc'],
                      env_vars=dict(_WORKER_ENV, **opts.env))
+  # Ray's C++ side logs warnings (e.g. each retry of a connection) to stderr.
+  os.environ.setdefault('RAY_BACKEND_LOG_LEVEL', 'error')
   kw = dict(runtime_env=runtime_env, logging_level=logging.ERROR,
             log_to_driver=opts.log_to_driver)
   if opts.address:
@@ -188,12 +206,20 @@ def start_ray(opts: RayOptions) -> None:
     kw.update(num_cpus=opts.local_cpus or os.cpu_count(),
               include_dashboard=False)
   try:
-    ray.init(**kw)
+    with warnings.catch_warnings():
+      # Ray starts its processes with fork+exec, which jax warns about.
+      warnings.filterwarnings('ignore', message='os.fork',
+                              category=RuntimeWarning)
+      ray.init(**kw)
   except Exception as e:  # pylint: disable=broad-except
-    where = opts.address or 'a local Ray'
+    where = (f'reach the Ray cluster at {opts.address}' if opts.address
+             else 'start a local Ray')
     lines = str(e).strip().splitlines()
-    raise CompareError(f'cannot start or reach {where}: {type(e).__name__}: '
-                       f'{lines[0] if lines else ""}') from None
+    hint = ('; a cluster with token authentication needs RAY_AUTH_MODE=token '
+            'and its token here (RAY_AUTH_TOKEN or ~/.ray/auth_token)'
+            if opts.address else '')
+    raise CompareError(f'cannot {where}: {type(e).__name__}: '
+                       f'{lines[0] if lines else ""}{hint}') from None
 
 
 def _task_options(ray, opts: RayOptions) -> dict:
@@ -201,8 +227,8 @@ def _task_options(ray, opts: RayOptions) -> dict:
   if gpus is None:
     gpus = 1 if ray.cluster_resources().get('GPU', 0) > 0 else 0
   env = {}  # added to the job's env_vars (start_ray)
-  if not gpus:
-    env['JAX_PLATFORMS'] = os.environ.get('JAX_PLATFORMS', 'cpu')
+  if not gpus:  # a run that asked for no GPU must not take one
+    env['JAX_PLATFORMS'] = 'cpu'
   elif gpus < 1:
     # Several runs share a GPU: jax must not take 75 % of it up front.
     env['XLA_PYTHON_CLIENT_PREALLOCATE'] = 'false'

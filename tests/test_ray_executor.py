@@ -39,8 +39,9 @@ def local_ray():
 
 
 @pytest.fixture(scope='module')
-def sweeps(local_ray, tmp_path_factory, cache_dir):  # pylint: disable=unused-argument
+def sweeps(local_ray, tmp_path_factory, cache_dir):
   """The same tiny sweep through both executors: (local DIR, ray DIR)."""
+  del local_ray  # running
   outs = []
   for executor in ('local', 'ray'):
     out = tmp_path_factory.mktemp(executor)
@@ -87,62 +88,63 @@ def test_ray_sweep_reports(sweeps):
   rows = [(out / 'results.csv').read_text().splitlines() for out in sweeps]
   assert len(rows[1]) == 3 and [r.split(',')[:4] for r in rows[0]] == [
       r.split(',')[:4] for r in rows[1]]
-  md = json.loads((on_ray / 'protocol.json').read_text())
-  assert md['info']['hardware'].startswith('Ray workers (driver: ')
+  stored = json.loads((on_ray / 'protocol.json').read_text())
+  assert stored['info']['hardware'].startswith('Ray workers (driver: ')
   assert not [p for p in (on_ray / 'runs/bfs/nar').iterdir()
               if p.name.startswith('.incoming')]
+
+
+def _stand_in(results, fail=None):
+  """A train_one that writes `results` (with its seed) at once, and raises
+  for the run `fail` (model, seed): these tests check what the driver does
+  with tasks; training was checked above."""
+
+  def instant(plan, algorithm, model, seed):
+    if (model, seed) == fail:
+      raise RuntimeError('simulated worker failure')
+    r = dict(results, seed=seed, model=model, worker=os.getpid())
+    run = executors.run_dir(plan.out, algorithm, model, seed)
+    os.makedirs(run)
+    with open(os.path.join(run, 'results.json'), 'w') as f:
+      json.dump(r, f)
+    return r
+
+  return instant
 
 
 def test_failed_task_is_named_others_land_then_resumed(sweeps, capsys,
                                                        monkeypatch):
   """The finished sweep grown to 2 seeds (a resumed sweep): seed 0 is
-  skipped, nar seed 1 fails, dear seed 1 lands; the rerun submits only the
-  failed run."""
+  skipped and untouched, nar seed 1 fails and is named, dear seed 1 lands;
+  the rerun runs only the failed one."""
   _, out = sweeps
   argv = [f'--out={out}', '--executor=ray', '--seeds=2'] + [
       a for a in TINY if a != '--seeds=1']
-  real = executors.train_one
   before = {m: _results(out, m) for m in ('dear', 'nar')}
-
-  def failing(plan, algorithm, model, seed):
-    if (model, seed) == ('nar', 1):
-      raise RuntimeError('simulated worker failure')
-    return real(plan, algorithm, model, seed)
-
-  monkeypatch.setattr(executors, 'train_one', failing)
+  monkeypatch.setattr(executors, 'train_one',
+                      _stand_in(before['dear'], fail=('nar', 1)))
   capsys.readouterr()
   assert compare.main(argv) == 1
   cap = capsys.readouterr()
   failed = [l for l in cap.err.splitlines() if l.startswith('FAILED')]
   assert failed == ['FAILED [4/4] bfs nar seed 1: RuntimeError: simulated '
                     'worker failure']
-  assert '[1/4] bfs dear seed 0: done, skipped' in cap.out
-  assert '[3/4] bfs nar seed 0: done, skipped' in cap.out
-  assert '[2/4] bfs dear seed 1: test ' in cap.out
-  assert _results(out, 'dear', 1)['seed'] == 1  # the other task landed
+  assert [l.rsplit(' (', 1)[0]  # without the seconds
+          for l in cap.out.splitlines() if l.startswith('[')] == [
+      '[1/4] bfs dear seed 0: done, skipped',
+      '[3/4] bfs nar seed 0: done, skipped',
+      f'[2/4] bfs dear seed 1: test {before["dear"]["test_score"]:.4f}, '
+      f'val {before["dear"]["val_score"]:.4f}']
+  landed = _results(out, 'dear', 1)  # written by a worker, not this process
+  assert landed['seed'] == 1 and landed['worker'] != os.getpid()
   assert not (out / 'runs/bfs/nar/s1').exists()
 
-  # The rerun trains only nar seed 1 (a stand-in that writes a results.json
-  # at once: training is what the sweep above checked).
-  submitted = []
-  stand_in = dict(before['nar'], seed=1)
-
-  def instant(plan, algorithm, model, seed):
-    submitted.append(1)  # runs on the worker: the driver's list stays empty
-    run = executors.run_dir(plan.out, algorithm, model, seed)
-    os.makedirs(run)
-    with open(os.path.join(run, 'results.json'), 'w') as f:
-      json.dump(dict(stand_in, where=os.getpid()), f)
-    return stand_in
-
-  monkeypatch.setattr(executors, 'train_one', instant)
+  monkeypatch.setattr(executors, 'train_one', _stand_in(before['nar']))
   assert compare.main(argv) == 0
-  out_lines = capsys.readouterr().out.splitlines()
-  assert sum(l.endswith('done, skipped') for l in out_lines) == 3
-  assert [l for l in out_lines if l.startswith('[4/4] bfs nar seed 1: test')]
-  assert not submitted
-  landed = _results(out, 'nar', 1)
-  assert landed.pop('where') != os.getpid() and landed == stand_in
+  lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith('[')]
+  assert len(lines) == 4 and lines[3].startswith('[4/4] bfs nar seed 1: test')
+  assert sum(l.endswith('done, skipped') for l in lines) == 3
+  assert _results(out, 'nar', 1)['seed'] == 1
   for m in ('dear', 'nar'):
     assert _results(out, m) == before[m]  # finished runs untouched
 
@@ -161,8 +163,8 @@ def test_write_files_replaces_a_partial_run(tmp_path):
                    'runs/bfs/nar/s0/results.json']
 
 
-def test_task_resources(local_ray, monkeypatch):  # pylint: disable=unused-argument
-  monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
+@pytest.mark.usefixtures('local_ray')
+def test_task_resources():
   cpu = executors._task_options(ray, executors.RayOptions(cpus_per_task=2))
   assert (cpu['num_cpus'], cpu['num_gpus']) == (2, 0)  # no GPU in this Ray
   assert cpu['runtime_env']['env_vars'] == {'JAX_PLATFORMS': 'cpu'}
@@ -183,9 +185,13 @@ def test_without_ray_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
   assert not os.listdir(tmp_path)
 
 
-def test_bad_resources_are_one_line_exit_2(tmp_path, capsys):
-  assert compare.main([f'--out={tmp_path}', '--executor=ray',
-                       '--ray_cpus_per_task=0'] + TINY) == 2
+@pytest.mark.parametrize('flag, message', [
+    ('--ray_cpus_per_task=0', '--ray_cpus_per_task must be > 0'),
+    ('--ray_gpus_per_task=-1', '--ray_gpus_per_task >= 0'),
+    ('--ray_address=127.0.0.1:1', 'cannot reach a Ray cluster at 127.0.0.1:1'),
+])
+def test_bad_ray_flags_are_one_line_exit_2(tmp_path, capsys, flag, message):
+  assert compare.main([f'--out={tmp_path}', '--executor=ray', flag] + TINY) == 2
   err = capsys.readouterr().err.strip().splitlines()
-  assert len(err) == 1 and '--ray_cpus_per_task must be > 0' in err[0], err
+  assert len(err) == 1 and message in err[0], err
   assert not os.listdir(tmp_path)
