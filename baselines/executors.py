@@ -196,8 +196,6 @@ def start_ray(opts: RayOptions) -> None:
   import ray  # pylint: disable=g-import-not-at-top
   runtime_env = dict(py_modules=_code_dirs(), excludes=['__pycache__', '*.pyc'],
                      env_vars=dict(_WORKER_ENV, **opts.env))
-  # Ray's C++ side logs warnings (e.g. each retry of a connection) to stderr.
-  os.environ.setdefault('RAY_BACKEND_LOG_LEVEL', 'error')
   kw = dict(runtime_env=runtime_env, logging_level=logging.ERROR,
             log_to_driver=opts.log_to_driver)
   if opts.address:
