@@ -24,7 +24,7 @@ import tempfile
 import time
 import warnings
 
-from baselines.plan import MODEL_SETTINGS, CompareError, Plan
+from baselines.plan import MODEL_SETTINGS, TEACHERS, CompareError, Plan
 
 # Set in every Ray worker (start_ray); _task_options adds per-task ones.
 _WORKER_ENV = {'TF_CPP_MIN_LOG_LEVEL': '3'}
@@ -118,16 +118,25 @@ def _read_tree(root: str, start: str) -> dict:
   return files
 
 
+def _rel(algorithm: str, model: str, seed: int) -> str:
+  return os.path.relpath(run_dir('.', algorithm, model, seed), '.')
+
+
 def ray_task(plan: Plan, algorithm: str, model: str, seed: int,
-             memory: bool, train=train_one) -> dict:
+             memory: bool, train=train_one, teacher=None) -> dict:
   """One run on a Ray worker: trains in a temporary --out, then returns its
-  results and its files (and the model's memory.json when `memory`)."""
+  results and its files (and the model's memory.json when `memory`).
+
+  teacher: the task result (or {'files': ...}) of the run this model trains
+  against (plan.TEACHERS), laid into the temporary --out first."""
   t0 = time.time()
   with tempfile.TemporaryDirectory(prefix='dear_jax_ray_') as tmp:
     local = dataclasses.replace(plan, out=tmp, progress=False)
+    if teacher is not None:
+      write_files(tmp, _rel(algorithm, TEACHERS[model], seed),
+                  teacher['files'])
     results = train(local, algorithm, model, seed)
-    files = _read_tree(tmp, os.path.relpath(
-        run_dir(tmp, algorithm, model, seed), tmp))
+    files = _read_tree(tmp, _rel(algorithm, model, seed))
     if memory:
       from baselines import memory as memory_lib  # pylint: disable=g-import-not-at-top
       memory_lib.cached_train_step_mb(local, algorithm, model)
@@ -236,6 +245,14 @@ def _task_options(ray, opts: RayOptions) -> dict:
               runtime_env=dict(env_vars=env))
 
 
+def _failed(ray, ref) -> bool:
+  try:
+    ray.get(ref, timeout=0)
+  except Exception:  # pylint: disable=broad-except
+    return True
+  return False
+
+
 def run_ray(plan: Plan, opts: RayOptions, train=None) -> int | None:
   """Trains every unfinished run as a Ray task; the failure count, or None
   when the user interrupted (finished runs are in --out; rerun to resume).
@@ -258,12 +275,20 @@ def run_ray(plan: Plan, opts: RayOptions, train=None) -> int | None:
     remote = ray.remote(**_task_options(ray, opts))(ray_task)
     plan_ref = ray.put(plan)
     memory_for = set()
-    refs = {}
-    for label, a, m, s, _ in pending:
+    refs, submitted = {}, {}
+    for label, a, m, s, _ in pending:  # plan.models lists teachers first
       memory = plan.memory and (a, m) not in memory_for and not os.path.exists(
           os.path.join(plan.out, 'runs', a, m, 'memory.json'))
       memory_for.add((a, m))
-      refs[remote.remote(plan_ref, a, m, s, memory, train)] = (label, a, m, s)
+      teacher, key = None, (a, TEACHERS.get(m), s)
+      if key in submitted:
+        # Ray starts this task once its teacher's has returned (and fails
+        # it if that one failed).
+        teacher = submitted[key]
+      elif m in TEACHERS:  # finished earlier: sent from DIR
+        teacher = dict(files=_read_tree(plan.out, _rel(*key)))
+      ref = remote.remote(plan_ref, a, m, s, memory, train, teacher)
+      refs[ref], submitted[(a, m, s)] = (label, a, m, s), ref
     failures = 0
     waiting = list(refs)
     try:
@@ -273,11 +298,14 @@ def run_ray(plan: Plan, opts: RayOptions, train=None) -> int | None:
         try:
           got = ray.get(ref)
         except Exception as e:  # pylint: disable=broad-except
-          print(f'FAILED {label}: {_failure_line(e)}', file=sys.stderr)
+          teacher = submitted.get((a, TEACHERS.get(m), s))
+          why = (f'its teacher {TEACHERS[m]} seed {s} failed'
+                 if teacher is not None and _failed(ray, teacher)
+                 else _failure_line(e))
+          print(f'FAILED {label}: {why}', file=sys.stderr)
           failures += 1
           continue
-        write_files(plan.out, os.path.relpath(run_dir(plan.out, a, m, s),
-                                              plan.out), got['files'])
+        write_files(plan.out, _rel(a, m, s), got['files'])
         print(_done_line(label, got['results'], got['seconds']))
     except KeyboardInterrupt:
       for ref in waiting:

@@ -1,6 +1,7 @@
 """baselines.compare --executor=ray on a local Ray (2 CPUs, started once for
 the module): the same results as the local executor, a failing task reported
-by name while the others land, resume, and the one-line input errors."""
+by name while the others land, resume, teachers sent to their students, and
+the one-line input errors."""
 
 import importlib.util
 import json
@@ -10,6 +11,7 @@ import pytest
 
 import conftest
 from baselines import compare, executors
+from baselines.plan import TEACHERS
 from test_compare import _tiny_overrides
 
 ray = pytest.importorskip('ray')
@@ -94,15 +96,21 @@ def test_ray_sweep_reports(sweeps):
               if p.name.startswith('.incoming')]
 
 
-def _stand_in(results, fail=None):
-  """A train_one that writes `results` (with its seed) at once, and raises
-  for the run `fail` (model, seed): these tests check what the driver does
-  with tasks; training was checked above."""
+def _stand_in(results, fail=()):
+  """A train_one that writes results[model] (with its seed) at once, raises
+  for the runs in `fail` ((model, seed) pairs), and for a model with a
+  teacher (plan.TEACHERS) reads the teacher's results.json from its own
+  --out. These tests check what the driver does with tasks; training was
+  checked above."""
 
   def instant(plan, algorithm, model, seed):
-    if (model, seed) == fail:
+    if (model, seed) in fail:
       raise RuntimeError('simulated worker failure')
-    r = dict(results, seed=seed, model=model, worker=os.getpid())
+    r = dict(results[model], seed=seed, model=model, worker=os.getpid())
+    if model in TEACHERS:
+      teacher = executors.run_dir(plan.out, algorithm, TEACHERS[model], seed)
+      with open(os.path.join(teacher, 'results.json')) as f:
+        r['teacher_worker'] = json.load(f)['worker']
     run = executors.run_dir(plan.out, algorithm, model, seed)
     os.makedirs(run)
     with open(os.path.join(run, 'results.json'), 'w') as f:
@@ -112,39 +120,63 @@ def _stand_in(results, fail=None):
   return instant
 
 
-def test_failed_task_is_named_others_land_then_resumed(sweeps, capsys,
-                                                       monkeypatch):
-  """The finished sweep grown to 2 seeds (a resumed sweep): seed 0 is
-  skipped and untouched, nar seed 1 fails and is named, dear seed 1 lands;
-  the rerun runs only the failed one."""
+def _lines(text, start):
+  """Lines that start with `start`, without the seconds at their end."""
+  return sorted(l.rsplit(' (', 1)[0] for l in text.splitlines()
+                if l.startswith(start))
+
+
+def test_failures_named_others_land_resumed_teachers_sent(sweeps, capsys,
+                                                          monkeypatch):
+  """The finished sweep grown to 2 seeds and two more models (a resumed
+  sweep): seed 0 of dear and nar is skipped and untouched; failed runs are
+  named, a student whose teacher failed too; the others land; the rerun
+  runs only what failed. dear_align gets its teacher's run folder from the
+  same sweep (a Ray dependency) or, finished earlier, from DIR."""
   _, out = sweeps
-  argv = [f'--out={out}', '--executor=ray', '--seeds=2'] + [
-      a for a in TINY if a != '--seeds=1']
+  assert TEACHERS['dear_align'] == 'nar_nohint'
+  argv = [f'--out={out}', '--executor=ray', '--seeds=2',
+          '--models=dear,nar,nar_nohint,dear_align'] + [
+              a for a in TINY if a not in ('--seeds=1', '--models=dear,nar')]
   before = {m: _results(out, m) for m in ('dear', 'nar')}
-  monkeypatch.setattr(executors, 'train_one',
-                      _stand_in(before['dear'], fail=('nar', 1)))
+  results = dict(before, nar_nohint=before['nar'], dear_align=before['dear'])
+  # Teachers first: nar_nohint 1-2, dear 3-4, nar 5-6, dear_align 7-8.
+  monkeypatch.setattr(executors, 'train_one', _stand_in(results, fail=(
+      ('nar', 1), ('nar_nohint', 1), ('dear_align', 0))))
   capsys.readouterr()
   assert compare.main(argv) == 1
   cap = capsys.readouterr()
-  failed = [l for l in cap.err.splitlines() if l.startswith('FAILED')]
-  assert failed == ['FAILED [4/4] bfs nar seed 1: RuntimeError: simulated '
-                    'worker failure']
-  assert [l.rsplit(' (', 1)[0]  # without the seconds
-          for l in cap.out.splitlines() if l.startswith('[')] == [
-      '[1/4] bfs dear seed 0: done, skipped',
-      '[3/4] bfs nar seed 0: done, skipped',
-      f'[2/4] bfs dear seed 1: test {before["dear"]["test_score"]:.4f}, '
-      f'val {before["dear"]["val_score"]:.4f}']
+  simulated = ': RuntimeError: simulated worker failure'
+  assert _lines(cap.err, 'FAILED') == [
+      f'FAILED [2/8] bfs nar_nohint seed 1{simulated}',
+      f'FAILED [6/8] bfs nar seed 1{simulated}',
+      f'FAILED [7/8] bfs dear_align seed 0{simulated}',
+      'FAILED [8/8] bfs dear_align seed 1: its teacher nar_nohint seed 1 '
+      'failed']
+  score = lambda m: (f'test {results[m]["test_score"]:.4f}, '
+                     f'val {results[m]["val_score"]:.4f}')
+  assert _lines(cap.out, '[') == [
+      f'[1/8] bfs nar_nohint seed 0: {score("nar_nohint")}',
+      '[3/8] bfs dear seed 0: done, skipped',
+      f'[4/8] bfs dear seed 1: {score("dear")}',
+      '[5/8] bfs nar seed 0: done, skipped']
   landed = _results(out, 'dear', 1)  # written by a worker, not this process
   assert landed['seed'] == 1 and landed['worker'] != os.getpid()
-  assert not (out / 'runs/bfs/nar/s1').exists()
+  for m, seed in (('nar', 1), ('nar_nohint', 1), ('dear_align', 0),
+                  ('dear_align', 1)):
+    assert not (out / 'runs/bfs' / m / f's{seed}').exists()
 
-  monkeypatch.setattr(executors, 'train_one', _stand_in(before['nar']))
+  monkeypatch.setattr(executors, 'train_one', _stand_in(results))
   assert compare.main(argv) == 0
-  lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith('[')]
-  assert len(lines) == 4 and lines[3].startswith('[4/4] bfs nar seed 1: test')
-  assert sum(l.endswith('done, skipped') for l in lines) == 3
-  assert _results(out, 'nar', 1)['seed'] == 1
+  lines = _lines(capsys.readouterr().out, '[')
+  assert [l for l in lines if not l.endswith('done, skipped')] == [
+      f'[2/8] bfs nar_nohint seed 1: {score("nar_nohint")}',
+      f'[6/8] bfs nar seed 1: {score("nar")}',
+      f'[7/8] bfs dear_align seed 0: {score("dear_align")}',
+      f'[8/8] bfs dear_align seed 1: {score("dear_align")}']
+  for seed in (0, 1):  # the teacher each student read: that seed's
+    assert (_results(out, 'dear_align', seed)['teacher_worker'] ==
+            _results(out, 'nar_nohint', seed)['worker'])
   for m in ('dear', 'nar'):
     assert _results(out, m) == before[m]  # finished runs untouched
 
