@@ -23,6 +23,8 @@ def _model_protocol(plan: Plan, model: str) -> dict:
                 hint_mode=MODEL_SETTINGS[model][1], data=d)
   c = plan.configs[model].to_dict()
   c['train'].pop('seed')
+  c['train'].pop('data_parallel', None)  # same results on any device count
+  c['dear'].pop('align_teacher', None)  # set per run (the sweep's teacher)
   return c
 
 

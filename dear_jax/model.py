@@ -94,7 +94,10 @@ class Reasoner:
     """-> (output logits, stacked hint logits or None, aux dict)."""
     raise NotImplementedError
 
-  def loss(self, params, batch, key):
+  def loss(self, params, batch, key, step=None):
+    """Training loss; `step` (the training step, traced) is for schedules
+    (DEAR's stochastic iterations) and unused here."""
+    del step
     outputs, hints, aux = self.forward(params, batch, training=True, key=key)
     loss = losses.total_loss(self.spec, batch, outputs, hints)
     return loss + aux.pop('penalty', 0.0), aux

@@ -122,8 +122,8 @@ class SeedStack:
   """The (params, optimiser state) of several seeds and the step that
   updates any subset of them at once.
 
-  update(params, opt_state, batch, key) -> (params, opt_state, loss, aux) is
-  the un-jitted train step; `single_step` its jitted form, which a stack of
+  update(params, opt_state, batch, key, step) -> (params, opt_state, loss,
+  aux) is the un-jitted train step (`step` feeds the loss's schedules); `single_step` its jitted form, which a stack of
   one seed without a mesh uses as it is (so a single-seed run compiles and
   computes exactly what it did before stacking existed).
   """
@@ -140,7 +140,8 @@ class SeedStack:
     self._single_step = single_step
 
     def keyed(params, opt_state, batch, key, step):
-      return update(params, opt_state, batch, jax.random.fold_in(key, step))
+      return update(params, opt_state, batch, jax.random.fold_in(key, step),
+                    step)
 
     fn = jax.vmap(keyed) if self.vmapped else keyed
     kwargs = {} if mesh is None else dict(out_shardings=replicated(mesh))
@@ -170,8 +171,9 @@ class SeedStack:
     if not self.vmapped:
       params, opt_state = self.tree
       if self.mesh is None:
+        step = jnp.asarray(steps[0] + 1, jnp.int32)
         out = self._single_step(params, opt_state, batch,
-                                jax.random.fold_in(self.keys[0], steps[0] + 1))
+                                jax.random.fold_in(self.keys[0], step), step)
       else:
         out = self._step(params, opt_state, batch, self.keys[0], steps[0] + 1)
       self.tree = out[:2]

@@ -45,7 +45,10 @@ def build_model(config, spec: dict, sample_batch: dict):
 
 
 def uses_hints(config) -> bool:
-  return config.model_kind == 'nar'
+  """Training batches keep hints for the NAR, and for DEAR's alignment
+  (they give the teacher its step count)."""
+  return config.model_kind == 'nar' or (config.model_kind == 'dear' and
+                                        config.dear.align_weight > 0)
 
 
 def make_optimizer(config):
@@ -57,9 +60,9 @@ def make_update(model, optimizer):
   """The un-jitted update: `make_train_step` jits it, `seeds.SeedStack`
   vmaps it over seeds."""
 
-  def update(params, opt_state, batch, step_key):
+  def update(params, opt_state, batch, step_key, step=None):
     (loss, aux), grads = jax.value_and_grad(model.loss, has_aux=True)(
-        params, batch, step_key)
+        params, batch, step_key, step)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss, aux
 

@@ -157,3 +157,21 @@ def test_cli_missing_teacher_exits_2(tmp_path, capsys):
   assert e.value.code == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and 'align_teacher' in err[0], err
+
+
+def test_alignment_trains_end_to_end_with_a_trained_teacher(tmp_path):
+  """A no-hint NAR run is the teacher of a DEAR run with alignment and
+  stochastic iterations, both through train_and_evaluate: the student's
+  training batches carry the hints its teacher's step count comes from."""
+  teacher_cfg = tiny_config(tmp_path / 'cache', 'nar', steps=2)
+  teacher_cfg.nar.hint_mode = 'none'
+  teacher_dir = str(tmp_path / 'teacher')
+  train.train_and_evaluate(teacher_cfg, teacher_dir, 'bfs', progress=False)
+  student = tiny_config(tmp_path / 'cache', 'dear', steps=2)
+  student.dear.update(align_weight=0.5, align_teacher=teacher_dir,
+                      stochastic_alpha=0.5, diagnostics=False)
+  assert train.uses_hints(student)
+  r = train.train_and_evaluate(student, str(tmp_path / 'student'), 'bfs',
+                               progress=False)
+  assert r['train_steps'] == 2 and np.isfinite(r['loss_curve'][-1][1])
+  assert r['config']['dear']['align_teacher'] == teacher_dir

@@ -203,9 +203,10 @@ def test_stack_steps_groups_of_shapes_like_seeds_alone():
   depends on the batch, the seed's key and its step: seeds whose graphs differ
   in size step as separate sub-stacks; hint lengths are padded."""
 
-  def update(params, opt_state, batch, key):
+  def update(params, opt_state, batch, key, step):
     loss = (params['w'] * jnp.sum(batch['inputs']['x']) +
-            jnp.sum(batch['hints']['h']) + jax.random.uniform(key))
+            jnp.sum(batch['hints']['h']) + jax.random.uniform(key) +
+            0.01 * step)
     return dict(w=params['w'] + 0.1 * loss), opt_state + 1, loss, {}
 
   def batch(n, t, value):
@@ -228,7 +229,7 @@ def test_stack_steps_groups_of_shapes_like_seeds_alone():
       n, t = row[i]
       params, opt, _, _ = update(params, opt, batch(n, t, step + i),
                                  jax.random.fold_in(jax.random.PRNGKey(s),
-                                                    step + 1))
+                                                    step + 1), step + 1)
     got_params, got_opt = stack.get(i)
     assert float(got_params['w']) == pytest.approx(float(params['w']),
                                                    rel=1e-6)

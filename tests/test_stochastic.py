@@ -82,3 +82,19 @@ def test_training_differs_evaluation_does_not(bfs):
   assert 'extra_steps' not in a1
   for k in p0:
     np.testing.assert_array_equal(p0[k], p1[k])
+
+
+def test_train_step_passes_the_step_to_the_decay(bfs):
+  """train.make_train_step hands the training step to the loss: early steps
+  take extra iterations, a late one (alpha decayed to ~0) none."""
+  config, batch = bfs
+  model = _model(config, batch, grad='jfb', jac_reg_weight=0.0,
+                 stochastic_alpha=0.9)
+  optimizer = train.make_optimizer(config)
+  params = model.init(jax.random.PRNGKey(0), batch)
+  step = train.make_train_step(model, optimizer)
+  key = jax.random.PRNGKey(1)
+  *_, early = step(params, optimizer.init(params), batch, key, 1)
+  *_, late = step(params, optimizer.init(params), batch, key, 20000)
+  assert int(early['extra_steps'].max()) > 0
+  assert int(late['extra_steps'].max()) == 0
