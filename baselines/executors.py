@@ -14,6 +14,7 @@ run. `import ray` happens only here, inside `run_ray`.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib.util
 import logging
@@ -35,7 +36,6 @@ def run_dir(out: str, algorithm: str, model: str, seed: int) -> str:
 
 
 def train_one(plan: Plan, algorithm: str, model: str, seed: int) -> dict:
-  import copy  # pylint: disable=g-import-not-at-top
   workdir = run_dir(plan.out, algorithm, model, seed)
   if model == 'clrs_official':
     from baselines import clrs_official  # pylint: disable=g-import-not-at-top
