@@ -46,6 +46,9 @@ def train_one(plan: Plan, algorithm: str, model: str, seed: int) -> dict:
   from dear_jax import train  # pylint: disable=g-import-not-at-top
   config = copy.deepcopy(plan.configs[model])
   config.train.seed = seed
+  if model in TEACHERS:  # this sweep's run of the teacher, same seed
+    config.dear.align_teacher = os.path.abspath(
+        run_dir(plan.out, algorithm, TEACHERS[model], seed))
   return train.train_and_evaluate(config, workdir, algorithm,
                                   progress=plan.progress)
 
