@@ -10,7 +10,7 @@ import dataclasses
 import json
 import os
 
-from baselines.plan import MODEL_SETTINGS, Plan
+from baselines.plan import MODEL_SETTINGS, TEACHERS, Plan
 
 MB = 2**20
 
@@ -70,6 +70,11 @@ def train_step_mb(plan: Plan, algorithm: str, model: str) -> float | None:
     mb = official_step_mb(spec, batch, MODEL_SETTINGS[model][1])
   else:
     config = plan.configs[model]
+    if model in TEACHERS:  # the step includes the teacher: the sweep's own
+      from baselines.executors import run_dir  # pylint: disable=g-import-not-at-top
+      config = config.copy_and_resolve_references()
+      config.dear.align_teacher = os.path.abspath(run_dir(
+          plan.out, algorithm, TEACHERS[model], plan.seeds[0]))
     batch = _largest_train_batch(algorithm, train.data_config(config),
                                  train.uses_hints(config))
     mb = dear_jax_step_mb(config, spec, batch, batch)

@@ -208,7 +208,8 @@ def test_unknown_model_is_one_line_exit_2(tmp_path):
   lines = proc.stderr.strip().splitlines()
   assert len(lines) == 1 and 'Traceback' not in proc.stderr
   assert "'transformer'" in lines[0]
-  assert 'dear, nar, nar_nohint, clrs_official' in lines[0]
+  assert ('dear, dear_cgp, dear_align, nar, nar_nohint, clrs_official'
+          in lines[0])
   assert not os.listdir(tmp_path)
 
 
@@ -286,3 +287,23 @@ def test_protocol_allows_new_algorithms_models_seeds_only():
   lost_key = dict(old, models=dict(dear=dict(model=dict())))
   assert protocol.first_difference(old, lost_key) == (
       'models.dear.model.hidden (present in only one)')
+
+
+def test_aligned_model_trains_against_the_sweeps_teacher(tmp_path, cache_dir):
+  """dear_align (DEAR + alignment + stochastic iterations) trains after and
+  against this sweep's nar_nohint run of the same algorithm and seed, and its
+  memory column is measured with that teacher."""
+  flags = [f if not f.startswith('--models=') else
+           '--models=dear_align,nar_nohint' for f in TINY if f != '--no_memory']
+  out = tmp_path / 'out'
+  assert compare.main([f'--out={out}', f'--cache_dir={cache_dir}',
+                       '--override=dear.diagnostics=False', *flags]) == 0
+  runs = out / 'runs' / 'bfs'
+  teacher = runs / 'nar_nohint' / 's0'
+  r = json.loads((runs / 'dear_align' / 's0' / 'results.json').read_text())
+  assert r['config']['dear']['align_teacher'] == str(teacher.resolve())
+  assert r['config']['dear']['align_weight'] == 0.01
+  assert (teacher / 'results.json').stat().st_mtime_ns < (
+      runs / 'dear_align' / 's0' / 'results.json').stat().st_mtime_ns
+  mem = json.loads((runs / 'dear_align' / 'memory.json').read_text())
+  assert mem['train_step_memory_mb'] > 0
