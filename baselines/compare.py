@@ -88,6 +88,13 @@ def parse_args(argv):
   p.add_argument('--no_memory', dest='memory', action='store_false',
                  help='skip the compiled train-step memory column')
   p.add_argument('--quiet', action='store_true', help='no progress bars')
+  p.add_argument('--stack_seeds', action='store_true',
+                 help='local executor: train the seeds of each (algorithm, '
+                      'model) together in one vmapped program '
+                      '(dear_jax.train.train_seeds; fills a GPU). Each seed '
+                      'still writes its own run folder; DEAR\'s numbers then '
+                      'differ from per-seed runs by rounding, which Anderson '
+                      'amplifies')
   p.add_argument('--executor', default='local', choices=('local', 'ray'),
                  help='local: runs one after another here; ray: each run a '
                       'Ray task (baselines.executors)')

@@ -68,27 +68,62 @@ def _done_line(label: str, r: dict, seconds: float) -> str:
           f'({seconds:.0f} s)')
 
 
+def _stackable(plan: Plan, model: str) -> bool:
+  """Seeds of this model train as one stack (not the official model, not a
+  student, whose teacher differs per seed)."""
+  return (plan.stack_seeds and len(plan.seeds) > 1 and
+          model != 'clrs_official' and model not in TEACHERS)
+
+
+def _local_jobs(plan: Plan) -> list:
+  """[(labels, algorithm, model, seeds)] of unfinished runs, in order: one
+  job per run, or per (algorithm, model) when its seeds stack."""
+  jobs, grouped = [], {}
+  for label, a, m, s, finished in _todo(plan):
+    if finished:
+      print(f'{label}: done, skipped')
+    elif _stackable(plan, m):
+      if (a, m) not in grouped:
+        grouped[(a, m)] = ([], a, m, [])
+        jobs.append(grouped[(a, m)])
+      grouped[(a, m)][0].append(label)
+      grouped[(a, m)][3].append(s)
+    else:
+      jobs.append(([label], a, m, [s]))
+  return jobs
+
+
+def _train_stack(plan: Plan, algorithm: str, model: str, seeds: list) -> list:
+  from dear_jax import train  # pylint: disable=g-import-not-at-top
+  return train.train_seeds(
+      copy.deepcopy(plan.configs[model]), seeds,
+      [run_dir(plan.out, algorithm, model, s) for s in seeds], algorithm,
+      progress=plan.progress)
+
+
 def run_local(plan: Plan) -> int | None:
   """Trains every unfinished run here, in order; the failure count, or None
   when the user interrupted (the interrupted run can be resumed)."""
   from dear_jax import train  # pylint: disable=g-import-not-at-top
   failures = 0
-  for label, a, m, s, finished in _todo(plan):
-    if finished:
-      print(f'{label}: done, skipped')
-      continue
+  for labels, a, m, seeds in _local_jobs(plan):
     t0 = time.time()
     try:
-      r = train_one(plan, a, m, s)
+      if len(seeds) > 1:
+        results = _train_stack(plan, a, m, seeds)
+      else:
+        results = [train_one(plan, a, m, seeds[0])]
     except (train.RunError, ValueError) as e:
-      message = f'{label}: {str(e).splitlines()[0]}'
+      what = labels[0] if len(labels) == 1 else f'{a} {m} seeds {seeds}'
+      message = f'{what}: {str(e).splitlines()[0]}'
       if isinstance(e.__cause__, KeyboardInterrupt):
         print(f'error: {message}', file=sys.stderr)
         return None
       print(f'FAILED {message}', file=sys.stderr)
       failures += 1
       continue
-    print(_done_line(label, r, time.time() - t0))
+    for label, r in zip(labels, results):
+      print(_done_line(label, r, time.time() - t0))
   return failures
 
 

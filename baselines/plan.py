@@ -93,6 +93,7 @@ class Plan:
   official_data: object = None  # DataConfig of clrs_official (nar config's)
   progress: bool = True
   memory: bool = True
+  stack_seeds: bool = False  # local executor: seeds of a run in one program
 
 
 def _check_names(kind: str, names, valid) -> None:
@@ -208,4 +209,5 @@ def resolve(args) -> Plan:
               models=tuple(models), seeds=tuple(range(seeds)),
               train_steps=train_steps, eval_every=eval_every, configs=configs,
               official_data=train.data_config(base['nar']),
-              progress=not args.quiet, memory=args.memory)
+              progress=not args.quiet, memory=args.memory,
+              stack_seeds=getattr(args, 'stack_seeds', False))

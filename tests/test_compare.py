@@ -307,3 +307,29 @@ def test_aligned_model_trains_against_the_sweeps_teacher(tmp_path, cache_dir):
       runs / 'dear_align' / 's0' / 'results.json').stat().st_mtime_ns
   mem = json.loads((runs / 'dear_align' / 'memory.json').read_text())
   assert mem['train_step_memory_mb'] > 0
+
+
+def test_stack_seeds_trains_each_models_seeds_in_one_program(
+    tmp_path, cache_dir, monkeypatch):
+  """--stack_seeds: one train_seeds call per (algorithm, model) with all its
+  unfinished seeds, each landing in its own run folder; the official model
+  still trains seed by seed."""
+  from dear_jax import train  # pylint: disable=g-import-not-at-top
+  calls = []
+  real = train.train_seeds
+
+  def spy(config, seeds, workdirs, algorithm, **kwargs):
+    calls.append((algorithm, config.model_kind, list(seeds)))
+    return real(config, seeds, workdirs, algorithm, **kwargs)
+
+  monkeypatch.setattr(train, 'train_seeds', spy)
+  flags = [f for f in TINY if not f.startswith(('--models=', '--seeds='))]
+  out = tmp_path / 'out'
+  assert compare.main([f'--out={out}', f'--cache_dir={cache_dir}',
+                       '--models=nar', '--seeds=2', '--stack_seeds',
+                       *flags]) == 0
+  assert calls == [('bfs', 'nar', [0, 1])]
+  for s in (0, 1):
+    r = json.loads((out / 'runs' / 'bfs' / 'nar' / f's{s}' /
+                    'results.json').read_text())
+    assert r['seed'] == s and r['train_steps'] == 1
