@@ -198,8 +198,57 @@ def write_tables(out, rows, header):
         f"{_fmt(r['reference_converged'], '.0%')} | {_fmt(r['spectral_radius_mean'], '.3f')} | "
         f"{_fmt(r['nonconverged_fraction'], '.1%')} | {_fmt(r['solver_iters_mean'], '.1f')} / "
         f"{_fmt(r['algo_steps_mean'], '.1f')} | {_fmt(r['train_steps_per_second'], '.1f')} |")
+  lines += against_reference(rows)
   with open(os.path.join(out, 'results.md'), 'w') as f:
     f.write('\n'.join(lines) + '\n')
+
+
+# issue goals for the default preset, per panel algorithm
+GOALS = dict(converged=0.99, distance=0.05, spread=0.5)
+
+
+def against_reference(rows, reference='nar_nohint'):
+  """Markdown lines: per (algorithm, DEAR variant), the mean test score over
+  the seeds both have, against the stepwise reference on the same seeds
+  (same recorded streams), and the fixed-point goals over those seeds."""
+  ref = {(r['algorithm'], int(r['seed'])): r['test_score'] for r in rows
+         if r['candidate'] == reference}
+  if not ref:
+    return []
+  lines = ['', f'Against the stepwise {reference} (1000 steps, same seeds and '
+           'training streams). Goals: converged >= '
+           f"{GOALS['converged']:.0%}, distance mean <= {GOALS['distance']}, "
+           f"spread <= {GOALS['spread']} points on every seed.", '',
+           '| algorithm | DEAR variant | seeds | DEAR test (mean) | '
+           f'{reference} test (mean) | DEAR - ref. (pts) | iters / true steps '
+           '| worst distance | worst not converged | worst spread | goals |',
+           '|' + '---|' * 11]
+  variants = sorted({(r['algorithm'], r['candidate'], r['grad']) for r in rows
+                     if r['candidate'] != reference})
+  for alg, cand, grad in variants:
+    mine = [r for r in rows if (r['algorithm'], r['candidate'], r['grad']) ==
+            (alg, cand, grad) and (alg, int(r['seed'])) in ref]
+    if not mine:
+      continue
+    mean = lambda xs: sum(xs) / len(xs)
+    dear = mean([r['test_score'] for r in mine])
+    other = mean([ref[(alg, int(r['seed']))] for r in mine])
+    worst = lambda k: max((r[k] for r in mine if r[k] is not None),
+                          default=None)
+    dist, nonconv, spread = (worst('fixed_point_distance_mean'),
+                             worst('nonconverged_fraction'),
+                             worst('score_by_tol_spread'))
+    met = (dist is not None and dist <= GOALS['distance'] and
+           nonconv is not None and nonconv <= 1 - GOALS['converged'] and
+           spread is not None and spread <= GOALS['spread'])
+    lines.append(
+        f"| {alg} | {cand} {grad} | {','.join(str(int(r['seed'])) for r in mine)}"
+        f" | {dear:.3f} | {other:.3f} | {100 * (dear - other):+.1f} | "
+        f"{mean([r['solver_iters_mean'] for r in mine]):.1f} / "
+        f"{mean([r['algo_steps_mean'] for r in mine]):.1f} | {_fmt(dist, '.3f')} | "
+        f"{_fmt(nonconv, '.1%')} | {_fmt(spread, '.1f')} | "
+        f"{'met' if met else 'not met'} |")
+  return lines
 
 
 def plot(out, rows):
