@@ -2,12 +2,13 @@
 
 This is the reference point for the Flax port and for DEAR: the official haiku
 model with every `clrs/examples/run.py` default passed explicitly, fed exactly
-the batches dear_jax trains and evaluates on (`dear_jax.data`), scored with
-`clrs.evaluate` the way run.py's `collect_and_eval` does (pooled over the whole
-split), and reported in the common results.json schema (`dear_jax.results`).
+the batches dear_jax trains and evaluates on (`dear_jax.input_pipeline`,
+`dear_jax.splits`), scored with `clrs.evaluate` the way run.py's
+`collect_and_eval` does (pooled over the whole split), and reported in the
+common results.json schema (`dear_jax.results`).
 
 Differences from run.py, all on the data side and shared with dear_jax:
-training hints are zero-padded in time to `dear_jax.data.time_bucket` (the
+training hints are zero-padded in time to `dear_jax.batches.time_bucket` (the
 model runs T_padded - 1 steps; outputs are frozen per sample at its true
 length, so only the cost changes), and the splits are dear_jax's cached ones.
 Like run.py, validation runs after the update of steps 0, eval_every,
@@ -27,15 +28,15 @@ import argparse
 import dataclasses
 import os
 import sys
-import tempfile
 import time
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
-
-import jax  # pylint: disable=g-import-not-at-top
+import jax
 import numpy as np
 
-from dear_jax import data as data_lib
+from dear_jax import batches as batch_lib
+from dear_jax import clrs_lib
+from dear_jax import input_pipeline
+from dear_jax import splits
 from dear_jax.model import count_params
 from dear_jax import results as results_lib
 
@@ -64,18 +65,6 @@ RUN_PY_DEFAULTS = dict(
 )
 
 
-def _check_algorithm(name: str) -> None:
-  try:
-    data_lib.check_algorithm(name)
-  except AttributeError:
-    # dear_jax.data at 9f3df68 reads clrs.CLRS_30_ALGS, which dm-clrs 2.0.3
-    # does not export (it lives in clrs._src.specs). Same check and message.
-    names = tuple(data_lib.clrs()._src.specs.CLRS_30_ALGS)  # pylint: disable=protected-access
-    if name not in names:
-      raise ValueError(f'unknown algorithm {name!r}; valid: '
-                       f'{", ".join(names)}') from None
-
-
 def _check_settings(train_steps: int, hint_mode: str, eval_every: int) -> None:
   if not isinstance(train_steps, int) or train_steps <= 0:
     raise ValueError(f'train_steps must be a positive integer, '
@@ -92,7 +81,7 @@ def check_args(algorithm: str, train_steps: int, hint_mode: str,
                eval_every: int) -> None:
   """Raises ValueError (one-line message) on bad arguments."""
   _check_settings(train_steps, hint_mode, eval_every)
-  _check_algorithm(algorithm)  # Last: it imports dm-clrs (~5 s).
+  clrs_lib.check_algorithm(algorithm)  # Last: it imports dm-clrs (~5 s).
 
 
 def check_single_device() -> None:
@@ -110,7 +99,7 @@ def build_model(spec: dict, dummy_feedback, *,
                 hint_mode: str = 'encoded_decoded', checkpoint_path: str = '',
                 **overrides):
   """A `clrs.models.BaselineModel` with run.py's defaults (not yet init'ed)."""
-  clrs = data_lib.clrs()
+  clrs = clrs_lib.clrs()
   cfg = dict(RUN_PY_DEFAULTS, **overrides)
   encode_hints, decode_hints = HINT_MODES[hint_mode]
   processor_factory = clrs.get_processor_factory(
@@ -141,12 +130,12 @@ def _copy_params(params):
   return jax.tree_util.tree_map(np.array, params)
 
 
-def predict_split(model, evalset: data_lib.EvalSet, spec: dict, rng_key):
+def predict_split(model, evalset: splits.EvalSet, spec: dict, rng_key):
   """Hard output predictions for a whole split, trimmed to its true size."""
   preds = []
   for batch in evalset.batches:
     new_rng_key, rng_key = jax.random.split(rng_key)
-    features = data_lib.to_feedback(batch, spec).features
+    features = clrs_lib.to_feedback(batch, spec).features
     cur_preds, _ = model.predict(new_rng_key, features, algorithm_index=0)
     preds.append(cur_preds)
   n = evalset.num_samples
@@ -155,18 +144,19 @@ def predict_split(model, evalset: data_lib.EvalSet, spec: dict, rng_key):
       *preds)
 
 
-def evaluate_split(model, evalset: data_lib.EvalSet, spec: dict,
+def evaluate_split(model, evalset: splits.EvalSet, spec: dict,
                    rng_key) -> dict:
   """`clrs.evaluate` pooled over the split, as run.py's collect_and_eval."""
   preds = predict_split(model, evalset, spec, rng_key)
-  truth = data_lib.datapoints(evalset.outputs, spec)
-  evals = data_lib.clrs().evaluate(truth, preds)
+  truth = clrs_lib.datapoints(evalset.outputs, spec)
+  evals = clrs_lib.clrs().evaluate(truth, preds)
   return {k: float(v) for k, v in evals.items()}
 
 
 def train_official(algorithm: str, *, seed: int, train_steps: int,
-                   hint_mode: str, data_cfg: data_lib.DataConfig, workdir: str,
-                   eval_every: int = 50, verbose: bool = False) -> dict:
+                   hint_mode: str, data_cfg: input_pipeline.DataConfig,
+                   workdir: str, eval_every: int = 50,
+                   verbose: bool = False) -> dict:
   """Trains the official BaselineModel; writes and returns WORKDIR/results.json.
 
   Timing keys, defined as dear_jax.train's: `train_seconds` is the wall time
@@ -178,21 +168,21 @@ def train_official(algorithm: str, *, seed: int, train_steps: int,
   test pass after a compile warm-up, divided by the number of test graphs.
   """
   check_args(algorithm, train_steps, hint_mode, eval_every)
-  clrs = data_lib.clrs()
+  clrs = clrs_lib.clrs()
   check_single_device()
   os.makedirs(workdir, exist_ok=True)
   log = print if verbose else (lambda *a, **k: None)
 
-  spec = data_lib.processed_spec(algorithm)
-  valset = data_lib.load_split(algorithm, 'val', data_cfg, seed)
-  testset = data_lib.load_split(algorithm, 'test', data_cfg)
-  stream = data_lib.TrainStream(algorithm, data_cfg, seed)
+  spec = clrs_lib.processed_spec(algorithm)
+  valset = splits.load_split(algorithm, 'val', data_cfg, seed)
+  testset = splits.load_split(algorithm, 'test', data_cfg)
+  stream = input_pipeline.TrainStream(algorithm, data_cfg, seed)
 
   # run.py: the jax key comes from a RandomState(seed); init uses seed + 1.
   rng = np.random.RandomState(seed)
   rng_key = jax.random.PRNGKey(rng.randint(2**32))
   model = build_model(spec,
-                      data_lib.to_feedback(valset.batches[0], spec),
+                      clrs_lib.to_feedback(valset.batches[0], spec),
                       hint_mode=hint_mode,
                       checkpoint_path=os.path.join(workdir, 'clrs_ckpt'))
 
@@ -204,7 +194,7 @@ def train_official(algorithm: str, *, seed: int, train_steps: int,
   t_start = time.perf_counter()
   for step in range(train_steps):
     t0 = time.perf_counter()
-    feedback = data_lib.to_feedback(next(stream), spec)
+    feedback = clrs_lib.to_feedback(next(stream), spec)
     if step == 0:
       model.init(feedback.features, seed + 1)
     rng_key, new_rng_key = jax.random.split(rng_key)
@@ -238,12 +228,12 @@ def train_official(algorithm: str, *, seed: int, train_steps: int,
   # Test with the best validation parameters.
   model.params = best_params
   new_rng_key, rng_key = jax.random.split(rng_key)
-  warm = data_lib.to_feedback(testset.batches[0], spec).features
+  warm = clrs_lib.to_feedback(testset.batches[0], spec).features
   jax.block_until_ready(model.predict(new_rng_key, warm, algorithm_index=0))
   t0 = time.perf_counter()
   preds = predict_split(model, testset, spec, new_rng_key)
   test_pred_seconds = time.perf_counter() - t0
-  test_evals = clrs.evaluate(data_lib.datapoints(testset.outputs, spec), preds)
+  test_evals = clrs.evaluate(clrs_lib.datapoints(testset.outputs, spec), preds)
   test_evals = {k: float(v) for k, v in test_evals.items()}
 
   def rate(steps, seconds):
@@ -258,11 +248,11 @@ def train_official(algorithm: str, *, seed: int, train_steps: int,
       eval_every=eval_every, batch_size=data_cfg.batch_size,
       init_seed=seed + 1,
       data=dataclasses.asdict(data_cfg),
-      train_sizes_used=list(data_lib.training_sizes(algorithm,
-                                                    data_cfg.train_sizes)),
-      val_length_used=data_lib.validation_length(algorithm, data_cfg),
+      train_sizes_used=list(input_pipeline.training_sizes(
+          algorithm, data_cfg.train_sizes)),
+      val_length_used=splits.validation_length(algorithm, data_cfg),
       val_key=valset.key, test_key=testset.key,
-      data_protocol_version=data_lib.PROTOCOL_VERSION,
+      data_protocol_version=clrs_lib.PROTOCOL_VERSION,
       clrs_version=getattr(clrs, '__version__', 'unknown'),
       jax_version=jax.__version__,
       device=str(jax.local_devices()[0]),
@@ -279,7 +269,7 @@ def train_official(algorithm: str, *, seed: int, train_steps: int,
       val_score=best_score,
       val_scores=best_evals,
       best_step=best_step,
-      test_nodes=int(data_lib.num_nodes(testset.batches[0])),
+      test_nodes=int(batch_lib.num_nodes(testset.batches[0])),
       test_graphs=int(testset.num_samples),
       train_seconds=train_seconds,
       train_steps_per_second=rate(steady_steps, steady_update_s),
@@ -297,15 +287,15 @@ def train_official(algorithm: str, *, seed: int, train_steps: int,
 
 
 def _data_config_args(parser: argparse.ArgumentParser) -> None:
-  for field in dataclasses.fields(data_lib.DataConfig):
+  for field in dataclasses.fields(input_pipeline.DataConfig):
     parser.add_argument(f'--{field.name}', default=None,
                         help=f'DataConfig.{field.name} (default '
                              f'{field.default!r})')
 
 
-def _data_config(args) -> data_lib.DataConfig:
+def _data_config(args) -> input_pipeline.DataConfig:
   cfg = {}
-  for field in dataclasses.fields(data_lib.DataConfig):
+  for field in dataclasses.fields(input_pipeline.DataConfig):
     raw = getattr(args, field.name)
     if raw is None:
       continue
@@ -321,28 +311,7 @@ def _data_config(args) -> data_lib.DataConfig:
     except ValueError:
       raise ValueError(f'--{field.name}: bad value {raw!r}') from None
     cfg[field.name] = value
-  return data_lib.DataConfig(**cfg)
-
-
-def _import_clrs_quietly() -> None:
-  """Imports dm-clrs with fd 2 captured: TensorFlow 2.21 writes C++ log lines
-  (oneDNN, cudart) to stderr at import that TF_CPP_MIN_LOG_LEVEL does not
-  silence. The captured text is replayed if the import fails."""
-  sys.stderr.flush()
-  saved = os.dup(2)
-  try:
-    with tempfile.TemporaryFile() as tmp:
-      os.dup2(tmp.fileno(), 2)
-      try:
-        data_lib.clrs()
-      except BaseException:
-        os.dup2(saved, 2)
-        tmp.seek(0)
-        sys.stderr.write(tmp.read().decode(errors='replace'))
-        raise
-  finally:
-    os.dup2(saved, 2)
-    os.close(saved)
+  return input_pipeline.DataConfig(**cfg)
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -373,8 +342,7 @@ def main(argv=None) -> int:
   try:
     _check_settings(args.train_steps, args.hint_mode, args.eval_every)
     data_cfg = _data_config(args)
-    _import_clrs_quietly()
-    _check_algorithm(args.algorithm)
+    clrs_lib.check_algorithm(args.algorithm)
   except (ValueError, TypeError) as e:
     print(f'{parser.prog}: error: {e}', file=sys.stderr)
     return 2

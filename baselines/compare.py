@@ -49,8 +49,6 @@ from baselines import report
 from baselines.executors import run_dir, train_one  # noqa: F401 (API)
 from baselines.plan import MODELS, PRESETS, CompareError, Plan
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
-
 
 class _Parser(argparse.ArgumentParser):
 

@@ -15,17 +15,18 @@ def trace(workdir: str) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from dear_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  from dear_jax import batches as batch_lib  # pylint: disable=g-import-not-at-top
+  from dear_jax import clrs_lib, splits  # pylint: disable=g-import-not-at-top
   from dear_jax import solver, train  # pylint: disable=g-import-not-at-top
 
   with open(os.path.join(workdir, 'results.json')) as f:
     results = json.load(f)
   config = ml_collections.ConfigDict(results['config'])
   algorithm = results['algorithm']
-  test = data_lib.load_split(algorithm, 'test', train.data_config(config),
-                             keep_hints=False)
+  test = splits.load_split(algorithm, 'test', train.data_config(config),
+                           keep_hints=False)
   batch = test.batches[0]
-  model = train.build_model(config, data_lib.processed_spec(algorithm), batch)
+  model = train.build_model(config, clrs_lib.processed_spec(algorithm), batch)
   params = train.load_best_params(workdir)
   cap = model.solver_cfg.max_iter_eval
   picard = dataclasses.replace(model.solver_cfg, method='fixed_point',
@@ -44,7 +45,7 @@ def trace(workdir: str) -> dict:
   return dict(run=workdir, algorithm=algorithm,
               method=model.solver_cfg.method, tol=model.solver_cfg.tol,
               tol_mode=model.solver_cfg.tol_mode, cap=cap, graphs=graphs,
-              nodes=data_lib.num_nodes(batch),
+              nodes=batch_lib.num_nodes(batch),
               curves={k: v.tolist() for k, v in curves.items()},
               # The run's own test iterations of these graphs.
               actual_iterations=results['solver_iterations'][:graphs])

@@ -42,8 +42,8 @@ def official_step_mb(spec: dict, batch: dict, hint_mode: str):
   """compiled_mb of dm-clrs BaselineModel's jitted feedback step."""
   import jax  # pylint: disable=g-import-not-at-top
   from baselines import clrs_official  # pylint: disable=g-import-not-at-top
-  from dear_jax import data as data_lib  # pylint: disable=g-import-not-at-top
-  feedback = data_lib.to_feedback(batch, spec)
+  from dear_jax import clrs_lib  # pylint: disable=g-import-not-at-top
+  feedback = clrs_lib.to_feedback(batch, spec)
   m = clrs_official.build_model(spec, feedback, hint_mode=hint_mode)
   m.init(feedback.features, 1)
   # pylint: disable=protected-access
@@ -53,18 +53,19 @@ def official_step_mb(spec: dict, batch: dict, hint_mode: str):
 
 
 def _largest_train_batch(algorithm: str, data_cfg, keep_hints: bool):
-  from dear_jax import data as data_lib  # pylint: disable=g-import-not-at-top
-  largest = max(data_lib.training_sizes(algorithm, data_cfg.train_sizes))
+  from dear_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  largest = max(input_pipeline.training_sizes(algorithm, data_cfg.train_sizes))
   cfg = dataclasses.replace(data_cfg, train_sizes=(largest,))
-  return next(data_lib.TrainStream(algorithm, cfg, 0, keep_hints=keep_hints))
+  return next(input_pipeline.TrainStream(algorithm, cfg, 0,
+                                         keep_hints=keep_hints))
 
 
 def train_step_mb(plan: Plan, algorithm: str, model: str) -> float | None:
   """Total compiled MB of `model`'s step on a batch of the largest training
   size of its data config."""
-  from dear_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  from dear_jax import clrs_lib  # pylint: disable=g-import-not-at-top
   from dear_jax import train  # pylint: disable=g-import-not-at-top
-  spec = data_lib.processed_spec(algorithm)
+  spec = clrs_lib.processed_spec(algorithm)
   if model == 'clrs_official':
     batch = _largest_train_batch(algorithm, plan.official_data, True)
     mb = official_step_mb(spec, batch, MODEL_SETTINGS[model][1])

@@ -160,9 +160,9 @@ def resolve(args) -> Plan:
   if seeds < 1:
     raise CompareError(f'--seeds must be >= 1, got {seeds}')
 
-  from dear_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  from dear_jax import clrs_lib  # pylint: disable=g-import-not-at-top
   from dear_jax import train, validation  # pylint: disable=g-import-not-at-top
-  _check_names('algorithm', algorithms, data_lib.algorithm_names())
+  _check_names('algorithm', algorithms, clrs_lib.algorithm_names())
 
   base = {'dear': load_config_file(pick(args.dear_config, 'dear_config')),
           'nar': load_config_file(pick(args.nar_config, 'nar_config'))}

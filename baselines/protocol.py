@@ -30,14 +30,16 @@ def _model_protocol(plan: Plan, model: str) -> dict:
 
 def _data_protocol(algorithm: str, data_cfg) -> dict:
   """What data an algorithm's runs see (sizes and official counts resolved)."""
-  from dear_jax import data as data_lib  # pylint: disable=g-import-not-at-top
-  mult = data_lib.clrs().CLRS_30_ALGS_SETTINGS[algorithm][
+  from dear_jax import clrs_lib  # pylint: disable=g-import-not-at-top
+  from dear_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from dear_jax import splits  # pylint: disable=g-import-not-at-top
+  mult = clrs_lib.clrs().CLRS_30_ALGS_SETTINGS[algorithm][
       'num_samples_multiplier']
   return dict(
-      train_sizes=list(data_lib.training_sizes(algorithm,
-                                               data_cfg.train_sizes)),
+      train_sizes=list(input_pipeline.training_sizes(algorithm,
+                                                     data_cfg.train_sizes)),
       size_schedule=data_cfg.size_schedule, batch_size=data_cfg.batch_size,
-      val_length=data_lib.validation_length(algorithm, data_cfg),
+      val_length=splits.validation_length(algorithm, data_cfg),
       val_num_samples=data_cfg.val_num_samples or 64 * mult,
       test_length=data_cfg.test_length,
       test_num_samples=data_cfg.test_num_samples or 32 * mult)
@@ -51,15 +53,15 @@ def _strip_cache_dir(d: dict) -> dict:
 
 def build(plan: Plan) -> dict:
   """Everything that changes results; JSON-normalised (tuples -> lists)."""
-  from dear_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  from dear_jax import clrs_lib  # pylint: disable=g-import-not-at-top
   from dear_jax import train  # pylint: disable=g-import-not-at-top
-  clrs = data_lib.clrs()
+  clrs = clrs_lib.clrs()
   data_cfgs = {m: (plan.official_data if m == 'clrs_official'
                    else train.data_config(plan.configs[m]))
                for m in plan.models}
   proto = dict(
       train_steps=plan.train_steps, eval_every=plan.eval_every,
-      data_protocol_version=data_lib.PROTOCOL_VERSION,
+      data_protocol_version=clrs_lib.PROTOCOL_VERSION,
       clrs_version=getattr(clrs, '__version__', 'unknown'),
       models={m: _strip_cache_dir(_model_protocol(plan, m))
               for m in plan.models},

@@ -19,8 +19,6 @@ import os
 import statistics
 import time
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
-
 VARIANTS = {
     'jfb': dict(grad='jfb'),
     'ift anderson tol 1e-3 (default)': dict(grad='ift'),
@@ -35,19 +33,20 @@ def measure(algorithm: str, n: int, batch_size: int, batches: int, repeats: int,
             pretrain_steps: int, log) -> list:
   import jax  # pylint: disable=g-import-not-at-top
   from configs import default  # pylint: disable=g-import-not-at-top
-  from dear_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  from dear_jax import clrs_lib  # pylint: disable=g-import-not-at-top
+  from dear_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   from dear_jax import train  # pylint: disable=g-import-not-at-top
   config = default.get_config()
   config.data.train_sizes = (n,)
   config.data.batch_size = batch_size
-  stream = data_lib.TrainStream(algorithm, train.data_config(config), seed=0,
-                                keep_hints=False)
+  stream = input_pipeline.TrainStream(algorithm, train.data_config(config),
+                                      seed=0, keep_hints=False)
   by_shape = {}
   for _ in range(4 * batches):
     b = next(stream)
     by_shape.setdefault(str(jax.tree.map(lambda x: x.shape, b)), []).append(b)
   data = max(by_shape.values(), key=len)[:batches]   # one shape: one compile
-  spec = data_lib.processed_spec(algorithm)
+  spec = clrs_lib.processed_spec(algorithm)
   key = jax.random.PRNGKey(0)
   _, step, params, opt_state = train.setup(config, spec, data[0], key)
   # a few JFB steps first, so the map is not the untrained one

@@ -41,7 +41,6 @@ import statistics
 import sys
 import time
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 # BaselineModel runs on one device only (see baselines.clrs_official).
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '0')
 
@@ -83,10 +82,11 @@ def _configs():
 
 def _eval_batch(algorithm: str, n: int, batch: int, cache_dir: str):
   """`batch` graphs of n nodes from the official test sampler (seed 3)."""
-  from dear_jax import data as data_lib  # pylint: disable=g-import-not-at-top
-  cfg = data_lib.DataConfig(test_length=n, test_num_samples=batch,
-                            eval_batch_size=batch, cache_dir=cache_dir)
-  split = data_lib.load_split(algorithm, 'test', cfg, keep_hints=True)
+  from dear_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from dear_jax import splits  # pylint: disable=g-import-not-at-top
+  cfg = input_pipeline.DataConfig(test_length=n, test_num_samples=batch,
+                                  eval_batch_size=batch, cache_dir=cache_dir)
+  split = splits.load_split(algorithm, 'test', cfg, keep_hints=True)
   return split.batches[0], split.lengths
 
 
@@ -146,12 +146,13 @@ def inference(settings: dict, cache_dir: str, log, trained=None) -> list:
   (see `trained_runs`), else untrained parameters."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from dear_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  from dear_jax import batches as batch_lib  # pylint: disable=g-import-not-at-top
+  from dear_jax import clrs_lib  # pylint: disable=g-import-not-at-top
   from dear_jax import train  # pylint: disable=g-import-not-at-top
   dear_cfg, nar_cfg = _configs()
   rows = []
   for algorithm in settings['algorithms']:
-    spec = data_lib.processed_spec(algorithm)
+    spec = clrs_lib.processed_spec(algorithm)
     runs = trained_runs(trained, algorithm) if trained else None
     batches = {n: _eval_batch(algorithm, n, settings['batch'], cache_dir)
                for n in settings['sizes']}
@@ -169,7 +170,7 @@ def inference(settings: dict, cache_dir: str, log, trained=None) -> list:
     for n, (batch, lengths) in batches.items():
       row = dict(algorithm=algorithm, n=n, batch=settings['batch'],
                  true_steps_mean=float(np.mean(lengths) - 1),
-                 nar_steps_run=max(1, data_lib.num_steps(batch) - 1))
+                 nar_steps_run=max(1, batch_lib.num_steps(batch) - 1))
       if runs:
         row.update(dear_run=runs['dear'][2], nar_run=runs['nar'][2])
       for name, (predict, params) in models.items():
@@ -195,18 +196,19 @@ def inference(settings: dict, cache_dir: str, log, trained=None) -> list:
 
 def memory(settings: dict, cache_dir: str, log) -> list:
   from baselines.memory import dear_jax_step_mb  # pylint: disable=g-import-not-at-top
-  from dear_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  from dear_jax import batches as batch_lib  # pylint: disable=g-import-not-at-top
+  from dear_jax import clrs_lib  # pylint: disable=g-import-not-at-top
   dear_cfg, nar_cfg = _configs()
   rows = []
   for algorithm in settings['memory_algorithms']:
-    spec = data_lib.processed_spec(algorithm)
+    spec = clrs_lib.processed_spec(algorithm)
     batch, _ = _eval_batch(algorithm, settings['memory_n'],
                            settings['memory_batch'], cache_dir)
     # Parameters do not depend on n: initialised on a small batch (cheaper).
     small, _ = _eval_batch(algorithm, min(settings['sizes']), 2, cache_dir)
     row = dict(algorithm=algorithm, n=settings['memory_n'],
                batch=settings['memory_batch'],
-               nar_steps=max(1, data_lib.num_steps(batch) - 1))
+               nar_steps=max(1, batch_lib.num_steps(batch) - 1))
     variants = (('nar', nar_cfg, None), ('dear_jfb', dear_cfg, 'jfb'),
                 ('dear_ift', dear_cfg, 'ift'))
     for name, cfg, grad in variants:
@@ -238,25 +240,26 @@ def memory(settings: dict, cache_dir: str, log) -> list:
 def _training_batches(settings: dict, cache_dir: str):
   """TrainStream batches at one size, all padded to the most common length."""
   import collections  # pylint: disable=g-import-not-at-top
-  from dear_jax import data as data_lib  # pylint: disable=g-import-not-at-top
-  cfg = data_lib.DataConfig(train_sizes=(settings['train_n'],),
-                            batch_size=settings['train_batch'],
-                            cache_dir=cache_dir)
-  stream = data_lib.TrainStream(settings['train_algorithm'], cfg, seed=0)
+  from dear_jax import batches as batch_lib  # pylint: disable=g-import-not-at-top
+  from dear_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  cfg = input_pipeline.DataConfig(train_sizes=(settings['train_n'],),
+                                  batch_size=settings['train_batch'],
+                                  cache_dir=cache_dir)
+  stream = input_pipeline.TrainStream(settings['train_algorithm'], cfg, seed=0)
   drawn = [next(stream) for _ in range(4 * settings['train_batches'])]
-  shape = collections.Counter(data_lib.num_steps(b) for b in drawn)
+  shape = collections.Counter(batch_lib.num_steps(b) for b in drawn)
   common = shape.most_common(1)[0][0]
-  kept = [b for b in drawn if data_lib.num_steps(b) == common]
+  kept = [b for b in drawn if batch_lib.num_steps(b) == common]
   return kept[:settings['train_batches']], common, len(drawn)
 
 
 def training(settings: dict, cache_dir: str, log) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   from baselines import clrs_official  # pylint: disable=g-import-not-at-top
-  from dear_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  from dear_jax import clrs_lib  # pylint: disable=g-import-not-at-top
   from dear_jax import train  # pylint: disable=g-import-not-at-top
   algorithm = settings['train_algorithm']
-  spec = data_lib.processed_spec(algorithm)
+  spec = clrs_lib.processed_spec(algorithm)
   batches, padded_steps, drawn = _training_batches(settings, cache_dir)
   steps = len(batches) * settings['train_passes']
   _, nar_cfg = _configs()
@@ -279,7 +282,7 @@ def training(settings: dict, cache_dir: str, log) -> dict:
     state = flax_pass(state)
   flax_s = time.perf_counter() - t0
 
-  feedbacks = [data_lib.to_feedback(b, spec) for b in batches]
+  feedbacks = [clrs_lib.to_feedback(b, spec) for b in batches]
   model = clrs_official.build_model(spec, feedbacks[0],
                                     checkpoint_path=os.path.join(
                                         cache_dir, 'clrs_ckpt_unused'))
@@ -455,8 +458,8 @@ def main(argv=None) -> int:
   log = lambda msg: print(msg, flush=True)
 
   from baselines.report import hardware_line  # pylint: disable=g-import-not-at-top
-  from dear_jax import data as data_lib  # pylint: disable=g-import-not-at-top
-  data_lib.clrs()
+  from dear_jax import clrs_lib  # pylint: disable=g-import-not-at-top
+  clrs_lib.clrs()
   hardware = hardware_line()
   log(f'benchmarks ({mode}) on {hardware}')
   t0 = time.time()

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dear_jax import data as data_lib
+from dear_jax import batches as batch_lib
 from dear_jax import solver
 
 BIG = 1e9
@@ -47,10 +47,11 @@ def load_teacher(workdir: str, spec: dict, sample_batch: dict, model_cfg):
   Raises ValueError (one line) when the workdir is missing, not such a run,
   trained on another algorithm or with another hidden size."""
   import ml_collections  # pylint: disable=g-import-not-at-top
+  from dear_jax import clrs_lib  # pylint: disable=g-import-not-at-top
   from dear_jax import train  # pylint: disable=g-import-not-at-top
   from dear_jax.nar import StepwiseNAR  # pylint: disable=g-import-not-at-top
   results = read_teacher_results(workdir)
-  teacher_spec = data_lib.processed_spec(results['algorithm'])
+  teacher_spec = clrs_lib.processed_spec(results['algorithm'])
   if _spec_signature(teacher_spec) != _spec_signature(spec):
     raise ValueError(f'dear.align_teacher {workdir!r} was trained on '
                      f'{results["algorithm"]}, not on this run\'s algorithm')
@@ -102,8 +103,8 @@ def teacher_states(teacher, params, batch):
   if not batch['hints']:
     raise ValueError('alignment needs training batches with hints: their '
                      'padded length fixes the teacher\'s step count')
-  nb_nodes = data_lib.num_nodes(batch)
-  nb_steps = max(1, data_lib.num_steps(batch) - 1)
+  nb_nodes = batch_lib.num_nodes(batch)
+  nb_steps = max(1, batch_lib.num_steps(batch) - 1)
   node, edge, graph, adj = teacher.encode(params, batch['inputs'], nb_nodes)
   adj = teacher.adjacency(batch, adj)
 

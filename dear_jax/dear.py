@@ -37,8 +37,8 @@ import jax
 import jax.numpy as jnp
 
 from dear_jax import alignment
+from dear_jax import batches as batch_lib
 from dear_jax import cgp
-from dear_jax import data as data_lib
 from dear_jax import losses
 from dear_jax import solver
 from dear_jax.model import Reasoner
@@ -131,7 +131,7 @@ class EquilibriumReasoner(Reasoner):
     proc['cgp_edge'] = jax.random.normal(k_edge, (self.hidden,))
     if not self.cgp_shared:
       node, _, graph, _ = self.encode(params, batch['inputs'],
-                                      data_lib.num_nodes(batch))
+                                      batch_lib.num_nodes(batch))
       inputs = self._cayley_inputs(proc['cgp_edge'], node,
                                    jnp.zeros_like(node))
       node_c, edge_c, adj_c, h_c = inputs
@@ -145,7 +145,7 @@ class EquilibriumReasoner(Reasoner):
     """(f, h0, args): the problem h* = f(h*, params['processor'], *args), per
     graph, that `forward` solves (and diagnostics and plots re-solve)."""
     node, edge, graph, adj = self.encode(params, batch['inputs'],
-                                         data_lib.num_nodes(batch))
+                                         batch_lib.num_nodes(batch))
     adj = self.adjacency(batch, adj)
     noise = jnp.zeros_like(node)
     h0 = jnp.zeros_like(node)

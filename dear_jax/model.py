@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dear_jax import data as data_lib
+from dear_jax import batches as batch_lib
 from dear_jax import losses
 from dear_jax.decoders import Decoders, postprocess
 from dear_jax.encoders import Encoders
@@ -73,7 +73,7 @@ class Reasoner:
   def init(self, key, batch: dict) -> dict:
     """Initialises all parameters by tracing one forward pass on `batch`."""
     k_enc, k_proc, k_dec = jax.random.split(key, 3)
-    nb_nodes = data_lib.num_nodes(batch)
+    nb_nodes = batch_lib.num_nodes(batch)
     probes = dict(batch['inputs'])
     if self.encode_hints:
       probes.update({k: v[0] for k, v in batch['hints'].items()})

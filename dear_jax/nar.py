@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from dear_jax import data as data_lib
+from dear_jax import batches as batch_lib
 from dear_jax.decoders import postprocess
 from dear_jax.model import Reasoner
 
@@ -37,8 +37,8 @@ class StepwiseNAR(Reasoner):
     super().__init__(spec, sample_batch, cfg)
 
   def forward(self, params, batch, *, training, key):
-    nb_nodes = data_lib.num_nodes(batch)
-    nb_steps = max(1, data_lib.num_steps(batch) - 1)
+    nb_nodes = batch_lib.num_nodes(batch)
+    nb_steps = max(1, batch_lib.num_steps(batch) - 1)
     lengths = batch['lengths']
     node0, edge0, graph0, adj = self.encode(params, batch['inputs'], nb_nodes)
     adj = self.adjacency(batch, adj)

@@ -11,9 +11,7 @@ from __future__ import annotations
 import os
 import sys
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
-
-from absl import flags  # pylint: disable=g-import-not-at-top
+from absl import flags
 from ml_collections import config_flags
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -142,9 +140,9 @@ def main(argv=None) -> int:
   except (flags.Error, ValueError, TypeError, OSError) as e:
     _fail(str(e).strip().splitlines()[0])
 
-  from dear_jax import data, train  # pylint: disable=g-import-not-at-top
+  from dear_jax import clrs_lib, train  # pylint: disable=g-import-not-at-top
   try:
-    data.check_algorithm(fv.algorithm)
+    clrs_lib.check_algorithm(fv.algorithm)
     if seeds is None:
       seeds = [int(config.train.seed)]
       workdirs = [fv.workdir or default_workdir(fv.algorithm, config, seeds[0])]

@@ -62,7 +62,7 @@ def _signature(batch: dict) -> tuple:
 
 
 def pad_time(batch: dict, t: int) -> dict:
-  """Zero-pads the hints in time to t steps (as data.to_batch pads them)."""
+  """Zero-pads the hints in time to t steps (as batches.to_batch pads them)."""
   hints = {k: np.pad(v, [(0, t - v.shape[0])] + [(0, 0)] * (v.ndim - 1))
            for k, v in batch['hints'].items()}
   return dict(batch, hints=hints)

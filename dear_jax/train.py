@@ -21,19 +21,22 @@ import numpy as np
 import optax
 import tqdm
 
-from dear_jax import data as data_lib
+from dear_jax import batches as batch_lib
+from dear_jax import clrs_lib
+from dear_jax import input_pipeline
 from dear_jax import seeds as seeds_lib
+from dear_jax import splits
 from dear_jax.checkpoints import Checkpoints as _Checkpoints
 from dear_jax.checkpoints import RunError, load_best_params  # noqa: F401  (re-exported)
 from dear_jax.model import count_params
 from dear_jax.results import summary_table, write_results
 
 
-def data_config(config) -> data_lib.DataConfig:
+def data_config(config) -> input_pipeline.DataConfig:
   d = config.data.to_dict()
   d['val_num_samples'] = d['val_num_samples'] or None
   d['test_num_samples'] = d['test_num_samples'] or None
-  return data_lib.DataConfig.from_dict(d)
+  return input_pipeline.DataConfig.from_dict(d)
 
 
 def build_model(config, spec: dict, sample_batch: dict):
@@ -94,10 +97,10 @@ def evaluate(model, predict_fn, params, evalset) -> dict:
       stats.append(jax.device_get(aux['solver']))
   n = evalset.num_samples
   preds = {k: np.concatenate([p[k] for p in preds])[:n] for k in preds[0]}
-  clrs = data_lib.clrs()
-  scores = clrs.evaluate(data_lib.datapoints(evalset.outputs, evalset.spec),
+  clrs = clrs_lib.clrs()
+  scores = clrs.evaluate(clrs_lib.datapoints(evalset.outputs, evalset.spec),
                          {dp.name: dp for dp in
-                          data_lib.datapoints(preds, evalset.spec)})
+                          clrs_lib.datapoints(preds, evalset.spec)})
   result = {'score': float(scores['score'])}
   if stats:
     iters = np.concatenate([s.iterations for s in stats])[:n]
@@ -188,11 +191,11 @@ class _Seed:
   def __init__(self, config, workdir, algorithm, dcfg, hints, test_key):
     self.config, self.workdir = config, workdir
     self.seed = int(config.train.seed)
-    self.stream = data_lib.train_stream(algorithm, dcfg, self.seed,
-                                        keep_hints=hints,
-                                        recorded=dcfg.recorded_stream)
-    self.val_set = data_lib.load_split(algorithm, 'val', dcfg, self.seed,
-                                       keep_hints=hints)
+    self.stream = input_pipeline.train_stream(algorithm, dcfg, self.seed,
+                                              keep_hints=hints,
+                                              recorded=dcfg.recorded_stream)
+    self.val_set = splits.load_split(algorithm, 'val', dcfg, self.seed,
+                                     keep_hints=hints)
     self.data_key = self.val_set.key + test_key
     self.checkpoints = _Checkpoints(os.path.join(workdir, 'checkpoints'))
     self.meta = dict(step=0, best_val=-1.0, best_step=0, val_curve=[],
@@ -240,8 +243,8 @@ def _train(configs, workdirs, algorithm: str, progress: bool) -> list:
   config = configs[0]
   dcfg = data_config(config)
   hints = uses_hints(config)
-  spec = data_lib.processed_spec(algorithm)
-  test_set = data_lib.load_split(algorithm, 'test', dcfg, keep_hints=hints)
+  spec = clrs_lib.processed_spec(algorithm)
+  test_set = splits.load_split(algorithm, 'test', dcfg, keep_hints=hints)
   runs = [_Seed(c, w, algorithm, dcfg, hints, test_set.key)
           for c, w in zip(configs, workdirs)]
   model, train_step, params, opt_state = setup(
@@ -370,7 +373,7 @@ def _results(run, model, predict, test_set, algorithm: str) -> dict:
       algorithm=algorithm, model=config.model_kind, seed=run.seed,
       train_steps=int(config.train.steps), test_score=test['score'],
       val_score=meta['best_val'],
-      best_step=meta['best_step'], test_nodes=data_lib.num_nodes(
+      best_step=meta['best_step'], test_nodes=batch_lib.num_nodes(
           test_set.batches[0]), test_graphs=test_set.num_samples,
       train_seconds=meta['train_seconds'],
       train_steps_per_second=_rate(meta['steady']['steps'],

@@ -96,10 +96,11 @@ def train_one(workdir, algorithm, overrides_):
 
 def record_one(algorithm, seed, steps, overrides_):
   """In-process: writes the training stream all runs of (algorithm, seed) replay."""
-  from dear_jax import data, train  # pylint: disable=g-import-not-at-top
+  from dear_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from dear_jax import train  # pylint: disable=g-import-not-at-top
   config = _config(overrides_)
-  data.RecordedStream(algorithm, train.data_config(config), seed,
-                      keep_hints=False).record(steps)
+  input_pipeline.RecordedStream(algorithm, train.data_config(config), seed,
+                                keep_hints=False).record(steps)
 
 
 def launch(jobs, parallel, log_dir, deadline_s=None):

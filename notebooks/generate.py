@@ -55,7 +55,6 @@ SETUP = code(f"""
 
     GITHUB_REPO = '{GITHUB_REPO}'  # placeholder: the repository's owner/name
     SMOKE = os.environ.get('DEAR_JAX_NOTEBOOK_SMOKE') == '1'  # CI's tiny budget
-    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')  # dm-clrs imports TensorFlow
 
     if 'google.colab' in sys.modules:
         REPO_DIR = '/content/dear_jax_repo'
@@ -168,7 +167,7 @@ def quickstart():
           import numpy as np
           import matplotlib.pyplot as plt
           from configs import default
-          from dear_jax import data as data_lib, train
+          from dear_jax import batches as batch_lib, clrs_lib, splits, train
           from dear_jax.results import summary_table
 
           ALGORITHM = 'bfs'
@@ -228,10 +227,10 @@ def quickstart():
           from dear_jax import solver
 
           dcfg = train.data_config(config)
-          test_set = data_lib.load_split(ALGORITHM, 'test', dcfg, keep_hints=False)
+          test_set = splits.load_split(ALGORITHM, 'test', dcfg, keep_hints=False)
           batch = test_set.batches[0]
           graphs = min(test_set.num_samples, len(batch['lengths']))
-          model = train.build_model(config, data_lib.processed_spec(ALGORITHM), batch)
+          model = train.build_model(config, clrs_lib.processed_spec(ALGORITHM), batch)
           params = train.load_best_params(workdir)
           EVALUATIONS = 12 if SMOKE else 60
           RESIDUAL = dict(rel='relative residual ‖f(h) − h‖ / ‖f(h)‖', abs='residual ‖f(h) − h‖')
@@ -262,7 +261,7 @@ def quickstart():
           ax.set(yscale='log', xlabel='f evaluations',
                  ylabel=RESIDUAL[model.solver_cfg.tol_mode],
                  title=f'{ALGORITHM}: residual per test graph ({graphs} graphs, '
-                       f'n={data_lib.num_nodes(batch)})')
+                       f'n={batch_lib.num_nodes(batch)})')
           ax.legend(fontsize=8)
           plt.show()
           """, figure=True),
@@ -369,14 +368,14 @@ def quickstart():
           iterations: see `dear_vs_stepwise.ipynb`.
           """),
       code("""
-          val_set = data_lib.load_split(ALGORITHM, 'val', dcfg, config.train.seed,
-                                        keep_hints=False)
+          val_set = splits.load_split(ALGORITHM, 'val', dcfg, config.train.seed,
+                                      keep_hints=False)
           val = train.evaluate(model, predict, params, val_set)
           rng = np.random.default_rng(0)
           jitter = lambda k: rng.uniform(-0.15, 0.15, k)
           fig, ax = plt.subplots(figsize=(6.5, 4.2))
           for label, steps, iters, color in (
-                  (f'validation graphs (n={data_lib.num_nodes(val_set.batches[0])})',
+                  (f'validation graphs (n={batch_lib.num_nodes(val_set.batches[0])})',
                    val_set.lengths - 1, val['iterations'], 'tab:orange'),
                   (f'test graphs (n={results["test_nodes"]})',
                    np.asarray(results['test_algo_steps']), results['solver_iterations'],
@@ -508,13 +507,13 @@ def dear_vs_stepwise():
           import functools
           import matplotlib.ticker
           import ml_collections
-          from dear_jax import data as data_lib, train
+          from dear_jax import clrs_lib, input_pipeline, splits, train
 
           SIZES = (8, 16) if SMOKE else (16, 32, 64, 128)
           GRAPHS, REPEATS = (2, 1) if SMOKE else (8, 3)
           rows = []
           for algorithm in ALGORITHMS:
-              spec = data_lib.processed_spec(algorithm)
+              spec = clrs_lib.processed_spec(algorithm)
               for name in ('dear', 'nar_nohint'):
                   workdir = compare.run_dir(OUT, algorithm, name, 0)
                   with open(os.path.join(workdir, 'results.json')) as f:
@@ -522,11 +521,11 @@ def dear_vs_stepwise():
                   params = train.load_best_params(workdir)
                   model = forward = None
                   for n in SIZES:
-                      cfg = data_lib.DataConfig(test_length=n, test_num_samples=GRAPHS,
-                                                eval_batch_size=GRAPHS,
-                                                cache_dir=config.data.cache_dir)
-                      split = data_lib.load_split(algorithm, 'test', cfg,
-                                                  keep_hints=train.uses_hints(config))
+                      cfg = input_pipeline.DataConfig(test_length=n, test_num_samples=GRAPHS,
+                                                      eval_batch_size=GRAPHS,
+                                                      cache_dir=config.data.cache_dir)
+                      split = splits.load_split(algorithm, 'test', cfg,
+                                                keep_hints=train.uses_hints(config))
                       batch = split.batches[0]
                       if model is None:  # parameters do not depend on n
                           model = train.build_model(config, spec, batch)
@@ -650,14 +649,15 @@ def implicit_gradients():
           import matplotlib.pyplot as plt
           from IPython.display import Markdown, display
           from configs import default
-          from dear_jax import data as data_lib, losses, solver, train
+          from dear_jax import (batches as batch_lib, clrs_lib, input_pipeline,
+                                losses, solver, splits, train)
 
           config = default.get_config()
           config.model.hidden = 16 if SMOKE else 32
           config.data.update(train_sizes=(8,), batch_size=4, cache_dir=CACHE)
-          batch = next(data_lib.TrainStream('bfs', train.data_config(config), seed=0,
-                                            keep_hints=False))
-          spec = data_lib.processed_spec('bfs')
+          batch = next(input_pipeline.TrainStream('bfs', train.data_config(config), seed=0,
+                                                  keep_hints=False))
+          spec = clrs_lib.processed_spec('bfs')
           KEY = jax.random.PRNGKey(0)
           GRADS = {'ift': 'IFT', 'phantom': 'phantom (5 steps)', 'jfb': '1-step (JFB)'}
           UNROLL, UNROLL_FD, EPS = 500, 2000, 1e-5
@@ -696,7 +696,7 @@ def implicit_gradients():
 
           def unrolled_loss(params, steps):
               \"\"\"`steps` plain iterations from h = 0, then DEAR's last step and decoder.\"\"\"
-              node, edge, graph, adj = ref.encode(params, batch['inputs'], data_lib.num_nodes(batch))
+              node, edge, graph, adj = ref.encode(params, batch['inputs'], batch_lib.num_nodes(batch))
               adj = ref.adjacency(batch, adj)
               step = lambda _, h: ref.process(params['processor'], node, edge, graph, adj, h,
                                               triplets=False)[0]
@@ -807,8 +807,8 @@ def implicit_gradients():
           print(f'test score {results["test_score"]:.3f}, '
                 f'{results["solver_iters_mean"]:.1f} solver iterations per test graph')
 
-          test_set = data_lib.load_split('bfs', 'test', train.data_config(train_config),
-                                         keep_hints=False)
+          test_set = splits.load_split('bfs', 'test', train.data_config(train_config),
+                                       keep_hints=False)
           test_batch = test_set.batches[0]
           graphs = min(test_set.num_samples, len(test_batch['lengths']))
           trained = train.build_model(train_config, spec, test_batch)
@@ -841,7 +841,7 @@ def implicit_gradients():
                  ylabel=dict(rel='relative residual ‖f(h) − h‖ / ‖f(h)‖',
                              abs='residual ‖f(h) − h‖')[base.tol_mode],
                  title=f'bfs: residual on {graphs} test graphs '
-                       f'(n={data_lib.num_nodes(test_batch)}), median and 25-75%')
+                       f'(n={batch_lib.num_nodes(test_batch)}), median and 25-75%')
           ax.legend(fontsize=8)
           plt.show()
           """, figure=True),

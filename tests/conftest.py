@@ -17,7 +17,8 @@ import jax  # noqa: E402
 import ml_collections  # noqa: E402
 import pytest  # noqa: E402
 
-from dear_jax import data as data_lib  # noqa: E402
+from dear_jax import clrs_lib  # noqa: E402
+from dear_jax import input_pipeline  # noqa: E402
 
 jax.config.update('jax_platforms', 'cpu')  # in case a plugin imported jax
 
@@ -83,11 +84,11 @@ def config_flags(config, sections=('data', 'model', 'train')) -> list:
   return flags
 
 
-def tiny_data_config(cache_dir, **overrides) -> data_lib.DataConfig:
+def tiny_data_config(cache_dir, **overrides) -> input_pipeline.DataConfig:
   """tiny_config's data section as a DataConfig, with `overrides`."""
   kw = tiny_config(cache_dir).data.to_dict()
   kw.update(overrides)
-  return data_lib.DataConfig.from_dict(kw)
+  return input_pipeline.DataConfig.from_dict(kw)
 
 
 def model_config(hidden=16, processor='triplet_gmpnn', nb_triplet_fts=8,
@@ -104,13 +105,13 @@ def cache_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope='session')
-def data_cfg(cache_dir) -> data_lib.DataConfig:
+def data_cfg(cache_dir) -> input_pipeline.DataConfig:
   return tiny_data_config(cache_dir)
 
 
 @pytest.fixture(scope='session')
 def clrs():
-  return data_lib.clrs()
+  return clrs_lib.clrs()
 
 
 # --- finished tiny runs, shared by the CLI / checkpoint / resume tests -------

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from dear_jax import alignment, data, run, solver, train
+from dear_jax import alignment, clrs_lib, input_pipeline, run, solver, train
 from dear_jax.dear import EquilibriumReasoner
 from dear_jax.nar import StepwiseNAR
 
@@ -56,9 +56,9 @@ def bfs(tmp_path_factory):
   config = tiny_config(tmp_path_factory.mktemp('cache'), 'dear')
   config.model.hidden = 8
   config.dear.update(grad='jfb', jac_reg_weight=0.0, max_iter_train=12)
-  batch = next(data.TrainStream('bfs', train.data_config(config), seed=0,
-                                keep_hints=True))
-  spec = data.processed_spec('bfs')
+  batch = next(input_pipeline.TrainStream('bfs', train.data_config(config), seed=0,
+                                          keep_hints=True))
+  spec = clrs_lib.processed_spec('bfs')
   teacher = StepwiseNAR(spec, batch, config.model, 'none')
   t_params = teacher.init(jax.random.PRNGKey(5), batch)
   return config, batch, spec, (teacher, t_params)

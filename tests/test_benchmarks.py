@@ -12,7 +12,9 @@ import pytest
 from baselines import memory
 from baselines.plan import Plan
 from conftest import tiny_config
-from dear_jax import data as data_lib
+from dear_jax import batches as batch_lib
+from dear_jax import clrs_lib
+from dear_jax import input_pipeline
 from dear_jax import train
 
 MB = 2**20
@@ -62,11 +64,11 @@ def test_dear_jax_step_mb_arguments_are_the_step_inputs(cache_dir):
   """The step's argument memory is exactly its inputs (parameters, optimiser
   state, batch, key), counted independently from the arrays."""
   config = tiny_config(cache_dir, 'nar')
-  stream = data_lib.TrainStream('bfs', train.data_config(config), seed=0)
+  stream = input_pipeline.TrainStream('bfs', train.data_config(config), seed=0)
   batch = next(stream)
-  mb = memory.dear_jax_step_mb(config, data_lib.processed_spec('bfs'), batch,
+  mb = memory.dear_jax_step_mb(config, clrs_lib.processed_spec('bfs'), batch,
                                batch)
-  _, _, params, opt_state = train.setup(config, data_lib.processed_spec('bfs'),
+  _, _, params, opt_state = train.setup(config, clrs_lib.processed_spec('bfs'),
                                         batch, jax.random.PRNGKey(0))
   inputs = _nbytes((params, opt_state, batch))
   key = _nbytes(jax.random.PRNGKey(1))  # pruned by jit when unused (BFS)
@@ -91,7 +93,7 @@ def test_train_step_mb_uses_largest_training_size(tmp_path, cache_dir,
   seen = []
 
   def fake_step_mb(config, spec, init_batch, batch):
-    seen.append((data_lib.num_nodes(batch), len(batch['lengths']),
+    seen.append((batch_lib.num_nodes(batch), len(batch['lengths']),
                  bool(batch['hints'])))
     return dict(total=12.5)
 
@@ -207,7 +209,7 @@ def test_benchmarks_time_trained_runs(bench, tmp_path, cache_dir, monkeypatch,
   assert done['config']['model']['hidden'] == config.model.hidden
   batch, _ = bench._eval_batch('bfs', 5, 2, cache_dir)  # pylint: disable=protected-access
   batch = dict(batch, hints={})
-  model = train.build_model(config, data_lib.processed_spec('bfs'), batch)
+  model = train.build_model(config, clrs_lib.processed_spec('bfs'), batch)
   _, aux = model.predict(train.load_best_params(str(runs / 'bfs_dear')), batch)
   assert row['dear_iterations_mean'] == pytest.approx(
       float(np.mean(aux['solver'].iterations)))

@@ -3,7 +3,9 @@
 import numpy as np
 
 from conftest import tiny_data_config
-from dear_jax import data as data_lib
+from dear_jax import clrs_lib
+from dear_jax import input_pipeline
+from dear_jax import splits
 
 
 def _above_max(batch) -> np.ndarray:
@@ -34,8 +36,8 @@ def test_sampler_swaps_exactly_the_targets_above_max(clrs):
   """Same seed: dm-clrs's sampler and ours draw the same numbers; ours
   differs only where the target exceeded the array, by a swap."""
   kw = dict(num_samples=300, length=5, seed=7)
-  plain = data_lib.build_sampler('binary_search', False, **kw).next()
-  better = data_lib.build_sampler('binary_search', True, **kw).next()
+  plain = clrs_lib.build_sampler('binary_search', False, **kw).next()
+  better = clrs_lib.build_sampler('binary_search', True, **kw).next()
   get = lambda fb, name: next(dp.data for dp in fb.features.inputs
                               if dp.name == name)
   k0, t0 = get(plain, 'key'), get(plain, 'target')
@@ -57,23 +59,23 @@ def test_splits_and_stream_follow_the_option(tmp_path):
   on = tiny_data_config(tmp_path, test_num_samples=48, val_num_samples=48,
                         batch_size=48, better_search=True)
   for split in ('val', 'test'):
-    a = data_lib.load_split('binary_search', split, off)
-    b = data_lib.load_split('binary_search', split, on)
+    a = splits.load_split('binary_search', split, off)
+    b = splits.load_split('binary_search', split, on)
     assert a.key != b.key  # cached splits of the two protocols never mix
     batch_a, batch_b = _whole(a), _whole(b)
     assert _above_max(batch_a).any(), split
     assert not _above_max(batch_b).any(), split
     _assert_clrs_answer(batch_a)
     _assert_clrs_answer(batch_b)
-  stream_off = next(data_lib.TrainStream('binary_search', off, seed=0))
-  stream_on = next(data_lib.TrainStream('binary_search', on, seed=0))
+  stream_off = next(input_pipeline.TrainStream('binary_search', off, seed=0))
+  stream_on = next(input_pipeline.TrainStream('binary_search', on, seed=0))
   assert _above_max(stream_off).any()
   assert not _above_max(stream_on).any()
   _assert_clrs_answer(stream_on)
-  recorded = lambda cfg, algo: data_lib.RecordedStream(algo, cfg, 0)._dir  # pylint: disable=protected-access
+  recorded = lambda cfg, algo: input_pipeline.RecordedStream(algo, cfg, 0)._dir  # pylint: disable=protected-access
   assert recorded(off, 'binary_search') != recorded(on, 'binary_search')
   # Other algorithms: the option changes nothing, keys included.
   assert recorded(off, 'bfs') == recorded(on, 'bfs')
   for split in ('val', 'test'):
-    assert (data_lib._split_protocol('minimum', split, off, 0) ==  # pylint: disable=protected-access
-            data_lib._split_protocol('minimum', split, on, 0))  # pylint: disable=protected-access
+    assert (splits._split_protocol('minimum', split, off, 0) ==  # pylint: disable=protected-access
+            splits._split_protocol('minimum', split, on, 0))  # pylint: disable=protected-access

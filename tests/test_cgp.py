@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from conftest import tiny_config
-from dear_jax import cgp, data, train
+from dear_jax import cgp, clrs_lib, input_pipeline, train
 
 
 def _brute_force_group(p):
@@ -68,8 +68,8 @@ def bfs64(tmp_path_factory):
   config.data.train_sizes = (64,)
   config.data.batch_size = 1
   config.model.hidden = 16
-  batch = next(data.TrainStream('bfs', train.data_config(config), seed=0,
-                                keep_hints=False))
+  batch = next(input_pipeline.TrainStream('bfs', train.data_config(config), seed=0,
+                                          keep_hints=False))
   return config, batch
 
 
@@ -77,7 +77,7 @@ def _model(config, batch, processor='triplet_gmpnn', **dear):
   config = config.copy_and_resolve_references()
   config.model.processor = processor
   config.dear.update(dear)
-  return train.build_model(config, data.processed_spec('bfs'), batch)
+  return train.build_model(config, clrs_lib.processed_spec('bfs'), batch)
 
 
 @pytest.mark.parametrize('shared', [False, True])

@@ -24,14 +24,16 @@ PUBLISHED_BFS_PARAMS = 523963  # EvoPrompting Table 1; clrs.md section 7.5.
 _CHILD = r'''
 import functools, json, sys
 import jax
-from dear_jax import data
+from dear_jax import batches as batch_lib
+from dear_jax import clrs_lib
+from dear_jax import input_pipeline
 from baselines import clrs_official as off
 from dear_jax.model import count_params
 
 out, cache = sys.argv[1], sys.argv[2]
-cfg = data.DataConfig(train_sizes=(4,), batch_size=4, val_length=5,
-                      test_length=6, val_num_samples=8, test_num_samples=8,
-                      eval_batch_size=4, cache_dir=cache)
+cfg = input_pipeline.DataConfig(train_sizes=(4,), batch_size=4, val_length=5,
+                                test_length=6, val_num_samples=8, test_num_samples=8,
+                                eval_batch_size=4, cache_dir=cache)
 runs = [off.train_official('bfs', seed=1, train_steps=3,
                            hint_mode='encoded_decoded', data_cfg=cfg,
                            workdir=f'{out}/run{i}', eval_every=2)
@@ -39,10 +41,10 @@ runs = [off.train_official('bfs', seed=1, train_steps=3,
 
 # Parameter count of the run.py-default model built on a real BFS batch at
 # n=16 (shapes only: jax.eval_shape of the model's own haiku init).
-spec = data.processed_spec('bfs')
-stream = data.TrainStream('bfs', data.DataConfig(train_sizes=(16,)), 0)
-feedback = data.to_feedback(next(stream), spec)
-assert data.num_nodes(next(stream)) == 16
+spec = clrs_lib.processed_spec('bfs')
+stream = input_pipeline.TrainStream('bfs', input_pipeline.DataConfig(train_sizes=(16,)), 0)
+feedback = clrs_lib.to_feedback(next(stream), spec)
+assert batch_lib.num_nodes(next(stream)) == 16
 counts = {}
 for mode in ('encoded_decoded', 'none'):
   model = off.build_model(spec, feedback, hint_mode=mode)

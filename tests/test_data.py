@@ -1,13 +1,17 @@
-"""Tests for dear_jax.data: batch contract, split caching, stream state, buckets."""
+"""Tests for the data side (clrs_lib, batches, input_pipeline, splits): batch
+contract, split caching, stream state, buckets."""
 import os
 
 import numpy as np
 import pytest
 
 from conftest import tiny_data_config
-from dear_jax import data as data_lib
+from dear_jax import batches as batch_lib
+from dear_jax import clrs_lib
+from dear_jax import input_pipeline
+from dear_jax import splits
 
-ALGORITHMS = data_lib.algorithm_names()
+ALGORITHMS = clrs_lib.algorithm_names()
 
 
 def _flat(batch):
@@ -32,17 +36,17 @@ def test_thirty_algorithms():
 
 @pytest.mark.parametrize('algorithm', ALGORITHMS)
 def test_train_batch_contract(algorithm, data_cfg):
-  spec = data_lib.processed_spec(algorithm)
-  batch = next(data_lib.TrainStream(algorithm, data_cfg, seed=0))
+  spec = clrs_lib.processed_spec(algorithm)
+  batch = next(input_pipeline.TrainStream(algorithm, data_cfg, seed=0))
   b = data_cfg.batch_size
-  n = data_lib.num_nodes(batch)
+  n = batch_lib.num_nodes(batch)
   lengths = batch['lengths']
   assert lengths.dtype == np.int32 and lengths.shape == (b,)
   assert lengths.min() >= 1
-  t = data_lib.num_steps(batch)
-  assert t == data_lib.time_bucket(int(lengths.max()))
+  t = batch_lib.num_steps(batch)
+  assert t == batch_lib.time_bucket(int(lengths.max()))
 
-  size = data_lib.training_sizes(algorithm, data_cfg.train_sizes)[0]
+  size = input_pipeline.training_sizes(algorithm, data_cfg.train_sizes)[0]
   if algorithm == 'segments_intersect':
     assert n == 4  # always 4 points
   elif algorithm == 'optimal_bst':
@@ -81,12 +85,12 @@ def test_train_batch_contract(algorithm, data_cfg):
   if 'pred' in batch['outputs']:
     assert spec['pred'][2] == 'permutation_pointer'
     assert spec['pred_mask'][2] == 'mask_one'
-  if algorithm in data_lib.PRED_AS_INPUT_ALGOS:
+  if algorithm in clrs_lib.PRED_AS_INPUT_ALGOS:
     assert 'pred' in batch['inputs'] and 'pred_h' not in batch['hints']
 
 
 def test_train_pos_is_randomised(data_cfg):
-  batch = next(data_lib.TrainStream('bfs', data_cfg, seed=0))
+  batch = next(input_pipeline.TrainStream('bfs', data_cfg, seed=0))
   pos = batch['inputs']['pos']
   n = pos.shape[1]
   assert not np.allclose(pos, np.arange(n) / n)
@@ -94,16 +98,16 @@ def test_train_pos_is_randomised(data_cfg):
 
 
 def test_to_feedback_scores_truth_perfectly(data_cfg, clrs):
-  spec = data_lib.processed_spec('topological_sort')
-  batch = next(data_lib.TrainStream('topological_sort', data_cfg, seed=1))
-  fb = data_lib.to_feedback(batch, spec)
+  spec = clrs_lib.processed_spec('topological_sort')
+  batch = next(input_pipeline.TrainStream('topological_sort', data_cfg, seed=1))
+  fb = clrs_lib.to_feedback(batch, spec)
   assert {dp.name for dp in fb.features.inputs} == set(batch['inputs'])
-  preds = {dp.name: dp for dp in data_lib.datapoints(
+  preds = {dp.name: dp for dp in clrs_lib.datapoints(
       {k: v.astype(np.float32) for k, v in batch['outputs'].items()}, spec)}
   assert clrs.evaluate(fb.outputs, preds)['score'] == 1.0
   wrong = dict(preds)
   topo = batch['outputs']['topo']
-  wrong['topo'] = data_lib.datapoints(
+  wrong['topo'] = clrs_lib.datapoints(
       {'topo': ((topo + 1) % topo.shape[1]).astype(np.float32)}, spec)[0]
   assert clrs.evaluate(fb.outputs, wrong)['score'] < 1.0
 
@@ -117,14 +121,14 @@ def _evalset_arrays(es):
 def test_load_split_is_cached(tmp_path, monkeypatch):
   cfg = tiny_data_config(tmp_path)
   calls = []
-  real_generate = data_lib._generate
+  real_generate = splits._generate
 
   def counting(protocol):
     calls.append(protocol)
     return real_generate(protocol)
 
-  monkeypatch.setattr(data_lib, '_generate', counting)
-  first = data_lib.load_split('dfs', 'val', cfg, seed=0)
+  monkeypatch.setattr(splits, '_generate', counting)
+  first = splits.load_split('dfs', 'val', cfg, seed=0)
   assert len(calls) == 1
   files = os.listdir(tmp_path)
   assert len(files) == 1 and first.key in files[0]
@@ -132,8 +136,8 @@ def test_load_split_is_cached(tmp_path, monkeypatch):
   def fail(protocol):
     raise AssertionError('cached split regenerated')
 
-  monkeypatch.setattr(data_lib, '_generate', fail)
-  second = data_lib.load_split('dfs', 'val', cfg, seed=0)
+  monkeypatch.setattr(splits, '_generate', fail)
+  second = splits.load_split('dfs', 'val', cfg, seed=0)
   assert second.key == first.key and second.num_samples == first.num_samples
   assert len(second.batches) == len(first.batches) == 2
   for a, b in zip(first.batches, second.batches):
@@ -143,7 +147,7 @@ def test_load_split_is_cached(tmp_path, monkeypatch):
     np.testing.assert_array_equal(first.outputs[k], second.outputs[k])
 
   # Every parameter of the protocol changes the key, hence the file.
-  monkeypatch.setattr(data_lib, '_generate', counting)
+  monkeypatch.setattr(splits, '_generate', counting)
   keys = {first.key}
   for c, split, seed in (
       (tiny_data_config(tmp_path, val_num_samples=3), 'val', 0),
@@ -152,18 +156,18 @@ def test_load_split_is_cached(tmp_path, monkeypatch):
       (cfg, 'test', 0),
       (tiny_data_config(tmp_path, test_length=7), 'test', 0),
       (tiny_data_config(tmp_path, test_num_samples=3), 'test', 0)):
-    keys.add(data_lib.load_split('dfs', split, c, seed=seed).key)
+    keys.add(splits.load_split('dfs', split, c, seed=seed).key)
   assert len(keys) == 7
   assert len(os.listdir(tmp_path)) == 7
   assert len(calls) == 7
   # The test split does not depend on the training seed.
-  assert data_lib.load_split('dfs', 'test', cfg, seed=5).key in keys
+  assert splits.load_split('dfs', 'test', cfg, seed=5).key in keys
   assert len(calls) == 7
 
 
 def test_val_split_seed_changes_content(data_cfg):
-  a = data_lib.load_split('bfs', 'val', data_cfg, seed=0)
-  b = data_lib.load_split('bfs', 'val', data_cfg, seed=1)
+  a = splits.load_split('bfs', 'val', data_cfg, seed=0)
+  b = splits.load_split('bfs', 'val', data_cfg, seed=1)
   assert a.key != b.key
   assert not np.array_equal(a.batches[0]['inputs']['pos'],
                             b.batches[0]['inputs']['pos'])
@@ -175,7 +179,7 @@ def test_val_split_seed_changes_content(data_cfg):
 
 def test_test_split_is_official_protocol(data_cfg, clrs):
   """seed 3, default sampler kwargs, no random pos: identical to dm-clrs."""
-  es = data_lib.load_split('bfs', 'test', data_cfg)
+  es = splits.load_split('bfs', 'test', data_cfg)
   k, n = data_cfg.test_num_samples, data_cfg.test_length
   sampler, _ = clrs.build_sampler('bfs', num_samples=k, length=n, seed=3)
   raw = sampler.next()
@@ -183,7 +187,7 @@ def test_test_split_is_official_protocol(data_cfg, clrs):
   np.testing.assert_array_equal(es.lengths, raw.features.lengths)
   for dp in raw.outputs:
     np.testing.assert_array_equal(es.outputs[dp.name], dp.data)
-  t = data_lib.time_bucket(int(raw.features.lengths.max()))
+  t = batch_lib.time_bucket(int(raw.features.lengths.max()))
   for group, dps in (('inputs', raw.features.inputs),
                      ('hints', raw.features.hints), ('outputs', raw.outputs)):
     for dp in dps:
@@ -206,7 +210,7 @@ def test_test_split_is_official_protocol(data_cfg, clrs):
 
 def test_eval_batches_pad_last_by_repetition(tmp_path):
   cfg = tiny_data_config(tmp_path, test_num_samples=3)
-  es = data_lib.load_split('bfs', 'test', cfg)
+  es = splits.load_split('bfs', 'test', cfg)
   assert es.num_samples == 3 and len(es.batches) == 2
   last = es.batches[1]
   for k, v in last['inputs'].items():
@@ -214,7 +218,7 @@ def test_eval_batches_pad_last_by_repetition(tmp_path):
   np.testing.assert_array_equal(last['outputs']['pi'][0],
                                 es.outputs['pi'][2])
   # All batches share one padded step count.
-  assert len({data_lib.num_steps(b) for b in es.batches}) == 1
+  assert len({batch_lib.num_steps(b) for b in es.batches}) == 1
 
 
 # --- training stream state -------------------------------------------------
@@ -222,19 +226,19 @@ def test_eval_batches_pad_last_by_repetition(tmp_path):
 def test_stream_state_round_trip(tmp_path):
   cfg = tiny_data_config(tmp_path, train_sizes=(4, 5, 6),
                          size_schedule='uniform')
-  a = data_lib.TrainStream('bfs', cfg, seed=0)
+  a = input_pipeline.TrainStream('bfs', cfg, seed=0)
   for _ in range(3):
     next(a)
   state = a.get_state()
   expected = [next(a) for _ in range(4)]
-  assert len({data_lib.num_nodes(x) for x in expected}) > 1
-  b = data_lib.TrainStream('bfs', cfg, seed=7)
-  fresh = next(data_lib.TrainStream('bfs', cfg, seed=7))
+  assert len({batch_lib.num_nodes(x) for x in expected}) > 1
+  b = input_pipeline.TrainStream('bfs', cfg, seed=7)
+  fresh = next(input_pipeline.TrainStream('bfs', cfg, seed=7))
   b.set_state(state)
   for want in expected:
     _assert_batches_equal(next(b), want)
   # Without the state the streams differ (so the check above can fail).
-  diff = (data_lib.num_nodes(fresh) != data_lib.num_nodes(expected[0]) or
+  diff = (batch_lib.num_nodes(fresh) != batch_lib.num_nodes(expected[0]) or
           not np.array_equal(fresh['inputs']['pos'],
                              expected[0]['inputs']['pos']))
   assert diff
@@ -242,20 +246,20 @@ def test_stream_state_round_trip(tmp_path):
 
 def test_stream_cycles_sizes(tmp_path):
   cfg = tiny_data_config(tmp_path, train_sizes=(4, 5, 6))
-  s = data_lib.TrainStream('bfs', cfg, seed=0)
-  assert [data_lib.num_nodes(next(s)) for _ in range(6)] == [4, 5, 6] * 2
+  s = input_pipeline.TrainStream('bfs', cfg, seed=0)
+  assert [batch_lib.num_nodes(next(s)) for _ in range(6)] == [4, 5, 6] * 2
 
 
 def test_string_matchers_train_at_five_quarters(tmp_path):
   cfg = tiny_data_config(tmp_path, train_sizes=(4, 8))
-  s = data_lib.TrainStream('kmp_matcher', cfg, seed=0)
-  assert data_lib.num_nodes(next(s)) == 10
+  s = input_pipeline.TrainStream('kmp_matcher', cfg, seed=0)
+  assert batch_lib.num_nodes(next(s)) == 10
 
 
 # --- time buckets ----------------------------------------------------------
 
 def test_time_bucket_properties():
-  values = [data_lib.time_bucket(s) for s in range(1, 3000)]
+  values = [batch_lib.time_bucket(s) for s in range(1, 3000)]
   assert values[:8] == [2, 2, 3, 4, 6, 6, 8, 8]
   prev = 0
   for steps, b in zip(range(1, 3000), values):

@@ -8,14 +8,16 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from dear_jax import data, diagnostics, losses, solver, train
+from dear_jax import batches as batch_lib
+from dear_jax import (clrs_lib, diagnostics, input_pipeline, losses, solver,
+                      splits, train)
 
 
 @pytest.fixture(scope='module')
 def bfs_batch(tmp_path_factory):
   config = tiny_config(tmp_path_factory.mktemp('cache'), 'dear')
-  stream = data.TrainStream('bfs', train.data_config(config), seed=0,
-                            keep_hints=False)
+  stream = input_pipeline.TrainStream('bfs', train.data_config(config), seed=0,
+                                      keep_hints=False)
   return config, next(stream)
 
 
@@ -24,7 +26,7 @@ def _model(config, batch, **dear):
   config.model.hidden = 8
   for k, v in dear.items():
     config.dear[k] = v
-  return train.build_model(config, data.processed_spec('bfs'), batch)
+  return train.build_model(config, clrs_lib.processed_spec('bfs'), batch)
 
 
 def test_ift_gradient_of_whole_model_matches_unrolled(bfs_batch):
@@ -43,7 +45,7 @@ def test_ift_gradient_of_whole_model_matches_unrolled(bfs_batch):
 
   def unrolled_loss(params):
     """Independent reference: plain iteration of the processor, then decode."""
-    n = data.num_nodes(batch)
+    n = batch_lib.num_nodes(batch)
     node, edge, graph, adj = model.encode(params, batch['inputs'], n)
     adj = model.adjacency(batch, adj)
     h = jnp.zeros_like(node)
@@ -210,9 +212,9 @@ def test_fixed_point_check_measures_distance_to_the_fixed_point(bfs_batch):
   params['processor'] = jax.tree_util.tree_map(
       lambda w: w.at[h:].multiply(0.01) if w.ndim == 2 and w.shape[0] == 2 * h else w,
       params['processor'])
-  evalset = data.EvalSet(batches=[batch], num_samples=batch['lengths'].shape[0],
-                         outputs=batch['outputs'], lengths=batch['lengths'],
-                         spec=model.spec, key='')
+  evalset = splits.EvalSet(batches=[batch], num_samples=batch['lengths'].shape[0],
+                           outputs=batch['outputs'], lengths=batch['lengths'],
+                           spec=model.spec, key='')
   loose = diagnostics.fixed_point_check(model.with_solver(tol=0.5), params, evalset,
                                         ref_tol=1e-5, ref_cap=300)
   tight = diagnostics.fixed_point_check(model.with_solver(tol=1e-4, max_iter_eval=300),

@@ -15,7 +15,10 @@ import optax
 import pytest
 
 from conftest import model_config, tiny_config, tiny_data_config
-from dear_jax import data as data_lib
+from dear_jax import batches as batch_lib
+from dear_jax import clrs_lib
+from dear_jax import input_pipeline
+from dear_jax import splits
 from dear_jax import decoders as dec_lib
 from dear_jax import losses
 from dear_jax.encoders import Encoders
@@ -26,14 +29,14 @@ from dear_jax import train as train_lib
 from dear_jax.processors import GatedMaxMPNN, TripletGMPNN
 from dear_jax.train import evaluate
 
-clrs = data_lib.clrs()
+clrs = clrs_lib.clrs()
 from clrs._src import decoders as clrs_decoders  # noqa: E402
 from clrs._src import encoders as clrs_encoders  # noqa: E402
 from clrs._src import losses as clrs_losses  # noqa: E402
 from clrs._src import nets as clrs_nets  # noqa: E402
 from clrs._src import probing  # noqa: E402
 
-ALGORITHMS = data_lib.algorithm_names()
+ALGORITHMS = clrs_lib.algorithm_names()
 
 # Haiku construction order in clrs/_src/processors.py (PGN.__call__ and
 # get_triplet_msgs) -> the Flax submodule names of TripletGMPNN.
@@ -142,8 +145,8 @@ def fast_compile():
 def _bfs_features(hidden, n=8, b=2, seed=0):
   """Encoder outputs on a real BFS batch (inputs + first hints)."""
   cfg = tiny_data_config('/nonexistent', train_sizes=(n,), batch_size=b)
-  batch = next(data_lib.TrainStream('bfs', cfg, seed=seed))
-  spec = data_lib.processed_spec('bfs')
+  batch = next(input_pipeline.TrainStream('bfs', cfg, seed=seed))
+  spec = clrs_lib.processed_spec('bfs')
   probes = dict(batch['inputs'], **{k: v[0] for k, v in batch['hints'].items()})
   enc = Encoders(spec=spec, hidden=hidden)
   p = enc.init(jax.random.PRNGKey(seed), probes, n)
@@ -281,14 +284,14 @@ def test_models_built_with_gmpnn_message_along_input_edges(kind, data_cfg):
   config = tiny_config(data_cfg.cache_dir, kind)
   config.model.processor = 'gmpnn'
   config.nar.hint_mode = 'none'
-  batch = next(data_lib.TrainStream('bfs', data_cfg, seed=2,
-                                    keep_hints=train_lib.uses_hints(config)))
-  model = train_lib.build_model(config, data_lib.processed_spec('bfs'), batch)
+  batch = next(input_pipeline.TrainStream('bfs', data_cfg, seed=2,
+                                          keep_hints=train_lib.uses_hints(config)))
+  model = train_lib.build_model(config, clrs_lib.processed_spec('bfs'), batch)
   assert isinstance(model.processor, GatedMaxMPNN)
   params = _float64(model.init(jax.random.PRNGKey(0), batch))
   assert set(params['processor']) == set(GMPNN_NAMES.values())
   node, edge, graph, adj = model.encode(params, batch['inputs'],
-                                        data_lib.num_nodes(batch))
+                                        batch_lib.num_nodes(batch))
   adj = model.adjacency(batch, adj)
   np.testing.assert_array_equal(np.asarray(adj),
                                 batch['inputs']['adj'] > 0)  # BFS: A + I
@@ -314,12 +317,12 @@ def test_models_built_with_gmpnn_message_along_input_edges(kind, data_cfg):
 def test_encoders_match_clrs(algorithm, data_cfg):
   """Every input and hint probe, encoded as nets.Net._one_step_pred does."""
   h = 16
-  spec = data_lib.processed_spec(algorithm)
-  batch = next(data_lib.TrainStream(algorithm, data_cfg, seed=0))
-  n = data_lib.num_nodes(batch)
+  spec = clrs_lib.processed_spec(algorithm)
+  batch = next(input_pipeline.TrainStream(algorithm, data_cfg, seed=0))
+  n = batch_lib.num_nodes(batch)
   probes = dict(batch['inputs'], **{k: v[0] for k, v in batch['hints'].items()})
   # dm-clrs's haiku parameters take the dtype of the data: float64 here.
-  dps = data_lib.datapoints(_float64(probes), spec)
+  dps = clrs_lib.datapoints(_float64(probes), spec)
   b = batch['lengths'].shape[0]
 
   def ref_fn(dps):
@@ -420,12 +423,12 @@ def test_stepwise_model_matches_clrs_net(hint_mode):
   # re-encoding feeds the processor's and decoders' graph features.
   h, algorithm = 16, 'graham_scan'
   cfg = tiny_data_config('/nonexistent', train_sizes=(6,), batch_size=3)
-  spec = data_lib.processed_spec(algorithm)
-  stream = data_lib.TrainStream(algorithm, cfg, seed=0)
+  spec = clrs_lib.processed_spec(algorithm)
+  stream = input_pipeline.TrainStream(algorithm, cfg, seed=0)
   batch = next(stream)
   while len(set(batch['lengths'].tolist())) < 2:
     batch = next(stream)
-  features = data_lib.to_feedback(_float64(batch), spec).features
+  features = clrs_lib.to_feedback(_float64(batch), spec).features
   nb_dims = {k: v.shape[-1] for g in ('inputs', 'hints', 'outputs')
              for k, v in batch[g].items()}
   encode = hint_mode == 'encoded_decoded'
@@ -459,7 +462,7 @@ def test_stepwise_model_matches_clrs_net(hint_mode):
   assert got_out.keys() == want_out.keys() == {'in_hull'}
   _assert_close_x64(got_out['in_hull'], want_out['in_hull'], what='in_hull')
   if decode:
-    assert len(want_hints) == data_lib.num_steps(batch) - 1
+    assert len(want_hints) == batch_lib.num_steps(batch) - 1
     assert set(got_hints) == set(want_hints[0])
     for k in got_hints:
       want = jnp.stack([s[k] for s in want_hints])
@@ -472,8 +475,8 @@ def test_stepwise_model_matches_clrs_net(hint_mode):
 
 def test_bfs_parameter_count_matches_clrs_baseline():
   cfg = tiny_data_config('/nonexistent', train_sizes=(16,), batch_size=2)
-  batch = next(data_lib.TrainStream('bfs', cfg, seed=0))
-  spec = data_lib.processed_spec('bfs')
+  batch = next(input_pipeline.TrainStream('bfs', cfg, seed=0))
+  spec = clrs_lib.processed_spec('bfs')
   model = StepwiseNAR(spec, batch, model_config(hidden=128), 'encoded_decoded')
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), batch)
   assert count_params(shapes) == 523_963
@@ -673,9 +676,9 @@ def _train_step_fn(model, opt):
 @pytest.mark.parametrize('hint_mode', ['none', 'encoded_decoded'])
 @pytest.mark.parametrize('algorithm', ALGORITHMS)
 def test_train_step_and_evaluate(algorithm, hint_mode, data_cfg, request):
-  spec = data_lib.processed_spec(algorithm)
-  batch = next(data_lib.TrainStream(algorithm, data_cfg, seed=0))
-  val = data_lib.load_split(algorithm, 'val', data_cfg, seed=0)
+  spec = clrs_lib.processed_spec(algorithm)
+  batch = next(input_pipeline.TrainStream(algorithm, data_cfg, seed=0))
+  val = splits.load_split(algorithm, 'val', data_cfg, seed=0)
   model = StepwiseNAR(spec, val.batches[0], model_config(hidden=8), hint_mode)
   assert model.output_names == tuple(val.batches[0]['outputs'])
   assert model.hint_names == (
@@ -720,8 +723,8 @@ def test_train_step_and_evaluate(algorithm, hint_mode, data_cfg, request):
   # the truth scores 1 with the same scorer (so the score is not vacuous)
   truth = {k: v.astype(np.float32) for k, v in val.outputs.items()}
   perfect = clrs.evaluate(
-      data_lib.datapoints(val.outputs, spec),
-      {dp.name: dp for dp in data_lib.datapoints(truth, spec)})
+      clrs_lib.datapoints(val.outputs, spec),
+      {dp.name: dp for dp in clrs_lib.datapoints(truth, spec)})
   assert perfect['score'] == pytest.approx(1.0)
 
 
@@ -740,12 +743,12 @@ def test_finished_samples_are_frozen(hint_mode='none'):
   batched (padded to T) == alone with T padding == alone with T = length
   (float64: batch sizes change XLA's reduction order)."""
   cfg = tiny_data_config('/nonexistent', train_sizes=(6,), batch_size=4)
-  spec = data_lib.processed_spec('bfs')
-  stream = data_lib.TrainStream('bfs', cfg, seed=3)
+  spec = clrs_lib.processed_spec('bfs')
+  stream = input_pipeline.TrainStream('bfs', cfg, seed=3)
   batch = next(stream)
   while len(set(batch['lengths'].tolist())) < 3:
     batch = next(stream)
-  t = data_lib.num_steps(batch)
+  t = batch_lib.num_steps(batch)
   lengths = batch['lengths']
   assert lengths.min() < t
   model = StepwiseNAR(spec, batch, model_config(hidden=16), hint_mode)

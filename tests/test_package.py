@@ -97,3 +97,60 @@ def test_dependencies_are_the_requirements_pins(installed):
   assert sorted(map(_normalise, requires)) == sorted(
       map(_normalise, _requirements()))
   assert re.search(r'^Requires-Python: >=3\.11$', metadata, re.M)
+
+
+def _python(script: str, **kw) -> subprocess.CompletedProcess:
+  env = dict(os.environ, JAX_PLATFORMS='cpu', **kw.pop('env', {}))
+  env.pop('TF_CPP_MIN_LOG_LEVEL', None)
+  return subprocess.run([sys.executable, '-c', textwrap.dedent(script)],
+                        capture_output=True, text=True, cwd=REPO, env=env,
+                        timeout=300, check=False, **kw)
+
+
+def test_models_import_neither_dm_clrs_nor_tensorflow():
+  """The models see the data side through dear_jax.batches only: importing
+  them loads no module that can pull in dm-clrs (and TensorFlow)."""
+  proc = _python("""
+      import json, sys
+      import dear_jax.model, dear_jax.nar, dear_jax.dear, dear_jax.alignment
+      import dear_jax.encoders, dear_jax.decoders, dear_jax.losses
+      import dear_jax.processors, dear_jax.solver, dear_jax.batches
+      print(json.dumps(sorted(m for m in sys.modules if m in (
+          'clrs', 'tensorflow', 'dear_jax.clrs_lib', 'dear_jax.input_pipeline',
+          'dear_jax.splits'))))
+  """)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout.strip().splitlines()[-1] == '[]'
+
+
+@pytest.mark.parametrize('fail', [False, True])
+def test_clrs_import_is_quiet_unless_it_fails(tmp_path, fail):
+  """clrs_lib.clrs() captures what the import writes to fd 2 (TensorFlow's
+  C++ start-up lines) and writes it back only when the import fails. A stand-in
+  `clrs` package writes to fd 2 itself, so dm-clrs is never imported here."""
+  fake = tmp_path / 'clrs'
+  fake.mkdir()
+  (fake / '__init__.py').write_text(textwrap.dedent("""
+      import os
+      os.write(2, b'C++ start-up line\\n')
+      if os.environ.get('FAKE_CLRS_FAIL'):
+        raise ImportError('dm-clrs is broken')
+      __version__ = 'stand-in'
+  """))
+  proc = _python("""
+      import os
+      from dear_jax import clrs_lib
+      print(clrs_lib.clrs().__version__, os.environ['TF_CPP_MIN_LOG_LEVEL'])
+  """, env=dict(PYTHONPATH=f'{tmp_path}{os.pathsep}{REPO}',
+                FAKE_CLRS_FAIL='1' if fail else ''))
+  if fail:
+    assert proc.returncode == 1
+    lines = proc.stderr.splitlines()
+    assert 'C++ start-up line' in lines
+    assert lines.index('C++ start-up line') < lines.index(
+        'ImportError: dm-clrs is broken')
+  else:
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr == ''
+    # set before the import (nothing imported jax first in this process)
+    assert proc.stdout.split() == ['stand-in', '3']

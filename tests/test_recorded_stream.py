@@ -1,9 +1,9 @@
-"""data.RecordedStream: the live training stream, recorded once and replayed."""
+"""RecordedStream: the live training stream, recorded once and replayed."""
 
 import jax
 import numpy as np
 
-from dear_jax import data
+from dear_jax import input_pipeline
 
 
 def _same(a, b):
@@ -12,18 +12,18 @@ def _same(a, b):
 
 
 def test_replay_equals_the_live_stream_and_resumes(data_cfg, tmp_path):
-  cfg = data.DataConfig(**dict(data_cfg.__dict__, cache_dir=str(tmp_path),
-                               train_sizes=(4, 5)))
-  live = data.TrainStream('bfs', cfg, seed=3, keep_hints=False)
+  cfg = input_pipeline.DataConfig(**dict(data_cfg.__dict__, cache_dir=str(tmp_path),
+                                         train_sizes=(4, 5)))
+  live = input_pipeline.TrainStream('bfs', cfg, seed=3, keep_hints=False)
   want = [next(live) for _ in range(5)]
-  rec = data.RecordedStream('bfs', cfg, seed=3, keep_hints=False)
+  rec = input_pipeline.RecordedStream('bfs', cfg, seed=3, keep_hints=False)
   rec.record(2)                        # batches 0, 1 on disk
   got = [next(rec) for _ in range(3)]  # 0, 1 replayed; 2 recorded on the fly
   assert all(_same(g, w) for g, w in zip(got, want))
   # a new process: replays what is on disk, records on from the saved live state
-  again = data.RecordedStream('bfs', cfg, seed=3, keep_hints=False)
+  again = input_pipeline.RecordedStream('bfs', cfg, seed=3, keep_hints=False)
   again.set_state(rec.get_state())
   assert _same(next(again), want[3]) and _same(next(again), want[4])
   # another seed is another stream (not a replay of this one)
-  other = data.RecordedStream('bfs', cfg, seed=4, keep_hints=False)
+  other = input_pipeline.RecordedStream('bfs', cfg, seed=4, keep_hints=False)
   assert not _same(next(other), want[0])

@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 from conftest import cli_args, config_flags, tiny_config
-from dear_jax import data, run, seeds, train
+from dear_jax import batches as batch_lib
+from dear_jax import clrs_lib, input_pipeline, run, seeds, train
 from dear_jax.checkpoints import Checkpoints
 
 
@@ -161,8 +162,8 @@ def test_seed_in_stack_matches_seed_alone(runs, cache_dir, kind):
     # Seeds 0 and 1 draw batches padded to different hint lengths at some
     # step, so the stack padded in time (and stayed exact).
     cfg = train.data_config(_config(cache_dir, kind))
-    lengths = [[data.num_steps(b) for b, _ in zip(
-        data.TrainStream('bfs', cfg, s, keep_hints=True), range(6))]
+    lengths = [[batch_lib.num_steps(b) for b, _ in zip(
+        input_pipeline.TrainStream('bfs', cfg, s, keep_hints=True), range(6))]
                for s in (0, 1)]
     assert lengths[0] != lengths[1]
 
@@ -179,13 +180,13 @@ def test_stacked_run_killed_mid_save_resumes_each_seed(runs, cache_dir,
     os.remove(os.path.join(d, 'results.json'))
   shutil.rmtree(os.path.join(dirs[0], 'checkpoints', '6'))
   drawn = []
-  real_next = data.TrainStream.__next__
+  real_next = input_pipeline.TrainStream.__next__
 
   def counting_next(self):
     drawn.append(1)
     return real_next(self)
 
-  monkeypatch.setattr(data.TrainStream, '__next__', counting_next)
+  monkeypatch.setattr(input_pipeline.TrainStream, '__next__', counting_next)
   config = tiny_config(cache_dir, 'nar')
   got = train.train_seeds(config, [1, 0], [dirs[1], dirs[0]], 'bfs', False)
   assert len(drawn) == 2  # seed 0's steps 5 and 6, nothing for seed 1
@@ -241,12 +242,12 @@ def test_stack_steps_groups_of_shapes_like_seeds_alone():
 def test_pad_time_is_to_batch_with_more_steps(clrs):
   """Padding hints in time afterwards equals asking to_batch for more steps."""
   sampler, _ = clrs.build_sampler('bfs', num_samples=-1, length=5, seed=0)
-  fb = data._preprocess(sampler.next(2), 'bfs', None)  # pylint: disable=protected-access
-  spec = data.processed_spec('bfs')
+  fb = clrs_lib.preprocess(sampler.next(2), 'bfs', None)
+  spec = clrs_lib.processed_spec('bfs')
   raw = fb.features.hints[0].data.shape[0]
-  short = data.to_batch(fb, spec, num_steps=raw)
+  short = batch_lib.to_batch(fb, spec, num_steps=raw)
   t = raw + 3
-  want = data.to_batch(fb, spec, num_steps=t)
+  want = batch_lib.to_batch(fb, spec, num_steps=t)
   got = seeds.pad_time(short, t)
   assert jax.tree.structure(got) == jax.tree.structure(want)
   for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(want)):

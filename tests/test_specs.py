@@ -2,7 +2,7 @@
 
 import pytest
 
-from dear_jax import data as data_lib
+from dear_jax import clrs_lib
 from dear_jax import specs
 
 
@@ -12,7 +12,7 @@ def _constants(cls) -> dict:
 
 @pytest.mark.parametrize('name', ['Stage', 'Location', 'Type'])
 def test_spec_constants_equal_dm_clrs(name):
-  clrs = data_lib.clrs()
+  clrs = clrs_lib.clrs()
   assert _constants(getattr(specs, name)) == _constants(getattr(clrs, name))
 
 
@@ -22,6 +22,6 @@ def test_every_spec_entry_uses_the_vocabulary():
   stages = set(_constants(specs.Stage).values())
   locations = set(_constants(specs.Location).values())
   types = set(_constants(specs.Type).values())
-  for algorithm in data_lib.algorithm_names():
-    for stage, loc, type_ in data_lib.processed_spec(algorithm).values():
+  for algorithm in clrs_lib.algorithm_names():
+    for stage, loc, type_ in clrs_lib.processed_spec(algorithm).values():
       assert stage in stages and loc in locations and type_ in types

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from dear_jax import data, train
+from dear_jax import clrs_lib, input_pipeline, train
 from dear_jax.dear import extra_steps
 
 
@@ -41,15 +41,15 @@ def test_extra_steps_carry_gradient():
 def bfs(tmp_path_factory):
   config = tiny_config(tmp_path_factory.mktemp('cache'), 'dear')
   config.model.hidden = 8
-  batch = next(data.TrainStream('bfs', train.data_config(config), seed=0,
-                                keep_hints=False))
+  batch = next(input_pipeline.TrainStream('bfs', train.data_config(config), seed=0,
+                                          keep_hints=False))
   return config, batch
 
 
 def _model(config, batch, **dear):
   config = config.copy_and_resolve_references()
   config.dear.update(dear)
-  return train.build_model(config, data.processed_spec('bfs'), batch)
+  return train.build_model(config, clrs_lib.processed_spec('bfs'), batch)
 
 
 def test_training_differs_evaluation_does_not(bfs):

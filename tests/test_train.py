@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import cli_args, config_flags, tiny_config  # noqa: F401  (tiny_config: re-exported for tests/test_dear.py)
-from dear_jax import data, run, train, validation
+from dear_jax import clrs_lib, input_pipeline, run, splits, train, validation
 from dear_jax.results import REQUIRED_KEYS, SOLVER_KEYS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -90,13 +90,13 @@ def test_resume_after_interruption_matches_uninterrupted_run(
   shutil.rmtree(ckpt / '6')
   os.remove(workdir / 'results.json')
   drawn = []
-  real_next = data.TrainStream.__next__
+  real_next = input_pipeline.TrainStream.__next__
 
   def counting_next(self):
     drawn.append(1)
     return real_next(self)
 
-  monkeypatch.setattr(data.TrainStream, '__next__', counting_next)
+  monkeypatch.setattr(input_pipeline.TrainStream, '__next__', counting_next)
   resumed = train.train_and_evaluate(full.config, str(workdir), 'bfs', False)
   # It continued from step 4 (a restart from scratch would draw 6 batches
   # and, being deterministic, reach the same numbers).
@@ -174,10 +174,10 @@ def test_compile_count_stops_growing(cache_dir, kind):
   hints: one shape per size)."""
   config = tiny_config(cache_dir, kind)
   config.data.train_sizes = (4, 5)
-  stream = data.TrainStream('bfs', train.data_config(config), seed=0,
-                            keep_hints=kind == 'nar')
+  stream = input_pipeline.TrainStream('bfs', train.data_config(config), seed=0,
+                                      keep_hints=kind == 'nar')
   first = next(stream)
-  model = train.build_model(config, data.processed_spec('bfs'), first)
+  model = train.build_model(config, clrs_lib.processed_spec('bfs'), first)
   traces = []
   loss = model.loss
 
@@ -217,12 +217,12 @@ def test_padded_last_eval_batch_scores_like_unpadded(cache_dir):
   sets = {}
   for bs in (2, 3):
     config.data.eval_batch_size = bs
-    sets[bs] = data.load_split('bfs', 'test', train.data_config(config))
+    sets[bs] = splits.load_split('bfs', 'test', train.data_config(config))
   padded, whole = sets[2], sets[3]
   assert padded.num_samples == whole.num_samples == 3
   assert len(padded.batches) == 2 and len(whole.batches) == 1
   assert len(padded.batches[1]['lengths']) == 2  # one repeated graph
-  model = train.build_model(config, data.processed_spec('bfs'),
+  model = train.build_model(config, clrs_lib.processed_spec('bfs'),
                             whole.batches[0])
   params = model.init(jax.random.PRNGKey(0), whole.batches[0])
   predict = jax.jit(model.predict)
@@ -238,7 +238,7 @@ def test_test_score_uses_best_validation_parameters(cache_dir, tmp_path,
   (4); the test split must then be scored with the step-2 parameters."""
   config = tiny_config(cache_dir, 'nar', steps=4)
   config.nar.hint_mode = 'none'
-  test_key = data.load_split('bfs', 'test', train.data_config(config)).key
+  test_key = splits.load_split('bfs', 'test', train.data_config(config)).key
   scripted = iter([0.2, 0.9, 0.5])  # validations at steps 0, 2, 4
   val_params, test_calls = [], []
   real = train.evaluate

@@ -1,0 +1,100 @@
+"""The batch: what every model, loss and evaluation reads. Numpy only.
+
+A batch is a plain dict pytree of numpy arrays with fixed shapes per
+(graph size, padded number of steps), so a training run compiles a bounded
+number of times:
+
+    {'inputs': {name: array}, 'hints': {name: (T, B, ...) array},
+     'outputs': {name: array}, 'lengths': (B,) int32}
+
+Pointers are int32 indices, everything else float32. Arrays are keyed by the
+names of the algorithm's *processed* spec (`clrs_lib.processed_spec`), a dict
+name -> (stage, location, type) of plain strings (`specs`). Nothing here
+imports dm-clrs: the models import this module only, so they never load
+TensorFlow. Where batches come from: `input_pipeline` (training) and
+`splits` (validation and test), both built on `clrs_lib`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+Batch = dict
+Spec = dict
+
+
+def time_bucket(steps: int) -> int:
+  """Pads a step count up to the grid 2, 3, 4, 6, 8, 12, 16, 24, ...
+
+  Powers of two and their 1.5 multiples: at most a third of padded steps are
+  wasted and the number of distinct shapes grows only logarithmically.
+  """
+  b = 2  # at least one processor step
+  while True:
+    for cand in (b, b * 3 // 2):
+      if cand >= steps:
+        return cand
+    b *= 2
+
+
+def _cast(data: np.ndarray, type_: str) -> np.ndarray:
+  if type_ == 'pointer':
+    return np.asarray(data).astype(np.int32)
+  return np.asarray(data, dtype=np.float32)
+
+
+def to_batch(feedback, spec: Spec, num_steps: int | None = None,
+             keep_hints: bool = True) -> Batch:
+  """dm-clrs Feedback -> batch dict; hints zero-padded in time to `num_steps`.
+
+  Reads the Feedback's fields only, so dm-clrs need not be imported here."""
+  features = feedback.features
+  lengths = np.asarray(features.lengths).astype(np.int32)
+  t = int(num_steps or time_bucket(int(lengths.max())))
+  hints = {}
+  if keep_hints:
+    for dp in features.hints:
+      data = _cast(dp.data, spec[dp.name][2])
+      pad = [(0, t - data.shape[0])] + [(0, 0)] * (data.ndim - 1)
+      hints[dp.name] = np.pad(data, pad)
+  return dict(
+      inputs={dp.name: _cast(dp.data, spec[dp.name][2])
+              for dp in features.inputs},
+      hints=hints,
+      outputs={dp.name: _cast(dp.data, spec[dp.name][2])
+               for dp in feedback.outputs},
+      lengths=lengths)
+
+
+def num_nodes(batch: Batch) -> int:
+  return next(iter(batch['inputs'].values())).shape[1]
+
+
+def num_steps(batch: Batch) -> int:
+  """Padded number of hint steps; the model runs num_steps - 1 processor steps."""
+  if batch['hints']:
+    return next(iter(batch['hints'].values())).shape[0]
+  return int(batch['lengths'].max())
+
+
+def save(path: str, batch: Batch) -> None:
+  """One .npz per batch, keys 'GROUP/NAME' and 'lengths'; written under a
+  temporary name and renamed, so a reader never sees half a file."""
+  flat = {f'{group}/{k}': v for group in ('inputs', 'hints', 'outputs')
+          for k, v in batch[group].items()}
+  flat['lengths'] = batch['lengths']
+  tmp = f'{path}.{os.getpid()}.tmp.npz'  # unique: parallel runs may write one key
+  np.savez(tmp, **flat)
+  os.replace(tmp, path)
+
+
+def load(path: str) -> Batch:
+  with np.load(path) as z:
+    batch = dict(inputs={}, hints={}, outputs={}, lengths=z['lengths'])
+    for key in z.files:
+      if '/' in key:
+        group, name = key.split('/', 1)
+        batch[group][name] = z[key]
+  return batch

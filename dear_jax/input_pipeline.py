@@ -1,0 +1,199 @@
+"""Training data: an endless stream of batches from dm-clrs samplers.
+
+`DataConfig` is the `data` config section. `TrainStream` samples on the fly
+like `clrs/examples/run.py` (one sampler per training size, run.py's
+preprocessing), `RecordedStream` replays a TrainStream recorded on disk, and
+`train_stream` picks one. Validation and test sets: `splits`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from dear_jax import batches as batch_lib
+from dear_jax import clrs_lib
+from dear_jax.batches import Batch
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """What data a run sees. Field names match the `data` config section."""
+  train_sizes: tuple = (4, 7, 11, 13, 16)
+  size_schedule: str = 'cycle'  # 'cycle' (run.py round-robin) | 'uniform'
+  batch_size: int = 32
+  val_length: int = 16
+  test_length: int = 64
+  # None means the official counts: val 64*mult, test 32*mult.
+  val_num_samples: int | None = None
+  test_num_samples: int | None = None
+  eval_batch_size: int = 32
+  cache_dir: str = '~/.cache/dear_jax/datasets'
+  recorded_stream: bool = False  # replay training batches recorded on disk
+  better_search: bool = False  # binary_search: DEAR's BetterSearchSampler
+
+  @classmethod
+  def from_dict(cls, d) -> 'DataConfig':
+    d = dict(d)
+    d['train_sizes'] = tuple(int(s) for s in d['train_sizes'])
+    return cls(**d)
+
+
+def training_sizes(algorithm: str, sizes: Sequence[int]) -> tuple:
+  """run.py trains the string matchers on a single size, max(sizes)*5//4."""
+  if algorithm in clrs_lib.STRING_MATCHERS:
+    return ((max(sizes) * 5) // 4,)
+  return tuple(sizes)
+
+
+def _rng_state(rng: np.random.RandomState) -> dict:
+  _, keys, pos, has_gauss, cached = rng.get_state()
+  return dict(keys=keys, pos=np.array(pos, np.int64),
+              has_gauss=np.array(has_gauss, np.int64),
+              cached=np.array(cached, np.float64))
+
+
+class TrainStream:
+  """Infinite training batches: one on-the-fly dm-clrs sampler per size.
+
+  `cycle` visits the sizes round-robin (CLRS run.py); `uniform` draws the size
+  of each batch uniformly (DEAR draws it per graph; per batch keeps shapes
+  fixed and the graphs unpadded).
+  """
+
+  def __init__(self, algorithm: str, cfg: DataConfig, seed: int,
+               keep_hints: bool = True):
+    rng = np.random.RandomState(seed)
+    self._sizes = training_sizes(algorithm, cfg.train_sizes)
+    self._samplers = [
+        clrs_lib.build_sampler(
+            algorithm, cfg.better_search, num_samples=-1, length=n,
+            seed=rng.randint(2**32), track_max_steps=False,
+            **clrs_lib.train_sampler_kwargs(algorithm, n))
+        for n in self._sizes]
+    self._pos_rng = np.random.RandomState(rng.randint(2**32))
+    self._schedule_rng = np.random.RandomState(rng.randint(2**32))
+    self._algorithm = algorithm
+    self._spec = clrs_lib.processed_spec(algorithm)
+    self._cfg = cfg
+    self._keep_hints = keep_hints
+    self._step = 0
+    if cfg.size_schedule not in ('cycle', 'uniform'):
+      raise ValueError(f'data.size_schedule must be cycle or uniform, '
+                       f'got {cfg.size_schedule!r}')
+
+  def _rngs(self) -> list:
+    return [s._rng for s in self._samplers] + [self._pos_rng,  # pylint: disable=protected-access
+                                               self._schedule_rng]
+
+  def get_state(self) -> dict:
+    """Every RNG state of the stream, as arrays (for checkpoints)."""
+    return dict(step=np.array(self._step, np.int64),
+                rngs=[_rng_state(r) for r in self._rngs()])
+
+  def set_state(self, state: dict) -> None:
+    for rng, s in zip(self._rngs(), state['rngs']):
+      rng.set_state(('MT19937', np.asarray(s['keys'], np.uint32),
+                     int(s['pos']), int(s['has_gauss']), float(s['cached'])))
+    self._step = int(state['step'])
+
+  def __iter__(self) -> Iterator[Batch]:
+    return self
+
+  def __next__(self) -> Batch:
+    if self._cfg.size_schedule == 'cycle':
+      idx = self._step % len(self._samplers)
+    else:
+      idx = self._schedule_rng.randint(len(self._samplers))
+    self._step += 1
+    fb = self._samplers[idx].next(self._cfg.batch_size)
+    fb = clrs_lib.preprocess(fb, self._algorithm, self._pos_rng)
+    return batch_lib.to_batch(fb, self._spec, keep_hints=self._keep_hints)
+
+
+class RecordedStream:
+  """TrainStream's batches, recorded to disk once and replayed by every later
+  run with the same (algorithm, training sizes, schedule, batch size, seed,
+  hints): models compared on one stream see identical batches, and the
+  dm-clrs samplers (the slow part of a short run on a GPU) run once.
+
+  Batch k is cache_dir/stream-KEY/k.npz; the live stream's RNG state after the
+  last recorded batch sits beside them, so recording resumes where it stopped.
+  One process should record a stream at a time (`record` it first, then
+  start the runs that share it).
+  """
+
+  def __init__(self, algorithm: str, cfg: DataConfig, seed: int,
+               keep_hints: bool = True):
+    protocol = dict(kind='train_stream', algorithm=algorithm,
+                    sizes=list(training_sizes(algorithm, cfg.train_sizes)),
+                    schedule=cfg.size_schedule, batch_size=cfg.batch_size,
+                    seed=int(seed), keep_hints=bool(keep_hints))
+    if clrs_lib.uses_better_search(algorithm, cfg.better_search):
+      protocol['better_search'] = True
+    self._dir = os.path.join(os.path.expanduser(cfg.cache_dir),
+                             'stream-' + clrs_lib.protocol_key(protocol))
+    os.makedirs(self._dir, exist_ok=True)
+    self._live_args = (algorithm, cfg, seed, keep_hints)
+    self._live = None
+    self._step = 0
+
+  def _path(self, k: int) -> str:
+    return os.path.join(self._dir, f'{k}.npz')
+
+  def _live_at(self, k: int) -> TrainStream:
+    """The live stream positioned to produce batch k."""
+    if self._live is None:
+      self._live = TrainStream(*self._live_args)
+      state_path = os.path.join(self._dir, 'live_state.pkl')
+      if os.path.exists(state_path):
+        with open(state_path, 'rb') as f:
+          state = pickle.load(f)
+        if state['step'] <= k:
+          self._live.set_state(state)
+    while self._live._step < k:  # pylint: disable=protected-access
+      next(self._live)
+    return self._live
+
+  def record(self, steps: int) -> None:
+    """Makes sure batches 0 .. steps-1 are on disk."""
+    for k in range(steps):
+      if not os.path.exists(self._path(k)):
+        self._record(k)
+
+  def _record(self, k: int) -> Batch:
+    live = self._live_at(k)
+    batch = next(live)
+    batch_lib.save(self._path(k), batch)
+    tmp = os.path.join(self._dir, f'live_state.{os.getpid()}.tmp')
+    with open(tmp, 'wb') as f:
+      pickle.dump(live.get_state(), f)
+    os.replace(tmp, os.path.join(self._dir, 'live_state.pkl'))
+    return batch
+
+  def get_state(self) -> dict:
+    return dict(step=np.array(self._step, np.int64))
+
+  def set_state(self, state: dict) -> None:
+    self._step = int(state['step'])
+
+  def __iter__(self) -> Iterator[Batch]:
+    return self
+
+  def __next__(self) -> Batch:
+    k = self._step
+    self._step += 1
+    if os.path.exists(self._path(k)):
+      return batch_lib.load(self._path(k))
+    return self._record(k)
+
+
+def train_stream(algorithm: str, cfg: DataConfig, seed: int, keep_hints: bool = True,
+                 recorded: bool = False):
+  """The training stream: live (default) or recorded to disk and replayed."""
+  cls = RecordedStream if recorded else TrainStream
+  return cls(algorithm, cfg, seed, keep_hints=keep_hints)

@@ -1,0 +1,130 @@
+"""Validation and test sets, generated once and cached on disk.
+
+The test split is dm-clrs's official one (seed, size and count of its
+benchmark dataset); the validation split is drawn like `clrs/examples/run.py`
+draws it, from a seed derived from the run's seed. Each is generated under a
+protocol (a dict of every parameter that determines its content) and cached
+as cache_dir/ALGORITHM_SPLIT_nLENGTH_KEY.npz, KEY hashing the protocol
+(`clrs_lib.protocol_key`), so a changed parameter never reads a stale file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+
+from dear_jax import batches as batch_lib
+from dear_jax import clrs_lib
+from dear_jax.batches import Batch, Spec
+from dear_jax.input_pipeline import DataConfig
+
+
+@dataclasses.dataclass
+class EvalSet:
+  """A whole split as fixed-shape batches; the last one padded by repetition."""
+  batches: list
+  num_samples: int
+  outputs: dict       # unpadded truth, numpy, for clrs.evaluate
+  lengths: np.ndarray  # unpadded true hint lengths
+  spec: Spec
+  key: str            # the cache key: identifies the protocol
+
+
+def validation_length(algorithm: str, cfg: DataConfig) -> int:
+  """run.py validates at the largest training size (20 for string matchers)."""
+  if algorithm in clrs_lib.STRING_MATCHERS:
+    return (cfg.val_length * 5) // 4
+  return cfg.val_length
+
+
+def _split_protocol(algorithm: str, split: str, cfg: DataConfig,
+                    seed: int) -> dict:
+  """Every parameter that determines a split's content. `better_search` is
+  a key only where it changes the data, so the keys of every other split
+  (and cache file names) are those of before the option existed."""
+  protocol = _base_split_protocol(algorithm, split, cfg, seed)
+  if clrs_lib.uses_better_search(algorithm, cfg.better_search):
+    protocol['better_search'] = True
+  return protocol
+
+
+def _base_split_protocol(algorithm: str, split: str, cfg: DataConfig,
+                         seed: int) -> dict:
+  c = clrs_lib.clrs()
+  mult = c.CLRS_30_ALGS_SETTINGS[algorithm]['num_samples_multiplier']
+  if split == 'test':
+    # The official test set (dataset.py): seed 3, 32*mult graphs at n=64,
+    # default sampler kwargs and no random pos.
+    return dict(algorithm=algorithm, split=split, length=cfg.test_length,
+                seed=c.CLRS30['test']['seed'],
+                num_samples=cfg.test_num_samples or 32 * mult,
+                sampler_kwargs={}, pos_seed=None)
+  if split == 'val':
+    rng = np.random.RandomState(seed)
+    val_seed, pos_seed = rng.randint(2**32, size=2)
+    length = validation_length(algorithm, cfg)
+    kwargs = clrs_lib.train_sampler_kwargs(algorithm, length)
+    return dict(algorithm=algorithm, split=split, length=length,
+                seed=int(val_seed),
+                num_samples=cfg.val_num_samples or 64 * mult,
+                sampler_kwargs={k: list(v) if isinstance(v, tuple) else v
+                                for k, v in kwargs.items()},
+                pos_seed=int(pos_seed))
+  raise ValueError(f'split must be val or test, got {split!r}')
+
+
+def _generate(protocol: dict) -> Batch:
+  kwargs = {k: tuple(v) if isinstance(v, list) else v
+            for k, v in protocol['sampler_kwargs'].items()}
+  sampler = clrs_lib.build_sampler(
+      protocol['algorithm'], protocol.get('better_search', False),
+      num_samples=protocol['num_samples'], length=protocol['length'],
+      seed=protocol['seed'], **kwargs)
+  pos_rng = (None if protocol['pos_seed'] is None
+             else np.random.RandomState(protocol['pos_seed']))
+  fb = clrs_lib.preprocess(sampler.next(), protocol['algorithm'], pos_rng)
+  spec = clrs_lib.processed_spec(protocol['algorithm'])
+  return batch_lib.to_batch(fb, spec, num_steps=int(np.max(fb.features.lengths)))
+
+
+def _take(batch: Batch, idx: np.ndarray, num_steps: int) -> Batch:
+  hints = {}
+  for k, v in batch['hints'].items():
+    v = v[:, idx]
+    pad = [(0, num_steps - v.shape[0])] + [(0, 0)] * (v.ndim - 1)
+    hints[k] = np.pad(v, pad)
+  return dict(inputs={k: v[idx] for k, v in batch['inputs'].items()},
+              hints=hints,
+              outputs={k: v[idx] for k, v in batch['outputs'].items()},
+              lengths=batch['lengths'][idx])
+
+
+def load_split(algorithm: str, split: str, cfg: DataConfig, seed: int = 0,
+               keep_hints: bool = True) -> EvalSet:
+  """The validation (depends on seed) or official test split, cached on disk."""
+  protocol = _split_protocol(algorithm, split, cfg, seed)
+  key = clrs_lib.protocol_key(protocol)
+  cache_dir = os.path.expanduser(cfg.cache_dir)
+  os.makedirs(cache_dir, exist_ok=True)
+  path = os.path.join(cache_dir,
+                      f'{algorithm}_{split}_n{protocol["length"]}_{key}.npz')
+  if os.path.exists(path):
+    full = batch_lib.load(path)
+  else:
+    full = _generate(protocol)
+    batch_lib.save(path, full)
+  n = len(full['lengths'])
+  bs = cfg.eval_batch_size
+  t = batch_lib.time_bucket(int(full['lengths'].max()))
+  if not keep_hints:
+    full = dict(full, hints={})
+  batches = []
+  for start in range(0, n, bs):
+    idx = np.arange(start, start + bs)
+    idx = np.minimum(idx, n - 1)  # pad the last batch by repeating a graph
+    batches.append(_take(full, idx, t))
+  return EvalSet(batches=batches, num_samples=n, outputs=full['outputs'],
+                 lengths=full['lengths'], spec=clrs_lib.processed_spec(algorithm),
+                 key=key)
