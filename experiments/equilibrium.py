@@ -31,6 +31,7 @@ CANDIDATES = {
     'tgmpnn_gate0': {'dear.gate_bias': 0.0, 'dear.jac_reg_weight': 0.0},
     'gmpnn': {'model.processor': 'gmpnn', 'dear.gate_bias': 0.0, 'dear.jac_reg_weight': 0.0},
     'tgmpnn_gate0_jac': {'dear.gate_bias': 0.0, 'dear.jac_reg_weight': 0.1},
+    'tgmpnn_gate0_jac001': {'dear.gate_bias': 0.0, 'dear.jac_reg_weight': 0.01},
     'tgmpnn_gate0_rand0': {'dear.gate_bias': 0.0, 'dear.jac_reg_weight': 0.0,
                            'dear.init_state_std': 1.0},
     # The stepwise reference at equal steps: CLRS's NAR without hints, told
