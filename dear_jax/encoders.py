@@ -9,6 +9,8 @@ Initialisation follows haiku's (truncated normal, stddev 1/sqrt(fan_in)), with
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -68,9 +70,13 @@ class Encoders(nn.Module):
         adj = adj + ((data + jnp.swapaxes(data, 1, 2)) > 0.5)
       elif loc == Location.EDGE:
         if type_ == Type.POINTER:
-          # Aggregate pointer contributions across sender and receiver nodes.
-          edge = edge + (jnp.mean(encode(as_features), axis=1) +
-                         jnp.mean(self._linear(name, 1)(as_features), axis=2))
+          # Aggregate pointer contributions across sender and receiver nodes
+          # (the mean of a linear layer's outputs is the layer of the mean
+          # input: no (B, N, N, N, H) array; the mean in jax's default float,
+          # as the layer's outputs would be).
+          mean = functools.partial(jnp.mean, dtype=jnp.result_type(float))
+          edge = edge + (encode(mean(as_features, axis=1)) +
+                         self._linear(name, 1)(mean(as_features, axis=2)))
         else:
           edge = edge + encode(as_features)
         if type_ == Type.MASK:

@@ -55,19 +55,28 @@ class Reasoner:
     return jnp.ones_like(adj_from_encoders)
 
   def process(self, proc_params, node, edge, graph, adj, hidden,
-              triplets: bool = True):
+              triplets: bool = True, edge_terms=None):
+    """With `edge_terms` (see processors.py) `edge` is not read."""
     return self.processor.apply({'params': proc_params}, node, edge, graph,
-                                adj, hidden, triplets=triplets)
+                                adj, hidden, triplets=triplets,
+                                edge_terms=edge_terms)
 
   def decode(self, params, node, h_prev, h_new, edge, edge_latent, graph,
-             training: bool, key):
+             training: bool, key, names=None, edge_terms=None, gumbel=None):
+    """(output preds, hint preds); with `names`, only those probes are
+    decoded. With `edge_terms` (see decoders.py) `edge` is not read."""
     h_t = jnp.concatenate([node, h_prev, h_new], axis=-1)
-    e_t = edge if edge_latent is None else jnp.concatenate(
-        [edge, edge_latent], axis=-1)
+    if edge_terms is not None:
+      e_t = edge_latent
+    else:
+      e_t = edge if edge_latent is None else jnp.concatenate(
+          [edge, edge_latent], axis=-1)
     preds = self.decoders.apply({'params': params['decoders']}, h_t, e_t, graph,
-                                training=training, rngs={'gumbel': key})
-    return ({k: preds[k] for k in self.output_names},
-            {k: preds[k] for k in self.hint_names})
+                                training=training, names=names,
+                                edge_terms=edge_terms, gumbel=gumbel,
+                                rngs={'gumbel': key})
+    return ({k: preds[k] for k in self.output_names if k in preds},
+            {k: preds[k] for k in self.hint_names if k in preds})
 
   # --- parameters ------------------------------------------------------------
   def init(self, key, batch: dict) -> dict:

@@ -4,6 +4,16 @@ Mirrors dm-clrs `nets.Net`: it is told the true number of steps (padded T, each
 sample frozen after its own length), step 0 sees the true initial hints, later
 steps see the model's own soft hint predictions (teacher forcing 0, run.py's
 default) when hints are encoded.
+
+It computes less than dm-clrs's loop for the same function (float rounding
+aside): inputs are encoded once, not at every step; the layers that read the
+encoded edge features are composed with the encoders' small layers instead
+of multiplying (B, N, N, H) features (`EdgeMaps`); and outputs are decoded
+once, after the loop, from the decoder inputs of the step each sample ended
+at (dm-clrs decodes them at every step and freezes the logits; a decoder of
+frozen inputs is the frozen decoder). Gumbel noise of permutation outputs is
+drawn at every step and frozen with them, so training draws the same noise
+as a per-step decode would.
 """
 
 from __future__ import annotations
@@ -12,7 +22,8 @@ import jax
 import jax.numpy as jnp
 
 from dear_jax import batches as batch_lib
-from dear_jax.decoders import postprocess
+from dear_jax.decoders import Decoders, edge_layer, gumbel_probe, postprocess
+from dear_jax.encoders import POINTERS, Encoders, expand_pointer
 from dear_jax.model import Reasoner
 
 HINT_MODES = ('encoded_decoded', 'decoded_only', 'none')
@@ -20,9 +31,66 @@ HINT_MODES = ('encoded_decoded', 'decoded_only', 'none')
 
 def _freeze(lengths, step, new, old):
   """Keeps `old` for samples whose trajectory ended before `step`."""
-  not_done = (lengths > step + 1).astype(new.dtype)
-  not_done = not_done.reshape(not_done.shape + (1,) * (new.ndim - 1))
-  return not_done * new + (1 - not_done) * old
+  not_done = lengths > step + 1
+  return jnp.where(not_done.reshape(not_done.shape + (1,) * (new.ndim - 1)),
+                   new, old)
+
+
+def _as_fed(spec: dict, hints: dict, nb_nodes: int, dtype) -> dict:
+  """True hints in the form later steps feed soft predictions back (the
+  model's float type, pointers one-hot): encoding them gives the same features, and the step's
+  fed hints can be carried (and frozen) through the loop."""
+  return {k: (expand_pointer(v, nb_nodes) if spec[k][2] in POINTERS
+              else v).astype(dtype) for k, v in hints.items()}
+
+
+class EdgeMaps:
+  """Every linear layer that reads edge features, without (B, N, N, H) x
+  (H, .) products.
+
+  Edge features are sums of encodings, each a linear layer on a probe's
+  low-dimensional data x_p (a mask, a one-hot pointer, ...): at a step,
+  edge = sum_p (x_p W_p + b_p) over the inputs and the encoded hints (a mean
+  over one node axis for edge pointers, which commutes with the rest). For a
+  layer L(e) = e K + c this gives L(edge) = sum_p (x_p (W_p K) + b_p K) + c:
+  the encoders with composed parameters and K's width. So the processor's
+  `EDGE_LAYERS` and the e_t layer of each decoder in `dec_names` (its first H
+  kernel rows; the edge latent's rows stay in the decoder) each read the
+  inputs' part, computed once per forward, plus the step's hints pushed
+  through its composed encoders: a broadcast product that XLA fuses into the
+  layer's consumer (one concatenated map for all layers would materialise,
+  and in the gradient transpose, a wide array at every step).
+  """
+
+  def __init__(self, spec, params, hidden, inputs, proc_layers, dec_names,
+               fed_names, nb_nodes):
+    self.spec = spec
+    maps = {('processor', n): params['processor'][n] for n in proc_layers}
+    maps.update({('decoders', n): params['decoders'][edge_layer(spec, n)]
+                 for n in dec_names if edge_layer(spec, n)})
+    probes = set(inputs) | set(fed_names)
+    self.enc_params, self.base = {}, {}
+    for key, p in maps.items():
+      kernel = p['kernel'][:hidden]
+      self.enc_params[key] = {
+          layer: {'kernel': q['kernel'] @ kernel, 'bias': q['bias'] @ kernel}
+          for layer, q in params['encoders'].items()
+          if layer.rsplit('_enc_', 1)[0] in probes}
+      self.base[key] = p['bias'] + self._encode(key, inputs, nb_nodes)
+
+  def _encode(self, key, probes, nb_nodes):
+    width = next(iter(self.enc_params[key].values()))['kernel'].shape[1]
+    return Encoders(spec=self.spec, hidden=width).apply(
+        {'params': self.enc_params[key]}, probes, nb_nodes)[1]
+
+  def __call__(self, fed: dict, nb_nodes: int) -> dict:
+    """{'processor': {layer: L(edge)}, 'decoders': {probe: L(edge)}} for the
+    edge features of a step whose encoded hints are `fed`."""
+    out = {'processor': {}, 'decoders': {}}
+    for (group, name), base in self.base.items():
+      out[group][name] = (base + self._encode((group, name), fed, nb_nodes)
+                          if fed else base)
+    return out
 
 
 class StepwiseNAR(Reasoner):
@@ -36,39 +104,79 @@ class StepwiseNAR(Reasoner):
     self.decode_hints = hint_mode != 'none'
     super().__init__(spec, sample_batch, cfg)
 
+  def _encode_fed(self, params, node0, graph0, fed, nb_nodes):
+    """Node and graph features of a step (its edge features: EdgeMaps)."""
+    if not fed:
+      return node0, graph0
+    d_node, _, d_graph, _ = self.encode(params, fed, nb_nodes)
+    return node0 + d_node, graph0 + d_graph
+
   def forward(self, params, batch, *, training, key):
     nb_nodes = batch_lib.num_nodes(batch)
     nb_steps = max(1, batch_lib.num_steps(batch) - 1)
     lengths = batch['lengths']
-    node0, edge0, graph0, adj = self.encode(params, batch['inputs'], nb_nodes)
+    # The input edge features are only read through EdgeMaps.
+    node0, _, graph0, adj = self.encode(params, batch['inputs'], nb_nodes)
     adj = self.adjacency(batch, adj)
+    fed_names = tuple(batch['hints']) if self.encode_hints else ()
+    proc_layers = [n for n in self.processor.EDGE_LAYERS
+                   if n in params['processor']]
+    step_maps, out_maps = (
+        EdgeMaps(self.spec, params, self.hidden, batch['inputs'], layers,
+                 names, fed_names, nb_nodes)
+        for layers, names in ((proc_layers, self.hint_names),
+                              ((), self.output_names)))
+    out_reads_edges = bool(out_maps.base)
+    draws_noise = training and any(gumbel_probe(self.spec, k)
+                                   for k in self.decoders.names)
 
-    def step(hidden, i, hints):
-      node, edge, graph = node0, edge0, graph0
-      if self.encode_hints:  # graph hints (e.g. a `phase`) too, as dm-clrs
-        d_node, d_edge, d_graph, _ = self.encode(params, hints, nb_nodes)
-        node, edge, graph = node + d_node, edge + d_edge, graph + d_graph
-      h_new, tri = self.process(params['processor'], node, edge, graph, adj,
-                                hidden)
-      outs, hint_preds = self.decode(params, node, hidden, h_new, edge, tri,
-                                     graph, training, jax.random.fold_in(key, i))
-      return h_new, outs, hint_preds
+    def step(hidden, i, fed):
+      """-> (h_new, hint logits, what the output decoders would read)."""
+      node, graph = self._encode_fed(params, node0, graph0, fed, nb_nodes)
+      terms = step_maps(fed, nb_nodes)
+      h_new, tri = self.process(params['processor'], node, None, graph, adj,
+                                hidden, edge_terms=terms['processor'])
+      step_key = jax.random.fold_in(key, i)
+      noise = {}
+      if draws_noise:  # as a decode of all probes at this step would draw
+        noise = self.decoders.apply(
+            {'params': params['decoders']}, lengths.shape[0], nb_nodes,
+            method=Decoders.draw_gumbel, rngs={'gumbel': step_key})
+      hint_preds = {}
+      if self.decode_hints:
+        _, hint_preds = self.decode(
+            params, node, hidden, h_new, None, tri, graph, training, step_key,
+            names=self.hint_names, edge_terms=terms['decoders'],
+            gumbel={k: v for k, v in noise.items() if k in self.hint_names})
+      ends = dict(fed=fed, h_prev=hidden, h_new=h_new,
+                  noise={k: v for k, v in noise.items()
+                         if k in self.output_names})
+      if out_reads_edges:
+        ends['tri'] = tri
+      return h_new, hint_preds, ends
 
-    first_hints = {k: v[0] for k, v in batch['hints'].items()}
-    hidden0 = jnp.zeros(node0.shape)
-    hidden, outs, hint_preds = step(hidden0, 0, first_hints)
+    first = (_as_fed(self.spec, {k: v[0] for k, v in batch['hints'].items()},
+                     nb_nodes, node0.dtype) if self.encode_hints else {})
+    hidden, hint_preds, ends = step(jnp.zeros(node0.shape), 0, first)
 
     def body(carry, i):
-      hidden, outs, hint_preds = carry
+      hidden, hint_preds, ends = carry
       fed = (postprocess(self.spec, hint_preds, hard=False)
              if self.encode_hints else {})
-      hidden, new_outs, hint_preds = step(hidden, i, fed)
-      outs = jax.tree_util.tree_map(
-          lambda n, o: _freeze(lengths, i, n, o), new_outs, outs)
-      return (hidden, outs, hint_preds), hint_preds
+      hidden, hint_preds, new_ends = step(hidden, i, fed)
+      ends = jax.tree_util.tree_map(
+          lambda n, o: _freeze(lengths, i, n, o), new_ends, ends)
+      return (hidden, hint_preds, ends), hint_preds
 
-    (_, outs, _), later_hints = jax.lax.scan(
-        body, (hidden, outs, hint_preds), jnp.arange(1, nb_steps))
+    (_, _, ends), later_hints = jax.lax.scan(
+        body, (hidden, hint_preds, ends), jnp.arange(1, nb_steps))
+    node, graph = self._encode_fed(params, node0, graph0, ends['fed'],
+                                   nb_nodes)
+    outs, _ = self.decode(
+        params, node, ends['h_prev'], ends['h_new'], None, ends.get('tri'),
+        graph, training, key, names=self.output_names,
+        edge_terms=out_maps(ends['fed'], nb_nodes)['decoders'],
+        gumbel=ends['noise'])
     stacked = None
     if self.decode_hints:
       stacked = jax.tree_util.tree_map(

@@ -8,7 +8,10 @@ no gate bias, PyTorch's default weight init (biases start at zero here).
 
 Both take `triplets=False` to skip the edge latent: the equilibrium solver
 iterates only the node update and computes the (N^3) triplet features once, at
-the fixed point.
+the fixed point. Both take `edge_terms` (layer name -> that layer applied to
+the edge features, for every name in EDGE_LAYERS): the stepwise NAR applies
+these linear layers to the edge features once per forward instead of once
+per step (`nar.EdgeMaps`).
 """
 
 from __future__ import annotations
@@ -59,21 +62,32 @@ class TripletGMPNN(nn.Module):
       self.gate3 = nn.Dense(h, kernel_init=haiku_init,
                             bias_init=nn.initializers.constant(self.gate_bias))
 
-  def triplet_features(self, z, edge_fts, graph_fts):
+  EDGE_LAYERS = ('m_e', 't_e_1', 't_e_2', 't_e_3')
+
+  def _edge(self, name, edge_fts, edge_terms):
+    if edge_terms is None:
+      return getattr(self, name)(edge_fts)
+    return edge_terms[name]
+
+  def triplet_features(self, z, edge_fts, graph_fts, edge_terms=None):
     """(B, N, N, H) edge latent from max over i of the (B, N, N, N, 8) triplets."""
-    tri = (self.t_1(z)[:, :, None, None] + self.t_2(z)[:, None, :, None] +
-           self.t_3(z)[:, None, None, :] + self.t_e_1(edge_fts)[:, :, :, None] +
-           self.t_e_2(edge_fts)[:, :, None, :] +
-           self.t_e_3(edge_fts)[:, None, :, :] +
-           self.t_g(graph_fts)[:, None, None, None])
-    return jax.nn.relu(self.o3(jnp.max(tri, axis=1)))
+    edge = lambda name: self._edge(name, edge_fts, edge_terms)
+    # tri[b, i, j, k] sums seven terms; the four that do not depend on i are
+    # added after the max over i (same value, a third of the 5-d work).
+    over_i = (self.t_1(z)[:, :, None, None] + edge('t_e_1')[:, :, :, None] +
+              edge('t_e_2')[:, :, None, :])
+    tri = (jnp.max(over_i, axis=1) + self.t_2(z)[:, :, None] +
+           self.t_3(z)[:, None, :] + edge('t_e_3') +
+           self.t_g(graph_fts)[:, None, None])
+    return jax.nn.relu(self.o3(tri))
 
   def __call__(self, node_fts, edge_fts, graph_fts, adj, hidden,
-               triplets: bool = True):
+               triplets: bool = True, edge_terms=None):
     del adj  # MPNN: every pair exchanges messages (dm-clrs sets adj to ones)
     z = jnp.concatenate([node_fts, hidden], axis=-1)
     msgs = (self.m_1(z)[:, None, :] + self.m_2(z)[:, :, None] +
-            self.m_e(edge_fts) + self.m_g(graph_fts)[:, None, None])
+            self._edge('m_e', edge_fts, edge_terms) +
+            self.m_g(graph_fts)[:, None, None])
     msgs = self.mlp_1(jax.nn.relu(self.mlp_0(jax.nn.relu(msgs))))
     agg = jnp.max(msgs, axis=1)
     ret = jax.nn.relu(self.o1(z) + self.o2(agg))
@@ -85,7 +99,7 @@ class TripletGMPNN(nn.Module):
       ret = ret * gate + hidden * (1 - gate)
     tri = None
     if triplets and self.use_triplets:
-      tri = self.triplet_features(z, edge_fts, graph_fts)
+      tri = self.triplet_features(z, edge_fts, graph_fts, edge_terms)
     return ret, tri
 
 
@@ -93,10 +107,11 @@ class GatedMaxMPNN(nn.Module):
   """DEAR's gated max-MPNN over graph edges (adj, self-loops added here)."""
   hidden: int
   gate_bias: float = 0.0    # DEAR: no gate bias
+  EDGE_LAYERS = ('m_edge',)
 
   @nn.compact
   def __call__(self, node_fts, edge_fts, graph_fts, adj, hidden,
-               triplets: bool = True):
+               triplets: bool = True, edge_terms=None):
     del triplets  # no edge latent: decoders see the encoded edges only
     dense = lambda n, name: nn.Dense(n, kernel_init=torch_uniform, name=name)
     h = self.hidden
@@ -106,7 +121,8 @@ class GatedMaxMPNN(nn.Module):
     # Message on edge i -> j from sender i and receiver j.
     msgs = (dense(h, 'm_receiver')(z)[:, None, :] +
             dense(h, 'm_sender')(z)[:, :, None] +
-            dense(h, 'm_edge')(edge_fts) +
+            (dense(h, 'm_edge')(edge_fts) if edge_terms is None
+             else edge_terms['m_edge']) +
             dense(h, 'm_graph')(graph_fts)[:, None, None])
     for k in range(2):
       msgs = dense(h, f'mlp_{k}')(
