@@ -31,6 +31,26 @@ def torch_uniform(key, shape, dtype=jnp.float32):
   return jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
+@jax.custom_jvp
+def _max_over_senders(x: jax.Array) -> jax.Array:
+  """max over axis 1, differentiated through its first maximiser.
+
+  jnp.max's own derivative divides by the number of entries equal to the
+  max; XLA (seen with jax_disable_most_optimizations on CPU, on the NAR's
+  triplets) may evaluate that comparison on differently rounded values,
+  find no equal entry and return 0/0. The first maximiser's tangent is the
+  same derivative wherever the max is unique."""
+  return jnp.max(x, axis=1)
+
+
+@_max_over_senders.defjvp
+def _max_over_senders_jvp(primals, tangents):
+  (x,), (t,) = primals, tangents
+  first = jnp.expand_dims(jnp.argmax(x, axis=1), 1)
+  return (jnp.take_along_axis(x, first, axis=1)[:, 0],
+          jnp.take_along_axis(t, first, axis=1)[:, 0])
+
+
 def _max_aggregate(msgs: jax.Array, adj: jax.Array) -> jax.Array:
   """agg[b, j] = max over senders i with adj[b, i, j] of msgs[b, i, j]."""
   return jnp.max(jnp.where(adj[..., None] > 0, msgs, -BIG_NUMBER), axis=1)
@@ -76,7 +96,7 @@ class TripletGMPNN(nn.Module):
     # added after the max over i (same value, a third of the 5-d work).
     over_i = (self.t_1(z)[:, :, None, None] + edge('t_e_1')[:, :, :, None] +
               edge('t_e_2')[:, :, None, :])
-    tri = (jnp.max(over_i, axis=1) + self.t_2(z)[:, :, None] +
+    tri = (_max_over_senders(over_i) + self.t_2(z)[:, :, None] +
            self.t_3(z)[:, None, :] + edge('t_e_3') +
            self.t_g(graph_fts)[:, None, None])
     return jax.nn.relu(self.o3(tri))
