@@ -25,13 +25,8 @@ from dear_jax import clrs_lib, input_pipeline, run, seeds, train
 from dear_jax.checkpoints import Checkpoints
 
 
-@pytest.fixture(scope='module', autouse=True)
-def fast_compile():
-  """As test_train.py, so these runs compile like conftest.finished_run's."""
-  old = jax.config.read('jax_disable_most_optimizations')
-  jax.config.update('jax_disable_most_optimizations', True)
-  yield
-  jax.config.update('jax_disable_most_optimizations', old)
+# As test_train.py, so these runs compile like conftest.finished_run's.
+pytestmark = pytest.mark.usefixtures('fast_compile')
 
 
 def _config(cache_dir, kind):
@@ -146,8 +141,13 @@ def test_seed_in_stack_matches_seed_alone(runs, cache_dir, kind):
   assert got['test_score'] == pytest.approx(want['test_score'], abs=1e-9)
   if kind == 'dear':
     assert got['solver_iterations'] == want['solver_iterations']
+    # The distance comes from a solve that stops at a tolerance: it moves
+XX
+    # less than between two seeds (seed 1: 21 % away on this config).
     assert got['fixed_point_distance_mean'] == pytest.approx(
-        want['fixed_point_distance_mean'], rel=1e-3, abs=1e-6)
+        want['fixed_point_distance_mean'], rel=1e-2, abs=1e-6)
+    assert _results(base + '_s1')['fixed_point_distance_mean'] != (
+        pytest.approx(want['fixed_point_distance_mean'], rel=1e-1))
   last = got['train_steps']
   assert sorted(os.listdir(os.path.join(inside, 'checkpoints'))) == [
       str(last - 2), str(last)]
@@ -174,7 +174,7 @@ def test_seed_in_stack_matches_seed_alone(runs, cache_dir, kind):
 
 
 def test_stacked_run_killed_mid_save_resumes_each_seed(runs, cache_dir,
-                                                       tmp_path, monkeypatch):
+                                                       tmp_path, drawn_batches):
   """Killed while saving step 6: seed 1 saved it, seed 0 had not; neither
   wrote results.json. The rerun trains seed 0 alone from step 4 (a sub-stack
   of one inside the stack of two) and only tests seed 1."""
@@ -184,17 +184,10 @@ def test_stacked_run_killed_mid_save_resumes_each_seed(runs, cache_dir,
     shutil.copytree(f'{base}_s{s}', d)
     os.remove(os.path.join(d, 'results.json'))
   shutil.rmtree(os.path.join(dirs[0], 'checkpoints', '6'))
-  drawn = []
-  real_next = input_pipeline.TrainStream.__next__
-
-  def counting_next(self):
-    drawn.append(1)
-    return real_next(self)
-
-  monkeypatch.setattr(input_pipeline.TrainStream, '__next__', counting_next)
   config = tiny_config(cache_dir, 'nar')
   got = train.train_seeds(config, [1, 0], [dirs[1], dirs[0]], 'bfs', False)
-  assert len(drawn) == 2  # seed 0's steps 5 and 6, nothing for seed 1
+  # seed 0's steps 5 and 6, nothing for seed 1
+  assert len(drawn_batches) == 2
   for s, r in zip((1, 0), got):
     want = _results(f'{base}_s{s}')
     assert r['seed'] == s and set(r) == set(want)
