@@ -29,7 +29,7 @@ back into the same DIR layout; baselines.executors says how.
 
 The parts, in the order they act: baselines.plan (presets + flags -> Plan),
 baselines.protocol (the DIR guard), baselines.executors (the runs),
-baselines.memory, baselines.report (csv, md), baselines.convergence and
+baselines.memory (memory column), baselines.report (csv, md), baselines.convergence and
 baselines.plots (figures).
 
 argparse, not absl: `import clrs` registers absl flags such as `seeds`.
@@ -46,6 +46,7 @@ from baselines import executors
 from baselines import plan as plan_lib
 from baselines import protocol as protocol_lib
 from baselines import report
+from dear_jax import profiling
 from baselines.executors import run_dir, train_one  # noqa: F401 (API)
 from baselines.plan import MODELS, PRESETS, CompareError, Plan
 
@@ -173,7 +174,7 @@ def main(argv=None) -> int:
   try:
     ray = ray_options(args)
     plan = plan_lib.resolve(args)
-    hardware = report.hardware_line()
+    hardware = profiling.hardware_line()
     if ray is not None:
       hardware = f'Ray workers (driver: {hardware})'
     info = dict(presets=[plan.preset], algorithms=list(plan.algorithms),

@@ -1,8 +1,5 @@
-"""XLA's compiled memory of one training step (compare's column, benchmarks).
-
-Compiled, not measured: `memory_analysis()` of the jitted update is exact for
-a given batch shape, the same on every run, and needs no GPU allocator.
-"""
+"""compare's memory column: XLA's compiled memory of one training step of
+each model (dear_jax.profiling), cached beside the run folders."""
 
 from __future__ import annotations
 
@@ -11,31 +8,7 @@ import json
 import os
 
 from baselines.plan import MODEL_SETTINGS, TEACHERS, Plan
-
-MB = 2**20
-
-
-def compiled_mb(compiled) -> dict | None:
-  """{'total', 'temp', 'argument', 'output'} in MB (donated buffers counted
-  once), or None where the backend gives no analysis."""
-  m = compiled.memory_analysis()
-  if m is None:
-    return None
-  parts = dict(temp=m.temp_size_in_bytes / MB,
-               argument=m.argument_size_in_bytes / MB,
-               output=m.output_size_in_bytes / MB)
-  return dict(parts, total=sum(parts.values()) - m.alias_size_in_bytes / MB)
-
-
-def dear_jax_step_mb(config, spec: dict, init_batch: dict, batch: dict):
-  """compiled_mb of dear_jax's own train step (train.make_train_step) on
-  `batch`; parameters come from `init_batch` (they do not depend on n)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from dear_jax import train  # pylint: disable=g-import-not-at-top
-  _, step, params, opt_state = train.setup(config, spec, init_batch,
-                                           jax.random.PRNGKey(0))
-  return compiled_mb(step.lower(params, opt_state, batch,
-                                jax.random.PRNGKey(1)).compile())
+from dear_jax import profiling
 
 
 def official_step_mb(spec: dict, batch: dict, hint_mode: str):
@@ -47,7 +20,7 @@ def official_step_mb(spec: dict, batch: dict, hint_mode: str):
   m = clrs_official.build_model(spec, feedback, hint_mode=hint_mode)
   m.init(feedback.features, 1)
   # pylint: disable=protected-access
-  return compiled_mb(m.jitted_feedback.lower(
+  return profiling.compiled_mb(m.jitted_feedback.lower(
       m._device_params, jax.random.PRNGKey(0), feedback, m._device_opt_state,
       0).compile())
 
@@ -78,7 +51,7 @@ def train_step_mb(plan: Plan, algorithm: str, model: str) -> float | None:
           plan.out, algorithm, TEACHERS[model], plan.seeds[0]))
     batch = _largest_train_batch(algorithm, train.data_config(config),
                                  train.uses_hints(config))
-    mb = dear_jax_step_mb(config, spec, batch, batch)
+    mb = profiling.train_step_mb(config, spec, batch, batch)
   return None if mb is None else mb['total']
 
 

@@ -6,7 +6,6 @@ import csv
 import json
 import math
 import os
-import platform
 
 from baselines.plan import MODELS
 
@@ -140,19 +139,6 @@ def _fmt(mean, std, n, scale=1.0, digits=1):
   if std is not None:
     s += f' ± {scale * std:.{digits}f}'
   return s + (f' (n={n})' if n != 1 else ' (n=1)')
-
-
-def hardware_line() -> str:
-  import jax  # pylint: disable=g-import-not-at-top
-  cpu = platform.processor()
-  if not cpu and os.path.exists('/proc/cpuinfo'):
-    with open('/proc/cpuinfo') as f:
-      names = [l.split(':', 1)[1].strip() for l in f
-               if l.startswith('model name')]
-    cpu = names[0] if names else ''
-  return (f'{platform.system()} {platform.machine()}, CPU {cpu or "unknown"}, '
-          f'{os.cpu_count()} CPU cores, jax {jax.__version__} devices '
-          f'{jax.devices()}')
 
 
 def write_markdown(path: str, rows: list, info: dict, protocol: dict) -> None:

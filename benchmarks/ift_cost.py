@@ -93,7 +93,7 @@ def main(argv=None) -> int:
   p.add_argument('--pretrain_steps', type=int, default=20)
   p.add_argument('--out', default=os.path.join(os.path.dirname(__file__), 'results'))
   a = p.parse_args(argv)
-  from baselines.report import hardware_line  # pylint: disable=g-import-not-at-top
+  from dear_jax.profiling import hardware_line  # pylint: disable=g-import-not-at-top
   log = lambda m: print(m, flush=True)
   hw = hardware_line()
   log(f'ift_cost on {hw}')

@@ -195,7 +195,7 @@ def inference(settings: dict, cache_dir: str, log, trained=None) -> list:
 
 
 def memory(settings: dict, cache_dir: str, log) -> list:
-  from baselines.memory import dear_jax_step_mb  # pylint: disable=g-import-not-at-top
+  from dear_jax.profiling import train_step_mb  # pylint: disable=g-import-not-at-top
   from dear_jax import batches as batch_lib  # pylint: disable=g-import-not-at-top
   from dear_jax import clrs_lib  # pylint: disable=g-import-not-at-top
   dear_cfg, nar_cfg = _configs()
@@ -218,7 +218,7 @@ def memory(settings: dict, cache_dir: str, log) -> list:
       strip = (lambda x: x) if name == 'nar' else (
           lambda x: dict(x, hints={}))
       t0 = time.perf_counter()
-      mb = dear_jax_step_mb(cfg, spec, strip(small), strip(batch))
+      mb = train_step_mb(cfg, spec, strip(small), strip(batch))
       compile_s = time.perf_counter() - t0
       if mb is None:
         row[f'{name}_mb'] = None
@@ -457,7 +457,7 @@ def main(argv=None) -> int:
   cache_dir = os.path.expanduser(args.cache_dir)
   log = lambda msg: print(msg, flush=True)
 
-  from baselines.report import hardware_line  # pylint: disable=g-import-not-at-top
+  from dear_jax.profiling import hardware_line  # pylint: disable=g-import-not-at-top
   from dear_jax import clrs_lib  # pylint: disable=g-import-not-at-top
   clrs_lib.clrs()
   hardware = hardware_line()

@@ -1,4 +1,5 @@
-"""baselines/memory.py (compiled train-step memory) and benchmarks/run.py
+"""dear_jax/profiling.py and baselines/memory.py (compiled train-step
+memory) and benchmarks/run.py
 (a tiny end-to-end run of its quick mode, and its goal verdicts)."""
 
 import json
@@ -15,19 +16,15 @@ from conftest import tiny_config
 from dear_jax import batches as batch_lib
 from dear_jax import clrs_lib
 from dear_jax import input_pipeline
+from dear_jax import profiling
 from dear_jax import train
 
 MB = 2**20
 
 
-@pytest.fixture(scope='module', autouse=True)
-def fast_compile():
-  """Compiled memory and timings here only need to be consistent within a
-  test; XLA's optimisations double compile times on CPU."""
-  old = jax.config.read('jax_disable_most_optimizations')
-  jax.config.update('jax_disable_most_optimizations', True)
-  yield
-  jax.config.update('jax_disable_most_optimizations', old)
+# Compiled memory and timings here only need to be consistent within a test;
+# XLA's optimisations double compile times on CPU.
+pytestmark = pytest.mark.usefixtures('fast_compile')
 
 
 @pytest.fixture(scope='module')
@@ -43,30 +40,30 @@ def bench():
   return bench_run
 
 
-# --- baselines/memory.py -------------------------------------------------------
+# --- dear_jax/profiling.py, baselines/memory.py -------------------------------
 
 def test_compiled_mb_sums_parts_and_counts_aliased_once():
   stats = types.SimpleNamespace(
       temp_size_in_bytes=3 * MB, argument_size_in_bytes=5 * MB,
       output_size_in_bytes=4 * MB, alias_size_in_bytes=2 * MB)
   compiled = types.SimpleNamespace(memory_analysis=lambda: stats)
-  assert memory.compiled_mb(compiled) == dict(temp=3.0, argument=5.0,
-                                              output=4.0, total=10.0)
+  assert profiling.compiled_mb(compiled) == dict(temp=3.0, argument=5.0,
+                                                 output=4.0, total=10.0)
   none = types.SimpleNamespace(memory_analysis=lambda: None)
-  assert memory.compiled_mb(none) is None
+  assert profiling.compiled_mb(none) is None
 
 
 def _nbytes(tree) -> int:
   return sum(np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(tree))
 
 
-def test_dear_jax_step_mb_arguments_are_the_step_inputs(cache_dir):
+def test_train_step_mb_arguments_are_the_step_inputs(cache_dir):
   """The step's argument memory is exactly its inputs (parameters, optimiser
   state, batch, key), counted independently from the arrays."""
   config = tiny_config(cache_dir, 'nar')
   stream = input_pipeline.TrainStream('bfs', train.data_config(config), seed=0)
   batch = next(stream)
-  mb = memory.dear_jax_step_mb(config, clrs_lib.processed_spec('bfs'), batch,
+  mb = profiling.train_step_mb(config, clrs_lib.processed_spec('bfs'), batch,
                                batch)
   _, _, params, opt_state = train.setup(config, clrs_lib.processed_spec('bfs'),
                                         batch, jax.random.PRNGKey(0))
@@ -97,7 +94,7 @@ def test_train_step_mb_uses_largest_training_size(tmp_path, cache_dir,
                  bool(batch['hints'])))
     return dict(total=12.5)
 
-  monkeypatch.setattr(memory, 'dear_jax_step_mb', fake_step_mb)
+  monkeypatch.setattr(profiling, 'train_step_mb', fake_step_mb)
   assert memory.train_step_mb(_plan(tmp_path, cache_dir), 'bfs', 'nar') == 12.5
   assert seen == [(6, 2, True)]  # n = max(4, 6), batch 2, hints (nar)
 
