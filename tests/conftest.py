@@ -6,6 +6,7 @@ Environment (all optional):
                            the tests (default ~/.cache/dear_jax/jax_cache;
                            empty: no persistent cache).
 """
+import contextlib
 import os
 
 # Parity tests compare float32 programs with tight tolerances: never let a GPU
@@ -44,6 +45,44 @@ def pytest_configure(config):
   config.addinivalue_line(
       'markers', 'smoke: runs the code end to end and checks only that the '
       'result is well formed (kept cheap; deselect with -m "not smoke")')
+
+
+# --- fast compiles ------------------------------------------------------------
+
+@contextlib.contextmanager
+def xla_fast_compile():
+  """XLA with most optimisations off: compiles take half the time on CPU.
+  For tiny programs whose results are compared only with programs compiled
+  the same way."""
+  old = jax.config.read('jax_disable_most_optimizations')
+  jax.config.update('jax_disable_most_optimizations', True)
+  try:
+    yield
+  finally:
+    jax.config.update('jax_disable_most_optimizations', old)
+
+
+@pytest.fixture(scope='module')
+def fast_compile():
+  """A module opts in with `pytestmark = pytest.mark.usefixtures(
+  'fast_compile')`."""
+  with xla_fast_compile():
+    yield
+
+
+@pytest.fixture
+def drawn_batches(monkeypatch) -> list:
+  """Grows by one for every training batch drawn (TrainStream.__next__):
+  shows where a resumed run continued from."""
+  drawn = []
+  real_next = input_pipeline.TrainStream.__next__
+
+  def counting_next(self):
+    drawn.append(1)
+    return real_next(self)
+
+  monkeypatch.setattr(input_pipeline.TrainStream, '__next__', counting_next)
+  return drawn
 
 
 # --- one tiny run config ------------------------------------------------------
@@ -152,7 +191,6 @@ def finished_run(tmp_path_factory, cache_dir):
   jax_disable_most_optimizations, as test_train.py's own runs, so that a
   resumed run reproduces its numbers bit for bit.
   """
-  import contextlib  # pylint: disable=g-import-not-at-top
   import io  # pylint: disable=g-import-not-at-top
   from dear_jax import run, train  # pylint: disable=g-import-not-at-top
   done = {}
@@ -174,15 +212,10 @@ def finished_run(tmp_path_factory, cache_dir):
         return real(model, optimizer)
 
       out = io.StringIO()
-      fast = jax.config.read('jax_disable_most_optimizations')
-      jax.config.update('jax_disable_most_optimizations', True)
-      try:
-        with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(
-            out):
-          mp.setattr(train, 'make_train_step', counting_make_train_step)
-          code = run.main(cli_args(tiny_config(cache_dir, kind), workdir))
-      finally:
-        jax.config.update('jax_disable_most_optimizations', fast)
+      with xla_fast_compile(), pytest.MonkeyPatch.context() as mp, \
+          contextlib.redirect_stdout(out):
+        mp.setattr(train, 'make_train_step', counting_make_train_step)
+        code = run.main(cli_args(tiny_config(cache_dir, kind), workdir))
       done[kind] = FinishedRun(kind, workdir, cache_dir, code, out.getvalue(),
                                len(traces))
     return done[kind]

@@ -131,13 +131,8 @@ def x64(fn):
   return wrapper
 
 
-@pytest.fixture(scope='module', autouse=True)
-def fast_compile():
-  """XLA's optimisations double compile times on CPU; these graphs are tiny."""
-  old = jax.config.read('jax_disable_most_optimizations')
-  jax.config.update('jax_disable_most_optimizations', True)
-  yield
-  jax.config.update('jax_disable_most_optimizations', old)
+# XLA's optimisations double compile times on CPU; these graphs are tiny.
+pytestmark = pytest.mark.usefixtures('fast_compile')
 
 
 # --- 1. processor parity -----------------------------------------------------

@@ -22,14 +22,9 @@ from dear_jax.results import REQUIRED_KEYS, SOLVER_KEYS
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope='module', autouse=True)
-def fast_compile():
-  """XLA's optimisations double compile times on CPU; these runs are tiny and
-  every comparison below is between runs compiled the same way."""
-  old = jax.config.read('jax_disable_most_optimizations')
-  jax.config.update('jax_disable_most_optimizations', True)
-  yield
-  jax.config.update('jax_disable_most_optimizations', old)
+# XLA's optimisations double compile times on CPU; these runs are tiny and
+# every comparison below is between runs compiled the same way.
+pytestmark = pytest.mark.usefixtures('fast_compile')
 
 
 def _tiny_flags(cache_dir):
@@ -81,7 +76,7 @@ def test_cli_trains_and_writes_results(finished_run, kind):
 
 @pytest.mark.parametrize('kind', ['nar', 'dear'])
 def test_resume_after_interruption_matches_uninterrupted_run(
-    finished_run, tmp_path, monkeypatch, kind):
+    finished_run, tmp_path, drawn_batches, kind):
   full = finished_run(kind)
   workdir = _copy_run(full, tmp_path / 'b')
   # A run killed after its step-4 checkpoint: later state never reached disk.
@@ -89,18 +84,10 @@ def test_resume_after_interruption_matches_uninterrupted_run(
   assert sorted(os.listdir(ckpt)) == ['4', '6']
   shutil.rmtree(ckpt / '6')
   os.remove(workdir / 'results.json')
-  drawn = []
-  real_next = input_pipeline.TrainStream.__next__
-
-  def counting_next(self):
-    drawn.append(1)
-    return real_next(self)
-
-  monkeypatch.setattr(input_pipeline.TrainStream, '__next__', counting_next)
   resumed = train.train_and_evaluate(full.config, str(workdir), 'bfs', False)
   # It continued from step 4 (a restart from scratch would draw 6 batches
   # and, being deterministic, reach the same numbers).
-  assert len(drawn) == 2
+  assert len(drawn_batches) == 2
   want = full.results
   assert resumed['loss_curve'] == want['loss_curve']
   assert resumed['val_curve'] == want['val_curve']
