@@ -87,8 +87,8 @@ def parse_args(argv):
                  help='skip the compiled train-step memory column')
   p.add_argument('--quiet', action='store_true', help='no progress bars')
   p.add_argument('--stack_seeds', action='store_true',
-                 help='local executor: train the seeds of each (algorithm, '
-                      'model) together in one vmapped program '
+                 help='train the seeds of each (algorithm, model) together '
+                      'in one vmapped program (with ray: one task) '
                       '(dear_jax.train.train_seeds; fills a GPU). Each seed '
                       'still writes its own run folder; DEAR\'s numbers then '
                       'differ from per-seed runs by rounding, which Anderson '
