@@ -1,7 +1,7 @@
 """Seeds per second of training with K seeds stacked in one vmapped step.
 
     python -m benchmarks.seed_stack [--algorithm=bfs] [--model=nar|dear] \
-        [--stacks=1,2,4,8] [--steps=3] [--rounds=3] [--out=benchmarks/results]
+        [--stacks=1,2,4,8] [--steps=2] [--rounds=3] [--out=benchmarks/results]
 
 Why: `--stack_seeds` (dear_jax/seeds.py) claims K seeds train faster together
 than one after another. Each K is the stack `train.train_seeds` builds
@@ -230,9 +230,9 @@ def main(argv=None) -> int:
   p.add_argument('--algorithm', default='bfs')
   p.add_argument('--model', default='nar', choices=('nar', 'dear'))
   p.add_argument('--stacks', default='1,2,4,8')
-  p.add_argument('--steps', type=int, default=3, help='timed steps per round')
+  p.add_argument('--steps', type=int, default=2, help='timed steps per round')
   p.add_argument('--rounds', type=int, default=3)
-  p.add_argument('--warmup', type=int, default=2)
+  p.add_argument('--warmup', type=int, default=1, help='untimed steps (compile)')
   p.add_argument('--n', type=int, default=16)
   p.add_argument('--batch', type=int, default=32)
   p.add_argument('--hidden', type=int, default=128)
@@ -251,6 +251,8 @@ def main(argv=None) -> int:
       print(f'error: --{name} must be >= 1, got {getattr(a, name)}',
             file=sys.stderr)
       return 2
+  if a.official and a.model == 'nar':  # BaselineModel runs on one device
+    os.environ.setdefault('CUDA_VISIBLE_DEVICES', '0')
   from dear_jax import clrs_lib  # pylint: disable=g-import-not-at-top
   if a.algorithm not in clrs_lib.algorithm_names():
     print(f'error: unknown algorithm {a.algorithm!r}; allowed: '

@@ -274,6 +274,9 @@ def test_seed_stack_tiny_run_writes_consistent_results(tmp_path, monkeypatch):
   real_build = clrs_official.build_model
   monkeypatch.setattr(clrs_official, 'build_model',
                       lambda *a, **k: real_build(*a, hidden_dim=8, **k))
+  # main() may set it (for BaselineModel); restored after the test.
+  monkeypatch.setenv('CUDA_VISIBLE_DEVICES',
+                     os.environ.get('CUDA_VISIBLE_DEVICES', ''))
   argv = ['--stacks=1,2', '--steps=2', '--rounds=2', '--warmup=1',
           '--hidden=8', '--n=5', '--batch=2']
   assert seed_stack.main(argv + [f'--out={tmp_path}']) == 0
