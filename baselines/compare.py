@@ -5,7 +5,7 @@
         [--seeds=3] [--train_steps=N] [--eval_every=N]
         [--dear_config=configs/dear_paper.py] [--nar_config=configs/default.py]
         [--override SECTION.KEY=VALUE ...] [--cache_dir=DIR] [--no_memory]
-        [--quiet] [--executor=local|ray] [--ray_address=ADDRESS]
+        [--quiet] [--stack_seeds] [--executor=local|ray] [--ray_address=ADDRESS]
         [--ray_cpus_per_task=C] [--ray_gpus_per_task=G] [--ray_num_cpus=N]
 
 Models: `dear` (EquilibriumReasoner, no hints), `nar` (Flax stepwise NAR,
@@ -25,12 +25,14 @@ Triplet-GMPNN score) and DIR/plots/*.png (baselines.plots).
 
 `--executor=ray` trains each run as a Ray task (on the cluster at
 --ray_address, or on a Ray it starts here) and writes what the tasks send
-back into the same DIR layout; baselines.executors says how.
+back into the same DIR layout; baselines.executors says how. With
+`--stack_seeds` either executor trains each (algorithm, model)'s unfinished
+seeds together (one program; on Ray, one task).
 
 The parts, in the order they act: baselines.plan (presets + flags -> Plan),
 baselines.protocol (the DIR guard), baselines.executors (the runs),
-baselines.memory (memory column), baselines.report (csv, md), baselines.convergence and
-baselines.plots (figures).
+baselines.memory (memory column), baselines.report (csv, md),
+baselines.convergence and baselines.plots (figures).
 
 argparse, not absl: `import clrs` registers absl flags such as `seeds`.
 """
@@ -88,8 +90,8 @@ def parse_args(argv):
                  help='skip the compiled train-step memory column')
   p.add_argument('--quiet', action='store_true', help='no progress bars')
   p.add_argument('--stack_seeds', action='store_true',
-                 help='local executor: train the seeds of each (algorithm, '
-                      'model) together in one vmapped program '
+                 help='train the seeds of each (algorithm, model) together '
+                      'in one vmapped program (with ray: one task) '
                       '(dear_jax.train.train_seeds; fills a GPU). Each seed '
                       'still writes its own run folder; DEAR\'s numbers then '
                       'differ from per-seed runs by rounding, which Anderson '

@@ -9,7 +9,9 @@ metrics.jsonl, checkpoints/) and DIR/runs/ALGORITHM/MODEL/memory.json.
 The Ray executor assumes no shared filesystem: a task trains in a temporary
 folder on its worker and returns that run folder's files as bytes; the driver
 writes them into --out, where an interrupted write reads as an unfinished
-run. `import ray` happens only here, inside `run_ray`.
+run. With --stack_seeds both executors train the unfinished seeds of each
+stackable (algorithm, model) together (one Ray task returns every seed's
+files). `import ray` happens only here, inside `run_ray`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -75,9 +78,10 @@ def _stackable(plan: Plan, model: str) -> bool:
           model != 'clrs_official' and model not in TEACHERS)
 
 
-def _local_jobs(plan: Plan) -> list:
+def _jobs(plan: Plan) -> list:
   """[(labels, algorithm, model, seeds)] of unfinished runs, in order: one
-  job per run, or per (algorithm, model) when its seeds stack."""
+  job per run, or per (algorithm, model) when its seeds stack (only its
+  unfinished seeds; a lone one trains as a plain run)."""
   jobs, grouped = [], {}
   for label, a, m, s, finished in _todo(plan):
     if finished:
@@ -93,6 +97,10 @@ def _local_jobs(plan: Plan) -> list:
   return jobs
 
 
+def _group_name(algorithm: str, model: str, seeds: list) -> str:
+  return f'{algorithm} {model} seeds {seeds}'
+
+
 def _train_stack(plan: Plan, algorithm: str, model: str, seeds: list) -> list:
   from dear_jax import train  # pylint: disable=g-import-not-at-top
   return train.train_seeds(
@@ -106,7 +114,7 @@ def run_local(plan: Plan) -> int | None:
   when the user interrupted (the interrupted run can be resumed)."""
   from dear_jax import train  # pylint: disable=g-import-not-at-top
   failures = 0
-  for labels, a, m, seeds in _local_jobs(plan):
+  for labels, a, m, seeds in _jobs(plan):
     t0 = time.time()
     try:
       if len(seeds) > 1:
@@ -114,7 +122,7 @@ def run_local(plan: Plan) -> int | None:
       else:
         results = [train_one(plan, a, m, seeds[0])]
     except (train.RunError, ValueError) as e:
-      what = labels[0] if len(labels) == 1 else f'{a} {m} seeds {seeds}'
+      what = labels[0] if len(labels) == 1 else _group_name(a, m, seeds)
       message = f'{what}: {str(e).splitlines()[0]}'
       if isinstance(e.__cause__, KeyboardInterrupt):
         print(f'error: {message}', file=sys.stderr)
@@ -160,14 +168,30 @@ def _rel(algorithm: str, model: str, seed: int) -> str:
   return os.path.relpath(run_dir('.', algorithm, model, seed), '.')
 
 
+def _memory_files(local: Plan, algorithm: str, model: str) -> dict:
+  """The model's memory.json, measured on this worker, as {path: bytes}."""
+  from baselines import memory as memory_lib  # pylint: disable=g-import-not-at-top
+  memory_lib.cached_train_step_mb(local, algorithm, model)
+  mem = os.path.join('runs', algorithm, model, 'memory.json')
+  if not os.path.exists(os.path.join(local.out, mem)):
+    return {}
+  with open(os.path.join(local.out, mem), 'rb') as f:
+    return {mem: f.read()}
+
+
 def ray_task(plan: Plan, algorithm: str, model: str, seed: int,
              memory: bool, train=train_one, teacher=None) -> dict:
   """One run on a Ray worker: trains in a temporary --out, then returns its
   results and its files (and the model's memory.json when `memory`).
 
   teacher: the task result (or {'files': ...}) of the run this model trains
-  against (plan.TEACHERS), laid into the temporary --out first."""
+  against (plan.TEACHERS), laid into the temporary --out first; a stack's
+  result (ray_stack_task) gives this seed's run."""
   t0 = time.time()
+  if teacher is not None and 'runs' in teacher:
+    if seed not in teacher['runs']:
+      raise RuntimeError(f'its teacher {TEACHERS[model]} seed {seed} failed')
+    teacher = teacher['runs'][seed]
   with tempfile.TemporaryDirectory(prefix='dear_jax_ray_') as tmp:
     local = dataclasses.replace(plan, out=tmp, progress=False)
     if teacher is not None:
@@ -176,13 +200,34 @@ def ray_task(plan: Plan, algorithm: str, model: str, seed: int,
     results = train(local, algorithm, model, seed)
     files = _read_tree(tmp, _rel(algorithm, model, seed))
     if memory:
-      from baselines import memory as memory_lib  # pylint: disable=g-import-not-at-top
-      memory_lib.cached_train_step_mb(local, algorithm, model)
-      mem = os.path.join('runs', algorithm, model, 'memory.json')
-      if os.path.exists(os.path.join(tmp, mem)):
-        with open(os.path.join(tmp, mem), 'rb') as f:
-          files[mem] = f.read()
+      files.update(_memory_files(local, algorithm, model))
   return dict(results=results, files=files, seconds=time.time() - t0)
+
+
+def ray_stack_task(plan: Plan, algorithm: str, model: str, seeds: list,
+                   memory: bool, train_stack=None) -> dict:
+  """The seeds of one (algorithm, model) trained stacked on a Ray worker
+  (train_stack: _train_stack). Returns {'runs': {seed: {'results', 'files'}}}
+  of the seeds that finished and 'error', a failure line or '': a seed that
+  diverged must not lose the others' runs."""
+  t0 = time.time()
+  with tempfile.TemporaryDirectory(prefix='dear_jax_ray_') as tmp:
+    local = dataclasses.replace(plan, out=tmp, progress=False)
+    error = ''
+    try:
+      (train_stack or _train_stack)(local, algorithm, model, seeds)
+    except Exception as e:  # pylint: disable=broad-except
+      error = _failure_line(e)
+    runs = {}
+    for s in seeds:
+      path = os.path.join(run_dir(tmp, algorithm, model, s), 'results.json')
+      if os.path.exists(path):
+        with open(path) as f:
+          runs[s] = dict(results=json.load(f),
+                         files=_read_tree(tmp, _rel(algorithm, model, s)))
+    if memory and runs:
+      runs[min(runs)]['files'].update(_memory_files(local, algorithm, model))
+  return dict(runs=runs, error=error, seconds=time.time() - t0)
 
 
 def write_files(out: str, run: str, files: dict) -> None:
@@ -283,72 +328,101 @@ def _task_options(ray, opts: RayOptions) -> dict:
               runtime_env=dict(env_vars=env))
 
 
-def _failed(ray, ref) -> bool:
+def _teacher_failed(ray, ref, seed: int) -> bool:
+  """Whether the teacher task `ref` (a run or a stack) left no run of seed."""
   try:
-    ray.get(ref, timeout=0)
+    got = ray.get(ref, timeout=0)
   except Exception:  # pylint: disable=broad-except
     return True
-  return False
+  return 'runs' in got and seed not in got['runs']
+
+
+def _land_stack(plan: Plan, job: tuple, got: dict) -> int:
+  """Writes a stack task's finished seeds into --out; 1 if some failed."""
+  labels, a, m, seeds = job
+  for label, s in zip(labels, seeds):
+    if s in got['runs']:
+      write_files(plan.out, _rel(a, m, s), got['runs'][s]['files'])
+      print(_done_line(label, got['runs'][s]['results'], got['seconds']))
+  lost = [s for s in seeds if s not in got['runs']]
+  if not got['error'] and not lost:
+    return 0
+  of = f' of {seeds}' if len(lost) < len(seeds) else ''
+  print(f'FAILED {_group_name(a, m, lost)}{of}: '
+        f'{got["error"] or "no results"}', file=sys.stderr)
+  return 1
 
 
 def run_ray(plan: Plan, opts: RayOptions, train=None) -> int | None:
-  """Trains every unfinished run as a Ray task; the failure count, or None
-  when the user interrupted (finished runs are in --out; rerun to resume).
+  """Trains every unfinished run as a Ray task (with plan.stack_seeds, the
+  unfinished seeds of each stackable (algorithm, model) as one task); the
+  failure count, or None when the user interrupted (finished runs are in
+  --out; rerun to resume).
 
   `train(plan, algorithm, model, seed) -> results` runs on the workers (a
-  test swaps in one that fails on purpose); default: train_one."""
+  test swaps in one that fails on purpose); default: train_one. Stacks run
+  _train_stack (looked up here, so a test can swap it too)."""
   import ray  # pylint: disable=g-import-not-at-top
   train = train or train_one
-  todo = _todo(plan)
-  for label, *_, finished in todo:
-    if finished:
-      print(f'{label}: done, skipped')
-  pending = [t for t in todo if not t[-1]]
-  if not pending:
+  jobs = _jobs(plan)
+  if not jobs:
     return 0
   started_here = not ray.is_initialized()
   if started_here:
     start_ray(opts)
   try:
-    remote = ray.remote(**_task_options(ray, opts))(ray_task)
+    options = _task_options(ray, opts)
+    remote = ray.remote(**options)(ray_task)
+    remote_stack = ray.remote(**options)(ray_stack_task)
     plan_ref = ray.put(plan)
     memory_for = set()
     refs, submitted = {}, {}
-    for label, a, m, s, _ in pending:  # plan.models lists teachers first
+    for job in jobs:  # plan.models lists teachers first
+      labels, a, m, seeds = job
       memory = plan.memory and (a, m) not in memory_for and not os.path.exists(
           os.path.join(plan.out, 'runs', a, m, 'memory.json'))
       memory_for.add((a, m))
-      teacher, key = None, (a, TEACHERS.get(m), s)
-      if key in submitted:
-        # Ray starts this task once its teacher's has returned (and fails
-        # it if that one failed).
-        teacher = submitted[key]
-      elif m in TEACHERS:  # finished earlier: sent from DIR
-        teacher = dict(files=_read_tree(plan.out, _rel(*key)))
-      ref = remote.remote(plan_ref, a, m, s, memory, train, teacher)
-      refs[ref], submitted[(a, m, s)] = (label, a, m, s), ref
+      if len(seeds) > 1:
+        ref = remote_stack.remote(plan_ref, a, m, seeds, memory, _train_stack)
+      else:
+        s = seeds[0]
+        teacher, key = None, (a, TEACHERS.get(m), s)
+        if key in submitted:
+          # Ray starts this task once its teacher's has returned (and fails
+          # it if that one failed).
+          teacher = submitted[key]
+        elif m in TEACHERS:  # finished earlier: sent from DIR
+          teacher = dict(files=_read_tree(plan.out, _rel(*key)))
+        ref = remote.remote(plan_ref, a, m, s, memory, train, teacher)
+      refs[ref] = job
+      submitted.update({(a, m, s): ref for s in seeds})
     failures = 0
     waiting = list(refs)
     try:
       while waiting:
         (ref,), waiting = ray.wait(waiting, num_returns=1)
-        label, a, m, s = refs.pop(ref)
+        labels, a, m, seeds = job = refs.pop(ref)
         try:
           got = ray.get(ref)
         except Exception as e:  # pylint: disable=broad-except
+          s = seeds[0]
           teacher = submitted.get((a, TEACHERS.get(m), s))
           why = (f'its teacher {TEACHERS[m]} seed {s} failed'
-                 if teacher is not None and _failed(ray, teacher)
+                 if teacher is not None and _teacher_failed(ray, teacher, s)
                  else _failure_line(e))
-          print(f'FAILED {label}: {why}', file=sys.stderr)
+          what = labels[0] if len(seeds) == 1 else _group_name(a, m, seeds)
+          print(f'FAILED {what}: {why}', file=sys.stderr)
           failures += 1
           continue
-        write_files(plan.out, _rel(a, m, s), got['files'])
-        print(_done_line(label, got['results'], got['seconds']))
+        if len(seeds) > 1:
+          failures += _land_stack(plan, job, got)
+          continue
+        write_files(plan.out, _rel(a, m, seeds[0]), got['files'])
+        print(_done_line(labels[0], got['results'], got['seconds']))
     except KeyboardInterrupt:
       for ref in waiting:
         ray.cancel(ref, force=True)
-      print(f'error: interrupted; {len(waiting)} runs cancelled, finished '
+      print(f'error: interrupted; {len(waiting)} tasks cancelled, finished '
             'runs are kept (rerun to resume)', file=sys.stderr)
       return None
     return failures

@@ -93,7 +93,7 @@ class Plan:
   official_data: object = None  # DataConfig of clrs_official (nar config's)
   progress: bool = True
   memory: bool = True
-  stack_seeds: bool = False  # local executor: seeds of a run in one program
+  stack_seeds: bool = False  # seeds of a run in one program (or Ray task)
 
 
 def _check_names(kind: str, names, valid) -> None:

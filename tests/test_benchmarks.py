@@ -1,9 +1,11 @@
 """dear_jax/profiling.py and baselines/memory.py (compiled train-step
-memory) and benchmarks/run.py
-(a tiny end-to-end run of its quick mode, and its goal verdicts)."""
+memory), benchmarks/run.py (a tiny end-to-end run of its quick mode, and its
+goal verdicts) and benchmarks/seed_stack.py (stacked seeds compute each
+seed's own steps)."""
 
 import json
 import os
+import statistics
 import types
 
 import jax
@@ -244,3 +246,67 @@ def test_memory_goal_is_one_third(bench, ratio, status):
   by_goal = {g['goal'].split(')')[0]: g['status']
              for g in bench.goals([], mem)[1:]}
   assert by_goal == {'DEAR (jfb': 'met', 'DEAR (ift': status}
+
+
+# --- benchmarks/seed_stack.py ---------------------------------------------------
+
+def test_seed_stack_steps_equal_single_seed_steps(cache_dir):
+  """What makes the timing meaningful: the stack of two seeds computes each
+  seed's own training (losses of single-seed stacks, same batches)."""
+  from benchmarks import seed_stack  # pylint: disable=g-import-not-at-top
+  config = tiny_config(cache_dir, 'nar')
+  bench = seed_stack.Stacks(config, 'bfs',
+                            seed_stack.same_shape_batches('bfs', config, 2))
+  both = bench.run(bench.stack([0, 1]), [0, 1], 0, 2)
+  alone = np.concatenate([bench.run(bench.stack([s]), [s], 0, 2)
+                          for s in (0, 1)], axis=1)
+  assert both.shape == alone.shape == (2, 2)
+  np.testing.assert_allclose(both, alone, rtol=1e-5)
+  assert not np.allclose(alone[:, 0], alone[:, 1])  # two different seeds
+
+
+def test_seed_stack_tiny_run_writes_consistent_results(tmp_path, monkeypatch):
+  from baselines import clrs_official  # pylint: disable=g-import-not-at-top
+  from benchmarks import seed_stack  # pylint: disable=g-import-not-at-top
+  real_build = clrs_official.build_model
+  monkeypatch.setattr(clrs_official, 'build_model',
+                      lambda *a, **k: real_build(*a, hidden_dim=8, **k))
+  # main() may set it (for BaselineModel); restored after the test.
+  monkeypatch.setenv('CUDA_VISIBLE_DEVICES',
+                     os.environ.get('CUDA_VISIBLE_DEVICES', ''))
+  argv = ['--stacks=1,2', '--steps=2', '--rounds=2', '--warmup=1',
+          '--hidden=8', '--n=5', '--batch=2']
+  assert seed_stack.main(argv + [f'--out={tmp_path}']) == 0
+  res = json.loads((tmp_path / 'seed_stack_nar_bfs.json').read_text())
+  assert res['command'] == 'python -m benchmarks.seed_stack ' + ' '.join(argv)
+  assert res['hidden'] == 8 and len(res['load_average_1min']) == 3
+  one, two = res['rows']
+  assert (one['stack'], two['stack']) == (1, 2)
+  for r in res['rows']:
+    assert len(r['seconds_per_step']) == 2
+    assert r['steps_per_second'] == pytest.approx(
+        1 / statistics.median(r['seconds_per_step']))
+    assert r['seed_steps_per_second'] == pytest.approx(
+        r['stack'] * r['steps_per_second'])
+    assert r['speedup_over_sequential'] == pytest.approx(
+        r['seed_steps_per_second'] / one['steps_per_second'])
+    assert r['seed_steps_ratio_flax_over_official'] == pytest.approx(
+        r['seed_steps_per_second'] / res['official_steps_per_second'])
+    assert r['compiled_mb']['total'] > 0
+  # Two seeds' state is twice one's: the arguments grow with K.
+  assert two['compiled_mb']['argument'] > 1.5 * one['compiled_mb']['argument']
+  # Seed 0 trained the same in both stacks.
+  assert two['warmup_losses'][0][0] == pytest.approx(one['warmup_losses'][0][0],
+                                                     rel=1e-5)
+  md = (tmp_path / 'seed_stack_nar_bfs.md').read_text()
+  assert md == seed_stack.markdown(res) and res['hardware'] in md
+
+
+@pytest.mark.parametrize('flag', ['--stacks=2,4', '--stacks=1,x', '--steps=0',
+                                  '--algorithm=nope'])
+def test_seed_stack_bad_input_is_one_line_exit_2(tmp_path, capsys, flag):
+  from benchmarks import seed_stack  # pylint: disable=g-import-not-at-top
+  assert seed_stack.main([flag, f'--out={tmp_path}']) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith('error: '), err
+  assert not os.listdir(tmp_path)

@@ -1,12 +1,15 @@
 """baselines.compare --executor=ray on a local Ray (2 CPUs, started once for
 the module): the same results as the local executor, a failing task reported
-by name while the others land, resume, teachers sent to their students, and
-the one-line input errors."""
+by name while the others land, resume, teachers sent to their students,
+--stack_seeds as one task per (algorithm, model), and the one-line input
+errors."""
 
 import importlib.util
 import json
 import os
+import types
 
+import numpy as np
 import pytest
 
 import conftest
@@ -180,6 +183,108 @@ def test_failures_named_others_land_resumed_teachers_sent(sweeps, capsys,
             _results(out, 'nar_nohint', seed)['worker'])
   for m in ('dear', 'nar'):
     assert _results(out, m) == before[m]  # finished runs untouched
+
+
+def _stack_stand_in(results, fail_after=None):
+  """A _train_stack that writes each seed's results (with the worker and the
+  seeds of its stack) and raises once past seed `fail_after` (a divergence:
+  the seeds before it finished)."""
+
+  def stacked(plan, algorithm, model, seeds):
+    for s in seeds:
+      if fail_after is not None and s > fail_after:
+        raise RuntimeError(f'seed {s}: simulated divergence')
+      run = executors.run_dir(plan.out, algorithm, model, s)
+      os.makedirs(run)
+      with open(os.path.join(run, 'results.json'), 'w') as f:
+        json.dump(dict(results[model], seed=s, model=model,
+                       worker=os.getpid(), stack=list(seeds)), f)
+
+  return stacked
+
+
+def test_stack_seeds_one_task_per_group_resumed_teachers_sent(
+    sweeps, tmp_path, capsys, monkeypatch):
+  """--stack_seeds on Ray: each stackable (algorithm, model)'s unfinished
+  seeds train as one task; seeds that finished before a divergence land, the
+  others are named; the rerun stacks only those; students get their
+  teacher's run from the stack's result."""
+  results = dict(nar_nohint=_results(sweeps[1], 'nar'),
+                 dear_align=_results(sweeps[1], 'dear'))
+  argv = [f'--out={tmp_path}', '--executor=ray', '--stack_seeds', '--seeds=3',
+          '--models=nar_nohint,dear_align'] + [
+              a for a in TINY if a not in ('--seeds=1', '--models=dear,nar')]
+  monkeypatch.setattr(executors, '_train_stack',
+                      _stack_stand_in(results, fail_after=0))
+  monkeypatch.setattr(executors, 'train_one', _stand_in(results))
+  assert compare.main(argv) == 1
+  cap = capsys.readouterr()
+  assert _lines(cap.err, 'FAILED') == [
+      'FAILED [5/6] bfs dear_align seed 1: its teacher nar_nohint seed 1 '
+      'failed',
+      'FAILED [6/6] bfs dear_align seed 2: its teacher nar_nohint seed 2 '
+      'failed',
+      'FAILED bfs nar_nohint seeds [1, 2] of [0, 1, 2]: RuntimeError: '
+      'seed 1: simulated divergence']
+  first = _results(tmp_path, 'nar_nohint')
+  assert first['stack'] == [0, 1, 2] and first['worker'] != os.getpid()
+  assert _results(tmp_path, 'dear_align')['teacher_worker'] == first['worker']
+
+  monkeypatch.setattr(executors, '_train_stack', _stack_stand_in(results))
+  assert compare.main(argv) == 0
+  out = capsys.readouterr().out
+  assert [l for l in _lines(out, '[') if l.endswith('skipped')] == [
+      '[1/6] bfs nar_nohint seed 0: done, skipped',
+      '[4/6] bfs dear_align seed 0: done, skipped']
+  assert _results(tmp_path, 'nar_nohint') == first  # untouched
+  again = [_results(tmp_path, 'nar_nohint', s) for s in (1, 2)]
+  assert [r['stack'] for r in again] == [[1, 2], [1, 2]]  # one task
+  assert again[0]['worker'] == again[1]['worker']
+  for s in (1, 2):
+    assert (_results(tmp_path, 'dear_align', s)['teacher_worker'] ==
+            again[0]['worker'])
+
+
+def test_land_stack_names_a_lost_group(tmp_path, capsys):
+  job = (['[1/2] bfs nar seed 0', '[2/2] bfs nar seed 1'], 'bfs', 'nar',
+         [0, 1])
+  plan = types.SimpleNamespace(out=str(tmp_path))
+  assert executors._land_stack(plan, job, dict(  # pylint: disable=protected-access
+      runs={}, error='RuntimeError: boom', seconds=1.0)) == 1
+  assert capsys.readouterr().err == (
+      'FAILED bfs nar seeds [0, 1]: RuntimeError: boom\n')
+  assert not os.listdir(tmp_path)
+
+
+def test_stack_seeds_real_stacked_run_on_ray(sweeps, tmp_path, cache_dir,
+                                            monkeypatch):
+  """One tiny real stack on a worker: both seeds land as full run folders,
+  seed 0 trained as the unstacked Ray run did (float tolerance)."""
+  real = executors._train_stack  # pylint: disable=protected-access
+
+  def marked(plan, algorithm, model, seeds):  # says it ran, in seed 0's folder
+    results = real(plan, algorithm, model, seeds)
+    with open(os.path.join(executors.run_dir(plan.out, algorithm, model, 0),
+                           'stacked'), 'w') as f:
+      f.write(str(seeds))
+    return results
+
+  monkeypatch.setattr(executors, '_train_stack', marked)
+  argv = [f'--out={tmp_path}', f'--cache_dir={cache_dir}', '--executor=ray',
+          '--stack_seeds', '--seeds=2', '--models=nar'] + [
+              a for a in TINY if a not in ('--seeds=1', '--models=dear,nar')]
+  assert compare.main(argv) == 0
+  for s in (0, 1):
+    run = tmp_path / 'runs' / 'bfs' / 'nar' / f's{s}'
+    assert sorted(os.listdir(run)) == ['checkpoints', 'metrics.jsonl',
+                                       'results.json'] + ['stacked'] * (s == 0)
+    assert _results(tmp_path, 'nar', s)['seed'] == s
+  assert (tmp_path / 'runs/bfs/nar/s0/stacked').read_text() == '[0, 1]'
+
+  stacked, alone = _results(tmp_path, 'nar'), _results(sweeps[1], 'nar')
+  assert np.allclose(np.array(stacked['loss_curve']),
+                     np.array(alone['loss_curve']), rtol=1e-4)
+  assert stacked['loss_curve'] != _results(tmp_path, 'nar', 1)['loss_curve']
 
 
 def test_write_files_replaces_a_partial_run(tmp_path):
