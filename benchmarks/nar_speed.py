@@ -25,12 +25,10 @@ import collections
 import contextlib
 import json
 import os
-import platform
 import statistics
 import sys
 import time
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '0')  # BaselineModel: 1 device
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -137,20 +135,6 @@ def measure(algorithm: str, n: int, batch: int, count: int, rounds: int):
       load_average_1min=load)
 
 
-def _machine() -> str:
-  import jax  # pylint: disable=g-import-not-at-top
-  cpu = platform.processor() or platform.machine()
-  try:
-    with open('/proc/cpuinfo') as f:
-      names = [l.split(':', 1)[1].strip() for l in f if l.startswith('model name')]
-    cpu = names[0] if names else cpu
-  except OSError:
-    pass
-  return (f'{platform.system()} {platform.machine()}, {cpu}, '
-          f'{os.cpu_count()} CPU cores, jax {jax.__version__}, '
-          f'devices {jax.devices()}')
-
-
 def write(rows: list, out: str, machine: str, note: str) -> None:
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, 'nar_speed.json'), 'w') as f:
@@ -211,7 +195,8 @@ def main(argv=None) -> int:
           'models alternating, medians over rounds, compile excluded, '
           'host-to-device copies included. Flops: XLA cost analysis of one '
           'train step with the step loop unrolled. ' + args.note)
-  write(rows, args.out, _machine(), note.strip())
+  from dear_jax.profiling import hardware_line  # pylint: disable=g-import-not-at-top
+  write(rows, args.out, hardware_line(), note.strip())
   return 0
 
 

@@ -24,7 +24,6 @@ import statistics
 import sys
 import time
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
