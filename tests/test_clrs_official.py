@@ -97,8 +97,13 @@ def test_results_json_schema(child):
   assert r['hint_mode'] == 'encoded_decoded'
   assert r['test_graphs'] == 8 and r['test_nodes'] == 6
   assert 0.0 <= r['test_score'] <= 1.0 and 0.0 <= r['val_score'] <= 1.0
-  assert [s for s, _ in r['loss_curve']] == [0, 1, 2]
-  assert [s for s, _ in r['val_curve']] == [0, 2]  # run.py: step 0, then every 2
+  # dear_jax.loop's schedule, as the Flax models': a loss per update, labelled
+  # with the updates done; validation before training, every 2, at the end.
+  assert [s for s, _ in r['loss_curve']] == [1, 2, 3]
+  assert [s for s, _ in r['val_curve']] == [0, 2, 3]
+  assert r['best_step'] in (0, 2, 3)
+  assert r['test_scores']['score'] == r['test_score']
+  assert r['val_scores']['score'] == r['val_score']
   assert r['val_score'] == max(v for _, v in r['val_curve'])
   assert r['train_steps_per_second'] > 0
   assert r['eval_seconds_per_graph'] > 0
