@@ -40,6 +40,13 @@ runs = [off.train_official('bfs', seed=1, train_steps=3,
                            workdir=f'{out}/run{i}', eval_every=2)
         for i in range(2)]
 
+# insertion_sort's loss depends on the keys (Gumbel noise of its permutation
+# hints): validated every step or only at the end, the same training keys.
+sort_losses = [[l for _, l in off.train_official(
+    'insertion_sort', seed=1, train_steps=3, hint_mode='encoded_decoded',
+    data_cfg=cfg, workdir=f'{out}/sort{e}', eval_every=e)['loss_curve']]
+               for e in (1, 3)]
+
 # The same training by hand, on dm-clrs's API alone (the keys and init as
 # run.py: a RandomState(seed) draws the key chain, init on the first
 # training batch with seed + 1): what the loop's adapter must reproduce.
@@ -70,7 +77,8 @@ for mode in ('encoded_decoded', 'none'):
       algorithm_index=-1, return_hints=False, return_all_outputs=False))
   counts[mode] = count_params(shapes)
 print('RESULT' + json.dumps(dict(runs=[f'{out}/run{i}' for i in range(2)],
-                                 counts=counts, by_hand=by_hand)))
+                                 counts=counts, by_hand=by_hand,
+                                 sort_losses=sort_losses)))
 '''
 
 
@@ -102,7 +110,8 @@ def child(tmp_path_factory):
   for workdir in info['runs']:
     with open(os.path.join(workdir, 'results.json')) as f:
       runs.append(json.load(f))
-  return dict(runs=runs, counts=info['counts'], by_hand=info['by_hand'])
+  return dict(runs=runs, counts=info['counts'], by_hand=info['by_hand'],
+              sort_losses=info['sort_losses'])
 
 
 def test_results_json_schema(child):
@@ -146,6 +155,13 @@ def test_losses_are_dm_clrs_own(child):
   same data, init and updates, so the same losses bit for bit (BFS's loss
   does not depend on the keys, so this does not check the key chain)."""
   assert [l for _, l in child['runs'][0]['loss_curve']] == child['by_hand']
+
+
+def test_validations_do_not_change_training_keys(child):
+  """Predictions draw from their own key chain: how often a run validates
+  does not change its training (it did in the former run.py-style loop)."""
+  every_step, at_end = child['sort_losses']
+  assert len(every_step) == 3 and every_step == at_end
 
 
 def test_num_params_bfs_n16(child):
