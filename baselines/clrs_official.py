@@ -7,14 +7,18 @@ the batches dear_jax trains and evaluates on (`dear_jax.input_pipeline`,
 `collect_and_eval` does (pooled over the whole split), and reported in the
 common results.json schema (`dear_jax.results`).
 
-Differences from run.py, all on the data side and shared with dear_jax:
-training hints are zero-padded in time to `dear_jax.batches.time_bucket` (the
-model runs T_padded - 1 steps; outputs are frozen per sample at its true
-length, so only the cost changes), and the splits are dear_jax's cached ones.
-Like run.py, validation runs after the update of steps 0, eval_every,
-2*eval_every, ... (so the last steps after the last multiple of eval_every are
-never selected), a new best needs a strictly higher validation score, and the
-test uses the best validation parameters (kept in memory, not pickled).
+It trains in `dear_jax.loop`, the loop of every model, through
+`OfficialLearner` (build, update, predict): the same validation schedule,
+best-parameter selection, loss curve, timing and scoring as the Flax models.
+
+Differences from run.py: training hints are zero-padded in time to
+`dear_jax.batches.time_bucket` (the model runs T_padded - 1 steps; outputs
+are frozen per sample at its true length, so only the cost changes), the
+splits are dear_jax's cached ones, and validation follows dear_jax.loop:
+before the first update, after every eval_every updates and after the last
+(run.py validates after updates 1, eval_every + 1, ...). A new best needs a
+strictly higher validation score; the test uses the best validation
+parameters (kept in memory, not pickled).
 
 CLI (argparse, because `import clrs` defines absl flags such as `seeds`):
 
@@ -28,15 +32,16 @@ import argparse
 import dataclasses
 import os
 import sys
-import time
 
 import jax
 import numpy as np
 
-from dear_jax import batches as batch_lib
 from dear_jax import clrs_lib
 from dear_jax import input_pipeline
+from dear_jax import loop
+from dear_jax import seeds as seeds_lib
 from dear_jax import splits
+from dear_jax import train as train_lib
 from dear_jax.model import count_params
 from dear_jax import results as results_lib
 
@@ -130,116 +135,88 @@ def _copy_params(params):
   return jax.tree_util.tree_map(np.array, params)
 
 
-def predict_split(model, evalset: splits.EvalSet, spec: dict, rng_key):
-  """Hard output predictions for a whole split, trimmed to its true size."""
-  preds = []
-  for batch in evalset.batches:
-    new_rng_key, rng_key = jax.random.split(rng_key)
-    features = clrs_lib.to_feedback(batch, spec).features
-    cur_preds, _ = model.predict(new_rng_key, features, algorithm_index=0)
-    preds.append(cur_preds)
-  n = evalset.num_samples
-  return jax.tree_util.tree_map(
-      lambda *x: np.concatenate([np.asarray(a) for a in x], axis=0)[:n],
-      *preds)
+class OfficialLearner(loop.Learner):
+  """BaselineModel for `dear_jax.loop`: a stack of one seed (its step is not
+  vmappable), no checkpoints (an interrupted run starts again).
 
+  Keys as run.py's: a RandomState(seed) draws the training key chain (each
+  update splits it) and init uses seed + 1; predictions draw from a second
+  chain, so validations do not change the training keys."""
 
-def evaluate_split(model, evalset: splits.EvalSet, spec: dict,
-                   rng_key) -> dict:
-  """`clrs.evaluate` pooled over the split, as run.py's collect_and_eval."""
-  preds = predict_split(model, evalset, spec, rng_key)
-  truth = clrs_lib.datapoints(evalset.outputs, spec)
-  evals = clrs_lib.clrs().evaluate(truth, preds)
-  return {k: float(v) for k, v in evals.items()}
+  name = model = MODEL_NAME
+
+  def __init__(self, spec: dict, hint_mode: str, seed: int, workdir: str):
+    self.spec, self.hint_mode, self.seed = spec, hint_mode, seed
+    self.workdir, self.net = workdir, None
+    rng = np.random.RandomState(seed)
+    self.train_key = jax.random.PRNGKey(rng.randint(2**32))
+    self.eval_key = jax.random.PRNGKey(rng.randint(2**32))
+
+  def start(self, runs: list, progress: bool) -> None:
+    if len(runs) != 1:
+      raise ValueError('clrs_official trains one seed at a time')
+    # Built and initialised on a validation batch (step 0 validates before
+    # any training batch is drawn); only its shapes matter.
+    feedback = clrs_lib.to_feedback(runs[0].val_set.batches[0], self.spec)
+    self.net = build_model(
+        self.spec, feedback, hint_mode=self.hint_mode,
+        checkpoint_path=os.path.join(self.workdir, 'clrs_ckpt'))
+    self.net.init(feedback.features, self.seed + 1)
+
+  def step(self, members, batches, steps):
+    feedback = clrs_lib.to_feedback(batches[0], self.spec)
+    key, self.train_key = jax.random.split(self.train_key)
+    jitted = self.net.jitted_feedback
+    cached = seeds_lib.compile_count(jitted)
+    loss = float(self.net.feedback(key, feedback, 0))
+    return np.array([loss]), {}, seeds_lib.compile_count(jitted) > cached
+
+  def state(self, j: int):
+    return _copy_params(self.net.params), None
+
+  def _predict(self, params, batch, key):
+    features = clrs_lib.to_feedback(batch, self.spec).features
+    # BaselineModel.predict's own call, with `params` for its current ones.
+    preds, _ = self.net.jitted_predict(params, key, features, 0, False, False)
+    return {k: dp.data for k, dp in preds.items()}, {}
+
+  def evaluate(self, params, evalset) -> dict:
+    key, self.eval_key = jax.random.split(self.eval_key)
+
+    def predict(p, batch):  # a key per batch, as run.py's collect_and_eval
+      nonlocal key
+      sub, key = jax.random.split(key)
+      return self._predict(p, batch, sub)
+
+    return train_lib.evaluate(None, predict, jax.device_put(params), evalset)
+
+  def warm(self, params, evalset) -> None:
+    jax.block_until_ready(self._predict(jax.device_put(params),
+                                        evalset.batches[0],
+                                        jax.random.PRNGKey(0)))
+
+  def results(self, results, run, best_params, test, test_set) -> None:
+    results.update(hint_mode=self.hint_mode,
+                   num_params=count_params(best_params),
+                   config=run.config)
 
 
 def train_official(algorithm: str, *, seed: int, train_steps: int,
                    hint_mode: str, data_cfg: input_pipeline.DataConfig,
                    workdir: str, eval_every: int = 50,
-                   verbose: bool = False) -> dict:
-  """Trains the official BaselineModel; writes and returns WORKDIR/results.json.
-
-  Timing keys, defined as dear_jax.train's: `train_seconds` is the wall time
-  of the training loop without validations (data, compiles, updates);
-  `train_steps_per_second` counts only the model updates (`model.feedback`,
-  including the host-to-device copy) of steps that did not compile, i.e.
-  steady state; `train_loop_steps_per_second` adds the on-the-fly data
-  generation of those steps. `eval_seconds_per_graph` is the wall time of one
-  test pass after a compile warm-up, divided by the number of test graphs.
-  """
+                   progress: bool = False) -> dict:
+  """Trains the official BaselineModel with `dear_jax.loop.train` (the loop,
+  validation schedule, loss curve and timing of every model); writes and
+  returns WORKDIR/results.json. `progress`: a progress bar."""
   check_args(algorithm, train_steps, hint_mode, eval_every)
   clrs = clrs_lib.clrs()
   check_single_device()
   os.makedirs(workdir, exist_ok=True)
-  log = print if verbose else (lambda *a, **k: None)
-
   spec = clrs_lib.processed_spec(algorithm)
-  valset = splits.load_split(algorithm, 'val', data_cfg, seed)
   testset = splits.load_split(algorithm, 'test', data_cfg)
-  stream = input_pipeline.TrainStream(algorithm, data_cfg, seed)
-
-  # run.py: the jax key comes from a RandomState(seed); init uses seed + 1.
-  rng = np.random.RandomState(seed)
-  rng_key = jax.random.PRNGKey(rng.randint(2**32))
-  model = build_model(spec,
-                      clrs_lib.to_feedback(valset.batches[0], spec),
-                      hint_mode=hint_mode,
-                      checkpoint_path=os.path.join(workdir, 'clrs_ckpt'))
-
-  loss_curve, val_curve = [], []
-  best_score, best_step, best_params, best_evals = -1.0, -1, None, None
-  next_eval = 0
-  steady_update_s, steady_loop_s, steady_steps, compile_steps = 0.0, 0.0, 0, 0
-  validation_seconds = 0.0
-  t_start = time.perf_counter()
-  for step in range(train_steps):
-    t0 = time.perf_counter()
-    feedback = clrs_lib.to_feedback(next(stream), spec)
-    if step == 0:
-      model.init(feedback.features, seed + 1)
-    rng_key, new_rng_key = jax.random.split(rng_key)
-    cache_before = model.jitted_feedback._cache_size()  # pylint: disable=protected-access
-    t1 = time.perf_counter()
-    loss = float(model.feedback(rng_key, feedback, 0))
-    t2 = time.perf_counter()
-    rng_key = new_rng_key
-    loss_curve.append([step, loss])
-    if step > 0 and model.jitted_feedback._cache_size() == cache_before:  # pylint: disable=protected-access
-      steady_update_s += t2 - t1
-      steady_loop_s += t2 - t0
-      steady_steps += 1
-    else:
-      compile_steps += 1
-
-    if step >= next_eval:
-      t_val = time.perf_counter()
-      new_rng_key, rng_key = jax.random.split(rng_key)
-      evals = evaluate_split(model, valset, spec, new_rng_key)
-      val_curve.append([step, evals['score']])
-      next_eval += eval_every
-      if evals['score'] > best_score or step == 0:
-        best_score, best_step, best_evals = evals['score'], step, evals
-        best_params = _copy_params(model.params)
-      log(f'step {step} loss {loss:.4f} val {evals["score"]:.4f} '
-          f'(best {best_score:.4f} at {best_step})', flush=True)
-      validation_seconds += time.perf_counter() - t_val
-  train_seconds = time.perf_counter() - t_start - validation_seconds
-
-  # Test with the best validation parameters.
-  model.params = best_params
-  new_rng_key, rng_key = jax.random.split(rng_key)
-  warm = clrs_lib.to_feedback(testset.batches[0], spec).features
-  jax.block_until_ready(model.predict(new_rng_key, warm, algorithm_index=0))
-  t0 = time.perf_counter()
-  preds = predict_split(model, testset, spec, new_rng_key)
-  test_pred_seconds = time.perf_counter() - t0
-  test_evals = clrs.evaluate(clrs_lib.datapoints(testset.outputs, spec), preds)
-  test_evals = {k: float(v) for k, v in test_evals.items()}
-
-  def rate(steps, seconds):
-    return steps / seconds if seconds > 0 else float('nan')
-
-  config = dict(
+  run = loop.Run(workdir, seed, algorithm, data_cfg, True, testset.key,
+                 checkpoints=False)
+  run.config = dict(
       RUN_PY_DEFAULTS,
       algorithm=algorithm, seed=seed, train_steps=train_steps,
       hint_mode=hint_mode,
@@ -251,39 +228,16 @@ def train_official(algorithm: str, *, seed: int, train_steps: int,
       train_sizes_used=list(input_pipeline.training_sizes(
           algorithm, data_cfg.train_sizes)),
       val_length_used=splits.validation_length(algorithm, data_cfg),
-      val_key=valset.key, test_key=testset.key,
+      val_key=run.val_set.key, test_key=testset.key,
       data_protocol_version=clrs_lib.PROTOCOL_VERSION,
       clrs_version=getattr(clrs, '__version__', 'unknown'),
       jax_version=jax.__version__,
       device=str(jax.local_devices()[0]),
-      selection='best validation score (strictly greater), run.py style',
+      selection='best validation score (strictly greater), dear_jax.loop',
   )
-  results = dict(
-      algorithm=algorithm,
-      model=MODEL_NAME,
-      seed=seed,
-      hint_mode=hint_mode,
-      train_steps=train_steps,
-      test_score=test_evals['score'],
-      test_scores=test_evals,
-      val_score=best_score,
-      val_scores=best_evals,
-      best_step=best_step,
-      test_nodes=int(batch_lib.num_nodes(testset.batches[0])),
-      test_graphs=int(testset.num_samples),
-      train_seconds=train_seconds,
-      train_steps_per_second=rate(steady_steps, steady_update_s),
-      train_loop_steps_per_second=rate(steady_steps, steady_loop_s),
-      compile_steps=compile_steps,
-      eval_seconds_per_graph=test_pred_seconds / testset.num_samples,
-      algo_steps_mean=float(np.mean(testset.lengths) - 1),
-      num_params=count_params(model.params),
-      val_curve=val_curve,
-      loss_curve=loss_curve,
-      config=config,
-  )
-  results_lib.write_results(workdir, results)
-  return results
+  learner = OfficialLearner(spec, hint_mode, seed, workdir)
+  return loop.train(learner, [run], train_steps, eval_every, testset,
+                    algorithm, progress)[0]
 
 
 def _data_config_args(parser: argparse.ArgumentParser) -> None:
@@ -353,7 +307,10 @@ def main(argv=None) -> int:
                              train_steps=args.train_steps,
                              hint_mode=args.hint_mode, data_cfg=data_cfg,
                              workdir=out, eval_every=args.eval_every,
-                             verbose=not args.quiet)
+                             progress=not args.quiet)
+  except loop.RunError as e:  # diverged or interrupted
+    print(f'{parser.prog}: error: {str(e).splitlines()[0]}', file=sys.stderr)
+    return 2
   except RuntimeError as e:
     if 'one local device' not in str(e):
       raise

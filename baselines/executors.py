@@ -45,7 +45,7 @@ def train_one(plan: Plan, algorithm: str, model: str, seed: int) -> dict:
     return clrs_official.train_official(
         algorithm, seed=seed, train_steps=plan.train_steps,
         hint_mode=MODEL_SETTINGS[model][1], data_cfg=plan.official_data,
-        workdir=workdir, eval_every=plan.eval_every)
+        workdir=workdir, eval_every=plan.eval_every, progress=plan.progress)
   from dear_jax import train  # pylint: disable=g-import-not-at-top
   config = copy.deepcopy(plan.configs[model])
   config.train.seed = seed
@@ -53,7 +53,7 @@ def train_one(plan: Plan, algorithm: str, model: str, seed: int) -> dict:
     config.dear.align_teacher = os.path.abspath(
         run_dir(plan.out, algorithm, TEACHERS[model], seed))
   return train.train_and_evaluate(config, workdir, algorithm,
-                                  progress=plan.progress)
+                                  progress=plan.progress, label=model)
 
 
 def _todo(plan: Plan) -> list:
@@ -106,7 +106,7 @@ def _train_stack(plan: Plan, algorithm: str, model: str, seeds: list) -> list:
   return train.train_seeds(
       copy.deepcopy(plan.configs[model]), seeds,
       [run_dir(plan.out, algorithm, model, s) for s in seeds], algorithm,
-      progress=plan.progress)
+      progress=plan.progress, label=model)
 
 
 def run_local(plan: Plan) -> int | None:

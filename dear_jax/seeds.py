@@ -118,6 +118,11 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 # --- the stack ---------------------------------------------------------------
 
+def compile_count(jitted) -> int:
+  """How many programs a jitted function has traced (jax's trace cache)."""
+  return jitted._cache_size()  # pylint: disable=protected-access
+
+
 class SeedStack:
   """The (params, optimiser state) of several seeds and the step that
   updates any subset of them at once.
@@ -148,7 +153,6 @@ class SeedStack:
     self._step = jax.jit(fn, **kwargs)
     if mesh is not None:
       self.tree = jax.device_put(self.tree, replicated(mesh))
-    self._seen = set()
 
   def get(self, i: int):
     """Seed i's (params, opt_state)."""
@@ -157,14 +161,15 @@ class SeedStack:
   def step(self, members: list, batches: list, steps: list):
     """Updates seeds `members` (their batches, their steps before this one).
 
-    Returns (per-member losses as numpy, aux, whether this call compiled)."""
+    Returns (per-member losses as numpy, aux, whether this call compiled:
+    the jitted step's trace cache grew, the rule clrs_official's uses too)."""
     if self.vmapped:
       batch = stack_batches(batches)
     else:
       batch = batches[0]
-    sig = (len(members), tuple(np.shape(x) for x in jax.tree.leaves(batch)))
-    compiled = sig not in self._seen
-    self._seen.add(sig)
+    fn = (self._single_step if not self.vmapped and self.mesh is None
+          else self._step)
+    cached = compile_count(fn)
     if self.mesh is not None:
       batch = jax.device_put(batch, batch_shardings(self.mesh, batch,
                                                     self.vmapped))
@@ -177,7 +182,8 @@ class SeedStack:
       else:
         out = self._step(params, opt_state, batch, self.keys[0], steps[0] + 1)
       self.tree = out[:2]
-      return np.asarray(out[2]).reshape(1), out[3], compiled
+      return (np.asarray(out[2]).reshape(1), out[3],
+              compile_count(fn) > cached)
     everyone = len(members) == self.size
     idx = jnp.asarray(members, jnp.int32)
     sub = self.tree if everyone else _gather(self.tree, idx)
@@ -186,4 +192,4 @@ class SeedStack:
         jnp.asarray(steps, jnp.int32) + 1)
     new = (new_params, new_opt)
     self.tree = new if everyone else _scatter(self.tree, idx, new)
-    return np.asarray(loss), aux, compiled
+    return np.asarray(loss), aux, compile_count(fn) > cached

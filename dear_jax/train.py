@@ -1,8 +1,9 @@
 """Training and evaluation: `train_and_evaluate(config, workdir) -> results`.
 
-Adam with global-norm clipping; validation every `eval_every` steps (and at
-step 0, as run.py); the best-by-validation parameters are tested on the
-official OOD split. Every validation writes an orbax checkpoint holding the
+The Flax models' side of `dear_jax.loop` (the one loop of every model, which
+sets the validation, loss-logging and timing rules): Adam with global-norm
+clipping, seeds stacked in one vmapped step, and `evaluate`, the scoring of
+every model. Every validation writes an orbax checkpoint holding the
 parameters, optimiser state, best parameters and the data stream's RNG
 states, so a killed run restarted on the same workdir ends exactly as an
 uninterrupted one.
@@ -13,23 +14,19 @@ from __future__ import annotations
 import copy
 import json
 import os
-import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
-import tqdm
 
-from dear_jax import batches as batch_lib
 from dear_jax import clrs_lib
 from dear_jax import input_pipeline
+from dear_jax import loop
 from dear_jax import seeds as seeds_lib
 from dear_jax import splits
-from dear_jax.checkpoints import Checkpoints as _Checkpoints
 from dear_jax.checkpoints import RunError, load_best_params  # noqa: F401  (re-exported)
 from dear_jax.model import count_params
-from dear_jax.results import summary_table, write_results
+from dear_jax.results import summary_table
 
 
 def data_config(config) -> input_pipeline.DataConfig:
@@ -88,7 +85,9 @@ def setup(config, spec: dict, sample_batch: dict, key):
 
 
 def evaluate(model, predict_fn, params, evalset) -> dict:
-  """Scores a split with `clrs.evaluate` (pooled over the whole split)."""
+  """Scores a split with `clrs.evaluate` (pooled over the whole split), for
+  every model: `predict_fn(params, batch)` -> (hard output arrays, aux).
+  'scores' holds clrs.evaluate's per-output scores too."""
   preds, stats = [], []
   for batch in evalset.batches:
     out, aux = predict_fn(params, batch)
@@ -101,7 +100,8 @@ def evaluate(model, predict_fn, params, evalset) -> dict:
   scores = clrs.evaluate(clrs_lib.datapoints(evalset.outputs, evalset.spec),
                          {dp.name: dp for dp in
                           clrs_lib.datapoints(preds, evalset.spec)})
-  result = {'score': float(scores['score'])}
+  result = {'score': float(scores['score']),
+            'scores': {k: float(v) for k, v in scores.items()}}
   if stats:
     iters = np.concatenate([s.iterations for s in stats])[:n]
     result.update(
@@ -115,10 +115,6 @@ def evaluate(model, predict_fn, params, evalset) -> dict:
             (np.concatenate([s.nonfinite for s in stats])[:n] > 0).sum()),
         iterations=iters.tolist())
   return result
-
-
-def _rate(steps: int, seconds: float) -> float:
-  return steps / seconds if seconds > 0 else float('nan')
 
 
 # Keys that change how a run executes, not what it computes: a finished
@@ -155,18 +151,19 @@ def with_seed(config, seed: int):
 
 
 def train_and_evaluate(config, workdir: str, algorithm: str,
-                       progress: bool = True, reevaluate: bool = False) -> dict:
+                       progress: bool = True, reevaluate: bool = False,
+                       label: str | None = None) -> dict:
   """Trains `config.model_kind` on `algorithm`; writes WORKDIR/results.json.
 
   A workdir with checkpoints resumes from the latest one; a finished one
   (results.json of the same steps) returns its results without work unless
   `reevaluate`."""
   return train_seeds(config, [config.train.seed], [workdir], algorithm,
-                     progress, reevaluate)[0]
+                     progress, reevaluate, label)[0]
 
 
 def train_seeds(config, seeds, workdirs, algorithm: str, progress: bool = True,
-                reevaluate: bool = False) -> list:
+                reevaluate: bool = False, label: str | None = None) -> list:
   """Trains the seeds together (one vmapped step, `dear_jax/seeds.py`), each
   into its own workdir exactly as `train_and_evaluate` would; their results.
 
@@ -179,228 +176,100 @@ def train_seeds(config, seeds, workdirs, algorithm: str, progress: bool = True,
   todo = [i for i, r in enumerate(results) if r is None]
   if todo:
     trained = _train([configs[i] for i in todo], [workdirs[i] for i in todo],
-                     algorithm, progress)
+                     algorithm, progress, label)
     for i, r in zip(todo, trained):
       results[i] = r
   return results
 
 
-class _Seed:
-  """One seed of a (stacked) run: its data, checkpoints and bookkeeping."""
-
-  def __init__(self, config, workdir, algorithm, dcfg, hints, test_key):
-    self.config, self.workdir = config, workdir
-    self.seed = int(config.train.seed)
-    self.stream = input_pipeline.train_stream(algorithm, dcfg, self.seed,
-                                              keep_hints=hints,
-                                              recorded=dcfg.recorded_stream)
-    self.val_set = splits.load_split(algorithm, 'val', dcfg, self.seed,
-                                     keep_hints=hints)
-    self.data_key = self.val_set.key + test_key
-    self.checkpoints = _Checkpoints(os.path.join(workdir, 'checkpoints'))
-    self.meta = dict(step=0, best_val=-1.0, best_step=0, val_curve=[],
-                     loss_curve=[], train_seconds=0.0, data_key=self.data_key,
-                     steady=dict(steps=0, update_seconds=0.0,
-                                 loop_seconds=0.0),
-                     compile_steps=0)
-    self.metrics_path = os.path.join(workdir, 'metrics.jsonl')
-    self.best_params, self.step, self.losses = None, 0, []
-    self.clock, self.error = 0.0, None  # training time at the last save
-
-  def restore(self, state: dict, progress: bool) -> dict:
-    start = self.checkpoints.latest_step()
-    if start is not None:
-      state, self.meta = self.checkpoints.restore(start, state)
-      if self.meta['data_key'] != self.data_key:
-        raise RunError(f'{self.workdir} holds a run with another data '
-                       'protocol; use another --workdir')
-      self.stream.set_state(state['data'])
-      if progress:
-        print(f'resuming from step {self.meta["step"]} ({self.workdir})')
-    self.best_params, self.step = state['best_params'], self.meta['step']
-    return state
-
-  def validate(self, step, params, model, predict):
-    v = evaluate(model, predict, params, self.val_set)
-    self.meta['val_curve'].append([step, v['score']])
-    if v['score'] > self.meta['best_val']:
-      self.meta.update(best_val=v['score'], best_step=step)
-      self.best_params = params
-    record = dict(step=step, val_score=v['score'],
-                  **{k: v[k] for k in v if k.startswith(('solver', 'nonconv'))})
-    with open(self.metrics_path, 'a') as f:
-      f.write(json.dumps(record) + '\n')
-
-  def save(self, params, opt_state) -> None:
-    self.meta['step'] = self.step
-    self.checkpoints.save(self.step, dict(
-        params=params, opt_state=opt_state, best_params=self.best_params,
-        data=self.stream.get_state()), self.meta)
+def model_label(config) -> str:
+  """The model as compare names it, for the progress bar."""
+  if config.model_kind == 'nar' and config.nar.hint_mode == 'none':
+    return 'nar_nohint'
+  return config.model_kind
 
 
-def _train(configs, workdirs, algorithm: str, progress: bool) -> list:
-  """The training loop of `train_seeds` (unfinished seeds only)."""
-  config = configs[0]
-  dcfg = data_config(config)
-  hints = uses_hints(config)
-  spec = clrs_lib.processed_spec(algorithm)
-  test_set = splits.load_split(algorithm, 'test', dcfg, keep_hints=hints)
-  runs = [_Seed(c, w, algorithm, dcfg, hints, test_set.key)
-          for c, w in zip(configs, workdirs)]
-  model, train_step, params, opt_state = setup(
-      config, spec, runs[0].val_set.batches[0],
-      jax.random.fold_in(jax.random.PRNGKey(runs[0].seed), 0))
-  optimizer = make_optimizer(config)
-  predict = jax.jit(model.predict)
-  steps = int(config.train.steps)
-  states = []
-  try:
+class FlaxLearner(loop.Learner):
+  """The Flax models for `dear_jax.loop`: seeds stacked in one vmapped step
+  (`seeds.SeedStack`), orbax checkpoints, resume."""
+
+  def __init__(self, config, spec: dict, label: str | None = None):
+    self.config, self.spec = config, spec
+    self.name = label or model_label(config)
+    self.model = config.model_kind
+    self.net = self.predict = self.stack = None
+
+  def start(self, runs: list, progress: bool) -> None:
+    config = self.config
+    first = runs[0]
+    net, train_step, params, opt_state = setup(
+        config, self.spec, first.val_set.batches[0],
+        jax.random.fold_in(jax.random.PRNGKey(first.seed), 0))
+    self.net, self.predict = net, jax.jit(net.predict)
+    optimizer = make_optimizer(config)
+    states = []
     for j, run in enumerate(runs):
       if j:
-        params = model.init(jax.random.fold_in(jax.random.PRNGKey(run.seed), 0),
-                            run.val_set.batches[0])
+        params = net.init(jax.random.fold_in(jax.random.PRNGKey(run.seed), 0),
+                          run.val_set.batches[0])
         opt_state = optimizer.init(params)
       state = run.restore(dict(params=params, opt_state=opt_state,
                                best_params=params, data=run.stream.get_state()),
                           progress)
       states.append((state['params'], state['opt_state']))
-      if run.step == 0 and not run.meta['val_curve']:
-        run.validate(0, state['params'], model, predict)
     mesh = None
     if config.train.get('data_parallel', False):
-      seeds_lib.check_divisible(dcfg.batch_size)
+      seeds_lib.check_divisible(config.data.batch_size)
       mesh = seeds_lib.data_mesh()
-    stack = seeds_lib.SeedStack(states, [r.seed for r in runs],
-                               make_update(model, optimizer), train_step, mesh)
-  except BaseException:
-    for run in runs:
-      run.checkpoints.close()
-    raise
-  del states, params, opt_state
-  desc = f'{config.model_kind} {algorithm}' + (
-      f' seeds {",".join(str(r.seed) for r in runs)}' if len(runs) > 1 else '')
-  bar = tqdm.tqdm(total=steps, initial=min(r.step for r in runs),
-                  disable=not progress, dynamic_ncols=True, desc=desc)
-  clock = 0.0  # training time of the loop, validations and checkpoints left out
-  try:
-    while True:
-      active = [j for j, r in enumerate(runs) if r.step < steps and not r.error]
-      if not active:
-        break
-      t_data = time.perf_counter()
-      batches = [next(runs[j].stream) for j in active]
-      t_update = time.perf_counter()
-      done, any_compiled = [], False
-      for group in seeds_lib.groups(batches):
-        members = [active[p] for p in group]
-        loss, aux, compiled = stack.step(
-            members, [batches[p] for p in group], [runs[j].step for j in members])
-        any_compiled |= compiled
-        done += [(j, float(l), compiled) for j, l in zip(members, loss)]
-      t_done = time.perf_counter()
-      clock += t_done - t_data
-      for j, loss, compiled in sorted(done):
-        run = runs[j]
-        # Steady state: steps that did not compile (the step compiles once
-        # per batch shape), so the rate compares with clrs_official's.
-        if compiled:
-          run.meta['compile_steps'] += 1
-        elif not any_compiled:
-          run.meta['steady']['steps'] += 1
-          run.meta['steady']['update_seconds'] += t_done - t_update
-          run.meta['steady']['loop_seconds'] += t_done - t_data
-        run.step += 1
-        if not np.isfinite(loss):
-          run.error = (
-              f'loss became {loss} at step {run.step}: training diverged; the '
-              f'last good checkpoint (step {run.checkpoints.latest_step()}) is '
-              'intact')
-          if len(runs) > 1:
-            run.error = f'seed {run.seed}: {run.error}'
-        else:
-          run.losses.append(loss)
-      live = [runs[j] for j in active if not runs[j].error]
-      postfix = dict(loss=f'{np.mean([r.losses[-1] for r in live]):.3f}',
-                     val=f"{np.mean([r.meta['val_curve'][-1][1] for r in live]):.3f}"
-                     ) if live else {}
-      if 'solver' in aux:
-        postfix['iters'] = f"{float(aux['solver'].iterations.mean()):.1f}"
-        postfix['nonconv'] = f"{float(1 - aux['solver'].converged.mean()):.0%}"
-      bar.set_postfix(postfix, refresh=False)
-      bar.update(1)
-      for j in active:
-        run = runs[j]
-        if not run.error and (run.step % config.train.eval_every == 0 or
-                              run.step == steps):
-          run.meta['train_seconds'] += clock - run.clock
-          run.clock = clock
-          run.meta['loss_curve'].append([run.step, float(np.mean(run.losses))])
-          run.losses = []
-          params, opt_state = stack.get(j)
-          run.validate(run.step, params, model, predict)
-          run.save(params, opt_state)
-  except KeyboardInterrupt as e:
-    if len(runs) == 1:
-      raise RunError(
-          f'interrupted at step {runs[0].step}; the checkpoint of step '
-          f'{runs[0].checkpoints.latest_step()} is intact: rerun the same '
-          'command to resume') from e
-    raise RunError(
-        f'interrupted at step {min(r.step for r in runs)}; every seed\'s last '
-        'checkpoint is intact: rerun the same command to resume') from e
-  finally:
-    bar.close()
-    for run in runs:
-      run.checkpoints.close()
-  results = [None if run.error else _results(run, model, predict, test_set,
-                                             algorithm)
-             for run in runs]
-  failed = [run.error for run in runs if run.error]
-  if failed:
-    raise RunError(failed[0] + (f' ({len(runs) - len(failed)} other seeds '
-                                'finished)' if len(runs) > 1 else ''))
-  return results
+    self.stack = seeds_lib.SeedStack(states, [r.seed for r in runs],
+                                     make_update(net, optimizer), train_step,
+                                     mesh)
+
+  def step(self, members, batches, steps):
+    return self.stack.step(members, batches, steps)
+
+  def state(self, j: int):
+    return self.stack.get(j)
+
+  def evaluate(self, params, evalset) -> dict:
+    return evaluate(self.net, self.predict, params, evalset)
+
+  def warm(self, params, evalset) -> None:
+    self.predict(params, evalset.batches[0])
+
+  def results(self, results, run, best_params, test, test_set) -> None:
+    config = run.config
+    results.update(num_params=count_params(best_params),
+                   config=config.to_dict())
+    if config.model_kind == 'nar':
+      results['hint_mode'] = config.nar.hint_mode
+    for k, v in test.items():
+      if k not in ('score', 'scores'):
+        results[k if k != 'iterations' else 'solver_iterations'] = v
+    if 'iterations' in test:
+      results['test_algo_steps'] = (test_set.lengths - 1).tolist()
+    if config.model_kind == 'dear' and config.dear.diagnostics:
+      from dear_jax import diagnostics  # pylint: disable=g-import-not-at-top
+      results.update(diagnostics.fixed_point_check(
+          self.net, best_params, test_set, ref_tol=config.dear.check_tol,
+          ref_cap=config.dear.check_max_iter))
+      results.update(diagnostics.score_by_tol(self.net, best_params, test_set,
+                                              evaluate, operating=test))
 
 
-def _results(run, model, predict, test_set, algorithm: str) -> dict:
-  """Scores `run`'s best parameters on the test split; writes results.json."""
-  config, meta, best_params = run.config, run.meta, run.best_params
-  predict(best_params, test_set.batches[0])  # compile outside the timing
-  t_eval = time.time()
-  test = evaluate(model, predict, best_params, test_set)
-  eval_seconds = time.time() - t_eval
-  results = dict(
-      algorithm=algorithm, model=config.model_kind, seed=run.seed,
-      train_steps=int(config.train.steps), test_score=test['score'],
-      val_score=meta['best_val'],
-      best_step=meta['best_step'], test_nodes=batch_lib.num_nodes(
-          test_set.batches[0]), test_graphs=test_set.num_samples,
-      train_seconds=meta['train_seconds'],
-      train_steps_per_second=_rate(meta['steady']['steps'],
-                                   meta['steady']['update_seconds']),
-      train_loop_steps_per_second=_rate(meta['steady']['steps'],
-                                        meta['steady']['loop_seconds']),
-      compile_steps=meta['compile_steps'],
-      eval_seconds_per_graph=eval_seconds / test_set.num_samples,
-      algo_steps_mean=float(np.mean(test_set.lengths) - 1),
-      num_params=count_params(best_params), val_curve=meta['val_curve'],
-      loss_curve=meta['loss_curve'], config=config.to_dict())
-  if config.model_kind == 'nar':
-    results['hint_mode'] = config.nar.hint_mode
-  for k, v in test.items():
-    if k != 'score':
-      results[k if k != 'iterations' else 'solver_iterations'] = v
-  if 'iterations' in test:
-    results['test_algo_steps'] = (test_set.lengths - 1).tolist()
-  if config.model_kind == 'dear' and config.dear.diagnostics:
-    from dear_jax import diagnostics  # pylint: disable=g-import-not-at-top
-    results.update(diagnostics.fixed_point_check(
-        model, best_params, test_set, ref_tol=config.dear.check_tol,
-        ref_cap=config.dear.check_max_iter))
-    results.update(diagnostics.score_by_tol(model, best_params, test_set,
-                                            evaluate, operating=test))
-  write_results(run.workdir, results)
-  return results
+def _train(configs, workdirs, algorithm: str, progress: bool,
+           label: str | None = None) -> list:
+  """`loop.train` with a FlaxLearner on the unfinished seeds."""
+  config = configs[0]
+  dcfg = data_config(config)
+  hints = uses_hints(config)
+  test_set = splits.load_split(algorithm, 'test', dcfg, keep_hints=hints)
+  runs = [loop.Run(w, c.train.seed, algorithm, dcfg, hints, test_set.key,
+                   config=c) for c, w in zip(configs, workdirs)]
+  learner = FlaxLearner(config, clrs_lib.processed_spec(algorithm), label)
+  return loop.train(learner, runs, int(config.train.steps),
+                    int(config.train.eval_every), test_set, algorithm,
+                    progress)
 
 
 __all__ = ['train_and_evaluate', 'train_seeds', 'evaluate', 'RunError',

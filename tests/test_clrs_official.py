@@ -24,6 +24,7 @@ PUBLISHED_BFS_PARAMS = 523963  # EvoPrompting Table 1; clrs.md section 7.5.
 _CHILD = r'''
 import functools, json, sys
 import jax
+import numpy as np
 from dear_jax import batches as batch_lib
 from dear_jax import clrs_lib
 from dear_jax import input_pipeline
@@ -39,6 +40,29 @@ runs = [off.train_official('bfs', seed=1, train_steps=3,
                            workdir=f'{out}/run{i}', eval_every=2)
         for i in range(2)]
 
+# insertion_sort's loss depends on the keys (Gumbel noise of its permutation
+# hints): validated every step or only at the end, the same training keys.
+sort_losses = [[l for _, l in off.train_official(
+    'insertion_sort', seed=1, train_steps=3, hint_mode='encoded_decoded',
+    data_cfg=cfg, workdir=f'{out}/sort{e}', eval_every=e)['loss_curve']]
+               for e in (1, 3)]
+
+# The same training by hand, on dm-clrs's API alone (the keys and init as
+# run.py: a RandomState(seed) draws the key chain, init on the first
+# training batch with seed + 1): what the loop's adapter must reproduce.
+spec = clrs_lib.processed_spec('bfs')
+stream = input_pipeline.TrainStream('bfs', cfg, 1)
+rng = np.random.RandomState(1)
+key = jax.random.PRNGKey(rng.randint(2**32))
+by_hand = []
+for step in range(3):
+  feedback = clrs_lib.to_feedback(next(stream), spec)
+  if step == 0:
+    model = off.build_model(spec, feedback, checkpoint_path=f'{out}/ckpt')
+    model.init(feedback.features, 1 + 1)
+  sub, key = jax.random.split(key)
+  by_hand.append(float(model.feedback(sub, feedback, 0)))
+
 # Parameter count of the run.py-default model built on a real BFS batch at
 # n=16 (shapes only: jax.eval_shape of the model's own haiku init).
 spec = clrs_lib.processed_spec('bfs')
@@ -53,7 +77,8 @@ for mode in ('encoded_decoded', 'none'):
       algorithm_index=-1, return_hints=False, return_all_outputs=False))
   counts[mode] = count_params(shapes)
 print('RESULT' + json.dumps(dict(runs=[f'{out}/run{i}' for i in range(2)],
-                                 counts=counts)))
+                                 counts=counts, by_hand=by_hand,
+                                 sort_losses=sort_losses)))
 '''
 
 
@@ -85,7 +110,8 @@ def child(tmp_path_factory):
   for workdir in info['runs']:
     with open(os.path.join(workdir, 'results.json')) as f:
       runs.append(json.load(f))
-  return dict(runs=runs, counts=info['counts'])
+  return dict(runs=runs, counts=info['counts'], by_hand=info['by_hand'],
+              sort_losses=info['sort_losses'])
 
 
 def test_results_json_schema(child):
@@ -97,8 +123,13 @@ def test_results_json_schema(child):
   assert r['hint_mode'] == 'encoded_decoded'
   assert r['test_graphs'] == 8 and r['test_nodes'] == 6
   assert 0.0 <= r['test_score'] <= 1.0 and 0.0 <= r['val_score'] <= 1.0
-  assert [s for s, _ in r['loss_curve']] == [0, 1, 2]
-  assert [s for s, _ in r['val_curve']] == [0, 2]  # run.py: step 0, then every 2
+  # dear_jax.loop's schedule, as the Flax models': a loss per update, labelled
+  # with the updates done; validation before training, every 2, at the end.
+  assert [s for s, _ in r['loss_curve']] == [1, 2, 3]
+  assert [s for s, _ in r['val_curve']] == [0, 2, 3]
+  assert r['best_step'] in (0, 2, 3)
+  assert r['test_scores']['score'] == r['test_score']
+  assert r['val_scores']['score'] == r['val_score']
   assert r['val_score'] == max(v for _, v in r['val_curve'])
   assert r['train_steps_per_second'] > 0
   assert r['eval_seconds_per_graph'] > 0
@@ -117,6 +148,20 @@ def test_same_seed_is_deterministic(child):
   assert a['test_score'] == b['test_score']
   assert a['loss_curve'] == b['loss_curve']
   assert a['val_curve'] == b['val_curve']
+
+
+def test_losses_are_dm_clrs_own(child):
+  """The loop's adapter trains exactly as BaselineModel driven by hand: the
+  same data, init and updates, so the same losses bit for bit (BFS's loss
+  does not depend on the keys, so this does not check the key chain)."""
+  assert [l for _, l in child['runs'][0]['loss_curve']] == child['by_hand']
+
+
+def test_validations_do_not_change_training_keys(child):
+  """Predictions draw from their own key chain: how often a run validates
+  does not change its training (it did in the former run.py-style loop)."""
+  every_step, at_end = child['sort_losses']
+  assert len(every_step) == 3 and every_step == at_end
 
 
 def test_num_params_bfs_n16(child):

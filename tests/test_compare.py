@@ -15,9 +15,11 @@ import matplotlib.figure
 import matplotlib.image
 import numpy as np
 import pytest
+import tqdm
 
 from baselines import compare, protocol, report
 from conftest import tiny_config
+from dear_jax import loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = ('dear', 'nar', 'clrs_official')
@@ -83,12 +85,35 @@ def _figure_data(fig, dpi):
   return dict(axes=axes, pixels=(round(h * dpi), round(w * dpi)))
 
 
+# What `finished`'s runs did inside dear_jax.loop: its calls (learner class,
+# learner name, seeds) and every progress bar's desc and postfixes.
+LOOP = dict(calls=[], bars=[])
+
+
+class _RecordingBar(tqdm.tqdm):
+
+  def __init__(self, *args, **kwargs):
+    super().__init__(*args, **kwargs)
+    self.seen = dict(desc=kwargs.get('desc'), postfixes=[])
+    LOOP['bars'].append(self.seen)
+
+  def set_postfix(self, ordered_dict=None, refresh=True, **kwargs):
+    self.seen['postfixes'].append(dict(ordered_dict or {}, **kwargs))
+    return super().set_postfix(ordered_dict, refresh, **kwargs)
+
+
 @pytest.fixture(scope='module')
 def finished(tmp_path_factory, cache_dir):
   out = tmp_path_factory.mktemp('compare')
   argv = [f'--out={out}', f'--cache_dir={cache_dir}'] + TINY
   figures = {}
   real_savefig = matplotlib.figure.Figure.savefig
+  real_train = loop.train
+
+  def spy_train(learner, runs, *args, **kwargs):
+    LOOP['calls'].append((type(learner).__name__, learner.name,
+                          [r.seed for r in runs]))
+    return real_train(learner, runs, *args, **kwargs)
 
   def recording_savefig(fig, path, *args, **kwargs):
     figures[os.path.basename(str(path))] = _figure_data(
@@ -98,6 +123,8 @@ def finished(tmp_path_factory, cache_dir):
   with pytest.MonkeyPatch.context() as mp:
     _guard_environ(mp)
     mp.setattr(matplotlib.figure.Figure, 'savefig', recording_savefig)
+    mp.setattr(loop, 'train', spy_train)
+    mp.setattr(loop, 'tqdm', type('tqdm', (), {'tqdm': _RecordingBar}))
     assert compare.main(argv) == 0
   return out, argv, figures
 
@@ -126,6 +153,23 @@ def test_outputs(finished):
   # The runs used the tiny protocol (the overrides reached every model).
   assert _results(out, 'nar')['config']['model']['hidden'] == 16
   assert _results(out, 'dear')['test_graphs'] == 4
+
+
+def test_every_model_trains_in_the_one_loop(finished):
+  """Flax and official models: the same loop function, the same loss and
+  validation cadence, a progress bar named after the model showing the best
+  validation score."""
+  out, _, _ = finished
+  assert sorted(LOOP['calls']) == sorted([
+      ('FlaxLearner', 'dear', [0]), ('FlaxLearner', 'nar', [0]),
+      ('OfficialLearner', 'clrs_official', [0])])
+  for m in MODELS:
+    r = _results(out, m)
+    assert [s for s, _ in r['loss_curve']] == [1]  # --train_steps=1
+    assert [s for s, _ in r['val_curve']] == [0, 1]  # --eval_every=1
+    assert r['val_score'] == max(v for _, v in r['val_curve'])
+    (bar,) = [b for b in LOOP['bars'] if b['desc'] == f'{m} bfs']
+    assert bar['postfixes'][-1]['best'] == f"{r['val_score']:.3f}"
 
 
 PLOTS = ('scores', 'iterations_vs_steps', 'convergence', 'training_curves')

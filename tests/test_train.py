@@ -95,6 +95,27 @@ def test_resume_after_interruption_matches_uninterrupted_run(
   assert resumed['test_score'] == want['test_score']
 
 
+@pytest.mark.parametrize('kind', ['nar', 'dear'])
+def test_loss_and_validation_cadence(finished_run, kind):
+  """dear_jax.loop's rule (clrs_official's too, tests/test_clrs_official.py):
+  a loss per update, labelled with the updates done; validation before
+  training, every eval_every (2) updates and after the last."""
+  r = finished_run(kind).results
+  assert [s for s, _ in r['loss_curve']] == [1, 2, 3, 4, 5, 6]
+  assert all(np.isfinite(l) for _, l in r['loss_curve'])
+  assert [s for s, _ in r['val_curve']] == [0, 2, 4, 6]
+  assert r['test_scores']['score'] == r['test_score']
+  assert r['val_scores']['score'] == r['val_score']
+
+
+def test_progress_label_names_the_model(cache_dir):
+  config = tiny_config(cache_dir, 'nar')
+  assert train.model_label(config) == 'nar'
+  config.nar.hint_mode = 'none'
+  assert train.model_label(config) == 'nar_nohint'
+  assert train.model_label(tiny_config(cache_dir, 'dear')) == 'dear'
+
+
 def test_compile_steps_counts_train_step_traces(finished_run):
   """results.json's compile_steps against the number of times the jitted
   train step actually traced the loss (an observer outside the counting)."""
