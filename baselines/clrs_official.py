@@ -96,7 +96,7 @@ def check_single_device() -> None:
 
 
 def build_model(spec: dict, dummy_feedback, *,
-                hint_mode: str = 'encoded_decoded', checkpoint_path: str = '',
+                hint_mode: str = 'encoded_decoded', checkpoint_path: str | None = None,
                 **overrides):
   """A `clrs.models.BaselineModel` with run.py's defaults (not yet init'ed)."""
   clrs = clrs_lib.clrs()
@@ -116,7 +116,8 @@ def build_model(spec: dict, dummy_feedback, *,
       use_lstm=cfg['use_lstm'],
       learning_rate=cfg['learning_rate'],
       grad_clip_max_norm=cfg['grad_clip_max_norm'],
-      checkpoint_path=checkpoint_path or os.path.join(os.getcwd(), 'clrs_ckpt'),
+      checkpoint_path=(os.path.join(os.getcwd(), 'clrs_ckpt')
+                       if checkpoint_path is None else checkpoint_path),
       freeze_processor=cfg['freeze_processor'],
       dropout_prob=cfg['dropout_prob'],
       hint_teacher_forcing=cfg['hint_teacher_forcing'],

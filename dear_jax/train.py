@@ -33,10 +33,24 @@ from dear_jax.results import summary_table, write_results
 
 
 def data_config(config) -> input_pipeline.DataConfig:
-  d = config.data.to_dict()
-  d['val_num_samples'] = d['val_num_samples'] or None
-  d['test_num_samples'] = d['test_num_samples'] or None
-  return input_pipeline.DataConfig.from_dict(d)
+  return input_pipeline.DataConfig.from_dict(config.data.to_dict())
+
+
+# What these keys held for "absent" before they took None: configs stored by
+# earlier versions (results.json, protocol.json) read as today's.
+_OLD_ABSENT = {('data', 'val_num_samples'): 0, ('data', 'test_num_samples'): 0,
+               ('dear', 'align_teacher'): ''}
+
+
+def upgrade_stored_config(d: dict) -> dict:
+  """A stored config dict with the old sentinels above read as None."""
+  d = copy.deepcopy(d)
+  for (section, key), old in _OLD_ABSENT.items():
+    part = d.get(section)
+    if isinstance(part, dict) and key in part and part[key] == old and (
+        type(part[key]) is type(old)):
+      part[key] = None
+  return d
 
 
 def build_model(config, spec: dict, sample_batch: dict):
@@ -127,7 +141,8 @@ EXECUTION_KEYS = ('data_parallel',)
 
 
 def _comparable(config_dict: dict) -> dict:
-  d = json.loads(json.dumps(config_dict, sort_keys=True, default=float))
+  d = upgrade_stored_config(
+      json.loads(json.dumps(config_dict, sort_keys=True, default=float)))
   for k in EXECUTION_KEYS:
     d.get('train', {}).pop(k, None)
   return d

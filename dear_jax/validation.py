@@ -25,6 +25,11 @@ def check_config(config) -> None:
     _positive(f'train.{name}', config.train[name])
   for name in ('batch_size', 'eval_batch_size', 'val_length', 'test_length'):
     _positive(f'data.{name}', config.data[name])
+  for name in ('val_num_samples', 'test_num_samples'):
+    value = config.data[name]
+    if value is not None and not value > 0:
+      raise ValueError(f'data.{name} must be positive, or None for the '
+                       f'official count, got {value}')
   if not config.data.train_sizes or min(config.data.train_sizes) < 2:
     raise ValueError('data.train_sizes must be graph sizes >= 2, got '
                      f'{config.data.train_sizes}')
