@@ -36,14 +36,13 @@ import numpy as np
 from dear_jax import batches as batch_lib
 from dear_jax import clrs_lib
 from dear_jax import input_pipeline
+from dear_jax import nar
+from dear_jax import sections
 from dear_jax import splits
 from dear_jax.model import count_params
 from dear_jax import results as results_lib
 
 MODEL_NAME = 'clrs_official'
-
-# hint_mode -> (encode_hints, decode_hints), as in run.py's main().
-HINT_MODES = {'encoded_decoded': (True, True), 'none': (False, False)}
 
 # Every clrs/examples/run.py default that reaches the model (batch size and the
 # data protocol come from the DataConfig).
@@ -66,15 +65,9 @@ RUN_PY_DEFAULTS = dict(
 
 
 def _check_settings(train_steps: int, hint_mode: str, eval_every: int) -> None:
-  if not isinstance(train_steps, int) or train_steps <= 0:
-    raise ValueError(f'train_steps must be a positive integer, '
-                     f'got {train_steps!r}')
-  if hint_mode not in HINT_MODES:
-    raise ValueError(f'unknown hint_mode {hint_mode!r}; valid: '
-                     f'{", ".join(HINT_MODES)}')
-  if not isinstance(eval_every, int) or eval_every <= 0:
-    raise ValueError(f'eval_every must be a positive integer, '
-                     f'got {eval_every!r}')
+  sections.int_at_least('train_steps', train_steps, 1)
+  nar.hint_flags(hint_mode, 'hint_mode')
+  sections.int_at_least('eval_every', eval_every, 1)
 
 
 def check_args(algorithm: str, train_steps: int, hint_mode: str,
@@ -101,7 +94,7 @@ def build_model(spec: dict, dummy_feedback, *,
   """A `clrs.models.BaselineModel` with run.py's defaults (not yet init'ed)."""
   clrs = clrs_lib.clrs()
   cfg = dict(RUN_PY_DEFAULTS, **overrides)
-  encode_hints, decode_hints = HINT_MODES[hint_mode]
+  encode_hints, decode_hints = nar.hint_flags(hint_mode, 'hint_mode')
   processor_factory = clrs.get_processor_factory(
       cfg['processor_type'], use_ln=cfg['use_ln'],
       nb_triplet_fts=cfg['nb_triplet_fts'], nb_heads=cfg['nb_heads'])
@@ -244,8 +237,8 @@ def train_official(algorithm: str, *, seed: int, train_steps: int,
       RUN_PY_DEFAULTS,
       algorithm=algorithm, seed=seed, train_steps=train_steps,
       hint_mode=hint_mode,
-      encode_hints=HINT_MODES[hint_mode][0],
-      decode_hints=HINT_MODES[hint_mode][1],
+      encode_hints=nar.hint_flags(hint_mode)[0],
+      decode_hints=nar.hint_flags(hint_mode)[1],
       eval_every=eval_every, batch_size=data_cfg.batch_size,
       init_seed=seed + 1,
       data=dataclasses.asdict(data_cfg),
@@ -312,7 +305,7 @@ def _data_config(args) -> input_pipeline.DataConfig:
     except ValueError:
       raise ValueError(f'--{field.name}: bad value {raw!r}') from None
     cfg[field.name] = value
-  return input_pipeline.DataConfig(**cfg)
+  return input_pipeline.DataConfig.from_section(cfg, prefix='--')
 
 
 class _OneLineParser(argparse.ArgumentParser):

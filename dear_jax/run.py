@@ -14,14 +14,15 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
+from dear_jax import MODEL_KINDS
+
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODELS = ('dear', 'nar')
 
 
 def _define_flags(fv: flags.FlagValues, argv):
   flags.DEFINE_string('algorithm', 'bfs', 'CLRS-30 algorithm name.',
                       flag_values=fv)
-  flags.DEFINE_enum('model', None, MODELS, 'dear (default) or nar; '
+  flags.DEFINE_enum('model', None, MODEL_KINDS, 'dear (default) or nar; '
                     'overrides config.model_kind.', flag_values=fv)
   flags.DEFINE_integer('train_steps', None, 'Overrides config.train.steps.',
                        flag_values=fv)

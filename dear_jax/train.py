@@ -21,9 +21,12 @@ import numpy as np
 import optax
 import tqdm
 
+import dataclasses
+
 from dear_jax import batches as batch_lib
 from dear_jax import clrs_lib
 from dear_jax import input_pipeline
+from dear_jax import sections
 from dear_jax import seeds as seeds_lib
 from dear_jax import splits
 from dear_jax.checkpoints import Checkpoints as _Checkpoints
@@ -32,8 +35,25 @@ from dear_jax.model import count_params
 from dear_jax.results import summary_table, write_results
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(sections.Section):
+  """The `train` section, checked."""
+  PREFIX = 'train.'
+  steps: int = 500
+  learning_rate: float = 1e-3
+  grad_clip: float = 1.0
+  eval_every: int = 50
+  seed: int = 0
+  data_parallel: bool = False  # batches split over the local devices
+
+  @classmethod
+  def check(cls, v, prefix: str) -> None:
+    for name in ('steps', 'eval_every', 'learning_rate', 'grad_clip'):
+      sections.positive(prefix + name, getattr(v, name))
+
+
 def data_config(config) -> input_pipeline.DataConfig:
-  return input_pipeline.DataConfig.from_dict(config.data.to_dict())
+  return input_pipeline.DataConfig.from_section(config.data)
 
 
 # What these keys held for "absent" before they took None: configs stored by
@@ -54,11 +74,16 @@ def upgrade_stored_config(d: dict) -> dict:
 
 
 def build_model(config, spec: dict, sample_batch: dict):
+  """The config's model_kind, given its typed sections."""
+  from dear_jax.model import ModelConfig  # pylint: disable=g-import-not-at-top
+  model_cfg = ModelConfig.from_section(config.model)
   if config.model_kind == 'nar':
-    from dear_jax.nar import StepwiseNAR  # pylint: disable=g-import-not-at-top
-    return StepwiseNAR(spec, sample_batch, config.model, config.nar.hint_mode)
-  from dear_jax.dear import EquilibriumReasoner  # pylint: disable=g-import-not-at-top
-  return EquilibriumReasoner(spec, sample_batch, config.model, config.dear)
+    from dear_jax.nar import NarConfig, StepwiseNAR  # pylint: disable=g-import-not-at-top
+    return StepwiseNAR(spec, sample_batch, model_cfg,
+                       NarConfig.from_section(config.nar).hint_mode)
+  from dear_jax.dear import DearConfig, EquilibriumReasoner  # pylint: disable=g-import-not-at-top
+  return EquilibriumReasoner(spec, sample_batch, model_cfg,
+                             DearConfig.from_section(config.dear))
 
 
 def uses_hints(config) -> bool:

@@ -88,7 +88,7 @@ def tiny_data_config(cache_dir, **overrides) -> input_pipeline.DataConfig:
   """tiny_config's data section as a DataConfig, with `overrides`."""
   kw = tiny_config(cache_dir).data.to_dict()
   kw.update(overrides)
-  return input_pipeline.DataConfig.from_dict(kw)
+  return input_pipeline.DataConfig.from_section(kw)
 
 
 def model_config(hidden=16, processor='triplet_gmpnn', nb_triplet_fts=8,
