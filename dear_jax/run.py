@@ -56,7 +56,7 @@ def _fail(message: str) -> None:
 
 def resolve_config(fv):
   """The config with command-line overrides applied, validated."""
-  from dear_jax import validation  # pylint: disable=g-import-not-at-top
+  from dear_jax import nar, validation  # pylint: disable=g-import-not-at-top
   config = fv.config
   with config.unlocked():
     if fv.model is not None:
@@ -69,6 +69,7 @@ def resolve_config(fv):
       if config.model_kind != 'nar':
         raise ValueError('--hint_mode applies to --model=nar only (DEAR '
                          'uses no hints)')
+      nar.hint_flags(fv.hint_mode, '--hint_mode')  # named as typed
       config.nar.hint_mode = fv.hint_mode
   validation.check_config(config)
   return config

@@ -14,7 +14,6 @@ os.environ['JAX_PLATFORMS'] = 'cpu'
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 import jax  # noqa: E402
-import ml_collections  # noqa: E402
 import pytest  # noqa: E402
 
 from dear_jax import clrs_lib  # noqa: E402
@@ -92,11 +91,11 @@ def tiny_data_config(cache_dir, **overrides) -> input_pipeline.DataConfig:
 
 
 def model_config(hidden=16, processor='triplet_gmpnn', nb_triplet_fts=8,
-                 encoder_init='xavier_on_scalars') -> ml_collections.ConfigDict:
-  """The `model` config section StepwiseNAR/Reasoner read."""
-  return ml_collections.ConfigDict(dict(
-      hidden=hidden, processor=processor, nb_triplet_fts=nb_triplet_fts,
-      encoder_init=encoder_init))
+                 encoder_init='xavier_on_scalars'):
+  """The typed `model` section StepwiseNAR/Reasoner read."""
+  from dear_jax.model import ModelConfig  # pylint: disable=g-import-not-at-top
+  return ModelConfig(hidden=hidden, processor=processor,
+                     nb_triplet_fts=nb_triplet_fts, encoder_init=encoder_init)
 
 
 @pytest.fixture(scope='session')

@@ -40,11 +40,13 @@ from dear_jax.nar import NarConfig, StepwiseNAR
      'got 0'),
     ('--config.train.learning_rate=0.0',
      'train.learning_rate must be positive, got 0.0'),
+    ('--model=nar --hint_mode=all', '--hint_mode must be one of '
+     "encoded_decoded, decoded_only, none, got 'all'"),
 ])
 def test_bad_value_of_each_section_is_one_line_naming_the_key(
     capsys, flag, message):
   with pytest.raises(SystemExit) as e:
-    run.main(['run', '--algorithm=bfs', flag])
+    run.main(['run', '--algorithm=bfs', *flag.split()])
   assert e.value.code == 2
   assert capsys.readouterr().err == f'error: {message}\n'
 
