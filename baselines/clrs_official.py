@@ -64,10 +64,12 @@ RUN_PY_DEFAULTS = dict(
 )
 
 
-def _check_settings(train_steps: int, hint_mode: str, eval_every: int) -> None:
-  sections.int_at_least('train_steps', train_steps, 1)
-  nar.hint_flags(hint_mode, 'hint_mode')
-  sections.int_at_least('eval_every', eval_every, 1)
+def _check_settings(train_steps: int, hint_mode: str, eval_every: int,
+                    prefix: str = '') -> None:
+  """prefix: '--' where the values came from the command line."""
+  sections.int_at_least(f'{prefix}train_steps', train_steps, 1)
+  nar.hint_flags(hint_mode, f'{prefix}hint_mode')
+  sections.int_at_least(f'{prefix}eval_every', eval_every, 1)
 
 
 def check_args(algorithm: str, train_steps: int, hint_mode: str,
@@ -325,7 +327,8 @@ def main(argv=None) -> int:
   parser.add_argument('--algorithm', required=True)
   parser.add_argument('--train_steps', type=int, default=10000)
   parser.add_argument('--seed', type=int, default=42)
-  parser.add_argument('--hint_mode', default='encoded_decoded')
+  parser.add_argument('--hint_mode', default='encoded_decoded',
+                      help=', '.join(nar.HINT_MODES) + ' (as run.py)')
   parser.add_argument('--eval_every', type=int, default=50)
   parser.add_argument('--out', default=None,
                       help='workdir (default runs/clrs_official/'
@@ -334,7 +337,7 @@ def main(argv=None) -> int:
   _data_config_args(parser)
   args = parser.parse_args(argv)
   try:
-    _check_settings(args.train_steps, args.hint_mode, args.eval_every)
+    _check_settings(args.train_steps, args.hint_mode, args.eval_every, '--')
     data_cfg = _data_config(args)
     clrs_lib.check_algorithm(args.algorithm)
   except (ValueError, TypeError) as e:

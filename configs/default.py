@@ -3,6 +3,9 @@
 Model-independent sections (data, model, train) plus one section per model:
 `nar` (stepwise CLRS baseline) and `dear` (equilibrium solver settings).
 Override any key with --config.SECTION.KEY=VALUE; unknown keys are rejected.
+Each section is read through a typed dataclass that checks it (DataConfig in
+dear_jax/input_pipeline.py, ModelConfig in model.py, NarConfig in nar.py,
+DearConfig in dear.py with solver.py's SolverConfig, TrainConfig in train.py).
 """
 
 import ml_collections
