@@ -52,8 +52,16 @@ class TrainConfig(sections.Section):
       sections.positive(prefix + name, getattr(v, name))
 
 
+def typed(config):
+  """config (a ConfigDict or validation.RunConfig) as a RunConfig."""
+  from dear_jax import validation  # pylint: disable=g-import-not-at-top
+  if isinstance(config, validation.RunConfig):
+    return config
+  return validation.typed(config)
+
+
 def data_config(config) -> input_pipeline.DataConfig:
-  return input_pipeline.DataConfig.from_section(config.data)
+  return input_pipeline.DataConfig.coerce(config.data)
 
 
 # What these keys held for "absent" before they took None: configs stored by
@@ -74,16 +82,13 @@ def upgrade_stored_config(d: dict) -> dict:
 
 
 def build_model(config, spec: dict, sample_batch: dict):
-  """The config's model_kind, given its typed sections."""
-  from dear_jax.model import ModelConfig  # pylint: disable=g-import-not-at-top
-  model_cfg = ModelConfig.from_section(config.model)
-  if config.model_kind == 'nar':
-    from dear_jax.nar import NarConfig, StepwiseNAR  # pylint: disable=g-import-not-at-top
-    return StepwiseNAR(spec, sample_batch, model_cfg,
-                       NarConfig.from_section(config.nar).hint_mode)
-  from dear_jax.dear import DearConfig, EquilibriumReasoner  # pylint: disable=g-import-not-at-top
-  return EquilibriumReasoner(spec, sample_batch, model_cfg,
-                             DearConfig.from_section(config.dear))
+  """The config's model_kind, given its typed sections (`typed`)."""
+  run = typed(config)
+  if run.model_kind == 'nar':
+    from dear_jax.nar import StepwiseNAR  # pylint: disable=g-import-not-at-top
+    return StepwiseNAR(spec, sample_batch, run.model, run.nar.hint_mode)
+  from dear_jax.dear import EquilibriumReasoner  # pylint: disable=g-import-not-at-top
+  return EquilibriumReasoner(spec, sample_batch, run.model, run.dear)
 
 
 def uses_hints(config) -> bool:
@@ -213,6 +218,8 @@ def train_seeds(config, seeds, workdirs, algorithm: str, progress: bool = True,
   Finished workdirs are answered from results.json and left out of the stack.
   A seed whose loss diverges leaves the stack; the others finish, then the
   divergence is raised."""
+  from dear_jax import validation  # pylint: disable=g-import-not-at-top
+  validation.check_config(config)  # what the CLI checks, for every caller
   configs = [with_seed(config, s) for s in seeds]
   results = [_finished(c, w, reevaluate, progress)
              for c, w in zip(configs, workdirs)]
@@ -280,8 +287,8 @@ class _Seed:
 
 def _train(configs, workdirs, algorithm: str, progress: bool) -> list:
   """The training loop of `train_seeds` (unfinished seeds only)."""
-  config = configs[0]
-  dcfg = data_config(config)
+  config = typed(configs[0])  # the seeds differ in train.seed only
+  dcfg = config.data
   hints = uses_hints(config)
   spec = clrs_lib.processed_spec(algorithm)
   test_set = splits.load_split(algorithm, 'test', dcfg, keep_hints=hints)
@@ -307,7 +314,7 @@ def _train(configs, workdirs, algorithm: str, progress: bool) -> list:
       if run.step == 0 and not run.meta['val_curve']:
         run.validate(0, state['params'], model, predict)
     mesh = None
-    if config.train.get('data_parallel', False):
+    if config.train.data_parallel:
       seeds_lib.check_divisible(dcfg.batch_size)
       mesh = seeds_lib.data_mesh()
     stack = seeds_lib.SeedStack(states, [r.seed for r in runs],
@@ -392,8 +399,8 @@ def _train(configs, workdirs, algorithm: str, progress: bool) -> list:
     bar.close()
     for run in runs:
       run.checkpoints.close()
-  results = [None if run.error else _results(run, model, predict, test_set,
-                                             algorithm)
+  results = [None if run.error else _results(run, config, model, predict,
+                                             test_set, algorithm)
              for run in runs]
   failed = [run.error for run in runs if run.error]
   if failed:
@@ -402,9 +409,11 @@ def _train(configs, workdirs, algorithm: str, progress: bool) -> list:
   return results
 
 
-def _results(run, model, predict, test_set, algorithm: str) -> dict:
+def _results(run, typed_config, model, predict, test_set,
+             algorithm: str) -> dict:
   """Scores `run`'s best parameters on the test split; writes results.json."""
   config, meta, best_params = run.config, run.meta, run.best_params
+  dear_cfg = typed_config.dear
   predict(best_params, test_set.batches[0])  # compile outside the timing
   t_eval = time.time()
   test = evaluate(model, predict, best_params, test_set)
@@ -432,11 +441,11 @@ def _results(run, model, predict, test_set, algorithm: str) -> dict:
       results[k if k != 'iterations' else 'solver_iterations'] = v
   if 'iterations' in test:
     results['test_algo_steps'] = (test_set.lengths - 1).tolist()
-  if config.model_kind == 'dear' and config.dear.diagnostics:
+  if config.model_kind == 'dear' and dear_cfg.diagnostics:
     from dear_jax import diagnostics  # pylint: disable=g-import-not-at-top
     results.update(diagnostics.fixed_point_check(
-        model, best_params, test_set, ref_tol=config.dear.check_tol,
-        ref_cap=config.dear.check_max_iter))
+        model, best_params, test_set, ref_tol=dear_cfg.check_tol,
+        ref_cap=dear_cfg.check_max_iter))
     results.update(diagnostics.score_by_tol(model, best_params, test_set,
                                             evaluate, operating=test))
   write_results(run.workdir, results)

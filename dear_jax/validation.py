@@ -1,4 +1,8 @@
-"""Checks of user input, each failing with one line that says what is allowed."""
+"""Checks of user input, each failing with one line that says what is allowed.
+
+The config's sections check themselves (dear_jax/sections.py); `typed`
+composes them into a RunConfig, `check_config` adds what spans sections.
+"""
 
 from __future__ import annotations
 

@@ -107,3 +107,14 @@ def test_clrs_official_data_flags_are_named_as_typed():
     clrs_official._data_config(args)  # pylint: disable=protected-access
   args.val_num_samples = 'none'
   assert clrs_official._data_config(args).val_num_samples is None  # pylint: disable=protected-access
+
+
+def test_training_checks_the_config_it_is_given(tmp_path):
+  """train_and_evaluate called from code gets the CLI's checks, before it
+  writes anything."""
+  config = default.get_config()
+  config.train.grad_clip = 0.0
+  with pytest.raises(ValueError, match='^train.grad_clip must be positive'):
+    train.train_and_evaluate(config, str(tmp_path / 'w'), 'bfs',
+                             progress=False)
+  assert not (tmp_path / 'w').exists()
