@@ -39,16 +39,15 @@ import numpy as np
 from dear_jax import clrs_lib
 from dear_jax import input_pipeline
 from dear_jax import loop
+from dear_jax import nar
 from dear_jax import seeds as seeds_lib
+from dear_jax import sections
 from dear_jax import splits
 from dear_jax import train as train_lib
 from dear_jax.model import count_params
 from dear_jax import results as results_lib
 
 MODEL_NAME = 'clrs_official'
-
-# hint_mode -> (encode_hints, decode_hints), as in run.py's main().
-HINT_MODES = {'encoded_decoded': (True, True), 'none': (False, False)}
 
 # Every clrs/examples/run.py default that reaches the model (batch size and the
 # data protocol come from the DataConfig).
@@ -70,16 +69,12 @@ RUN_PY_DEFAULTS = dict(
 )
 
 
-def _check_settings(train_steps: int, hint_mode: str, eval_every: int) -> None:
-  if not isinstance(train_steps, int) or train_steps <= 0:
-    raise ValueError(f'train_steps must be a positive integer, '
-                     f'got {train_steps!r}')
-  if hint_mode not in HINT_MODES:
-    raise ValueError(f'unknown hint_mode {hint_mode!r}; valid: '
-                     f'{", ".join(HINT_MODES)}')
-  if not isinstance(eval_every, int) or eval_every <= 0:
-    raise ValueError(f'eval_every must be a positive integer, '
-                     f'got {eval_every!r}')
+def _check_settings(train_steps: int, hint_mode: str, eval_every: int,
+                    prefix: str = '') -> None:
+  """prefix: '--' where the values came from the command line."""
+  sections.int_at_least(f'{prefix}train_steps', train_steps, 1)
+  nar.hint_flags(hint_mode, f'{prefix}hint_mode')
+  sections.int_at_least(f'{prefix}eval_every', eval_every, 1)
 
 
 def check_args(algorithm: str, train_steps: int, hint_mode: str,
@@ -101,12 +96,12 @@ def check_single_device() -> None:
 
 
 def build_model(spec: dict, dummy_feedback, *,
-                hint_mode: str = 'encoded_decoded', checkpoint_path: str = '',
-                **overrides):
+                hint_mode: str = 'encoded_decoded',
+                checkpoint_path: str | None = None, **overrides):
   """A `clrs.models.BaselineModel` with run.py's defaults (not yet init'ed)."""
   clrs = clrs_lib.clrs()
   cfg = dict(RUN_PY_DEFAULTS, **overrides)
-  encode_hints, decode_hints = HINT_MODES[hint_mode]
+  encode_hints, decode_hints = nar.hint_flags(hint_mode, 'hint_mode')
   processor_factory = clrs.get_processor_factory(
       cfg['processor_type'], use_ln=cfg['use_ln'],
       nb_triplet_fts=cfg['nb_triplet_fts'], nb_heads=cfg['nb_heads'])
@@ -121,7 +116,8 @@ def build_model(spec: dict, dummy_feedback, *,
       use_lstm=cfg['use_lstm'],
       learning_rate=cfg['learning_rate'],
       grad_clip_max_norm=cfg['grad_clip_max_norm'],
-      checkpoint_path=checkpoint_path or os.path.join(os.getcwd(), 'clrs_ckpt'),
+      checkpoint_path=(os.path.join(os.getcwd(), 'clrs_ckpt')
+                       if checkpoint_path is None else checkpoint_path),
       freeze_processor=cfg['freeze_processor'],
       dropout_prob=cfg['dropout_prob'],
       hint_teacher_forcing=cfg['hint_teacher_forcing'],
@@ -220,8 +216,8 @@ def train_official(algorithm: str, *, seed: int, train_steps: int,
       RUN_PY_DEFAULTS,
       algorithm=algorithm, seed=seed, train_steps=train_steps,
       hint_mode=hint_mode,
-      encode_hints=HINT_MODES[hint_mode][0],
-      decode_hints=HINT_MODES[hint_mode][1],
+      encode_hints=nar.hint_flags(hint_mode)[0],
+      decode_hints=nar.hint_flags(hint_mode)[1],
       eval_every=eval_every, batch_size=data_cfg.batch_size,
       init_seed=seed + 1,
       data=dataclasses.asdict(data_cfg),
@@ -265,7 +261,7 @@ def _data_config(args) -> input_pipeline.DataConfig:
     except ValueError:
       raise ValueError(f'--{field.name}: bad value {raw!r}') from None
     cfg[field.name] = value
-  return input_pipeline.DataConfig(**cfg)
+  return input_pipeline.DataConfig.from_section(cfg, prefix='--')
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -285,7 +281,8 @@ def main(argv=None) -> int:
   parser.add_argument('--algorithm', required=True)
   parser.add_argument('--train_steps', type=int, default=10000)
   parser.add_argument('--seed', type=int, default=42)
-  parser.add_argument('--hint_mode', default='encoded_decoded')
+  parser.add_argument('--hint_mode', default='encoded_decoded',
+                      help=', '.join(nar.HINT_MODES) + ' (as run.py)')
   parser.add_argument('--eval_every', type=int, default=50)
   parser.add_argument('--out', default=None,
                       help='workdir (default runs/clrs_official/'
@@ -294,7 +291,7 @@ def main(argv=None) -> int:
   _data_config_args(parser)
   args = parser.parse_args(argv)
   try:
-    _check_settings(args.train_steps, args.hint_mode, args.eval_every)
+    _check_settings(args.train_steps, args.hint_mode, args.eval_every, '--')
     data_cfg = _data_config(args)
     clrs_lib.check_algorithm(args.algorithm)
   except (ValueError, TypeError) as e:

@@ -166,10 +166,11 @@ def resolve(args) -> Plan:
 
   base = {'dear': load_config_file(pick(args.dear_config, 'dear_config')),
           'nar': load_config_file(pick(args.nar_config, 'nar_config'))}
-  train_steps = pick(args.train_steps, 'train_steps') or int(
-      base['dear'].train.steps)
-  eval_every = pick(args.eval_every, 'eval_every') or int(
-      base['dear'].train.eval_every)
+  # None (flag and preset unset): the dear config's; 0 is refused below.
+  train_steps, eval_every = (
+      int(base['dear'].train[key]) if value is None else value
+      for key, value in (('steps', pick(args.train_steps, 'train_steps')),
+                         ('eval_every', pick(args.eval_every, 'eval_every'))))
   if train_steps < 1 or eval_every < 1:
     raise CompareError('--train_steps and --eval_every must be >= 1')
   for config in base.values():

@@ -30,19 +30,16 @@ def _model_protocol(plan: Plan, model: str) -> dict:
 
 def _data_protocol(algorithm: str, data_cfg) -> dict:
   """What data an algorithm's runs see (sizes and official counts resolved)."""
-  from dear_jax import clrs_lib  # pylint: disable=g-import-not-at-top
   from dear_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   from dear_jax import splits  # pylint: disable=g-import-not-at-top
-  mult = clrs_lib.clrs().CLRS_30_ALGS_SETTINGS[algorithm][
-      'num_samples_multiplier']
   return dict(
       train_sizes=list(input_pipeline.training_sizes(algorithm,
                                                      data_cfg.train_sizes)),
       size_schedule=data_cfg.size_schedule, batch_size=data_cfg.batch_size,
       val_length=splits.validation_length(algorithm, data_cfg),
-      val_num_samples=data_cfg.val_num_samples or 64 * mult,
+      val_num_samples=splits.split_size(algorithm, 'val', data_cfg),
       test_length=data_cfg.test_length,
-      test_num_samples=data_cfg.test_num_samples or 32 * mult)
+      test_num_samples=splits.split_size(algorithm, 'test', data_cfg))
 
 
 def _strip_cache_dir(d: dict) -> dict:
@@ -105,6 +102,10 @@ def check_and_write(plan: Plan, protocol: dict, info: dict) -> None:
     except (ValueError, KeyError, TypeError) as e:
       raise CompareError(f'{path} is unreadable ({type(e).__name__}); '
                          'use another --out') from None
+    from dear_jax import train  # pylint: disable=g-import-not-at-top
+    old['protocol']['models'] = {
+        m: train.upgrade_stored_config(c)
+        for m, c in old['protocol']['models'].items()}
     diff = first_difference(old['protocol'], protocol)
     if diff:
       raise CompareError(f'{plan.out} holds runs of another protocol ({diff})'

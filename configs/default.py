@@ -3,9 +3,13 @@
 Model-independent sections (data, model, train) plus one section per model:
 `nar` (stepwise CLRS baseline) and `dear` (equilibrium solver settings).
 Override any key with --config.SECTION.KEY=VALUE; unknown keys are rejected.
+Each section is read through a typed dataclass that checks it (DataConfig in
+dear_jax/input_pipeline.py, ModelConfig in model.py, NarConfig in nar.py,
+DearConfig in dear.py with solver.py's SolverConfig, TrainConfig in train.py).
 """
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 
 def get_config():
@@ -18,8 +22,10 @@ def get_config():
       batch_size=32,
       val_length=16,
       test_length=64,
-      val_num_samples=0,   # 0: official count (64 x multiplier)
-      test_num_samples=0,  # 0: official count (32 x multiplier)
+      # None: the official count (val 64, test 32, x the algorithm's
+      # multiplier); a placeholder so --config.data.val_num_samples=64 parses.
+      val_num_samples=placeholder(int),
+      test_num_samples=placeholder(int),
       eval_batch_size=32,
       cache_dir='~/.cache/dear_jax/datasets',
       # Record the training batches under cache_dir once and replay them:
@@ -90,7 +96,7 @@ def get_config():
       # finished --model=nar --hint_mode=none run of the same algorithm and
       # hidden size. align_samples: trajectory states aligned per graph.
       align_weight=0.0,
-      align_teacher='',
+      align_teacher=placeholder(str),
       align_samples=1,
       # After the test: is the answer a fixed point? (dear_jax/diagnostics.py)
       diagnostics=True,

@@ -46,16 +46,17 @@ def load_teacher(workdir: str, spec: dict, sample_batch: dict, model_cfg):
 
   Raises ValueError (one line) when the workdir is missing, not such a run,
   trained on another algorithm or with another hidden size."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
   from dear_jax import clrs_lib  # pylint: disable=g-import-not-at-top
   from dear_jax import train  # pylint: disable=g-import-not-at-top
+  from dear_jax.model import ModelConfig  # pylint: disable=g-import-not-at-top
   from dear_jax.nar import StepwiseNAR  # pylint: disable=g-import-not-at-top
   results = read_teacher_results(workdir)
   teacher_spec = clrs_lib.processed_spec(results['algorithm'])
   if _spec_signature(teacher_spec) != _spec_signature(spec):
     raise ValueError(f'dear.align_teacher {workdir!r} was trained on '
                      f'{results["algorithm"]}, not on this run\'s algorithm')
-  cfg = ml_collections.ConfigDict(results['config']['model'])
+  cfg = ModelConfig.from_section(results['config']['model'],
+                                 f'{workdir}: model.')
   if int(cfg.hidden) != int(model_cfg.hidden):
     raise ValueError(f'dear.align_teacher {workdir!r} has hidden size '
                      f'{cfg.hidden}; this run has {model_cfg.hidden} (states '

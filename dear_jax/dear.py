@@ -40,20 +40,89 @@ from dear_jax import alignment
 from dear_jax import batches as batch_lib
 from dear_jax import cgp
 from dear_jax import losses
+from dear_jax import sections
 from dear_jax import solver
-from dear_jax.model import Reasoner
+from dear_jax.model import ModelConfig, Reasoner
 from dear_jax.processors import GatedMaxMPNN
 
 CGP_KEYS = ('cgp_edge', 'cgp_processor')
 
 
+@dataclasses.dataclass(frozen=True)
+class DearConfig(sections.Section):
+  """The `dear` section, checked: the solver's keys as a
+  solver.SolverConfig, the rest DEAR's own (configs/default.py says what
+  each does)."""
+  PREFIX = 'dear.'
+  solver: solver.SolverConfig = solver.SolverConfig()
+  jac_reg_weight: float = 0.0
+  state_noise: float = 0.0
+  init_state_std: float = 0.0
+  gate_bias: float = 0.0
+  stochastic_alpha: float = 0.0  # 0: off
+  stochastic_decay: float = 0.998
+  stochastic_max_steps: int = 9
+  cgp: bool = False
+  cgp_shared_weights: bool = False
+  align_weight: float = 0.0  # 0: off
+  align_teacher: str | None = None
+  align_samples: int = 1
+  diagnostics: bool = True
+  check_tol: float = 1e-5
+  check_max_iter: int = 1000
+
+  @classmethod
+  def from_section(cls, section, prefix=None):
+    """The flat `dear` section: SolverConfig's keys go to `solver`."""
+    prefix = cls.PREFIX if prefix is None else prefix
+    solver_keys = solver.SolverConfig.__dataclass_fields__
+    own = {k: v for k, v in section.items() if k not in solver_keys}
+    own['solver'] = solver.config_from_section(section, prefix)
+    return super().from_section(own, prefix)
+
+  @classmethod
+  def check(cls, v, prefix: str) -> None:
+    v.solver.validate(prefix)
+    for name in ('jac_reg_weight', 'state_noise', 'init_state_std',
+                 'align_weight'):
+      sections.non_negative(prefix + name, getattr(v, name))
+    if not (sections.is_real(v.stochastic_alpha) and
+            0 <= v.stochastic_alpha < 1):
+      raise ValueError(f'{prefix}stochastic_alpha must be in [0, 1) (0: off),'
+                       f' got {v.stochastic_alpha!r}')
+    if not (sections.is_real(v.stochastic_decay) and
+            0 < v.stochastic_decay <= 1):
+      raise ValueError(f'{prefix}stochastic_decay must be in (0, 1], got '
+                       f'{v.stochastic_decay!r}')
+    sections.int_at_least(f'{prefix}stochastic_max_steps',
+                          v.stochastic_max_steps, 1)
+    sections.int_at_least(f'{prefix}align_samples', v.align_samples, 1)
+    sections.positive(f'{prefix}check_tol', v.check_tol)
+    sections.positive(f'{prefix}check_max_iter', v.check_max_iter)
+
+
+def check_cgp_processor(dear_cfg: DearConfig, model_cfg: ModelConfig) -> None:
+  """A Cayley pass with shared weights is the processor's own max-MPNN."""
+  if (dear_cfg.cgp and dear_cfg.cgp_shared_weights and
+      model_cfg.processor != 'gmpnn'):
+    raise ValueError('dear.cgp_shared_weights=True needs model.processor='
+                     f'gmpnn (got {model_cfg.processor}); use '
+                     'dear.cgp_shared_weights=False for a separate Cayley '
+                     'processor')
+
+
 class EquilibriumReasoner(Reasoner):
 
   def __init__(self, spec, sample_batch, model_cfg, dear_cfg, teacher=None):
-    """teacher: (StepwiseNAR, params) for the alignment loss; by default
-    loaded from dear_cfg.align_teacher when dear_cfg.align_weight > 0."""
+    """model_cfg, dear_cfg: a ModelConfig and a DearConfig (or the `model`
+    and `dear` sections). teacher: (StepwiseNAR, params) for the alignment
+    loss; by default loaded from dear_cfg.align_teacher when
+    dear_cfg.align_weight > 0."""
+    model_cfg = ModelConfig.coerce(model_cfg)
+    dear_cfg = DearConfig.coerce(dear_cfg)
+    check_cgp_processor(dear_cfg, model_cfg)
     super().__init__(spec, sample_batch, model_cfg, gate_bias=dear_cfg.gate_bias)
-    self.solver_cfg = solver.config_from_section(dear_cfg)
+    self.solver_cfg = dear_cfg.solver
     self.jac_reg_weight = float(dear_cfg.jac_reg_weight)
     self.state_noise = float(dear_cfg.state_noise)
     self.init_state_std = float(dear_cfg.init_state_std)
@@ -62,10 +131,6 @@ class EquilibriumReasoner(Reasoner):
     self.stochastic_max_steps = int(dear_cfg.stochastic_max_steps)
     self.cgp = bool(dear_cfg.cgp)
     self.cgp_shared = bool(dear_cfg.cgp_shared_weights)
-    if self.cgp and self.cgp_shared and model_cfg.processor != 'gmpnn':
-      raise ValueError('dear.cgp_shared_weights=True needs model.processor='
-                       f'gmpnn (got {model_cfg.processor}); the Cayley pass is '
-                       'a max-MPNN over Cayley edges')
     if self.cgp and not self.cgp_shared:
       self.cgp_processor = GatedMaxMPNN(hidden=model_cfg.hidden,
                                         gate_bias=float(dear_cfg.gate_bias))

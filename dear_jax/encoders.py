@@ -33,11 +33,14 @@ def expand_pointer(data: jax.Array, nb_nodes: int) -> jax.Array:
   return data
 
 
+ENCODER_INITS = ('xavier_on_scalars', 'default')  # dm-clrs's encoder_init
+
+
 class Encoders(nn.Module):
   """Encodes a dict of probes; `spec` maps name -> (stage, location, type)."""
   spec: dict
   hidden: int
-  init_mode: str = 'xavier_on_scalars'  # or 'default'
+  init_mode: str = 'xavier_on_scalars'  # ENCODER_INITS
 
   def _linear(self, name: str, index: int) -> nn.Dense:
     stage, _, type_ = self.spec[name]

@@ -9,6 +9,7 @@ preprocessing), `RecordedStream` replays a TrainStream recorded on disk, and
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import os
 import pickle
 from typing import Iterator, Sequence
@@ -17,14 +18,18 @@ import numpy as np
 
 from dear_jax import batches as batch_lib
 from dear_jax import clrs_lib
+from dear_jax import sections
 from dear_jax.batches import Batch
+
+SIZE_SCHEDULES = ('cycle', 'uniform')  # run.py's round-robin | DEAR's draw
 
 
 @dataclasses.dataclass(frozen=True)
-class DataConfig:
-  """What data a run sees. Field names match the `data` config section."""
+class DataConfig(sections.Section):
+  """What data a run sees: the `data` config section, checked."""
+  PREFIX = 'data.'
   train_sizes: tuple = (4, 7, 11, 13, 16)
-  size_schedule: str = 'cycle'  # 'cycle' (run.py round-robin) | 'uniform'
+  size_schedule: str = 'cycle'  # SIZE_SCHEDULES
   batch_size: int = 32
   val_length: int = 16
   test_length: int = 64
@@ -36,11 +41,26 @@ class DataConfig:
   recorded_stream: bool = False  # replay training batches recorded on disk
   better_search: bool = False  # binary_search: DEAR's BetterSearchSampler
 
+  def __post_init__(self):
+    super().__post_init__()
+    object.__setattr__(self, 'train_sizes',
+                       tuple(int(s) for s in self.train_sizes))
+
   @classmethod
-  def from_dict(cls, d) -> 'DataConfig':
-    d = dict(d)
-    d['train_sizes'] = tuple(int(s) for s in d['train_sizes'])
-    return cls(**d)
+  def check(cls, v, prefix: str) -> None:
+    sizes = v.train_sizes
+    if not (isinstance(sizes, (tuple, list)) and sizes and all(
+        isinstance(s, numbers.Integral) and s >= 2 for s in sizes)):
+      raise ValueError(f'{prefix}train_sizes must be graph sizes >= 2, got '
+                       f'{sizes}')
+    sections.one_of(f'{prefix}size_schedule', v.size_schedule, SIZE_SCHEDULES)
+    for name in ('batch_size', 'eval_batch_size', 'val_length', 'test_length'):
+      sections.positive(prefix + name, getattr(v, name))
+    for name in ('val_num_samples', 'test_num_samples'):
+      n = getattr(v, name)
+      if n is not None and not (isinstance(n, numbers.Integral) and n > 0):
+        raise ValueError(f'{prefix}{name} must be positive, or None for the '
+                         f'official count, got {n!r}')
 
 
 def training_sizes(algorithm: str, sizes: Sequence[int]) -> tuple:
@@ -82,9 +102,6 @@ class TrainStream:
     self._cfg = cfg
     self._keep_hints = keep_hints
     self._step = 0
-    if cfg.size_schedule not in ('cycle', 'uniform'):
-      raise ValueError(f'data.size_schedule must be cycle or uniform, '
-                       f'got {cfg.size_schedule!r}')
 
   def _rngs(self) -> list:
     return [s._rng for s in self._samplers] + [self._pos_rng,  # pylint: disable=protected-access

@@ -13,12 +13,32 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import dataclasses
+
 from dear_jax import batches as batch_lib
 from dear_jax import losses
+from dear_jax import sections
 from dear_jax.decoders import Decoders, postprocess
-from dear_jax.encoders import Encoders
-from dear_jax.processors import build_processor
+from dear_jax.encoders import ENCODER_INITS, Encoders
+from dear_jax.processors import build_processor, check_processor
 from dear_jax.specs import Type
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig(sections.Section):
+  """The `model` section: what both reasoners build, checked."""
+  PREFIX = 'model.'
+  processor: str = 'triplet_gmpnn'  # processors.PROCESSORS
+  hidden: int = 128
+  nb_triplet_fts: int = 8
+  encoder_init: str = 'xavier_on_scalars'
+
+  @classmethod
+  def check(cls, v, prefix: str) -> None:
+    check_processor(v.processor, f'{prefix}processor')
+    sections.positive(f'{prefix}hidden', v.hidden)
+    sections.int_at_least(f'{prefix}nb_triplet_fts', v.nb_triplet_fts, 1)
+    sections.one_of(f'{prefix}encoder_init', v.encoder_init, ENCODER_INITS)
 
 
 class Reasoner:
@@ -27,6 +47,8 @@ class Reasoner:
   decode_hints = False
 
   def __init__(self, spec: dict, sample_batch: dict, cfg, gate_bias=None):
+    """cfg: a ModelConfig (or the `model` section, converted)."""
+    cfg = ModelConfig.coerce(cfg)
     self.spec = spec
     self.hidden = cfg.hidden
     self.output_names = tuple(sample_batch['outputs'])

@@ -18,15 +18,35 @@ as a per-step decode would.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
 from dear_jax import batches as batch_lib
+from dear_jax import sections
 from dear_jax.decoders import Decoders, edge_layer, gumbel_probe, postprocess
 from dear_jax.encoders import POINTERS, Encoders, expand_pointer
 from dear_jax.model import Reasoner
 
 HINT_MODES = ('encoded_decoded', 'decoded_only', 'none')
+
+
+def hint_flags(hint_mode: str, key: str = 'nar.hint_mode') -> tuple:
+  """(encode hints, decode hints) of a hint mode, as run.py's main()."""
+  sections.one_of(key, hint_mode, HINT_MODES)
+  return hint_mode == 'encoded_decoded', hint_mode != 'none'
+
+
+@dataclasses.dataclass(frozen=True)
+class NarConfig(sections.Section):
+  """The `nar` section, checked."""
+  PREFIX = 'nar.'
+  hint_mode: str = 'encoded_decoded'  # HINT_MODES
+
+  @classmethod
+  def check(cls, v, prefix: str) -> None:
+    hint_flags(v.hint_mode, f'{prefix}hint_mode')
 
 
 def _freeze(lengths, step, new, old):
@@ -96,12 +116,9 @@ class EdgeMaps:
 class StepwiseNAR(Reasoner):
 
   def __init__(self, spec, sample_batch, cfg, hint_mode: str):
-    if hint_mode not in HINT_MODES:
-      raise ValueError(f'unknown hint_mode {hint_mode!r}; allowed: '
-                       f'{", ".join(HINT_MODES)}')
+    """cfg: a model.ModelConfig (or the `model` section)."""
+    self.encode_hints, self.decode_hints = hint_flags(hint_mode)
     self.hint_mode = hint_mode
-    self.encode_hints = hint_mode == 'encoded_decoded'
-    self.decode_hints = hint_mode != 'none'
     super().__init__(spec, sample_batch, cfg)
 
   def _encode_fed(self, params, node0, graph0, fed, nb_nodes):

@@ -160,13 +160,17 @@ class GatedMaxMPNN(nn.Module):
 PROCESSORS = ('triplet_gmpnn', 'gmpnn')
 
 
+def check_processor(kind: str, key: str = 'model.processor') -> None:
+  if kind not in PROCESSORS:
+    raise ValueError(f'{key} must be one of {", ".join(PROCESSORS)}, got '
+                     f'{kind!r}')
+
+
 def build_processor(kind: str, hidden: int, nb_triplet_fts: int = 8,
                     gate_bias: float | None = None):
   """gate_bias None keeps the processor's own initial gate bias."""
+  check_processor(kind)
   extra = {} if gate_bias is None else dict(gate_bias=float(gate_bias))
   if kind == 'triplet_gmpnn':
     return TripletGMPNN(hidden=hidden, nb_triplet_fts=nb_triplet_fts, **extra)
-  if kind == 'gmpnn':
-    return GatedMaxMPNN(hidden=hidden, **extra)
-  raise ValueError(f'unknown processor {kind!r}; allowed: '
-                   f'{", ".join(PROCESSORS)}')
+  return GatedMaxMPNN(hidden=hidden, **extra)

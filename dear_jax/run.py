@@ -14,14 +14,15 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
+from dear_jax import MODEL_KINDS
+
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODELS = ('dear', 'nar')
 
 
 def _define_flags(fv: flags.FlagValues, argv):
   flags.DEFINE_string('algorithm', 'bfs', 'CLRS-30 algorithm name.',
                       flag_values=fv)
-  flags.DEFINE_enum('model', None, MODELS, 'dear (default) or nar; '
+  flags.DEFINE_enum('model', None, MODEL_KINDS, 'dear (default) or nar; '
                     'overrides config.model_kind.', flag_values=fv)
   flags.DEFINE_integer('train_steps', None, 'Overrides config.train.steps.',
                        flag_values=fv)
@@ -55,7 +56,7 @@ def _fail(message: str) -> None:
 
 def resolve_config(fv):
   """The config with command-line overrides applied, validated."""
-  from dear_jax import validation  # pylint: disable=g-import-not-at-top
+  from dear_jax import nar, validation  # pylint: disable=g-import-not-at-top
   config = fv.config
   with config.unlocked():
     if fv.model is not None:
@@ -68,6 +69,7 @@ def resolve_config(fv):
       if config.model_kind != 'nar':
         raise ValueError('--hint_mode applies to --model=nar only (DEAR '
                          'uses no hints)')
+      nar.hint_flags(fv.hint_mode, '--hint_mode')  # named as typed
       config.nar.hint_mode = fv.hint_mode
   validation.check_config(config)
   return config

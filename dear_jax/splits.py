@@ -39,6 +39,18 @@ def validation_length(algorithm: str, cfg: DataConfig) -> int:
   return cfg.val_length
 
 
+def split_size(algorithm: str, split: str, cfg: DataConfig) -> int:
+  """Graphs in a split: data.SPLIT_num_samples, or where that is None the
+  official count times the algorithm's num_samples_multiplier: 64 for val
+  (clrs/examples/run.py), 32 for test (dm-clrs's dataset.py)."""
+  n = cfg.val_num_samples if split == 'val' else cfg.test_num_samples
+  if n is not None:
+    return n
+  mult = clrs_lib.clrs().CLRS_30_ALGS_SETTINGS[algorithm][
+      'num_samples_multiplier']
+  return (64 if split == 'val' else 32) * mult
+
+
 def _split_protocol(algorithm: str, split: str, cfg: DataConfig,
                     seed: int) -> dict:
   """Every parameter that determines a split's content. `better_search` is
@@ -53,13 +65,12 @@ def _split_protocol(algorithm: str, split: str, cfg: DataConfig,
 def _base_split_protocol(algorithm: str, split: str, cfg: DataConfig,
                          seed: int) -> dict:
   c = clrs_lib.clrs()
-  mult = c.CLRS_30_ALGS_SETTINGS[algorithm]['num_samples_multiplier']
   if split == 'test':
     # The official test set (dataset.py): seed 3, 32*mult graphs at n=64,
     # default sampler kwargs and no random pos.
     return dict(algorithm=algorithm, split=split, length=cfg.test_length,
                 seed=c.CLRS30['test']['seed'],
-                num_samples=cfg.test_num_samples or 32 * mult,
+                num_samples=split_size(algorithm, split, cfg),
                 sampler_kwargs={}, pos_seed=None)
   if split == 'val':
     rng = np.random.RandomState(seed)
@@ -68,7 +79,7 @@ def _base_split_protocol(algorithm: str, split: str, cfg: DataConfig,
     kwargs = clrs_lib.train_sampler_kwargs(algorithm, length)
     return dict(algorithm=algorithm, split=split, length=length,
                 seed=int(val_seed),
-                num_samples=cfg.val_num_samples or 64 * mult,
+                num_samples=split_size(algorithm, split, cfg),
                 sampler_kwargs={k: list(v) if isinstance(v, tuple) else v
                                 for k, v in kwargs.items()},
                 pos_seed=int(pos_seed))

@@ -12,6 +12,7 @@ uninterrupted one.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 
@@ -22,6 +23,7 @@ import optax
 from dear_jax import clrs_lib
 from dear_jax import input_pipeline
 from dear_jax import loop
+from dear_jax import sections
 from dear_jax import seeds as seeds_lib
 from dear_jax import splits
 from dear_jax.checkpoints import RunError, load_best_params  # noqa: F401  (re-exported)
@@ -29,19 +31,60 @@ from dear_jax.model import count_params
 from dear_jax.results import summary_table
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(sections.Section):
+  """The `train` section, checked."""
+  PREFIX = 'train.'
+  steps: int = 500
+  learning_rate: float = 1e-3
+  grad_clip: float = 1.0
+  eval_every: int = 50
+  seed: int = 0
+  data_parallel: bool = False  # batches split over the local devices
+
+  @classmethod
+  def check(cls, v, prefix: str) -> None:
+    for name in ('steps', 'eval_every', 'learning_rate', 'grad_clip'):
+      sections.positive(prefix + name, getattr(v, name))
+
+
+def typed(config):
+  """config (a ConfigDict or validation.RunConfig) as a RunConfig."""
+  from dear_jax import validation  # pylint: disable=g-import-not-at-top
+  if isinstance(config, validation.RunConfig):
+    return config
+  return validation.typed(config)
+
+
 def data_config(config) -> input_pipeline.DataConfig:
-  d = config.data.to_dict()
-  d['val_num_samples'] = d['val_num_samples'] or None
-  d['test_num_samples'] = d['test_num_samples'] or None
-  return input_pipeline.DataConfig.from_dict(d)
+  return input_pipeline.DataConfig.coerce(config.data)
+
+
+# What these keys held for "absent" before they took None: configs stored by
+# earlier versions (results.json, protocol.json) read as today's.
+_OLD_ABSENT = {('data', 'val_num_samples'): 0, ('data', 'test_num_samples'): 0,
+               ('dear', 'align_teacher'): ''}
+
+
+def upgrade_stored_config(d: dict) -> dict:
+  """A stored config dict with the old sentinels above read as None."""
+  d = copy.deepcopy(d)
+  for (section, key), old in _OLD_ABSENT.items():
+    part = d.get(section)
+    if isinstance(part, dict) and key in part and part[key] == old and (
+        type(part[key]) is type(old)):
+      part[key] = None
+  return d
 
 
 def build_model(config, spec: dict, sample_batch: dict):
-  if config.model_kind == 'nar':
+  """The config's model_kind, given its typed sections (`typed`)."""
+  run = typed(config)
+  if run.model_kind == 'nar':
     from dear_jax.nar import StepwiseNAR  # pylint: disable=g-import-not-at-top
-    return StepwiseNAR(spec, sample_batch, config.model, config.nar.hint_mode)
+    return StepwiseNAR(spec, sample_batch, run.model, run.nar.hint_mode)
   from dear_jax.dear import EquilibriumReasoner  # pylint: disable=g-import-not-at-top
-  return EquilibriumReasoner(spec, sample_batch, config.model, config.dear)
+  return EquilibriumReasoner(spec, sample_batch, run.model, run.dear)
 
 
 def uses_hints(config) -> bool:
@@ -123,7 +166,8 @@ EXECUTION_KEYS = ('data_parallel',)
 
 
 def _comparable(config_dict: dict) -> dict:
-  d = json.loads(json.dumps(config_dict, sort_keys=True, default=float))
+  d = upgrade_stored_config(
+      json.loads(json.dumps(config_dict, sort_keys=True, default=float)))
   for k in EXECUTION_KEYS:
     d.get('train', {}).pop(k, None)
   return d
@@ -170,6 +214,8 @@ def train_seeds(config, seeds, workdirs, algorithm: str, progress: bool = True,
   Finished workdirs are answered from results.json and left out of the stack.
   A seed whose loss diverges leaves the stack; the others finish, then the
   divergence is raised."""
+  from dear_jax import validation  # pylint: disable=g-import-not-at-top
+  validation.check_config(config)  # what the CLI checks, for every caller
   configs = [with_seed(config, s) for s in seeds]
   results = [_finished(c, w, reevaluate, progress)
              for c, w in zip(configs, workdirs)]
@@ -218,7 +264,7 @@ class FlaxLearner(loop.Learner):
                           progress)
       states.append((state['params'], state['opt_state']))
     mesh = None
-    if config.train.get('data_parallel', False):
+    if config.train.data_parallel:
       seeds_lib.check_divisible(config.data.batch_size)
       mesh = seeds_lib.data_mesh()
     self.stack = seeds_lib.SeedStack(states, [r.seed for r in runs],
@@ -260,8 +306,8 @@ class FlaxLearner(loop.Learner):
 def _train(configs, workdirs, algorithm: str, progress: bool,
            label: str | None = None) -> list:
   """`loop.train` with a FlaxLearner on the unfinished seeds."""
-  config = configs[0]
-  dcfg = data_config(config)
+  config = typed(configs[0])  # the seeds differ in train.seed only
+  dcfg = config.data
   hints = uses_hints(config)
   test_set = splits.load_split(algorithm, 'test', dcfg, keep_hints=hints)
   runs = [loop.Run(w, c.train.seed, algorithm, dcfg, hints, test_set.key,

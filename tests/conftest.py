@@ -15,7 +15,6 @@ os.environ['JAX_PLATFORMS'] = 'cpu'
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 import jax  # noqa: E402
-import ml_collections  # noqa: E402
 import pytest  # noqa: E402
 
 from dear_jax import clrs_lib  # noqa: E402
@@ -127,15 +126,15 @@ def tiny_data_config(cache_dir, **overrides) -> input_pipeline.DataConfig:
   """tiny_config's data section as a DataConfig, with `overrides`."""
   kw = tiny_config(cache_dir).data.to_dict()
   kw.update(overrides)
-  return input_pipeline.DataConfig.from_dict(kw)
+  return input_pipeline.DataConfig.from_section(kw)
 
 
 def model_config(hidden=16, processor='triplet_gmpnn', nb_triplet_fts=8,
-                 encoder_init='xavier_on_scalars') -> ml_collections.ConfigDict:
-  """The `model` config section StepwiseNAR/Reasoner read."""
-  return ml_collections.ConfigDict(dict(
-      hidden=hidden, processor=processor, nb_triplet_fts=nb_triplet_fts,
-      encoder_init=encoder_init))
+                 encoder_init='xavier_on_scalars'):
+  """The typed `model` section StepwiseNAR/Reasoner read."""
+  from dear_jax.model import ModelConfig  # pylint: disable=g-import-not-at-top
+  return ModelConfig(hidden=hidden, processor=processor,
+                     nb_triplet_fts=nb_triplet_fts, encoder_init=encoder_init)
 
 
 @pytest.fixture(scope='session')

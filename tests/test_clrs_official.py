@@ -170,12 +170,13 @@ def test_num_params_bfs_n16(child):
   assert 0 < child['counts']['none'] < PUBLISHED_BFS_PARAMS
 
 
-@pytest.mark.parametrize('args', [
-    ['--algorithm=not_an_algorithm'],
-    ['--algorithm=bfs', '--train_steps=0'],
-    ['--algorithm=bfs', '--hint_mode=decoded_sometimes'],
+@pytest.mark.parametrize('args, named', [
+    (['--algorithm=not_an_algorithm'], 'not_an_algorithm'),
+    (['--algorithm=bfs', '--train_steps=0'], '--train_steps must be'),
+    (['--algorithm=bfs', '--hint_mode=decoded_sometimes'], '--hint_mode must'),
+    (['--algorithm=bfs', '--val_num_samples=0'], '--val_num_samples must'),
 ])
-def test_cli_bad_input(args, tmp_path):
+def test_cli_bad_input(args, named, tmp_path):
   proc = subprocess.run(
       [sys.executable, '-m', 'baselines.clrs_official', *args,
        f'--out={tmp_path}'],
@@ -184,5 +185,5 @@ def test_cli_bad_input(args, tmp_path):
   assert 'Traceback' not in proc.stderr
   lines = proc.stderr.strip().splitlines()
   assert len(lines) == 1, proc.stderr
-  assert 'error' in lines[0]
+  assert 'error' in lines[0] and named in lines[0]
   assert not os.path.exists(os.path.join(tmp_path, 'results.json'))

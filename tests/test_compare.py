@@ -333,6 +333,27 @@ def test_protocol_allows_new_algorithms_models_seeds_only():
       'models.dear.model.hidden (present in only one)')
 
 
+def test_protocol_written_with_the_old_absent_values_is_the_same(tmp_path):
+  """protocol.json from before val/test_num_samples took None (0 meant the
+  official count) still guards a DIR: 0 reads as None, 5 stays 5."""
+  import json  # pylint: disable=g-import-not-at-top
+  import types  # pylint: disable=g-import-not-at-top
+  new = dict(models=dict(nar=dict(data=dict(val_num_samples=None))),
+             algorithms=dict())
+  plan = types.SimpleNamespace(out=str(tmp_path))
+  for stored, refused in ((0, False), (5, True)):
+    old = dict(models=dict(nar=dict(data=dict(val_num_samples=stored))),
+               algorithms=dict())
+    (tmp_path / 'protocol.json').write_text(json.dumps(
+        dict(protocol=old, info={})))
+    info = dict(algorithms=[], models=[], seeds=[], presets=[])
+    if refused:
+      with pytest.raises(compare.CompareError, match='val_num_samples'):
+        protocol.check_and_write(plan, new, info)
+    else:
+      protocol.check_and_write(plan, new, info)
+
+
 def test_aligned_model_trains_against_the_sweeps_teacher(tmp_path, cache_dir):
   """dear_align (DEAR + alignment + stochastic iterations) trains after and
   against this sweep's nar_nohint run of the same algorithm and seed, and its

@@ -270,3 +270,30 @@ def test_time_bucket_properties():
       assert b <= 1.5 * steps, (steps, b)
   # logarithmically many distinct shapes
   assert len(set(values)) <= 2 * int(np.log2(3000)) + 2
+
+
+@pytest.mark.parametrize('algorithm', ['bfs', 'binary_search'])
+def test_default_split_sizes_are_dm_clrs_official_counts(algorithm, clrs):
+  """configs/default.py leaves val/test_num_samples None: run.py's
+  validation count and dataset.py's test count, computed by dm-clrs's code,
+  under the same cache keys as the counts written out."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  import types  # pylint: disable=g-import-not-at-top
+  from clrs._src import dataset, samplers  # pylint: disable=g-import-not-at-top
+  from configs import default  # pylint: disable=g-import-not-at-top
+  from dear_jax import train  # pylint: disable=g-import-not-at-top
+  cfg = train.data_config(default.get_config())
+  assert cfg.val_num_samples is None and cfg.test_num_samples is None
+  mult = clrs.CLRS_30_ALGS_SETTINGS[algorithm]['num_samples_multiplier']
+  # clrs/examples/run.py: CLRS30['val'] count times multiplier=2 * mult.
+  want = dict(val=samplers.CLRS30['val']['num_samples'] * 2 * mult)
+  fake = types.SimpleNamespace(
+      _builder_config=types.SimpleNamespace(split='test'))
+  want['test'] = dataset.CLRSDataset._num_samples(fake, algorithm)  # pylint: disable=protected-access
+  explicit = dataclasses.replace(cfg, val_num_samples=want['val'],
+                                 test_num_samples=want['test'])
+  for split in ('val', 'test'):
+    got = splits._split_protocol(algorithm, split, cfg, 0)  # pylint: disable=protected-access
+    assert got['num_samples'] == want[split]
+    assert clrs_lib.protocol_key(got) == clrs_lib.protocol_key(
+        splits._split_protocol(algorithm, split, explicit, 0))  # pylint: disable=protected-access

@@ -38,3 +38,11 @@ def test_aligned_model_needs_its_teacher_in_the_sweep():
 def test_core_presets_keep_their_four_models():
   for preset in ('smoke', 'paper'):
     assert _resolve(f'--preset={preset}').models == plan.CORE_MODELS
+
+
+@pytest.mark.parametrize('flag', ['--train_steps=0', '--eval_every=0'])
+def test_zero_steps_is_refused_not_read_as_unset(flag):
+  """0 once fell back to the config's value (`or`); it is an error."""
+  with pytest.raises(plan.CompareError, match='must be >= 1'):
+    _resolve('--preset=paper', flag)
+  assert _resolve('--preset=paper').train_steps == 31250  # None: the config's

@@ -292,12 +292,37 @@ def test_dear_paper_config_passes_check_config():
               '--config.model.processor=bogus'])
 
 
+def test_results_stored_with_the_old_absent_values_still_match():
+  """A finished workdir whose results.json holds the old sentinels (0: the
+  official count, '': no teacher) counts as the same config."""
+  from configs import default  # pylint: disable=g-import-not-at-top
+  now = default.get_config().to_dict()
+  old = default.get_config().to_dict()
+  old['data'].update(val_num_samples=0, test_num_samples=0)
+  old['dear']['align_teacher'] = ''
+  assert train._comparable(old) == train._comparable(now)  # pylint: disable=protected-access
+  old['data']['test_num_samples'] = 5
+  assert train._comparable(old) != train._comparable(now)  # pylint: disable=protected-access
+
+
+def test_split_counts_default_to_none_and_parse_from_the_command_line():
+  assert _resolve(['run']).data.val_num_samples is None
+  config = _resolve(['run', '--config.data.val_num_samples=64',
+                     '--config.data.test_num_samples=7'])
+  assert (config.data.val_num_samples, config.data.test_num_samples) == (64, 7)
+  assert train.data_config(config).val_num_samples == 64
+
+
 @pytest.mark.parametrize('args, message', [
     (['--algorithm=bogus'], 'unknown algorithm'),
     (['--config.train.nonexistent=1'], "unknown config key 'nonexistent'"),
     (['--config.train.steps=abc'], 'steps'),
     (['--train_steps=0'], 'train.steps must be positive'),
     (['--config.data.batch_size=-1'], 'data.batch_size must be positive'),
+    (['--config.data.val_num_samples=0'],
+     'data.val_num_samples must be positive, or None'),
+    (['--config.data.test_num_samples=many'],
+     '--config.data.test_num_samples=many'),
     (['--config.dear.method=newton'], 'method'),
     (['--config.dear.grad=magic'], 'grad'),
     (['--config.dear.tol=0'], 'tol'),
