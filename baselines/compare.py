@@ -4,7 +4,7 @@
         [--algorithms=bfs,dijkstra] [--models=dear,nar,nar_nohint,clrs_official]
         [--seeds=3] [--train_steps=N] [--eval_every=N]
         [--dear_config=configs/dear_paper.py] [--nar_config=configs/default.py]
-        [--override SECTION.KEY=VALUE ...] [--cache_dir=DIR] [--no_memory]
+        [--config.SECTION.KEY=VALUE ...] [--cache_dir=DIR] [--no_memory]
         [--quiet] [--stack_seeds] [--executor=local|ray] [--ray_address=ADDRESS]
         [--ray_cpus_per_task=C] [--ray_gpus_per_task=G] [--ray_num_cpus=N]
 
@@ -63,10 +63,29 @@ def _csv(value: str) -> tuple:
   return tuple(v.strip() for v in value.split(',') if v.strip())
 
 
+def _presets_help() -> str:
+  """What each preset runs (its defaults; explicit flags override them)."""
+  parts, from_config = [], "the dear config's"
+  for name, p in PRESETS.items():
+    algorithms = p['algorithms']
+    which = (','.join(algorithms) if len(algorithms) <= 3 else
+             f'DEAR\'s {len(algorithms)}')
+    parts.append(
+        f"{name}: algorithms {which}, models {','.join(p['models'])}, "
+        f"{p['seeds']} seed(s), {p['train_steps'] or from_config} steps, "
+        f"validation every {p['eval_every'] or from_config}, dear config "
+        f"{p['dear_config']}.")
+  return 'Presets (default smoke): ' + ' '.join(parts)
+
+
 def parse_args(argv):
   p = _Parser(prog='python -m baselines.compare',
               description='Train and compare dear, nar, nar_nohint and '
-                          'clrs_official on CLRS-30 algorithms.')
+                          'clrs_official on CLRS-30 algorithms.',
+              epilog=_presets_help() + ' --config.SECTION.KEY=VALUE '
+              '(repeatable) sets a key of the dear and nar configs, parsed as '
+              'python -m dear_jax.run parses it; data.* also applies to '
+              'clrs_official, whose model is fixed to run.py\'s defaults.')
   p.add_argument('--out', required=True, help='output folder')
   p.add_argument('--preset', default='smoke', choices=sorted(PRESETS))
   p.add_argument('--algorithms', type=_csv, default=None,
@@ -80,11 +99,6 @@ def parse_args(argv):
   p.add_argument('--nar_config', default=None,
                  help='config file for nar, nar_nohint (and the data of '
                       'clrs_official)')
-  p.add_argument('--override', action='append', default=[],
-                 metavar='SECTION.KEY=VALUE',
-                 help='set a config key of dear and nar configs (repeatable); '
-                      'data.* also applies to clrs_official, whose model is '
-                      'fixed to run.py defaults')
   p.add_argument('--cache_dir', default=None, help='dataset cache folder')
   p.add_argument('--no_memory', dest='memory', action='store_false',
                  help='skip the compiled train-step memory column')
@@ -109,7 +123,13 @@ def parse_args(argv):
                       'default: 1 if the cluster has GPUs, else 0')
   p.add_argument('--ray_num_cpus', type=int, default=None,
                  help='CPUs of the local Ray (default: all of this machine)')
-  return p.parse_args(argv)
+  args, rest = p.parse_known_args(argv)
+  # --config.SECTION.KEY=VALUE: parsed by ml_collections, as dear_jax.run does.
+  args.config_overrides = [a for a in rest if a.startswith('--config.')]
+  unknown = [a for a in rest if not a.startswith('--config.')]
+  if unknown:
+    p.error(f'unrecognized arguments: {" ".join(unknown)}')
+  return args
 
 
 def _fail(message: str) -> int:

@@ -1,13 +1,12 @@
 """What one `baselines.compare` invocation runs: presets + flags -> Plan.
 
 Validates model and algorithm names, loads the configs of `dear` and of the
-NARs, applies `--override`, and fails with a one-line CompareError on
+NARs, applies `--config.SECTION.KEY=VALUE`, and fails with a one-line CompareError on
 anything the user can fix.
 """
 
 from __future__ import annotations
 
-import ast
 import copy
 import dataclasses
 import importlib.util
@@ -70,7 +69,7 @@ PRESETS = {
                        nar_config='configs/default.py'),
 }
 
-# --override may not set what has its own flag or what compare decides.
+# --config.KEY may not set what has its own flag or what compare decides.
 _OWN_FLAGS = {'train.steps': '--train_steps', 'train.seed': '--seeds',
               'train.eval_every': '--eval_every',
               'data.cache_dir': '--cache_dir'}
@@ -117,36 +116,18 @@ def load_config_file(path: str):
   return module.get_config()
 
 
-def _parse_value(raw: str):
+def apply_overrides(config, overrides: list):
+  """`config` with the `--config.SECTION.KEY=VALUE` flags `overrides`, parsed
+  as `python -m dear_jax.run` parses them (dear_jax.run.apply_overrides)."""
+  from dear_jax import run  # pylint: disable=g-import-not-at-top
+  for flag in overrides:
+    key = flag[len('--config.'):].split('=', 1)[0]
+    if key in _OWN_FLAGS:
+      raise CompareError(f'--config.{key}: use {_OWN_FLAGS[key]} instead')
   try:
-    return ast.literal_eval(raw)
-  except (ValueError, SyntaxError):
-    return raw
-
-
-def apply_override(config, item: str) -> None:
-  """config[SECTION][KEY] = VALUE with the type of the existing value."""
-  key, sep, raw = item.partition('=')
-  key = key.strip()
-  if not sep or key.count('.') != 1:
-    raise CompareError(f'--override wants SECTION.KEY=VALUE, got {item!r}')
-  if key in _OWN_FLAGS:
-    raise CompareError(f'--override {key}: use {_OWN_FLAGS[key]} instead')
-  section, name = key.split('.')
-  if section not in config or not hasattr(config[section], 'keys') or (
-      name not in config[section]):
-    raise CompareError(f'--override: no config key {key!r}')
-  old, value = config[section][name], _parse_value(raw.strip())
-  if isinstance(old, tuple) and isinstance(value, (int, float, str)):
-    value = (value,)
-  elif isinstance(old, tuple) and isinstance(value, list):
-    value = tuple(value)
-  elif isinstance(old, float) and isinstance(value, int):
-    value = float(value)
-  try:
-    config[section][name] = value
-  except (TypeError, ValueError) as e:
-    raise CompareError(f'--override {key}: {str(e).splitlines()[0]}') from None
+    return run.apply_overrides(config, overrides)
+  except ValueError as e:
+    raise CompareError(str(e)) from None
 
 
 def resolve(args) -> Plan:
@@ -173,9 +154,9 @@ def resolve(args) -> Plan:
                          ('eval_every', pick(args.eval_every, 'eval_every'))))
   if train_steps < 1 or eval_every < 1:
     raise CompareError('--train_steps and --eval_every must be >= 1')
+  base = {k: apply_overrides(c, args.config_overrides)
+          for k, c in base.items()}
   for config in base.values():
-    for item in args.override:
-      apply_override(config, item)
     config.train.steps = train_steps
     config.train.eval_every = eval_every
     if args.cache_dir:

@@ -115,6 +115,23 @@ def _key_error(e) -> str:
   return msg + '; see configs/default.py for the allowed keys'
 
 
+def apply_overrides(config, overrides: list):
+  """`config` with `--config.SECTION.KEY=VALUE` flags applied by
+  ml_collections' own parser (the one `--config=FILE` uses here: types,
+  tuples, None placeholders); a bad flag is a one-line ValueError."""
+  fv = flags.FlagValues()
+  argv = ['dear_jax'] + list(overrides)
+  try:
+    config_flags.DEFINE_config_dict('config', config, flag_values=fv,
+                                    lock_config=True, sys_argv=argv)
+    fv(argv)
+  except (KeyError, AttributeError) as e:
+    raise ValueError(_key_error(e)) from None
+  except flags.Error as e:
+    raise ValueError(str(e).strip().splitlines()[0]) from None
+  return fv.config
+
+
 def main(argv=None) -> int:
   argv = sys.argv if argv is None else argv
   fv = flags.FlagValues()

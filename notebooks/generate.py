@@ -117,14 +117,14 @@ SMOKE_COMPARE = """
         \"\"\"baselines.compare flags of the smoke budget (results.ipynb uses the
         same ones, so it reuses these runs when both notebooks ran).\"\"\"
         from configs import default
-        overrides = ['model.hidden=16'] + [
-            f'data.{k}={v[0] if isinstance(v, tuple) else v}' for k, v in SMOKE_DATA.items()]
+        overrides = ['--config.model.hidden=16'] + [
+            f'--config.data.{k}={v[0] if isinstance(v, tuple) else v}' for k, v in SMOKE_DATA.items()]
         if 'diagnostics' in default.get_config().dear:
-            overrides.append('dear.diagnostics=False')
+            overrides.append('--config.dear.diagnostics=False')
         return (['--out', out, '--algorithms', 'minimum',
                  '--models', 'dear,nar_nohint', '--seeds', '1', '--train_steps', '6',
                  '--eval_every', '3', '--no_memory', '--quiet', '--cache_dir', CACHE]
-                + [a for o in overrides for a in ('--override', o)])
+                + overrides)
 """
 
 

@@ -18,6 +18,7 @@ import pytest
 import tqdm
 
 from baselines import compare, protocol, report
+from baselines import plan as plan_lib
 from conftest import tiny_config
 from dear_jax import loop
 
@@ -27,7 +28,7 @@ DPI = 110  # baselines/plots.py
 
 
 def _tiny_overrides():
-  """--override flags that turn configs/default.py into tests' tiny_config
+  """--config.KEY flags that turn configs/default.py into tests' tiny_config
   (train.* and data.cache_dir have their own compare flags)."""
   from configs import default  # pylint: disable=g-import-not-at-top
   base, tiny = default.get_config(), tiny_config('unused')
@@ -35,8 +36,10 @@ def _tiny_overrides():
   for section in ('data', 'model'):
     for key, value in tiny[section].items():
       if value != base[section][key] and key != 'cache_dir':
-        flags.append(f'--override={section}.{key}={value!r}')
-  return flags + ['--override=dear.max_iter_eval=3']
+        if isinstance(value, tuple):
+          value = '(' + ','.join(map(str, value)) + ',)'
+        flags.append(f'--config.{section}.{key}={value}')
+  return flags + ['--config.dear.max_iter_eval=3']
 
 
 TINY = (['--preset=smoke', '--algorithms=bfs', f'--models={",".join(MODELS)}',
@@ -283,7 +286,7 @@ def test_other_protocol_in_same_out_is_refused(finished, capsys):
 def test_changed_model_config_in_same_out_is_refused(finished, capsys):
   out, argv, _ = finished
   before = _stored(out)
-  assert compare.main(argv + ['--override=model.hidden=32']) == 2
+  assert compare.main(argv + ['--config.model.hidden=32']) == 2
   err = capsys.readouterr().err.strip()
   assert 'hidden: 16 there, 32 now' in err and '\n' not in err
   assert _stored(out) == before
@@ -296,25 +299,43 @@ def test_unreadable_protocol_is_refused(tmp_path, capsys):
   assert (tmp_path / 'protocol.json').read_text() == '{"protocol": '
 
 
-@pytest.mark.parametrize('override, message', [
-    ('model.hidden', 'wants SECTION.KEY=VALUE'),
-    ('hidden=32', 'wants SECTION.KEY=VALUE'),
-    ('dear.solver.tol=1', 'wants SECTION.KEY=VALUE'),
-    ('train.steps=3', 'use --train_steps instead'),
-    ('train.seed=1', 'use --seeds instead'),
-    ('data.cache_dir=/tmp', 'use --cache_dir instead'),
-    ('model.width=32', "no config key 'model.width'"),
-    ('optimizer.lr=1', "no config key 'optimizer.lr'"),
-    ('model.hidden=wide', '--override model.hidden:'),
-    ('dear.tol=-1', 'dear config:'),
+@pytest.mark.parametrize('flag, message', [
+    ('--config.model.hidden', 'Missing value for flag --config.model.hidden'),
+    ('--config.hidden=32', "unknown config key 'hidden'"),
+    ('--config.dear.solver.tol=1', "unknown config key 'solver'"),
+    ('--config.train.steps=3', 'use --train_steps instead'),
+    ('--config.train.seed=1', 'use --seeds instead'),
+    ('--config.data.cache_dir=/tmp', 'use --cache_dir instead'),
+    ('--config.model.width=32', "unknown config key 'width'"),
+    ('--config.model.hiden=32', 'did you mean "hidden"'),
+    ('--config.optimizer.lr=1', "unknown config key 'optimizer'"),
+    ('--config.model.hidden=wide', '--config.model.hidden=wide: invalid'),
+    ('--config.dear.tol=-1', 'dear config: dear.tol'),
+    ('--override=model.hidden=32', 'unrecognized arguments: --override'),
 ])
-def test_bad_override_is_one_line_exit_2(tmp_path, capsys, override, message):
-  assert compare.main([f'--out={tmp_path}', '--models=dear',
-                       f'--override={override}']) == 2
+def test_bad_config_flag_is_one_line_exit_2(tmp_path, capsys, flag, message):
+  try:
+    code = compare.main([f'--out={tmp_path}', '--models=dear', flag])
+  except SystemExit as e:  # argparse's own errors
+    code = e.code
+  assert code == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1, err
   assert message in err[0], err[0]
   assert not os.listdir(tmp_path)
+
+
+def test_config_flag_reaches_dear_and_nar_configs(tmp_path):
+  """--config.KEY=VALUE sets both configs, with ml_collections' types."""
+  args = compare.parse_args([f'--out={tmp_path}', '--models=dear,nar',
+                             '--config.model.hidden=24',
+                             '--config.data.train_sizes=(5,6)',
+                             '--config.data.val_num_samples=8'])
+  plan = plan_lib.resolve(args)
+  for model in ('dear', 'nar'):
+    c = plan.configs[model]
+    assert (c.model.hidden, c.data.train_sizes, c.data.val_num_samples) == (
+        24, (5, 6), 8)
 
 
 def test_protocol_allows_new_algorithms_models_seeds_only():
@@ -362,7 +383,7 @@ def test_aligned_model_trains_against_the_sweeps_teacher(tmp_path, cache_dir):
            '--models=dear_align,nar_nohint' for f in TINY if f != '--no_memory']
   out = tmp_path / 'out'
   assert compare.main([f'--out={out}', f'--cache_dir={cache_dir}',
-                       '--override=dear.diagnostics=False', *flags]) == 0
+                       '--config.dear.diagnostics=False', *flags]) == 0
   runs = out / 'runs' / 'bfs'
   teacher = runs / 'nar_nohint' / 's0'
   r = json.loads((runs / 'dear_align' / 's0' / 'results.json').read_text())

@@ -22,7 +22,7 @@ ray = pytest.importorskip('ray')
 # dear and nar, seed 0: two runs, two tasks in parallel on the 2 CPUs.
 TINY = (['--preset=smoke', '--algorithms=bfs', '--models=dear,nar',
          '--seeds=1', '--train_steps=1', '--eval_every=1', '--quiet',
-         '--no_memory', '--override=dear.diagnostics=False'] +
+         '--no_memory', '--config.dear.diagnostics=False'] +
         _tiny_overrides())
 # What differs between two runs of the same protocol: wall-clock times.
 TIMES = ('train_seconds', 'train_steps_per_second',
