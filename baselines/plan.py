@@ -11,7 +11,6 @@ import copy
 import dataclasses
 import importlib.util
 import os
-import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -107,8 +106,6 @@ def load_config_file(path: str):
   full = path if os.path.isabs(path) else os.path.join(REPO, path)
   if not os.path.isfile(full):
     raise CompareError(f'config file {path!r} not found')
-  if REPO not in sys.path:  # configs/dear_paper.py imports configs.default
-    sys.path.insert(0, REPO)
   name = 'dear_jax_compare_cfg_' + os.path.splitext(os.path.basename(full))[0]
   spec = importlib.util.spec_from_file_location(name, full)
   module = importlib.util.module_from_spec(spec)

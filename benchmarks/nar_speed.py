@@ -32,8 +32,6 @@ import time
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '0')  # BaselineModel: 1 device
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-  sys.path.insert(0, REPO)
 
 
 @contextlib.contextmanager

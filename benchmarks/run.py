@@ -45,8 +45,6 @@ import time
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '0')
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-  sys.path.insert(0, REPO)
 
 # Algorithms whose number of steps grows with n (insertion_sort: ~n,
 # mst_prim: ~n) and BFS, whose steps follow the graph's depth (a few).

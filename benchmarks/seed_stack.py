@@ -26,8 +26,6 @@ import time
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-  sys.path.insert(0, REPO)
 
 
 def same_shape_batches(algorithm: str, config, count: int) -> list:
