@@ -13,7 +13,6 @@ def trace(workdir: str) -> dict:
   DEAR run: the run's own solver and plain iteration h <- f(h) on the same
   map, both to the run's evaluation cap, past its tolerance."""
   import jax  # pylint: disable=g-import-not-at-top
-  import ml_collections  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from dear_jax import batches as batch_lib  # pylint: disable=g-import-not-at-top
   from dear_jax import clrs_lib, splits  # pylint: disable=g-import-not-at-top
@@ -21,7 +20,7 @@ def trace(workdir: str) -> dict:
 
   with open(os.path.join(workdir, 'results.json')) as f:
     results = json.load(f)
-  config = ml_collections.ConfigDict(results['config'])
+  config = train.stored_config(results['config'])
   algorithm = results['algorithm']
   test = splits.load_split(algorithm, 'test', train.data_config(config),
                            keep_hints=False)

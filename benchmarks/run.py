@@ -109,7 +109,6 @@ def trained_runs(folder: str, algorithm: str) -> dict:
   """{'dear'|'nar': (config, best params, run name)}: for each model kind,
   the finished run of `algorithm` under `folder` (lowest seed first) that
   kept its checkpoints."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
   from dear_jax import train  # pylint: disable=g-import-not-at-top
   found = {}
   names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
@@ -127,8 +126,7 @@ def trained_runs(folder: str, algorithm: str) -> dict:
     kind = r['model']
     if kind in found:
       continue
-    config = ml_collections.ConfigDict(r['config'])
-    config.data.train_sizes = tuple(config.data.train_sizes)
+    config = train.stored_config(r['config'])
     params = train.load_best_params(os.path.join(folder, name))
     found[kind] = (config, params, name)
   missing = [k for k in ('dear', 'nar') if k not in found]

@@ -77,6 +77,15 @@ def upgrade_stored_config(d: dict) -> dict:
   return d
 
 
+def stored_config(config_dict: dict):
+  """A results.json 'config' as a ConfigDict again: old sentinels read as
+  None, lists back to tuples (run folders written by earlier versions)."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  config = ml_collections.ConfigDict(upgrade_stored_config(config_dict))
+  config.data.train_sizes = tuple(config.data.train_sizes)
+  return config
+
+
 def build_model(config, spec: dict, sample_batch: dict):
   """The config's model_kind, given its typed sections (`typed`)."""
   run = typed(config)

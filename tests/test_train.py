@@ -12,10 +12,11 @@ import subprocess
 import sys
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
-from conftest import cli_args, config_flags, tiny_config  # noqa: F401  (tiny_config: re-exported for tests/test_dear.py)
+from conftest import cli_args, config_flags, tiny_config
 from dear_jax import clrs_lib, input_pipeline, run, splits, train, validation
 from dear_jax.results import REQUIRED_KEYS, SOLVER_KEYS
 
@@ -303,6 +304,23 @@ def test_results_stored_with_the_old_absent_values_still_match():
   assert train._comparable(old) == train._comparable(now)  # pylint: disable=protected-access
   old['data']['test_num_samples'] = 5
   assert train._comparable(old) != train._comparable(now)  # pylint: disable=protected-access
+
+
+def test_stored_config_of_an_old_run_builds_and_checks():
+  """benchmarks --trained and compare's convergence trace rebuild models from
+  results.json's config: an old one (sentinels, lists) reads as today's."""
+  from configs import default  # pylint: disable=g-import-not-at-top
+  old = json.loads(json.dumps(default.get_config().to_dict()))  # as stored
+  old['data'].update(val_num_samples=0, test_num_samples=0)
+  old['dear']['align_teacher'] = ''
+  with pytest.raises(ValueError, match='val_num_samples'):
+    validation.typed(ml_collections.ConfigDict(old))
+  config = train.stored_config(old)
+  typed = validation.typed(config)
+  assert typed.data.val_num_samples is None
+  assert typed.data.test_num_samples is None
+  assert typed.data.train_sizes == default.get_config().data.train_sizes
+  assert typed.dear.align_teacher is None
 
 
 def test_split_counts_default_to_none_and_parse_from_the_command_line():
