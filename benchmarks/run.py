@@ -433,6 +433,9 @@ def main(argv=None) -> int:
                  'with checkpoints (e.g. results/equilibrium/panel_cpu/runs);'
                  ' inference only (memory and training speed do not depend '
                  'on the parameters)')
+  p.add_argument('--algorithms', default=None,
+                 help='comma-separated algorithms for inference (default: '
+                 'the mode\'s)')
   p.add_argument('--sizes', default=None,
                  help='comma-separated graph sizes n for inference (default: '
                  'the mode\'s)')
@@ -446,6 +449,15 @@ def main(argv=None) -> int:
       print(f'error: --sizes must be comma-separated integers, got '
             f'{args.sizes!r}', file=sys.stderr)
       return 2
+  if args.algorithms:
+    from dear_jax import clrs_lib  # pylint: disable=g-import-not-at-top
+    names = tuple(a for a in args.algorithms.split(',') if a)
+    bad = [a for a in names if a not in clrs_lib.algorithm_names()]
+    if bad or not names:
+      print(f'error: --algorithms: unknown {bad or "(none)"}; allowed: '
+            f'{", ".join(clrs_lib.algorithm_names())}', file=sys.stderr)
+      return 2
+    settings['algorithms'] = names
   if args.trained and not os.path.isdir(args.trained):
     print(f'error: --trained={args.trained} is not a folder (give a folder '
           'of finished run folders)', file=sys.stderr)
