@@ -48,7 +48,8 @@ def measure(algorithm: str, n: int, batch_size: int, batches: int, repeats: int,
   data = max(by_shape.values(), key=len)[:batches]   # one shape: one compile
   spec = clrs_lib.processed_spec(algorithm)
   key = jax.random.PRNGKey(0)
-  _, step, params, opt_state = train.setup(config, spec, data[0], key)
+  _, step, params, opt_state = train.setup(config, spec, data[0], key,
+                                           donate=False)
   # a few JFB steps first, so the map is not the untrained one
   for i in range(pretrain_steps):
     params, opt_state, _, _ = step(params, opt_state, data[i % len(data)],
@@ -58,7 +59,7 @@ def measure(algorithm: str, n: int, batch_size: int, batches: int, repeats: int,
     cfg = config.copy_and_resolve_references()
     for k, v in changes.items():
       cfg.dear[k] = v
-    _, st, _, _ = train.setup(cfg, spec, data[0], key)
+    _, st, _, _ = train.setup(cfg, spec, data[0], key, donate=False)
 
     def one_pass():
       out = None

@@ -162,7 +162,9 @@ class SeedStack:
 
     fn = jax.vmap(keyed) if self.vmapped else keyed
     kwargs = {} if mesh is None else dict(out_shardings=replicated(mesh))
-    self._step = jax.jit(fn, **kwargs)
+    # Parameters and optimiser states are donated: the stack's buffers are
+    # reused, as dm-clrs's step reuses its own.
+    self._step = jax.jit(fn, donate_argnums=(0, 1), **kwargs)
     if mesh is not None:
       self.tree = jax.device_put(self.tree, replicated(mesh))
     self._compiles = Compiles()

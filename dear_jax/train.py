@@ -17,6 +17,7 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -121,18 +122,22 @@ def make_update(model, optimizer):
   return update
 
 
-def make_train_step(model, optimizer):
+def make_train_step(model, optimizer, donate: bool = False):
   """The one jitted update; compare's memory column and the benchmarks
-  measure exactly what training runs."""
-  return jax.jit(make_update(model, optimizer))
+  measure exactly what training runs. `donate`: the step reuses the buffers
+  of the parameters and optimiser state it is given (as dm-clrs's does), so
+  the caller must not read them again."""
+  return jax.jit(make_update(model, optimizer),
+                 donate_argnums=(0, 1) if donate else ())
 
 
-def setup(config, spec: dict, sample_batch: dict, key):
-  """(model, jitted train step, fresh params, fresh optimiser state)."""
+def setup(config, spec: dict, sample_batch: dict, key, donate: bool = True):
+  """(model, jitted train step, fresh params, fresh optimiser state); the
+  step donates its inputs (`make_train_step`) unless `donate` is False."""
   model = build_model(config, spec, sample_batch)
   optimizer = make_optimizer(config)
   params = model.init(key, sample_batch)
-  return (model, make_train_step(model, optimizer), params,
+  return (model, make_train_step(model, optimizer, donate), params,
           optimizer.init(params))
 
 
@@ -284,7 +289,10 @@ class FlaxLearner(loop.Learner):
     return self.stack.step(members, batches, steps)
 
   def state(self, j: int):
-    return self.stack.get(j)
+    # A copy of the parameters: the next step donates the stack's buffers,
+    # and these may become the best parameters.
+    params, opt_state = self.stack.get(j)
+    return jax.tree.map(jnp.copy, params), opt_state
 
   def evaluate(self, params, evalset) -> dict:
     return evaluate(self.net, self.predict, params, evalset)

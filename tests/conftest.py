@@ -200,7 +200,7 @@ def finished_run(tmp_path_factory, cache_dir):
       traces = []
       real = train.make_train_step
 
-      def counting_make_train_step(model, optimizer):
+      def counting_make_train_step(model, optimizer, *args, **kwargs):
         loss = model.loss
 
         def traced_loss(*args, **kwargs):
@@ -208,7 +208,7 @@ def finished_run(tmp_path_factory, cache_dir):
           return loss(*args, **kwargs)
 
         model.loss = traced_loss
-        return real(model, optimizer)
+        return real(model, optimizer, *args, **kwargs)
 
       out = io.StringIO()
       with xla_fast_compile(), pytest.MonkeyPatch.context() as mp, \
