@@ -39,13 +39,8 @@ def measure(algorithm: str, n: int, batch_size: int, batches: int, repeats: int,
   config = default.get_config()
   config.data.train_sizes = (n,)
   config.data.batch_size = batch_size
-  stream = input_pipeline.TrainStream(algorithm, train.data_config(config),
-                                      seed=0, keep_hints=False)
-  by_shape = {}
-  for _ in range(4 * batches):
-    b = next(stream)
-    by_shape.setdefault(str(jax.tree.map(lambda x: x.shape, b)), []).append(b)
-  data = max(by_shape.values(), key=len)[:batches]   # one shape: one compile
+  data = input_pipeline.same_shape_batches(input_pipeline.TrainStream(
+      algorithm, train.data_config(config), seed=0, keep_hints=False), batches)
   spec = clrs_lib.processed_spec(algorithm)
   key = jax.random.PRNGKey(0)
   _, step, params, opt_state = train.setup(config, spec, data[0], key,

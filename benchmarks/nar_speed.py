@@ -21,7 +21,6 @@ Writes OUT/nar_speed.json and OUT/nar_speed.md.
 from __future__ import annotations
 
 import argparse
-import collections
 import contextlib
 import json
 import os
@@ -62,11 +61,9 @@ def _batches(algorithm: str, n: int, batch: int, count: int):
   from dear_jax import batches as batch_lib  # pylint: disable=g-import-not-at-top
   from dear_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   cfg = input_pipeline.DataConfig(train_sizes=(n,), batch_size=batch)
-  stream = input_pipeline.TrainStream(algorithm, cfg, seed=0)
-  drawn = [next(stream) for _ in range(4 * count)]
-  steps = collections.Counter(batch_lib.num_steps(b) for b in drawn)
-  common = steps.most_common(1)[0][0]
-  return [b for b in drawn if batch_lib.num_steps(b) == common][:count], common
+  batches = input_pipeline.same_shape_batches(
+      input_pipeline.TrainStream(algorithm, cfg, seed=0), count)
+  return batches, batch_lib.num_steps(batches[0])
 
 
 def measure(algorithm: str, n: int, batch: int, count: int, rounds: int):

@@ -34,7 +34,6 @@ DEAR's training memory <= 1/3 of the NAR's. `--quick` shrinks everything
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import statistics
@@ -235,18 +234,15 @@ def memory(settings: dict, cache_dir: str, log) -> list:
 
 def _training_batches(settings: dict, cache_dir: str):
   """TrainStream batches at one size, all padded to the most common length."""
-  import collections  # pylint: disable=g-import-not-at-top
   from dear_jax import batches as batch_lib  # pylint: disable=g-import-not-at-top
   from dear_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   cfg = input_pipeline.DataConfig(train_sizes=(settings['train_n'],),
                                   batch_size=settings['train_batch'],
                                   cache_dir=cache_dir)
-  stream = input_pipeline.TrainStream(settings['train_algorithm'], cfg, seed=0)
-  drawn = [next(stream) for _ in range(4 * settings['train_batches'])]
-  shape = collections.Counter(batch_lib.num_steps(b) for b in drawn)
-  common = shape.most_common(1)[0][0]
-  kept = [b for b in drawn if batch_lib.num_steps(b) == common]
-  return kept[:settings['train_batches']], common, len(drawn)
+  count = settings['train_batches']
+  kept = input_pipeline.same_shape_batches(input_pipeline.TrainStream(
+      settings['train_algorithm'], cfg, seed=0), count)
+  return kept, batch_lib.num_steps(kept[0]), 4 * count
 
 
 def training(settings: dict, cache_dir: str, log) -> dict:

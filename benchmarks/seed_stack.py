@@ -31,16 +31,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def same_shape_batches(algorithm: str, config, count: int) -> list:
   """`count` TrainStream batches of the config's first size, all of its most
   common shape (hint steps included)."""
-  import jax  # pylint: disable=g-import-not-at-top
   from dear_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   from dear_jax import train  # pylint: disable=g-import-not-at-top
-  stream = input_pipeline.TrainStream(algorithm, train.data_config(config),
-                                      seed=0, keep_hints=True)
-  by_shape = {}
-  for _ in range(4 * count):
-    b = next(stream)
-    by_shape.setdefault(str(jax.tree.map(lambda x: x.shape, b)), []).append(b)
-  return max(by_shape.values(), key=len)[:count]
+  return input_pipeline.same_shape_batches(input_pipeline.TrainStream(
+      algorithm, train.data_config(config), seed=0, keep_hints=True), count)
 
 
 class Stacks:

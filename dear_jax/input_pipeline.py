@@ -209,6 +209,22 @@ class RecordedStream:
     return self._record(k)
 
 
+def _shapes(tree):
+  if isinstance(tree, dict):
+    return tuple((k, _shapes(v)) for k, v in sorted(tree.items()))
+  return np.shape(tree)
+
+
+def same_shape_batches(stream, count: int) -> list:
+  """`count` batches of `stream`, all of the most common shape among 4 x
+  count drawn (ties: the first seen): timed loops then compile once."""
+  by_shape = {}
+  for _ in range(4 * count):
+    b = next(stream)
+    by_shape.setdefault(_shapes(b), []).append(b)
+  return max(by_shape.values(), key=len)[:count]
+
+
 def train_stream(algorithm: str, cfg: DataConfig, seed: int, keep_hints: bool = True,
                  recorded: bool = False):
   """The training stream: live (default) or recorded to disk and replayed."""
