@@ -5,7 +5,7 @@
         [--seeds=3] [--train_steps=N] [--eval_every=N]
         [--dear_config=configs/dear_paper.py] [--nar_config=configs/default.py]
         [--config.SECTION.KEY=VALUE ...] [--cache_dir=DIR] [--no_memory]
-        [--quiet] [--stack_seeds] [--executor=local|ray] [--ray_address=ADDRESS]
+        [--quiet] [--report_only] [--stack_seeds] [--executor=local|ray] [--ray_address=ADDRESS]
         [--ray_cpus_per_task=C] [--ray_gpus_per_task=G] [--ray_num_cpus=N]
 
 Models: `dear` (EquilibriumReasoner, no hints), `nar` (Flax stepwise NAR,
@@ -103,6 +103,10 @@ def parse_args(argv):
   p.add_argument('--no_memory', dest='memory', action='store_false',
                  help='skip the compiled train-step memory column')
   p.add_argument('--quiet', action='store_true', help='no progress bars')
+  p.add_argument('--report_only', action='store_true',
+                 help='train nothing: rewrite results.csv, results.md and '
+                      'plots/ from the runs finished in --out so far (a '
+                      'partial sweep can be published while it runs)')
   p.add_argument('--stack_seeds', action='store_true',
                  help='train the seeds of each (algorithm, model) together '
                       'in one vmapped program (with ray: one task) '
@@ -161,27 +165,44 @@ def run_all(plan: Plan, ray: executors.RayOptions | None = None) -> int | None:
   return executors.run_ray(plan, ray)
 
 
-def write_reports(plan: Plan) -> None:
-  """results.csv, results.md and plots/ over every finished run in DIR."""
+def write_reports(out: str) -> None:
+  """results.csv, results.md and plots/ over every finished run in OUT."""
   from baselines import convergence, plots  # pylint: disable=g-import-not-at-top
-  runs = report.collect(plan.out)
-  rows = [report.csv_row(r, plan.out) for r in runs]
-  report.write_csv(os.path.join(plan.out, 'results.csv'), rows)
-  with open(os.path.join(plan.out, 'protocol.json')) as f:
+  runs = report.collect(out)
+  rows = [report.csv_row(r, out) for r in runs]
+  report.write_csv(os.path.join(out, 'results.csv'), rows)
+  with open(os.path.join(out, 'protocol.json')) as f:
     stored = json.load(f)
-  report.write_markdown(os.path.join(plan.out, 'results.md'), rows,
+  report.write_markdown(os.path.join(out, 'results.md'), rows,
                         stored['info'], stored['protocol'])
-  trace = convergence.cached_trace(plan.out, runs) if runs else None
-  written = plots.write_all(os.path.join(plan.out, 'plots'), runs, rows,
+  trace = convergence.cached_trace(out, runs) if runs else None
+  written = plots.write_all(os.path.join(out, 'plots'), runs, rows,
                             report.PUBLISHED_TRIPLET_GMPNN,
                             report.PUBLISHED_LABEL, trace, MODELS)
-  print(f'{len(rows)} runs: {os.path.join(plan.out, "results.csv")}, '
-        f'{os.path.join(plan.out, "results.md")}, '
-        f'{len(written)} plots in {os.path.join(plan.out, "plots")}')
+  print(f'{len(rows)} runs: {os.path.join(out, "results.csv")}, '
+        f'{os.path.join(out, "results.md")}, '
+        f'{len(written)} plots in {os.path.join(out, "plots")}')
+
+
+def report_only(out: str) -> int:
+  """--report_only: the reports of what OUT holds, nothing trained."""
+  path = os.path.join(out, 'protocol.json')
+  try:
+    with open(path) as f:
+      json.load(f)['info']  # pylint: disable=expression-not-assigned
+  except FileNotFoundError:
+    return _fail(f'{path} not found: --report_only needs a --out that '
+                 'baselines.compare has written')
+  except (ValueError, KeyError, TypeError) as e:
+    return _fail(f'{path} is unreadable ({type(e).__name__})')
+  write_reports(out)
+  return 0
 
 
 def main(argv=None) -> int:
   args = parse_args(sys.argv[1:] if argv is None else argv)
+  if args.report_only:
+    return report_only(args.out)
   local = args.executor == 'local'
   if local and 'clrs_official' in (args.models or
                                    PRESETS[args.preset]['models']):
@@ -222,7 +243,7 @@ def main(argv=None) -> int:
     for a in plan.algorithms:
       for m in plan.models:
         memory.cached_train_step_mb(plan, a, m)
-  write_reports(plan)
+  write_reports(plan.out)
   return 1 if failures else 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import os
 
@@ -50,24 +51,35 @@ def trace(workdir: str) -> dict:
               actual_iterations=results['solver_iterations'][:graphs])
 
 
+def _source(out: str, run: dict) -> list:
+  """What a cached trace was computed from: the run's folder under OUT and a
+  hash of its results.json (stable across clones, unlike an mtime)."""
+  with open(os.path.join(run['run_dir'], 'results.json'), 'rb') as f:
+    digest = hashlib.sha256(f.read()).hexdigest()[:16]
+  return [os.path.relpath(run['run_dir'], out), digest]
+
+
 def cached_trace(out: str, runs: list):
   """`trace` of the first finished dear run (seed 0 first), kept in
-  OUT/plots/convergence.json until that run's results change."""
-  dear = [r for r in runs if r['model'] == 'dear']
-  if not dear:
-    return None
-  run = sorted(dear, key=lambda r: (r['seed'], r['algorithm']))[0]
-  stamp = os.path.getmtime(os.path.join(run['run_dir'], 'results.json'))
+  OUT/plots/convergence.json until that run's results change. A run without
+  checkpoints (a fresh clone keeps none: they are git-ignored) is passed
+  over unless the cache already holds its trace; None if no run qualifies."""
+  dear = sorted((r for r in runs if r['model'] == 'dear'),
+                key=lambda r: (r['seed'], r['algorithm']))
   path = os.path.join(out, 'plots', 'convergence.json')
+  cached = None
   if os.path.exists(path):
     with open(path) as f:
       cached = json.load(f)
-    if cached.get('source') == [run['run_dir'], stamp]:
+  for run in dear:
+    source = _source(out, run)
+    if cached is not None and cached.get('source') == source:
       return cached
-  result = trace(run['run_dir'])
-  result['run'] = os.path.relpath(run['run_dir'], out)
-  result['source'] = [run['run_dir'], stamp]
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, 'w') as f:
-    json.dump(result, f)
-  return result
+    if os.path.isdir(os.path.join(run['run_dir'], 'checkpoints')):
+      result = trace(run['run_dir'])
+      result['run'], result['source'] = source[0], source
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      with open(path, 'w') as f:
+        json.dump(result, f)
+      return result
+  return None

@@ -85,7 +85,8 @@ def iterations_vs_steps(path: str, runs: list) -> str | None:
     res = r['results']
     if 'solver_iterations' in res and 'test_algo_steps' in res:
       by_alg.setdefault(r['algorithm'], []).append(
-          (r['seed'], res['test_algo_steps'], res['solver_iterations'],
+          (r['model'], r['seed'], res['test_algo_steps'],
+           res['solver_iterations'],
            res.get('config', {}).get('dear', {}).get('max_iter_eval')))
   if not by_alg:
     return None
@@ -94,11 +95,11 @@ def iterations_vs_steps(path: str, runs: list) -> str | None:
   for ax, (a, seeds) in zip(axes, sorted(by_alg.items())):
     hi = 1
     cap = None
-    for i, (seed, steps, iters, cap) in enumerate(sorted(seeds)):
+    for i, (model, seed, steps, iters, cap) in enumerate(sorted(seeds)):
       steps, iters = np.asarray(steps, float), np.asarray(iters, float)
       jitter = rng.uniform(-0.15, 0.15, size=steps.shape)
       ax.scatter(steps + jitter, iters, s=12, alpha=0.6, color=f'C{i}',
-                 label=f'seed {seed}')
+                 label=f'{model} seed {seed}')
       hi = max(hi, steps.max(), iters.max())
     ax.plot([0, hi], [0, hi], 'k--', lw=1, label='iterations = steps')
     if cap:
@@ -197,6 +198,42 @@ def training_curves(path: str, runs: list, order=()) -> str:
   return path
 
 
+def score_by_tolerance(path: str, runs: list, order=()) -> str | None:
+  """DEAR's test score at its operating tolerance and tighter ones (results
+  .json `score_by_tol`), one panel per DEAR model, one line per algorithm
+  (mean over seeds): a flat line means the answer read is H*'s."""
+  by_model = {}
+  for r in runs:
+    sbt = r['results'].get('score_by_tol')
+    if sbt:
+      by_model.setdefault(r['model'], {}).setdefault(r['algorithm'], []).append(
+          {float(t): 100 * v for t, v in sbt.items()})
+  if not by_model:
+    return None
+  models = _ordered(by_model, order)
+  fig, axes = _grid(len(models), width=5.0, height=3.8)
+  for ax, m in zip(axes, models):
+    for i, (a, seeds) in enumerate(sorted(by_model[m].items())):
+      tols = sorted(set.intersection(*(set(s) for s in seeds)), reverse=True)
+      if not tols:
+        continue
+      ax.plot(tols, [np.mean([s[t] for s in seeds]) for t in tols], 'o-',
+              color=f'C{i % 10}', label=f'{a} (n={len(seeds)})')
+    ax.set_xscale('log')
+    ax.invert_xaxis()
+    ax.set_xlabel('relative tolerance (tighter to the right)')
+    ax.set_ylabel('OOD test score (%)')
+    ax.set_title(f'{m}')
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+  fig.suptitle('DEAR: test score as the solve tightens (operating tolerance, '
+               '/10, /100; eval cap x4 each)', fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
 def write_all(out_dir: str, runs: list, rows: list, published: dict,
               published_label: str, trace: dict | None, order=()) -> list:
   """Writes every figure the data allows; returns the paths written."""
@@ -210,6 +247,10 @@ def write_all(out_dir: str, runs: list, rows: list, published: dict,
                                    runs, order))
   p = iterations_vs_steps(os.path.join(out_dir, 'iterations_vs_steps.png'),
                           runs)
+  if p:
+    written.append(p)
+  p = score_by_tolerance(os.path.join(out_dir, 'score_by_tolerance.png'),
+                         runs, order)
   if p:
     written.append(p)
   if trace:

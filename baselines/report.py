@@ -48,6 +48,12 @@ PUBLISHED_TRIPLET_GMPNN = {
 }
 PUBLISHED_LABEL = 'Triplet-GMPNN (Ibarz et al. 2022)'
 
+# Issue goals for DEAR's answer (README, "Equilibrium"): converged share,
+# distance to H*, score spread over tolerances (points).
+FIXED_POINT_GOALS = dict(converged=0.99, distance=0.05, spread=0.5)
+DEAR_MODELS = ('dear', 'dear_cgp', 'dear_align')
+STEPWISE_MODELS = ('nar_nohint', 'nar', 'clrs_official')
+
 CSV_COLUMNS = ('algorithm', 'model', 'seed', 'test_score', 'val_score',
                'train_seconds', 'train_steps_per_second',
                'eval_seconds_per_graph', 'solver_iters_mean',
@@ -141,6 +147,110 @@ def _fmt(mean, std, n, scale=1.0, digits=1):
   return s + (f' (n={n})' if n != 1 else ' (n=1)')
 
 
+def _by_seed(rows: list, algorithm: str, model: str, metric: str) -> dict:
+  return {r['seed']: _number(r[metric]) for r in rows
+          if r['algorithm'] == algorithm and r['model'] == model
+          and _number(r[metric]) is not None}
+
+
+def head_to_head(rows: list, model: str, baseline: str) -> list:
+  """(algorithm, model's mean, baseline's mean, seeds) over the seeds both
+  finished, for every algorithm where they share one: a like-for-like pair
+  (same data stream, validation and test) even while a sweep is partial."""
+  out = []
+  for a in sorted({r['algorithm'] for r in rows}):
+    x = _by_seed(rows, a, model, 'test_score')
+    y = _by_seed(rows, a, baseline, 'test_score')
+    seeds = sorted(set(x) & set(y))
+    if seeds:
+      out.append((a, sum(x[s] for s in seeds) / len(seeds),
+                  sum(y[s] for s in seeds) / len(seeds), len(seeds)))
+  return out
+
+
+def _head_to_head_lines(rows: list, models: list) -> list:
+  dears = [m for m in DEAR_MODELS if m in models]
+  bases = [m for m in STEPWISE_MODELS if m in models]
+  if not dears or not bases:
+    return []
+  lines = ['', '## DEAR against the stepwise baselines', '',
+           'Over the algorithms where both finished the same seeds: on how '
+           'many the DEAR model\'s mean test score is at least the '
+           'baseline\'s, and both means over those algorithms (points; '
+           'difference in brackets). DEAR is told no step count; the stepwise '
+           'models run for the true one.', '',
+           '| DEAR model | ' + ' | '.join(f'vs `{b}`' for b in bases) + ' |',
+           '|' + '---|' * (len(bases) + 1)]
+  for d in dears:
+    cells = []
+    for b in bases:
+      pairs = head_to_head(rows, d, b)
+      if not pairs:
+        cells.append('–')
+        continue
+      wins = sum(x >= y for _, x, y, _ in pairs)
+      mx = 100 * sum(x for _, x, _, _ in pairs) / len(pairs)
+      my = 100 * sum(y for _, _, y, _ in pairs) / len(pairs)
+      cells.append(f'≥ on {wins} of {len(pairs)}; {mx:.1f} vs {my:.1f} '
+                   f'({mx - my:+.1f})')
+    lines.append(f'| `{d}` | ' + ' | '.join(cells) + ' |')
+  for d in dears:
+    per = {b: {a: (x, y) for a, x, y, _ in head_to_head(rows, d, b)}
+           for b in bases}
+    algorithms = sorted({a for p in per.values() for a in p})
+    if not algorithms:
+      continue
+    lines += ['', f'Per algorithm, `{d}` minus each baseline (points, same '
+              'seeds):', '',
+              '| algorithm | ' + ' | '.join(f'`{b}`' for b in bases) + ' |',
+              '|' + '---|' * (len(bases) + 1)]
+    for a in algorithms:
+      lines.append(f'| {a} | ' + ' | '.join(
+          f'{100 * (per[b][a][0] - per[b][a][1]):+.1f}' if a in per[b]
+          else '–' for b in bases) + ' |')
+  return lines
+
+
+def _fixed_point_goal_lines(rows: list, models: list) -> list:
+  dears = [m for m in DEAR_MODELS if m in models]
+  g = FIXED_POINT_GOALS
+  out = []
+  for a in sorted({r['algorithm'] for r in rows}):
+    for m in dears:
+      runs = [r for r in rows if r['algorithm'] == a and r['model'] == m]
+      if not runs:
+        continue
+      mean = lambda k: mean_std([r[k] for r in runs])[0]
+      nonconv, dist = mean('nonconverged_fraction'), mean(
+          'fixed_point_distance_mean')
+      spread, iters, steps = (mean('score_by_tol_spread'),
+                              mean('solver_iters_mean'),
+                              mean('algo_steps_mean'))
+      checks = [None if nonconv is None else 1 - nonconv >= g['converged'],
+                None if dist is None else dist <= g['distance'],
+                None if spread is None else spread <= g['spread']]
+      mark = lambda ok: '' if ok is None else (' ✓' if ok else ' ✗')
+      fmt = lambda v, f: '–' if v is None else f.format(v)
+      out.append(
+          f'| {a} | `{m}` | {len(runs)} | '
+          f'{fmt(None if nonconv is None else 100 * (1 - nonconv), "{:.1f}")}'
+          f'{mark(checks[0])} | {fmt(dist, "{:.3f}")}{mark(checks[1])} | '
+          f'{fmt(spread, "{:.2f}")}{mark(checks[2])} | '
+          f'{fmt(iters, "{:.1f}")} / {fmt(steps, "{:.1f}")} | '
+          + ('–' if None in checks else ('yes' if all(checks) else 'no'))
+          + ' |')
+  if not out:
+    return []
+  return ['', '## DEAR: is every answer a fixed point? (goals)', '',
+          f'Goals: at least {100 * g["converged"]:.0f} % of test graphs '
+          f'converged, mean distance to H* at most {g["distance"]}, test '
+          f'score spread over tolerances at most {g["spread"]} points '
+          '(means over seeds; ✓ met, ✗ not).', '',
+          '| algorithm | model | seeds | converged % | distance to H* | '
+          'spread (points) | iterations / true steps | all met |',
+          '|---|---|---|---|---|---|---|---|'] + out
+
+
 def write_markdown(path: str, rows: list, info: dict, protocol: dict) -> None:
   algorithms = sorted({r['algorithm'] for r in rows})
   present = {r['model'] for r in rows}
@@ -173,6 +283,8 @@ def write_markdown(path: str, rows: list, info: dict, protocol: dict) -> None:
     pub_s = f'{pub[0]:.2f} ± {pub[1]:.2f}' if pub else '–'
     lines.append('| ' + ' | '.join([a] + [test[a, m] for m in models] +
                                    [pub_s]) + ' |')
+  lines += _head_to_head_lines(rows, models)
+  lines += _fixed_point_goal_lines(rows, models)
 
   def table(title, metric, scale, digits, note=''):
     t = cells(metric, scale, digits)

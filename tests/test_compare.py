@@ -5,6 +5,7 @@ line, exit 2)."""
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -175,7 +176,8 @@ def test_every_model_trains_in_the_one_loop(finished):
     assert bar['postfixes'][-1]['best'] == f"{r['val_score']:.3f}"
 
 
-PLOTS = ('scores', 'iterations_vs_steps', 'convergence', 'training_curves')
+PLOTS = ('scores', 'iterations_vs_steps', 'convergence', 'training_curves',
+         'score_by_tolerance')
 
 
 @pytest.mark.parametrize('name', PLOTS)
@@ -216,9 +218,94 @@ def test_iterations_plot_shows_solver_iterations(finished):
   out, _, figures = finished
   (ax,) = figures['iterations_vs_steps.png']['axes']
   r = _results(out, 'dear')
-  (points,) = [p for label, p in ax['points'] if label == 'seed 0']
+  (points,) = [p for label, p in ax['points'] if label == 'dear seed 0']
   np.testing.assert_allclose(points[:, 1], r['solver_iterations'])
   assert np.all(np.abs(points[:, 0] - r['test_algo_steps']) <= 0.15)  # jitter
+
+
+def test_score_by_tolerance_plot_shows_each_tolerance(finished):
+  out, _, figures = finished
+  (ax,) = figures['score_by_tolerance.png']['axes']
+  assert ax['title'] == 'dear'
+  sbt = _results(out, 'dear')['score_by_tol']
+  assert len(sbt) == 3  # operating, /10, /100
+  (line,) = [(x, y) for label, x, y in ax['lines'] if label == 'bfs (n=1)']
+  want = sorted(((float(t), 100 * v) for t, v in sbt.items()), reverse=True)
+  np.testing.assert_allclose(np.stack(line, 1), want)
+
+
+def test_markdown_states_the_fixed_point_goals_of_each_dear_run(finished):
+  out, _, _ = finished
+  r = _results(out, 'dear')
+  md = (out / 'results.md').read_text()
+  (row,) = [l for l in md.splitlines() if l.startswith('| bfs | `dear` |')]
+  cells = [c.strip() for c in row.strip('|').split('|')]
+  assert cells[2] == '1'  # seeds
+  assert cells[3].startswith(f"{100 * (1 - r['nonconverged_fraction']):.1f}")
+  assert cells[4].startswith(f"{r['fixed_point_distance_mean']:.3f}")
+  assert cells[5].startswith(f"{r['score_by_tol_spread']:.2f}")
+  ok = [r['nonconverged_fraction'] <= 0.01,
+        r['fixed_point_distance_mean'] <= 0.05,
+        r['score_by_tol_spread'] <= 0.5]
+  for cell, good in zip(cells[3:6], ok):
+    assert cell.endswith('✓' if good else '✗')
+  assert cells[7] == ('yes' if all(ok) else 'no')
+  # ... and DEAR against each stepwise model that ran (nar, clrs_official).
+  (summary,) = [l for l in md.splitlines() if l.startswith('| `dear` | ≥ on')]
+  for m in ('nar', 'clrs_official'):
+    d = 100 * (r['test_score'] - _results(out, m)['test_score'])
+    assert f'({d:+.1f})' in summary
+
+
+def test_report_only_rewrites_the_reports_and_trains_nothing(finished,
+                                                            tmp_path,
+                                                            capsys):
+  src, _, _ = finished
+  # A clone of the sweep: moved, and without checkpoints (git-ignored); the
+  # convergence trace then comes from its cache, which still matches.
+  out = tmp_path / 'clone'
+  shutil.copytree(src, out)
+  for ckpt in out.glob('runs/*/*/s*/checkpoints'):
+    shutil.rmtree(ckpt)
+  trace = (out / 'plots' / 'convergence.json').read_text()
+  (out / 'plots' / 'convergence.png').unlink()
+  before = _results_mtimes(out)
+  md, csv_text = (out / 'results.md').read_text(), (
+      out / 'results.csv').read_text()
+  (out / 'results.md').unlink()
+  (out / 'plots' / 'scores.png').unlink()
+  assert compare.main([f'--out={out}', '--report_only']) == 0
+  assert (out / 'results.md').read_text() == md
+  assert (out / 'results.csv').read_text() == csv_text
+  assert (out / 'plots' / 'scores.png').exists()
+  assert (out / 'plots' / 'convergence.png').exists()
+  assert (out / 'plots' / 'convergence.json').read_text() == trace
+  assert _results_mtimes(out) == before
+  capsys.readouterr()
+  # A folder compare never wrote: one line, exit 2, nothing written.
+  empty = tmp_path / 'empty'
+  empty.mkdir()
+  assert compare.main([f'--out={empty}', '--report_only']) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and 'protocol.json not found' in err[0]
+  assert not os.listdir(empty)
+
+
+def test_head_to_head_pairs_only_shared_seeds():
+  """DEAR against a baseline over the seeds both finished (hand-computed)."""
+  row = lambda a, m, s, score: dict(algorithm=a, model=m, seed=s,
+                                    test_score=score)
+  rows = [row('bfs', 'dear', 0, 0.9), row('bfs', 'dear', 1, 0.7),
+          row('bfs', 'nar_nohint', 0, 0.8),  # seed 1 missing
+          row('dfs', 'dear', 0, 0.2),  # no baseline on dfs
+          row('mst_prim', 'dear', 2, 0.5), row('mst_prim', 'nar_nohint', 2,
+                                               ''),  # unfinished value
+          row('sort', 'dear', 0, 0.6), row('sort', 'dear', 1, 0.4),
+          row('sort', 'nar_nohint', 0, 0.3), row('sort', 'nar_nohint', 1,
+                                                 0.9)]
+  got = report.head_to_head(rows, 'dear', 'nar_nohint')
+  assert [(a, round(x, 9), round(y, 9), n) for a, x, y, n in got] == [
+      ('bfs', 0.9, 0.8, 1), ('sort', 0.5, 0.6, 2)]
 
 
 def test_convergence_plot_shows_trace(finished):
