@@ -222,7 +222,7 @@ def main(argv=None) -> int:
       hardware = f'Ray workers (driver: {hardware})'
     info = dict(presets=[plan.preset], algorithms=list(plan.algorithms),
                 models=list(plan.models), seeds=list(plan.seeds),
-                hardware=hardware)
+                hardware=[hardware])
     protocol_lib.check_and_write(plan, protocol_lib.build(plan), info)
   except CompareError as e:
     return _fail(str(e))

@@ -90,6 +90,10 @@ def first_difference(old, new, path=''):
   return None
 
 
+def _as_list(hardware) -> list:
+  return [hardware] if isinstance(hardware, str) else list(hardware)
+
+
 def check_and_write(plan: Plan, protocol: dict, info: dict) -> None:
   """Fails if DIR was used with other results-changing settings."""
   path = os.path.join(plan.out, 'protocol.json')
@@ -120,6 +124,11 @@ def check_and_write(plan: Plan, protocol: dict, info: dict) -> None:
                          key=str)
     info['presets'] = sorted(set(old_info.get('presets', [])) |
                              set(info['presets']))
+    # every machine that has trained here (one string before this was a list)
+    seen = old_info.get('hardware', [])
+    seen = [seen] if isinstance(seen, str) else list(seen)
+    info['hardware'] = seen + [h for h in _as_list(info.get('hardware', []))
+                               if h not in seen]
   os.makedirs(plan.out, exist_ok=True)
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:

@@ -59,7 +59,7 @@ CSV_COLUMNS = ('algorithm', 'model', 'seed', 'test_score', 'val_score',
                'eval_seconds_per_graph', 'solver_iters_mean',
                'algo_steps_mean', 'memory_mb', 'nonconverged_fraction',
                'fixed_point_distance_mean', 'score_by_tol_spread',
-               'spectral_radius_mean')
+               'spectral_radius_mean', 'hardware')
 
 
 def _number(x):
@@ -114,7 +114,8 @@ def csv_row(run: dict, out: str) -> dict:
               nonconverged_fraction=r.get('nonconverged_fraction'),
               fixed_point_distance_mean=r.get('fixed_point_distance_mean'),
               score_by_tol_spread=r.get('score_by_tol_spread'),
-              spectral_radius_mean=r.get('spectral_radius_mean'))
+              spectral_radius_mean=r.get('spectral_radius_mean'),
+              hardware=r.get('hardware', ''))
 
 
 def write_csv(path: str, rows: list) -> None:
@@ -123,7 +124,8 @@ def write_csv(path: str, rows: list) -> None:
     w.writeheader()
     for row in rows:
       w.writerow({k: ('' if _number(v) is None and k not in
-                      ('algorithm', 'model') else v) for k, v in row.items()})
+                      ('algorithm', 'model', 'hardware') else v)
+                  for k, v in row.items()})
 
 
 def mean_std(values: list):
@@ -251,6 +253,28 @@ def _fixed_point_goal_lines(rows: list, models: list) -> list:
           '|---|---|---|---|---|---|---|---|'] + out
 
 
+def _hardware_line(info: dict, rows: list) -> str:
+  """The machines behind the runs: each run's own (results.json 'hardware')
+  and every machine an invocation on this folder ran on (protocol.json);
+  timing columns compare only within one machine."""
+  invoked = info['hardware']
+  invoked = [invoked] if isinstance(invoked, str) else list(invoked)
+  per_run = {}
+  for r in rows:
+    per_run.setdefault(r.get('hardware') or '', []).append(r)
+  if len(invoked) == 1 and set(per_run) <= {'', invoked[0]}:
+    return f'Hardware: {invoked[0]}.'
+  lines = ['Hardware: runs in this folder come from more than one machine, '
+           'so compare timing columns only between runs of one machine '
+           '(results.csv `hardware`).', '']
+  for line, runs in sorted(per_run.items(), key=lambda kv: kv[0] == ''):
+    lines.append(f'- {line or "not recorded (runs written before results.json named its machine; see the list below)"}: '
+                 f'{len(runs)} run(s)')
+  lines += ['', 'Every machine that trained in this folder: '
+            + '; '.join(invoked) + '.']
+  return '\n'.join(lines)
+
+
 def write_markdown(path: str, rows: list, info: dict, protocol: dict) -> None:
   algorithms = sorted({r['algorithm'] for r in rows})
   present = {r['model'] for r in rows}
@@ -266,7 +290,7 @@ def write_markdown(path: str, rows: list, info: dict, protocol: dict) -> None:
     return table
 
   lines = ['# DEAR vs stepwise NAR vs dm-clrs BaselineModel', '',
-           f'Hardware: {info["hardware"]}.', '',
+           _hardware_line(info, rows), '',
            f'Preset(s) {", ".join(info["presets"])}; {protocol["train_steps"]} '
            f'training steps, validation every {protocol["eval_every"]} steps; '
            f'seeds {", ".join(map(str, info["seeds"]))} requested. Models: '

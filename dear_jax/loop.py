@@ -27,6 +27,7 @@ import tqdm
 
 from dear_jax import batches as batch_lib
 from dear_jax import input_pipeline
+from dear_jax import profiling
 from dear_jax import seeds as seeds_lib
 from dear_jax import splits
 from dear_jax.checkpoints import Checkpoints, RunError
@@ -270,7 +271,10 @@ def _results(learner: Learner, run: Run, test_set, steps: int,
       compile_steps=meta['compile_steps'],
       eval_seconds_per_graph=eval_seconds / test_set.num_samples,
       algo_steps_mean=float(np.mean(test_set.lengths) - 1),
-      val_curve=meta['val_curve'], loss_curve=meta['loss_curve'])
+      val_curve=meta['val_curve'], loss_curve=meta['loss_curve'],
+      # the machine that tested the run (and timed it, unless it resumed
+      # on another): the timing columns are only comparable on one machine
+      hardware=profiling.hardware_line())
   learner.results(results, run, best_params, test, test_set)
   write_results(run.workdir, results)
   return results

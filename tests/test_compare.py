@@ -21,7 +21,7 @@ import tqdm
 from baselines import compare, protocol, report
 from baselines import plan as plan_lib
 from conftest import tiny_config
-from dear_jax import loop
+from dear_jax import loop, profiling
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = ('dear', 'nar', 'clrs_official')
@@ -154,6 +154,10 @@ def test_outputs(finished):
   md = (out / 'results.md').read_text()
   assert report.PUBLISHED_LABEL in md and '99.73 ± 0.04' in md
   assert 'CPU cores' in md
+  # Each run names the machine that tested it; here all ran on this one.
+  line = profiling.hardware_line()
+  assert {r['hardware'] for r in rows} == {line}
+  assert f'Hardware: {line}.' in md
   # The runs used the tiny protocol (the overrides reached every model).
   assert _results(out, 'nar')['config']['model']['hidden'] == 16
   assert _results(out, 'dear')['test_graphs'] == 4
@@ -289,6 +293,30 @@ def test_report_only_rewrites_the_reports_and_trains_nothing(finished,
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and 'protocol.json not found' in err[0]
   assert not os.listdir(empty)
+
+
+def test_a_second_machine_is_named_beside_the_first(finished, tmp_path,
+                                                   monkeypatch, capsys):
+  """Resuming a sweep on another machine keeps the first machine's line, and
+  results.md says which runs came from where (timings compare within one)."""
+  src, argv, _ = finished
+  out = tmp_path / 'clone'
+  shutil.copytree(src, out)
+  first = json.loads((out / 'protocol.json').read_text())['info']['hardware']
+  # One run tested elsewhere (as if resumed on another machine).
+  path = out / 'runs' / 'bfs' / 'nar' / 's0' / 'results.json'
+  r = json.loads(path.read_text())
+  r['hardware'] = 'machine B'
+  path.write_text(json.dumps(r))
+  monkeypatch.setattr(profiling, 'hardware_line', lambda: 'machine B')
+  moved = [a if not a.startswith('--out=') else f'--out={out}' for a in argv]
+  assert compare.main(moved) == 0  # every run finished: skipped
+  capsys.readouterr()
+  info = json.loads((out / 'protocol.json').read_text())['info']
+  assert info['hardware'] == first + ['machine B']
+  md = (out / 'results.md').read_text()
+  assert 'more than one machine' in md
+  assert f'- {first[0]}: 2 run(s)' in md and '- machine B: 1 run(s)' in md
 
 
 def test_head_to_head_pairs_only_shared_seeds():

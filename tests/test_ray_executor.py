@@ -95,7 +95,8 @@ def test_ray_sweep_reports(sweeps):
   assert len(rows[1]) == 3 and [r.split(',')[:4] for r in rows[0]] == [
       r.split(',')[:4] for r in rows[1]]
   stored = json.loads((on_ray / 'protocol.json').read_text())
-  assert stored['info']['hardware'].startswith('Ray workers (driver: ')
+  (hardware,) = stored['info']['hardware']
+  assert hardware.startswith('Ray workers (driver: ')
   assert not [p for p in (on_ray / 'runs/bfs/nar').iterdir()
               if p.name.startswith('.incoming')]
 
