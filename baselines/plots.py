@@ -226,8 +226,8 @@ def score_by_tolerance(path: str, runs: list, order=()) -> str | None:
     ax.set_title(f'{m}')
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-  fig.suptitle('DEAR: test score as the solve tightens (operating tolerance, '
-               '/10, /100; eval cap x4 each)', fontsize=10)
+  fig.suptitle('DEAR: test score as the solve tightens\n(operating '
+               'tolerance, /10, /100; eval cap x4 each)', fontsize=10)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
