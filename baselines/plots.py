@@ -27,6 +27,13 @@ def _ordered(models, order):
   return [m for m in order if m in models] + sorted(set(models) - set(order))
 
 
+def _save(fig, path: str) -> str:
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
 def _grid(n: int, width: float = 4.5, height: float = 3.4):
   cols = min(n, 3)
   rows = math.ceil(n / cols)
@@ -72,10 +79,7 @@ def scores(path: str, rows: list, published: dict, published_label: str,
                fontsize=10)
   ax.legend(fontsize=8, loc='upper left', bbox_to_anchor=(1.01, 1.0))
   ax.grid(axis='y', alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return _save(fig, path)
 
 
 def iterations_vs_steps(path: str, runs: list) -> str | None:
@@ -111,10 +115,7 @@ def iterations_vs_steps(path: str, runs: list) -> str | None:
     ax.grid(alpha=0.3)
   fig.suptitle('DEAR: solver iterations vs true algorithm steps\nper test '
                'graph (best validation parameters)', fontsize=10)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return _save(fig, path)
 
 
 def convergence(path: str, trace: dict) -> str:
@@ -147,10 +148,7 @@ def convergence(path: str, trace: dict) -> str:
                f'trained parameters of {trace["run"]}')
   ax.legend(fontsize=7)
   ax.grid(alpha=0.3, which='both')
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return _save(fig, path)
 
 
 def _binned(curve, points: int = 60):
@@ -192,10 +190,7 @@ def training_curves(path: str, runs: list, order=()) -> str:
       ax.grid(alpha=0.3)
       ax.legend(fontsize=8)
   fig.suptitle('Training curves (one line per seed)')
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return _save(fig, path)
 
 
 def score_by_tolerance(path: str, runs: list, order=()) -> str | None:
@@ -228,10 +223,7 @@ def score_by_tolerance(path: str, runs: list, order=()) -> str | None:
     ax.grid(alpha=0.3)
   fig.suptitle('DEAR: test score as the solve tightens\n(operating '
                'tolerance, /10, /100; eval cap x4 each)', fontsize=10)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return _save(fig, path)
 
 
 def write_all(out_dir: str, runs: list, rows: list, published: dict,

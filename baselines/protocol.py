@@ -90,7 +90,10 @@ def first_difference(old, new, path=''):
   return None
 
 
-def _as_list(hardware) -> list:
+def hardware_lines(info: dict) -> list:
+  """protocol.json info's machines, oldest first (a single string before
+  every machine was kept)."""
+  hardware = info.get('hardware', [])
   return [hardware] if isinstance(hardware, str) else list(hardware)
 
 
@@ -125,9 +128,8 @@ def check_and_write(plan: Plan, protocol: dict, info: dict) -> None:
     info['presets'] = sorted(set(old_info.get('presets', [])) |
                              set(info['presets']))
     # every machine that has trained here (one string before this was a list)
-    seen = old_info.get('hardware', [])
-    seen = [seen] if isinstance(seen, str) else list(seen)
-    info['hardware'] = seen + [h for h in _as_list(info.get('hardware', []))
+    seen = hardware_lines(old_info)
+    info['hardware'] = seen + [h for h in hardware_lines(info)
                                if h not in seen]
   os.makedirs(plan.out, exist_ok=True)
   tmp = path + '.tmp'

@@ -8,6 +8,7 @@ import math
 import os
 
 from baselines.plan import MODELS
+from baselines.protocol import hardware_lines
 
 # Published single-task Triplet-GMPNN OOD test scores (%, n=64, 10 seeds):
 # Ibarz et al. 2022, "A Generalist Neural Algorithmic Learner" (arXiv
@@ -183,10 +184,11 @@ def _head_to_head_lines(rows: list, models: list) -> list:
            'models run for the true one.', '',
            '| DEAR model | ' + ' | '.join(f'vs `{b}`' for b in bases) + ' |',
            '|' + '---|' * (len(bases) + 1)]
+  pairs_of = {(d, b): head_to_head(rows, d, b) for d in dears for b in bases}
   for d in dears:
     cells = []
     for b in bases:
-      pairs = head_to_head(rows, d, b)
+      pairs = pairs_of[d, b]
       if not pairs:
         cells.append('–')
         continue
@@ -197,8 +199,7 @@ def _head_to_head_lines(rows: list, models: list) -> list:
                    f'({mx - my:+.1f})')
     lines.append(f'| `{d}` | ' + ' | '.join(cells) + ' |')
   for d in dears:
-    per = {b: {a: (x, y) for a, x, y, _ in head_to_head(rows, d, b)}
-           for b in bases}
+    per = {b: {a: (x, y) for a, x, y, _ in pairs_of[d, b]} for b in bases}
     algorithms = sorted({a for p in per.values() for a in p})
     if not algorithms:
       continue
@@ -257,8 +258,7 @@ def _hardware_line(info: dict, rows: list) -> str:
   """The machines behind the runs: each run's own (results.json 'hardware')
   and every machine an invocation on this folder ran on (protocol.json);
   timing columns compare only within one machine."""
-  invoked = info['hardware']
-  invoked = [invoked] if isinstance(invoked, str) else list(invoked)
+  invoked = hardware_lines(info)
   per_run = {}
   for r in rows:
     per_run.setdefault(r.get('hardware') or '', []).append(r)
