@@ -78,6 +78,7 @@ def get_config():
       state_noise=0.0,       # std of a Gaussian perturbation of f (training)
       init_state_std=0.0,    # training solves start from N(0, std^2), not 0
       gate_bias=0.0,         # initial update-gate bias (CLRS's NAR: -3)
+      spectral_norm=False,   # processor kernels W / max(1, sigma_max(W))
       # DEAR's stochastic extra iterations (training only): past the answer,
       # K more f steps with gradient, P(K >= k) = alpha^k, K <= max_steps;
       # alpha = stochastic_alpha * stochastic_decay^step. 0: off (DEAR: 0.1).

@@ -59,6 +59,7 @@ class DearConfig(sections.Section):
   state_noise: float = 0.0
   init_state_std: float = 0.0
   gate_bias: float = 0.0
+  spectral_norm: bool = False
   stochastic_alpha: float = 0.0  # 0: off
   stochastic_decay: float = 0.998
   stochastic_max_steps: int = 9
@@ -126,6 +127,7 @@ class EquilibriumReasoner(Reasoner):
     self.jac_reg_weight = float(dear_cfg.jac_reg_weight)
     self.state_noise = float(dear_cfg.state_noise)
     self.init_state_std = float(dear_cfg.init_state_std)
+    self.spectral_norm = bool(dear_cfg.spectral_norm)
     self.stochastic_alpha = float(dear_cfg.stochastic_alpha)
     self.stochastic_decay = float(dear_cfg.stochastic_decay)
     self.stochastic_max_steps = int(dear_cfg.stochastic_max_steps)
@@ -151,8 +153,11 @@ class EquilibriumReasoner(Reasoner):
   # --- CGP -------------------------------------------------------------------
   def process(self, proc_params, node, edge, graph, adj, hidden,
               triplets: bool = True):
-    """The processor on the input graph only (CGP parameters set aside)."""
+    """The processor on the input graph only (CGP parameters set aside),
+    with spectrally normalised kernels when `dear.spectral_norm` is on."""
     own = {k: v for k, v in proc_params.items() if k not in CGP_KEYS}
+    if self.spectral_norm:
+      own = spectrally_normalised(own)
     return super().process(own, node, edge, graph, adj, hidden, triplets)
 
   def step(self, proc_params, node, edge, graph, adj, hidden,
@@ -282,6 +287,20 @@ class EquilibriumReasoner(Reasoner):
     if 'align_loss' in aux:
       loss = loss + self.align_weight * aux['align_loss']
     return loss, aux
+
+
+def spectrally_normalised(params):
+  """Every Dense kernel W of `params` as W / max(1, sigma_max(W)): no layer
+  may stretch a vector (the Lipschitz bound a contractive DEQ map needs from
+  its linear parts; LayerNorm and the gate are not bounded by it). sigma_max
+  is exact (a 2-norm, differentiable), computed inside each call; the
+  parameters stay constant over the solve, so the cost is per evaluation of
+  a few small matrices."""
+  def scale(path, w):
+    if getattr(path[-1], 'key', None) != 'kernel':
+      return w
+    return w / jnp.maximum(1.0, jnp.linalg.norm(w, ord=2))
+  return jax.tree_util.tree_map_with_path(scale, params)
 
 
 def extra_steps(step_fn, h, key, alpha, max_steps: int):
