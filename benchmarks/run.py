@@ -106,22 +106,23 @@ class BenchmarkError(Exception):
 
 def trained_runs(folder: str, algorithm: str) -> dict:
   """{'dear'|'nar': (config, best params, run name)}: for each model kind,
-  the finished run of `algorithm` under `folder` (lowest seed first) that
-  kept its checkpoints."""
+  the finished run of `algorithm` under `folder`, at any depth (a flat
+  folder of runs, or compare's runs/ALG/MODEL/sSEED), that kept its
+  checkpoints; lowest seed first, then path order (compare's `dear` before
+  `dear_align`). The run name is its path relative to `folder`."""
   from dear_jax import train  # pylint: disable=g-import-not-at-top
   found = {}
-  names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
   candidates = []
-  for name in names:
-    path = os.path.join(folder, name, 'results.json')
-    if not (os.path.exists(path) and
-            os.path.isdir(os.path.join(folder, name, 'checkpoints'))):
+  for root, dirs, files in os.walk(folder, followlinks=True):
+    dirs.sort()
+    if 'results.json' not in files or 'checkpoints' not in dirs:
       continue
-    with open(path) as f:
+    dirs.clear()  # a run folder holds no further runs
+    with open(os.path.join(root, 'results.json')) as f:
       r = json.load(f)
     if r.get('algorithm') == algorithm:
-      candidates.append((r['seed'], name, r))
-  for _, name, r in sorted(candidates):
+      candidates.append((r['seed'], os.path.relpath(root, folder), r))
+  for _, name, r in sorted(candidates, key=lambda c: c[:2]):
     kind = r['model']
     if kind in found:
       continue
@@ -435,9 +436,22 @@ def main(argv=None) -> int:
   p.add_argument('--sizes', default=None,
                  help='comma-separated graph sizes n for inference (default: '
                  'the mode\'s)')
+  p.add_argument('--batch', type=int, default=None,
+                 help='graphs per inference batch (default: the mode\'s)')
+  p.add_argument('--repeats', type=int, default=None,
+                 help='timed repeats per inference figure, median taken '
+                 '(default: the mode\'s)')
   args = p.parse_args(argv)
   mode = 'quick' if args.quick else 'full'
   settings = dict(SETTINGS[mode])
+  for name in ('batch', 'repeats'):
+    value = getattr(args, name)
+    if value is not None and value < 1:
+      print(f'error: --{name} must be at least 1, got {value}',
+            file=sys.stderr)
+      return 2
+    if value is not None:
+      settings[name] = value
   if args.sizes:
     try:
       settings['sizes'] = tuple(int(n) for n in args.sizes.split(','))

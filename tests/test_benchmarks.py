@@ -241,6 +241,21 @@ def test_benchmarks_time_trained_runs(bench, tmp_path, cache_dir, monkeypatch,
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and 'no finished nar run of bfs' in err[0]
 
+  # compare's layout (runs/ALG/MODEL/sSEED): found at depth, named by path.
+  nested = tmp_path / 'nested'
+  for model, kind in (('dear', 'dear'), ('nar_nohint', 'nar')):
+    (nested / 'bfs' / model).mkdir(parents=True)
+    (nested / 'bfs' / model / 's0').symlink_to(finished_run(kind).workdir)
+  assert bench.main(['--quick', f'--out={out}', f'--cache_dir={cache_dir}',
+                     f'--trained={nested}', '--sizes=5', '--batch=3',
+                     '--repeats=2']) == 0
+  res = json.loads((out / 'results.json').read_text())
+  assert (res['settings']['batch'], res['settings']['repeats']) == (3, 2)
+  (row,) = res['inference']
+  assert row['batch'] == 3
+  assert (row['dear_run'], row['nar_run']) == ('bfs/dear/s0',
+                                               'bfs/nar_nohint/s0')
+
 
 def _infer_row(algorithm, n, ratio):
   return dict(algorithm=algorithm, n=n, ratio_nar_over_dear=ratio)
@@ -330,3 +345,17 @@ def test_seed_stack_bad_input_is_one_line_exit_2(tmp_path, capsys, flag):
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith('error: '), err
   assert not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize('flag, message', [
+    ('--sizes=16,x', '--sizes must be comma-separated integers'),
+    ('--batch=0', '--batch must be at least 1'),
+    ('--repeats=0', '--repeats must be at least 1'),
+    ('--trained=no/such/folder', 'is not a folder'),
+])
+def test_benchmarks_bad_input_is_one_line_exit_2(bench, tmp_path, capsys,
+                                                 flag, message):
+  assert bench.main([flag, f'--out={tmp_path}']) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and message in err[0], err
+  assert not list(tmp_path.iterdir())  # nothing written
