@@ -123,3 +123,25 @@ def test_dear_with_cgp_trains_and_predicts_at_n64(bfs64):
   assert np.isfinite(float(loss))
   for name in ('cgp_edge', 'cgp_processor'):
     assert float(optax.tree.norm(grads['processor'][name])) > 0, name
+
+
+def test_dear_with_cgp_predicts_at_n128(tmp_path_factory):
+  """n=128 needs the 336-node Cayley graph (SL(2, Z_7)), past the release's
+  largest (120): the model runs, and the Cayley pass reaches its outputs."""
+  config = tiny_config(tmp_path_factory.mktemp('cache'), 'dear')
+  config.data.train_sizes = (128,)
+  config.data.batch_size = 1
+  config.model.hidden = 8
+  batch = next(input_pipeline.TrainStream('bfs', train.data_config(config),
+                                          seed=0, keep_hints=False))
+  model = _model(config, batch, cgp=True, max_iter_eval=3)
+  params = jax.jit(model.init)(jax.random.PRNGKey(0), batch)
+  forward = jax.jit(lambda p: model.forward(p, batch, training=False,
+                                            key=jax.random.PRNGKey(0)))
+  outputs, _, aux = forward(params)
+  assert outputs['pi'].shape == (1, 128, 128)
+  assert np.all(np.isfinite(outputs['pi']))
+  assert int(aux['solver'].iterations[0]) >= 1
+  other = jax.tree_util.tree_map(lambda x: x, params)
+  other['processor']['cgp_edge'] = params['processor']['cgp_edge'] + 1.0
+  assert not np.allclose(forward(other)[0]['pi'], outputs['pi'], atol=1e-5)
