@@ -60,7 +60,7 @@ CSV_COLUMNS = ('algorithm', 'model', 'seed', 'test_score', 'val_score',
                'eval_seconds_per_graph', 'solver_iters_mean',
                'algo_steps_mean', 'memory_mb', 'nonconverged_fraction',
                'fixed_point_distance_mean', 'score_by_tol_spread',
-               'spectral_radius_mean', 'hardware')
+               'spectral_radius_mean', 'final_train_loss', 'hardware')
 
 
 def _number(x):
@@ -97,6 +97,17 @@ def collect(out: str) -> list:
   return rows
 
 
+def final_train_loss(loss_curve) -> float | None:
+  """Mean training loss over the last tenth of the logged steps (at least
+  one): the level a run ended at, less noisy than the last step's."""
+  losses = [_number(p[1]) for p in (loss_curve or [])]
+  losses = [x for x in losses if x is not None]
+  if not losses:
+    return None
+  tail = losses[-max(1, len(losses) // 10):]
+  return sum(tail) / len(tail)
+
+
 def csv_row(run: dict, out: str) -> dict:
   r = run['results']
   mem_path = os.path.join(out, 'runs', run['algorithm'], run['model'],
@@ -116,6 +127,7 @@ def csv_row(run: dict, out: str) -> dict:
               fixed_point_distance_mean=r.get('fixed_point_distance_mean'),
               score_by_tol_spread=r.get('score_by_tol_spread'),
               spectral_radius_mean=r.get('spectral_radius_mean'),
+              final_train_loss=final_train_loss(r.get('loss_curve')),
               hardware=r.get('hardware', ''))
 
 
@@ -214,6 +226,54 @@ def _head_to_head_lines(rows: list, models: list) -> list:
   return lines
 
 
+# What DEAR's parts are compared on, against plain `dear`: (csv column,
+# header, scale, format).
+PART_METRICS = (('test_score', 'test score (%)', 100, '{:.1f}'),
+                ('final_train_loss', 'final training loss', 1, '{:.4f}'),
+                ('fixed_point_distance_mean', 'distance to H*', 1, '{:.3f}'),
+                ('solver_iters_mean', 'iterations', 1, '{:.1f}'),
+                ('train_steps_per_second', 'train steps/s', 1, '{:.2f}'))
+
+
+def _parts_lines(rows: list, models: list) -> list:
+  """Each of DEAR's own parts (CGP, GAS) against plain DEAR, on the seeds
+  both finished: does the part change training, and how."""
+  parts = [m for m in DEAR_MODELS[1:] if m in models]
+  if 'dear' not in models or not parts:
+    return []
+  out = []
+  for part in parts:
+    for a in sorted({r['algorithm'] for r in rows}):
+      cells = []
+      seeds = None
+      for metric, _, scale, fmt in PART_METRICS:
+        x = _by_seed(rows, a, 'dear', metric)
+        y = _by_seed(rows, a, part, metric)
+        shared = sorted(set(x) & set(y))
+        if metric == 'test_score':
+          seeds = shared
+        if not shared:
+          cells.append('–')
+          continue
+        mx = scale * sum(x[s] for s in shared) / len(shared)
+        my = scale * sum(y[s] for s in shared) / len(shared)
+        cells.append(f'{fmt.format(mx)} → {fmt.format(my)}')
+      if seeds:
+        out.append(f'| {a} | `{part}` | {len(seeds)} | ' + ' | '.join(cells)
+                   + ' |')
+  if not out:
+    return []
+  return ['', "## DEAR's own parts against plain DEAR", '',
+          '`dear` → the part, means over the seeds both finished. The '
+          'training loss is each run\'s own objective (mean over the last '
+          'tenth of the steps): both include the Jacobian penalty, and '
+          '`dear_align`\'s also its alignment term (× align_weight); '
+          'plots/training_curves.png shows the curves.', '',
+          '| algorithm | part | seeds | '
+          + ' | '.join(h for _, h, _, _ in PART_METRICS) + ' |',
+          '|' + '---|' * (len(PART_METRICS) + 3)] + out
+
+
 def _fixed_point_goal_lines(rows: list, models: list) -> list:
   dears = [m for m in DEAR_MODELS if m in models]
   g = FIXED_POINT_GOALS
@@ -309,6 +369,7 @@ def write_markdown(path: str, rows: list, info: dict, protocol: dict) -> None:
                                    [pub_s]) + ' |')
   lines += _head_to_head_lines(rows, models)
   lines += _fixed_point_goal_lines(rows, models)
+  lines += _parts_lines(rows, models)
 
   def table(title, metric, scale, digits, note=''):
     t = cells(metric, scale, digits)

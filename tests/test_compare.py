@@ -151,6 +151,9 @@ def test_outputs(finished):
     assert float(r['train_seconds']) > 0
     assert r['memory_mb'] == ''  # --no_memory
     assert (r['solver_iters_mean'] != '') == (r['model'] == 'dear')
+    curve = np.asarray(_results(out, r['model'])['loss_curve'], float)
+    assert float(r['final_train_loss']) == pytest.approx(
+        curve[-max(1, len(curve) // 10):, 1].mean())
   md = (out / 'results.md').read_text()
   assert report.PUBLISHED_LABEL in md and '99.73 ± 0.04' in md
   assert 'CPU cores' in md
@@ -334,6 +337,26 @@ def test_head_to_head_pairs_only_shared_seeds():
   got = report.head_to_head(rows, 'dear', 'nar_nohint')
   assert [(a, round(x, 9), round(y, 9), n) for a, x, y, n in got] == [
       ('bfs', 0.9, 0.8, 1), ('sort', 0.5, 0.6, 2)]
+
+
+def test_parts_table_compares_each_part_with_plain_dear_on_shared_seeds():
+  """results.md's "DEAR's own parts" rows, hand-computed."""
+  def row(m, s, score, loss, dist, iters, sps):
+    return dict(algorithm='dag', model=m, seed=s, test_score=score,
+                final_train_loss=loss, fixed_point_distance_mean=dist,
+                solver_iters_mean=iters, train_steps_per_second=sps)
+  rows = [row('dear', 0, 0.90, 0.2, 0.001, 18.0, 1.5),
+          row('dear', 1, 0.80, 0.4, 0.003, 20.0, 1.5),
+          row('dear_align', 0, 0.95, 0.05, 0.2, 16.0, 1.0),  # seed 1 missing
+          row('dear_cgp', 2, 0.5, 1.0, 0.1, 9.0, 0.5)]  # no shared seed
+  lines = report._parts_lines(rows, ['dear', 'dear_cgp', 'dear_align'])  # pylint: disable=protected-access
+  body = [l for l in lines if l.startswith('| dag')]
+  assert body == ['| dag | `dear_align` | 1 | 90.0 → 95.0 | 0.2000 → 0.0500 '
+                  '| 0.001 → 0.200 | 18.0 → 16.0 | 1.50 → 1.00 |']
+  assert report._parts_lines(rows, ['dear', 'nar']) == []  # pylint: disable=protected-access
+  assert report.final_train_loss([[s, float(s)] for s in range(1, 21)]) == (
+      pytest.approx(19.5))  # the last 2 of 20 steps
+  assert report.final_train_loss([]) is None
 
 
 def test_convergence_plot_shows_trace(finished):
