@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import os
+import statistics
 
 from baselines.plan import MODELS
 from baselines.protocol import hardware_lines
@@ -98,14 +99,13 @@ def collect(out: str) -> list:
 
 
 def final_train_loss(loss_curve) -> float | None:
-  """Mean training loss over the last tenth of the logged steps (at least
-  one): the level a run ended at, less noisy than the last step's."""
+  """Median training loss over the last tenth of the logged steps (at least
+  one): the level a run ended at, neither one step's noise nor a spike's."""
   losses = [_number(p[1]) for p in (loss_curve or [])]
   losses = [x for x in losses if x is not None]
   if not losses:
     return None
-  tail = losses[-max(1, len(losses) // 10):]
-  return sum(tail) / len(tail)
+  return statistics.median(losses[-max(1, len(losses) // 10):])
 
 
 def csv_row(run: dict, out: str) -> dict:
@@ -265,7 +265,7 @@ def _parts_lines(rows: list, models: list) -> list:
     return []
   return ['', "## DEAR's own parts against plain DEAR", '',
           '`dear` → the part, means over the seeds both finished. The '
-          'training loss is each run\'s own objective (mean over the last '
+          'training loss is each run\'s own objective (median over the last '
           'tenth of the steps): both include the Jacobian penalty, and '
           '`dear_align`\'s also its alignment term (× align_weight); '
           'plots/training_curves.png shows the curves.', '',
