@@ -28,7 +28,10 @@ def _ordered(models, order):
 
 
 def _save(fig, path: str) -> str:
-  fig.tight_layout()
+  # tight_layout ignores a suptitle: leave it room (0.2 in per line).
+  title = fig.get_suptitle()
+  lines = title.count('\n') + 1 if title else 0
+  fig.tight_layout(rect=(0, 0, 1, 1 - 0.2 * lines / fig.get_figheight()))
   fig.savefig(path, dpi=110)
   plt.close(fig)
   return path
