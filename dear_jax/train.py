@@ -65,16 +65,24 @@ def data_config(config) -> input_pipeline.DataConfig:
 # earlier versions (results.json, protocol.json) read as today's.
 _OLD_ABSENT = {('data', 'val_num_samples'): 0, ('data', 'test_num_samples'): 0,
                ('dear', 'align_teacher'): ''}
+# Keys added after configs were stored, with the value that reproduces what
+# those runs did: a stored config without one reads as having it.
+_ADDED_LATER = {('dear', 'spectral_norm'): False}
 
 
 def upgrade_stored_config(d: dict) -> dict:
-  """A stored config dict with the old sentinels above read as None."""
+  """A stored config dict as today's: the old sentinels above read as None,
+  keys added later as the value the run used."""
   d = copy.deepcopy(d)
   for (section, key), old in _OLD_ABSENT.items():
     part = d.get(section)
     if isinstance(part, dict) and key in part and part[key] == old and (
         type(part[key]) is type(old)):
       part[key] = None
+  for (section, key), value in _ADDED_LATER.items():
+    part = d.get(section)
+    if isinstance(part, dict):
+      part.setdefault(key, value)
   return d
 
 

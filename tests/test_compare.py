@@ -515,6 +515,27 @@ def test_protocol_written_with_the_old_absent_values_is_the_same(tmp_path):
       protocol.check_and_write(plan, new, info)
 
 
+def test_a_key_added_later_reads_as_its_old_behaviour(tmp_path):
+  """A DIR written before dear.spectral_norm existed still takes the
+  default (False, what those runs did); a run with it on is refused."""
+  import json  # pylint: disable=g-import-not-at-top
+  import types  # pylint: disable=g-import-not-at-top
+  plan = types.SimpleNamespace(out=str(tmp_path))
+  old = dict(models=dict(dear=dict(dear=dict(tol=1e-3))), algorithms=dict())
+  for value, refused in ((False, False), (True, True)):
+    (tmp_path / 'protocol.json').write_text(json.dumps(
+        dict(protocol=old, info={})))
+    new = dict(models=dict(dear=dict(dear=dict(tol=1e-3,
+                                               spectral_norm=value))),
+               algorithms=dict())
+    info = dict(algorithms=[], models=[], seeds=[], presets=[])
+    if refused:
+      with pytest.raises(compare.CompareError, match='spectral_norm'):
+        protocol.check_and_write(plan, new, info)
+    else:
+      protocol.check_and_write(plan, new, info)
+
+
 def test_aligned_model_trains_against_the_sweeps_teacher(tmp_path, cache_dir):
   """dear_align (DEAR + alignment + stochastic iterations) trains after and
   against this sweep's nar_nohint run of the same algorithm and seed, and its
