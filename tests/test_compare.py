@@ -494,46 +494,41 @@ def test_protocol_allows_new_algorithms_models_seeds_only():
       'models.dear.model.hidden (present in only one)')
 
 
+def _resume_over(tmp_path, old_models: dict, new_models: dict,
+                 refused_on: str | None) -> None:
+  """compare's guard on a DIR whose protocol.json holds `old_models`,
+  resumed with `new_models`: refused naming `refused_on`, or accepted."""
+  import json  # pylint: disable=g-import-not-at-top
+  import types  # pylint: disable=g-import-not-at-top
+  plan = types.SimpleNamespace(out=str(tmp_path))
+  (tmp_path / 'protocol.json').write_text(json.dumps(
+      dict(protocol=dict(models=old_models, algorithms={}), info={})))
+  new = dict(models=new_models, algorithms={})
+  info = dict(algorithms=[], models=[], seeds=[], presets=[])
+  if refused_on:
+    with pytest.raises(compare.CompareError, match=refused_on):
+      protocol.check_and_write(plan, new, info)
+  else:
+    protocol.check_and_write(plan, new, info)
+
+
 def test_protocol_written_with_the_old_absent_values_is_the_same(tmp_path):
   """protocol.json from before val/test_num_samples took None (0 meant the
   official count) still guards a DIR: 0 reads as None, 5 stays 5."""
-  import json  # pylint: disable=g-import-not-at-top
-  import types  # pylint: disable=g-import-not-at-top
-  new = dict(models=dict(nar=dict(data=dict(val_num_samples=None))),
-             algorithms=dict())
-  plan = types.SimpleNamespace(out=str(tmp_path))
+  new = dict(nar=dict(data=dict(val_num_samples=None)))
   for stored, refused in ((0, False), (5, True)):
-    old = dict(models=dict(nar=dict(data=dict(val_num_samples=stored))),
-               algorithms=dict())
-    (tmp_path / 'protocol.json').write_text(json.dumps(
-        dict(protocol=old, info={})))
-    info = dict(algorithms=[], models=[], seeds=[], presets=[])
-    if refused:
-      with pytest.raises(compare.CompareError, match='val_num_samples'):
-        protocol.check_and_write(plan, new, info)
-    else:
-      protocol.check_and_write(plan, new, info)
+    _resume_over(tmp_path, dict(nar=dict(data=dict(val_num_samples=stored))),
+                 new, 'val_num_samples' if refused else None)
 
 
 def test_a_key_added_later_reads_as_its_old_behaviour(tmp_path):
   """A DIR written before dear.spectral_norm existed still takes the
   default (False, what those runs did); a run with it on is refused."""
-  import json  # pylint: disable=g-import-not-at-top
-  import types  # pylint: disable=g-import-not-at-top
-  plan = types.SimpleNamespace(out=str(tmp_path))
-  old = dict(models=dict(dear=dict(dear=dict(tol=1e-3))), algorithms=dict())
+  old = dict(dear=dict(dear=dict(tol=1e-3)))
   for value, refused in ((False, False), (True, True)):
-    (tmp_path / 'protocol.json').write_text(json.dumps(
-        dict(protocol=old, info={})))
-    new = dict(models=dict(dear=dict(dear=dict(tol=1e-3,
-                                               spectral_norm=value))),
-               algorithms=dict())
-    info = dict(algorithms=[], models=[], seeds=[], presets=[])
-    if refused:
-      with pytest.raises(compare.CompareError, match='spectral_norm'):
-        protocol.check_and_write(plan, new, info)
-    else:
-      protocol.check_and_write(plan, new, info)
+    _resume_over(tmp_path, old,
+                 dict(dear=dict(dear=dict(tol=1e-3, spectral_norm=value))),
+                 'spectral_norm' if refused else None)
 
 
 def test_aligned_model_trains_against_the_sweeps_teacher(tmp_path, cache_dir):
