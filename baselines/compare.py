@@ -175,10 +175,10 @@ def write_reports(out: str) -> None:
     stored = json.load(f)
   report.write_markdown(os.path.join(out, 'results.md'), rows,
                         stored['info'], stored['protocol'])
-  trace = convergence.cached_trace(out, runs) if runs else None
+  traces = convergence.cached_traces(out, runs) if runs else []
   written = plots.write_all(os.path.join(out, 'plots'), runs, rows,
                             report.PUBLISHED_TRIPLET_GMPNN,
-                            report.PUBLISHED_LABEL, trace, MODELS)
+                            report.PUBLISHED_LABEL, traces, MODELS)
   print(f'{len(rows)} runs: {os.path.join(out, "results.csv")}, '
         f'{os.path.join(out, "results.md")}, '
         f'{len(written)} plots in {os.path.join(out, "plots")}')

@@ -59,27 +59,42 @@ def _source(out: str, run: dict) -> list:
   return [os.path.relpath(run['run_dir'], out), digest]
 
 
-def cached_trace(out: str, runs: list):
-  """`trace` of the first finished dear run (seed 0 first), kept in
-  OUT/plots/convergence.json until that run's results change. A run without
-  checkpoints (a fresh clone keeps none: they are git-ignored) is passed
-  over unless the cache already holds its trace; None if no run qualifies."""
-  dear = sorted((r for r in runs if r['model'] == 'dear'),
-                key=lambda r: (r['seed'], r['algorithm']))
+def _cached_entries(path: str) -> list:
+  """The traces kept in OUT/plots/convergence.json ({"traces": [...]}; a
+  file written before there was one trace per algorithm holds one trace)."""
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    cached = json.load(f)
+  return cached['traces'] if 'traces' in cached else [cached]
+
+
+def cached_traces(out: str, runs: list) -> list:
+  """One `trace` per algorithm, of its first finished dear run (lowest seed
+  first), kept in OUT/plots/convergence.json until that run's results change.
+  A run without checkpoints (a fresh clone keeps none: they are git-ignored)
+  is passed over unless the cache already holds its trace; an algorithm
+  with no run that qualifies has no trace."""
   path = os.path.join(out, 'plots', 'convergence.json')
-  cached = None
-  if os.path.exists(path):
-    with open(path) as f:
-      cached = json.load(f)
+  by_source = {tuple(t['source']): t for t in _cached_entries(path)
+               if 'source' in t}
+  dear = sorted((r for r in runs if r['model'] == 'dear'),
+                key=lambda r: (r['algorithm'], r['seed']))
+  traces, done = [], set()
   for run in dear:
+    if run['algorithm'] in done:
+      continue
     source = _source(out, run)
-    if cached is not None and cached.get('source') == source:
-      return cached
-    if os.path.isdir(os.path.join(run['run_dir'], 'checkpoints')):
+    result = by_source.get(tuple(source))
+    if result is None and os.path.isdir(os.path.join(run['run_dir'],
+                                                     'checkpoints')):
       result = trace(run['run_dir'])
       result['run'], result['source'] = source[0], source
-      os.makedirs(os.path.dirname(path), exist_ok=True)
-      with open(path, 'w') as f:
-        json.dump(result, f)
-      return result
-  return None
+    if result is not None:
+      traces.append(result)
+      done.add(run['algorithm'])
+  if traces:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, 'w') as f:
+      json.dump({'traces': traces}, f)
+  return traces

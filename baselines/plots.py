@@ -1,7 +1,7 @@
 """Figures of `python -m baselines.compare` (matplotlib, Agg, PNG).
 
 Each function takes plain data (the runs' results.json contents, the csv
-rows, a convergence trace dict) and writes one titled, labelled figure.
+rows, convergence traces) and writes one titled, labelled figure.
 """
 
 from __future__ import annotations
@@ -121,36 +121,38 @@ def iterations_vs_steps(path: str, runs: list) -> str | None:
   return _save(fig, path)
 
 
-def convergence(path: str, trace: dict) -> str:
-  """Residual per iteration: the run's solver vs plain fixed-point iteration."""
-  fig, ax = plt.subplots(figsize=(6.5, 4.5))
-  for name, label, color in (
-      ('solver', f'{trace["method"]} (the run\'s solver)', 'tab:red'),
-      ('fixed_point', 'plain fixed-point iteration h ← f(h)', 'tab:blue')):
-    res = np.asarray(trace['curves'][name], float).T   # [evaluations, graphs]
-    res = np.where(np.isfinite(res), res, np.nan)
-    x = np.arange(1, res.shape[0] + 1)
-    med = np.nanmedian(res, axis=1)
-    lo, hi = np.nanpercentile(res, 25, axis=1), np.nanpercentile(res, 75,
-                                                                 axis=1)
-    ax.plot(x, med, marker='o', ms=3, color=color, label=f'{label}: median')
-    ax.fill_between(x, lo, hi, color=color, alpha=0.2,
-                    label='25–75% of graphs')
-  ax.axhline(trace['tol'], color='k', ls='--', lw=1,
-             label=f'tolerance {trace["tol"]} ({trace["tol_mode"]})')
-  mean_it = float(np.mean(trace['actual_iterations']))
-  ax.axvline(mean_it, color='gray', ls=':', lw=1,
-             label=f'mean iterations used: {mean_it:.1f}')
-  ax.set_yscale('log')
-  ax.set_xlabel('iterations (evaluations of the processor map f)')
-  unit = ('relative residual ‖f(h)−h‖/‖f(h)‖' if trace['tol_mode'] == 'rel'
-          else 'residual ‖f(h)−h‖')
-  ax.set_ylabel(unit)
-  ax.set_title(f'DEAR convergence on one test batch: {trace["algorithm"]}, '
-               f'{trace["graphs"]} graphs, n={trace["nodes"]}\n'
-               f'trained parameters of {trace["run"]}')
-  ax.legend(fontsize=7)
-  ax.grid(alpha=0.3, which='both')
+def convergence(path: str, traces: list) -> str:
+  """Residual per iteration, one panel per algorithm: the run's solver
+  against plain fixed-point iteration on the same trained map."""
+  fig, axes = _grid(len(traces), width=5.5, height=4.2)
+  for ax, trace in zip(axes, traces):
+    for name, label, color in (
+        ('solver', f'{trace["method"]} (the run\'s solver)', 'tab:red'),
+        ('fixed_point', 'plain iteration h ← f(h)', 'tab:blue')):
+      res = np.asarray(trace['curves'][name], float).T  # [evaluations, graphs]
+      res = np.where(np.isfinite(res), res, np.nan)
+      x = np.arange(1, res.shape[0] + 1)
+      med = np.nanmedian(res, axis=1)
+      lo, hi = (np.nanpercentile(res, 25, axis=1),
+                np.nanpercentile(res, 75, axis=1))
+      ax.plot(x, med, marker='o', ms=2, color=color, label=f'{label}: median')
+      ax.fill_between(x, lo, hi, color=color, alpha=0.2,
+                      label='25–75% of graphs')
+    ax.axhline(trace['tol'], color='k', ls='--', lw=1,
+               label=f'tolerance {trace["tol"]} ({trace["tol_mode"]})')
+    mean_it = float(np.mean(trace['actual_iterations']))
+    ax.axvline(mean_it, color='gray', ls=':', lw=1,
+               label=f'mean iterations used: {mean_it:.1f}')
+    ax.set_yscale('log')
+    ax.set_xlabel('evaluations of the processor map f')
+    ax.set_ylabel('relative residual ‖f(h)−h‖/‖f(h)‖'
+                  if trace['tol_mode'] == 'rel' else 'residual ‖f(h)−h‖')
+    ax.set_title(f'{trace["algorithm"]}: {trace["graphs"]} graphs, '
+                 f'n={trace["nodes"]}\n{trace["run"]}', fontsize=9)
+    ax.legend(fontsize=6)
+    ax.grid(alpha=0.3, which='both')
+  fig.suptitle('DEAR convergence on the first test batch (trained, best '
+               'validation parameters)', fontsize=10)
   return _save(fig, path)
 
 
@@ -230,7 +232,7 @@ def score_by_tolerance(path: str, runs: list, order=()) -> str | None:
 
 
 def write_all(out_dir: str, runs: list, rows: list, published: dict,
-              published_label: str, trace: dict | None, order=()) -> list:
+              published_label: str, traces: list, order=()) -> list:
   """Writes every figure the data allows; returns the paths written."""
   os.makedirs(out_dir, exist_ok=True)
   written = []
@@ -248,7 +250,7 @@ def write_all(out_dir: str, runs: list, rows: list, published: dict,
                          runs, order)
   if p:
     written.append(p)
-  if trace:
+  if traces:
     written.append(convergence(os.path.join(out_dir, 'convergence.png'),
-                               trace))
+                               traces))
   return written

@@ -477,8 +477,9 @@ def dear_vs_stepwise():
             black diamond.
           - `iterations_vs_steps.png`: DEAR's solver iterations against the true
             steps, per test graph.
-          - `convergence.png`: the residual of the first DEAR run's solver and of
-            plain iteration on one test batch, past the tolerance.
+          - `convergence.png`: per algorithm, the residual of its first DEAR
+            run's solver and of plain iteration on one test batch, past the
+            tolerance.
           - `training_curves.png`: validation score and training loss per model.
           """),
       code("""

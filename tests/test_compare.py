@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import tqdm
 
-from baselines import compare, protocol, report
+from baselines import compare, convergence, protocol, report
 from baselines import plan as plan_lib
 from conftest import tiny_config
 from dear_jax import loop, profiling
@@ -363,10 +363,11 @@ def test_parts_table_compares_each_part_with_plain_dear_on_shared_seeds():
 
 def test_convergence_plot_shows_trace(finished):
   out, _, figures = finished
-  (ax,) = figures['convergence.png']['axes']
+  (ax,) = figures['convergence.png']['axes']  # one algorithm: one panel
   with open(out / 'plots' / 'convergence.json') as f:
-    trace = json.load(f)
+    (trace,) = json.load(f)['traces']
   # The first test batch (eval_batch_size graphs), to the evaluation cap.
+  assert trace['algorithm'] == 'bfs'
   assert trace['cap'] == 3 and trace['graphs'] == 2
   for name in ('solver', 'fixed_point'):
     (line,) = [(x, y) for label, x, y in ax['lines']
@@ -376,6 +377,48 @@ def test_convergence_plot_shows_trace(finished):
     np.testing.assert_allclose(line[1], np.median(res, axis=1))
   tol_lines = [y for label, _, y in ax['lines'] if label.startswith('tolerance')]
   assert tol_lines and np.allclose(tol_lines[0], trace['tol'])
+
+
+def test_convergence_traces_one_per_algorithm_from_cache_or_checkpoints(
+    tmp_path, monkeypatch):
+  """Which run each algorithm's trace comes from: its lowest seed that has
+  checkpoints or a cached trace of the same results.json; other models and
+  algorithms without such a run get none; the cache is reused, not redone."""
+  computed = []
+
+  def fake_trace(run_dir):
+    computed.append(os.path.relpath(run_dir, tmp_path))
+    return {'curves': {}, 'from': os.path.relpath(run_dir, tmp_path)}
+
+  monkeypatch.setattr(convergence, 'trace', fake_trace)
+  runs = []
+  for alg, model, seed, ckpt in [('mst', 'dear', 1, True),
+                                 ('mst', 'dear', 0, False),  # no checkpoints
+                                 ('bfs', 'dear', 2, True),
+                                 ('bfs', 'nar', 0, True),  # not DEAR
+                                 ('dfs', 'dear', 0, False)]:  # nothing to use
+    run_dir = tmp_path / 'runs' / alg / model / f's{seed}'
+    run_dir.mkdir(parents=True)
+    (run_dir / 'results.json').write_text(json.dumps({'seed': seed}))
+    if ckpt:
+      (run_dir / 'checkpoints').mkdir()
+    runs.append(dict(algorithm=alg, model=model, seed=seed,
+                     run_dir=str(run_dir)))
+  got = convergence.cached_traces(str(tmp_path), runs)
+  assert [t['from'] for t in got] == ['runs/bfs/dear/s2', 'runs/mst/dear/s1']
+  assert computed == ['runs/bfs/dear/s2', 'runs/mst/dear/s1']
+  # Second call: both come from the cache, nothing recomputed.
+  assert convergence.cached_traces(str(tmp_path), runs) == got
+  assert len(computed) == 2
+  # A changed results.json invalidates that algorithm's trace only.
+  (tmp_path / 'runs/mst/dear/s1/results.json').write_text('{"seed": 1.0}')
+  convergence.cached_traces(str(tmp_path), runs)
+  assert computed[2:] == ['runs/mst/dear/s1']
+  # The single-trace cache of earlier versions is still read.
+  (tmp_path / 'plots' / 'convergence.json').write_text(json.dumps(got[0]))
+  for ckpt in tmp_path.glob('runs/*/*/s*/checkpoints'):
+    ckpt.rmdir()
+  assert convergence.cached_traces(str(tmp_path), runs) == [got[0]]
 
 
 def test_second_invocation_skips_finished_runs(finished, capsys):

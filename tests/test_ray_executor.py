@@ -90,7 +90,7 @@ def test_ray_sweep_reports(sweeps):
   # checkpoint: the same curves as from the local one.
   traces = [json.loads((out / 'plots' / 'convergence.json').read_text())
             for out in sweeps]
-  assert traces[0]['curves'] == traces[1]['curves']
+  assert traces[0]['traces'][0]['curves'] == traces[1]['traces'][0]['curves']
   rows = [(out / 'results.csv').read_text().splitlines() for out in sweeps]
   assert len(rows[1]) == 3 and [r.split(',')[:4] for r in rows[0]] == [
       r.split(',')[:4] for r in rows[1]]
