@@ -97,6 +97,19 @@ def hardware_lines(info: dict) -> list:
   return [hardware] if isinstance(hardware, str) else list(hardware)
 
 
+def _resume_hint(old: dict, diff: str) -> str:
+  """When a model's config value differs (a default changed since DIR was
+  written), the flag that resumes DIR as it was; '' otherwise."""
+  path = diff.split(':')[0].split('.')
+  if len(path) != 4 or path[0] != 'models':
+    return ''
+  _, model, section, key = path
+  value = old['protocol']['models'][model].get(section, {}).get(key)
+  if isinstance(value, (dict, list)) or value is None:
+    return ''
+  return f', or pass --config.{section}.{key}={value} to resume it'
+
+
 def check_and_write(plan: Plan, protocol: dict, info: dict) -> None:
   """Fails if DIR was used with other results-changing settings."""
   path = os.path.join(plan.out, 'protocol.json')
@@ -116,7 +129,7 @@ def check_and_write(plan: Plan, protocol: dict, info: dict) -> None:
     diff = first_difference(old['protocol'], protocol)
     if diff:
       raise CompareError(f'{plan.out} holds runs of another protocol ({diff})'
-                         '; use another --out')
+                         f'; use another --out{_resume_hint(old, diff)}')
     merged = copy.deepcopy(old['protocol'])
     merged['models'].update(protocol['models'])
     for a, per_model in protocol['algorithms'].items():

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import types
 
 import matplotlib
 import matplotlib.collections
@@ -572,6 +573,25 @@ def test_a_key_added_later_reads_as_its_old_behaviour(tmp_path):
     _resume_over(tmp_path, old,
                  dict(dear=dict(dear=dict(tol=1e-3, spectral_norm=value))),
                  'spectral_norm' if refused else None)
+
+
+def test_a_changed_default_names_the_flag_that_resumes_the_dir(tmp_path):
+  """A DIR written under another default of a model's config value: the
+  refusal names the --config flag that would resume it as it was, and that
+  value is then accepted."""
+  old = dict(dear=dict(dear=dict(jac_reg_weight=0.01, spectral_norm=False)))
+  new = dict(dear=dict(dear=dict(jac_reg_weight=0.1, spectral_norm=False)))
+  _resume_over(tmp_path, old, new,
+               r'jac_reg_weight: 0\.01 there, 0\.1 now\); use another --out, '
+               r'or pass --config\.dear\.jac_reg_weight=0\.01 to resume it')
+  _resume_over(tmp_path, old, old, None)
+  # A difference outside the models' configs gets no flag.
+  with pytest.raises(compare.CompareError) as e:
+    protocol.check_and_write(
+        types.SimpleNamespace(out=str(tmp_path)),
+        dict(models=old, algorithms={}, train_steps=2),
+        dict(algorithms=[], models=[], seeds=[], presets=[]))
+  assert str(e.value).endswith('use another --out')
 
 
 def test_aligned_model_trains_against_the_sweeps_teacher(tmp_path, cache_dir):
