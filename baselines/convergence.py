@@ -76,8 +76,8 @@ def cached_traces(out: str, runs: list) -> list:
   is passed over unless the cache already holds its trace; an algorithm
   with no run that qualifies has no trace."""
   path = os.path.join(out, 'plots', 'convergence.json')
-  by_source = {tuple(t['source']): t for t in _cached_entries(path)
-               if 'source' in t}
+  cached = _cached_entries(path)
+  by_source = {tuple(t['source']): t for t in cached if 'source' in t}
   dear = sorted((r for r in runs if r['model'] == 'dear'),
                 key=lambda r: (r['algorithm'], r['seed']))
   traces, done = [], set()
@@ -93,7 +93,7 @@ def cached_traces(out: str, runs: list) -> list:
     if result is not None:
       traces.append(result)
       done.add(run['algorithm'])
-  if traces:
+  if traces and traces != cached:  # rewritten only when a trace changed
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, 'w') as f:
       json.dump({'traces': traces}, f)

@@ -542,8 +542,6 @@ def _resume_over(tmp_path, old_models: dict, new_models: dict,
                  refused_on: str | None) -> None:
   """compare's guard on a DIR whose protocol.json holds `old_models`,
   resumed with `new_models`: refused naming `refused_on`, or accepted."""
-  import json  # pylint: disable=g-import-not-at-top
-  import types  # pylint: disable=g-import-not-at-top
   plan = types.SimpleNamespace(out=str(tmp_path))
   (tmp_path / 'protocol.json').write_text(json.dumps(
       dict(protocol=dict(models=old_models, algorithms={}), info={})))
