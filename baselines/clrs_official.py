@@ -23,7 +23,7 @@ parameters (kept in memory, not pickled).
 CLI (argparse, because `import clrs` defines absl flags such as `seeds`):
 
     python -m baselines.clrs_official --algorithm=bfs --train_steps=100 \
-        --seed=0 --hint_mode=encoded_decoded --out=/tmp/official_bfs
+        --seed=0 --hint_mode=encoded_decoded --out=runs/official_bfs
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ def trace(workdir: str) -> dict:
 
   with open(os.path.join(workdir, 'results.json')) as f:
     results = json.load(f)
-  config = train.stored_config(results['config'])
+  config = train.stored_config(results['config'], workdir)
   algorithm = results['algorithm']
   test = splits.load_split(algorithm, 'test', train.data_config(config),
                            keep_hints=False)

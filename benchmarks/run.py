@@ -126,7 +126,7 @@ def trained_runs(folder: str, algorithm: str) -> dict:
     kind = r['model']
     if kind in found:
       continue
-    config = train.stored_config(r['config'])
+    config = train.stored_config(r['config'], os.path.join(folder, name))
     params = train.load_best_params(os.path.join(folder, name))
     found[kind] = (config, params, name)
   missing = [k for k in ('dear', 'nar') if k not in found]

@@ -86,12 +86,28 @@ def upgrade_stored_config(d: dict) -> dict:
   return d
 
 
-def stored_config(config_dict: dict):
+def config_to_store(config, workdir: str) -> dict:
+  """`config` as results.json stores it: the alignment teacher as a path
+  relative to the run's workdir, so that a run folder (a sweep's results,
+  a Ray worker's temporary --out) can move without pointing elsewhere."""
+  d = config.to_dict()
+  teacher = d.get('dear', {}).get('align_teacher')
+  if teacher:
+    d['dear']['align_teacher'] = os.path.relpath(os.path.abspath(teacher),
+                                                 os.path.abspath(workdir))
+  return d
+
+
+def stored_config(config_dict: dict, workdir: str | None = None):
   """A results.json 'config' as a ConfigDict again: old sentinels read as
-  None, lists back to tuples (run folders written by earlier versions)."""
+  None, lists back to tuples (run folders written by earlier versions); with
+  `workdir`, the run's folder, a relative alignment teacher as a path again."""
   import ml_collections  # pylint: disable=g-import-not-at-top
   config = ml_collections.ConfigDict(upgrade_stored_config(config_dict))
   config.data.train_sizes = tuple(config.data.train_sizes)
+  teacher = config.dear.get('align_teacher')
+  if workdir is not None and teacher and not os.path.isabs(teacher):
+    config.dear.align_teacher = os.path.normpath(os.path.join(workdir, teacher))
   return config
 
 
@@ -203,7 +219,8 @@ def _finished(config, workdir: str, reevaluate: bool, progress: bool):
     with open(done_path) as f:
       done = json.load(f)
     if (done.get('train_steps') == int(config.train.steps) and
-        _comparable(done.get('config') or {}) == _comparable(config.to_dict())):
+        _comparable(done.get('config') or {}) ==
+        _comparable(config_to_store(config, workdir))):
       if progress:
         print(f'already finished: {done_path} (--reevaluate scores it again)')
       return done
@@ -311,7 +328,7 @@ class FlaxLearner(loop.Learner):
   def results(self, results, run, best_params, test, test_set) -> None:
     config = run.config
     results.update(num_params=count_params(best_params),
-                   config=config.to_dict())
+                   config=config_to_store(config, run.workdir))
     if config.model_kind == 'nar':
       results['hint_mode'] = config.nar.hint_mode
     for k, v in test.items():

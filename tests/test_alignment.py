@@ -3,6 +3,7 @@ teacher checks."""
 
 import itertools
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -174,4 +175,11 @@ def test_alignment_trains_end_to_end_with_a_trained_teacher(tmp_path):
   r = train.train_and_evaluate(student, str(tmp_path / 'student'), 'bfs',
                                progress=False)
   assert r['train_steps'] == 2 and np.isfinite(r['loss_curve'][-1][1])
-  assert r['config']['dear']['align_teacher'] == teacher_dir
+  # Stored relative to the run, read back as the teacher's folder: the run
+  # folder can move, and a second call finds the run finished.
+  assert r['config']['dear']['align_teacher'] == os.path.join('..', 'teacher')
+  assert train.stored_config(r['config'], str(tmp_path / 'student')
+                             ).dear.align_teacher == teacher_dir
+  again = train.train_and_evaluate(student, str(tmp_path / 'student'), 'bfs',
+                                   progress=False)
+  assert again['train_seconds'] == r['train_seconds']

@@ -1,0 +1,68 @@
+"""The committed comparison folders under results/: each results.csv and
+results.md is what baselines.compare's report makes of the run folders next to
+it (a reader can re-derive every table), and nothing committed points at a
+path of the machine that wrote it."""
+
+import glob
+import json
+import os
+import re
+import subprocess
+
+import pytest
+
+from baselines import report
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FOLDERS = sorted(os.path.relpath(os.path.dirname(p), REPO) for p in glob.glob(
+    os.path.join(REPO, 'results', '**', 'protocol.json'), recursive=True))
+# An absolute path of a machine: a home, a scratch or a temporary folder.
+MACHINE_PATH = re.compile(r'(?<![\w.])/(?:work|tmp|home|root|Users|mnt|var)/')
+
+
+def test_there_are_committed_comparisons():
+  assert 'results/dear10-cpu' in FOLDERS, FOLDERS
+
+
+@pytest.mark.parametrize('folder', FOLDERS)
+def test_tables_are_rederived_from_the_run_folders(folder, tmp_path):
+  out = os.path.join(REPO, folder)
+  rows = [report.csv_row(r, out) for r in report.collect(out)]
+  assert rows, f'{folder} holds no finished run'
+  report.write_csv(str(tmp_path / 'results.csv'), rows)
+  with open(os.path.join(out, 'protocol.json')) as f:
+    stored = json.load(f)
+  report.write_markdown(str(tmp_path / 'results.md'), rows, stored['info'],
+                        stored['protocol'])
+  for name in ('results.csv', 'results.md'):
+    with open(os.path.join(out, name)) as f:
+      committed = f.read()
+    assert (tmp_path / name).read_text() == committed, (
+        f'{folder}/{name} is not its runs\' report: run python -m '
+        f'baselines.compare --report_only --out={folder}')
+
+
+def _tracked_files() -> list:
+  try:
+    listed = subprocess.run(['git', 'ls-files', '-z'], cwd=REPO, check=True,
+                            capture_output=True).stdout.decode()
+  except (OSError, subprocess.CalledProcessError):
+    pytest.skip('not a git checkout')
+  return [p for p in listed.split('\0') if p]
+
+
+def test_nothing_committed_points_at_a_machine_path():
+  hits = []
+  for path in _tracked_files():
+    if path.endswith(('.png', '.pdf', '.ipynb')) or path.startswith('tests/'):
+      continue  # images; notebooks are checked output-free; tests name paths
+    try:
+      with open(os.path.join(REPO, path), encoding='utf-8') as f:
+        text = f.read()
+    except (UnicodeDecodeError, FileNotFoundError):
+      continue
+    m = MACHINE_PATH.search(text)
+    if m:
+      line = text.count('\n', 0, m.start()) + 1
+      hits.append(f'{path}:{line}')
+  assert not hits, hits
