@@ -42,6 +42,23 @@ def _data_protocol(algorithm: str, data_cfg) -> dict:
       test_num_samples=splits.split_size(algorithm, 'test', data_cfg))
 
 
+# The fixed-point checks after the test (dear_jax/diagnostics.py): they change
+# neither the model nor its test score, and each results.json records what it
+# checked (fixed_point_reference; one fixed_point_distance per graph checked).
+# A folder may mix them,
+# e.g. checks on a subset for the 2048-graph test sets.
+AFTER_TRAINING_CHECKS = ('diagnostics', 'check_tol', 'check_max_iter',
+                         'check_graphs')
+
+
+def _without_checks(models: dict) -> dict:
+  models = copy.deepcopy(models)
+  for c in models.values():
+    for k in AFTER_TRAINING_CHECKS:
+      c.get('dear', {}).pop(k, None)
+  return models
+
+
 def _strip_cache_dir(d: dict) -> dict:
   d = copy.deepcopy(d)
   d.get('data', {}).pop('cache_dir', None)
@@ -126,7 +143,9 @@ def check_and_write(plan: Plan, protocol: dict, info: dict) -> None:
     old['protocol']['models'] = {
         m: train.upgrade_stored_config(c)
         for m, c in old['protocol']['models'].items()}
-    diff = first_difference(old['protocol'], protocol)
+    diff = first_difference(
+        dict(old['protocol'], models=_without_checks(old['protocol']['models'])),
+        dict(protocol, models=_without_checks(protocol['models'])))
     if diff:
       raise CompareError(f'{plan.out} holds runs of another protocol ({diff})'
                          f'; use another --out{_resume_hint(old, diff)}')

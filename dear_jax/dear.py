@@ -71,6 +71,7 @@ class DearConfig(sections.Section):
   diagnostics: bool = True
   check_tol: float = 1e-5
   check_max_iter: int = 1000
+  check_graphs: int = 0  # 0: all test graphs
 
   @classmethod
   def from_section(cls, section, prefix=None):
@@ -100,6 +101,7 @@ class DearConfig(sections.Section):
     sections.int_at_least(f'{prefix}align_samples', v.align_samples, 1)
     sections.positive(f'{prefix}check_tol', v.check_tol)
     sections.positive(f'{prefix}check_max_iter', v.check_max_iter)
+    sections.int_at_least(f'{prefix}check_graphs', v.check_graphs, 0)
 
 
 def check_cgp_processor(dear_cfg: DearConfig, model_cfg: ModelConfig) -> None:

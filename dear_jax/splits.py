@@ -31,6 +31,18 @@ class EvalSet:
   spec: Spec
   key: str            # the cache key: identifies the protocol
 
+  def head(self, k: int) -> 'EvalSet':
+    """The first k graphs (all when k is 0 or at least the split's size), as
+    whole batches: the graphs past k in the last batch are computed and then
+    dropped, as padding is."""
+    if not k or k >= self.num_samples:
+      return self
+    bs = len(self.batches[0]['lengths'])
+    return dataclasses.replace(
+        self, batches=self.batches[:-(-k // bs)], num_samples=k,
+        outputs={name: v[:k] for name, v in self.outputs.items()},
+        lengths=self.lengths[:k])
+
 
 def validation_length(algorithm: str, cfg: DataConfig) -> int:
   """run.py validates at the largest training size (20 for string matchers)."""

@@ -67,7 +67,7 @@ _OLD_ABSENT = {('data', 'val_num_samples'): 0, ('data', 'test_num_samples'): 0,
                ('dear', 'align_teacher'): ''}
 # Keys added after configs were stored, with the value that reproduces what
 # those runs did: a stored config without one reads as having it.
-_ADDED_LATER = {('dear', 'spectral_norm'): False}
+_ADDED_LATER = {('dear', 'spectral_norm'): False, ('dear', 'check_graphs'): 0}
 
 
 def upgrade_stored_config(d: dict) -> dict:
@@ -338,11 +338,13 @@ class FlaxLearner(loop.Learner):
       results['test_algo_steps'] = (test_set.lengths - 1).tolist()
     if config.model_kind == 'dear' and config.dear.diagnostics:
       from dear_jax import diagnostics  # pylint: disable=g-import-not-at-top
+      checked = test_set.head(config.dear.check_graphs)
       results.update(diagnostics.fixed_point_check(
-          self.net, best_params, test_set, ref_tol=config.dear.check_tol,
+          self.net, best_params, checked, ref_tol=config.dear.check_tol,
           ref_cap=config.dear.check_max_iter))
-      results.update(diagnostics.score_by_tol(self.net, best_params, test_set,
-                                              evaluate, operating=test))
+      results.update(diagnostics.score_by_tol(
+          self.net, best_params, checked, evaluate,
+          operating=test if checked is test_set else None))
 
 
 def _train(configs, workdirs, algorithm: str, progress: bool,

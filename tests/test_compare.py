@@ -257,7 +257,8 @@ def test_markdown_states_the_fixed_point_goals_of_each_dear_run(finished):
         r['score_by_tol_spread'] <= 0.5]
   for cell, good in zip(cells[3:6], ok):
     assert cell.endswith('✓' if good else '✗')
-  assert cells[7] == ('yes' if all(ok) else 'no')
+  assert cells[7] == str(len(r['fixed_point_distance']))  # graphs checked
+  assert cells[8] == ('yes' if all(ok) else 'no')
   # ... and DEAR against each stepwise model that ran (nar, clrs_official).
   (summary,) = [l for l in md.splitlines() if l.startswith('| `dear` | ≥ on')]
   for m in ('nar', 'clrs_official'):
@@ -590,6 +591,20 @@ def test_a_changed_default_names_the_flag_that_resumes_the_dir(tmp_path):
         dict(models=old, algorithms={}, train_steps=2),
         dict(algorithms=[], models=[], seeds=[], presets=[]))
   assert str(e.value).endswith('use another --out')
+
+
+def test_after_training_checks_may_differ_within_a_dir(tmp_path):
+  """The fixed-point checks (dear.diagnostics, check_*) change neither model
+  nor test score: a DIR resumes with other check settings (each results.json
+  keeps its own), but not with another model setting beside them."""
+  def dear(**kw):
+    return dict(dear=dict(dear=dict(dict(jac_reg_weight=0.01,
+                                         spectral_norm=False), **kw)))
+  old = dear(check_max_iter=1000)  # written before check_graphs existed
+  _resume_over(tmp_path, old, dear(check_graphs=256, check_max_iter=300),
+               None)
+  _resume_over(tmp_path, old, dear(check_graphs=256, jac_reg_weight=0.1),
+               'jac_reg_weight')
 
 
 def test_aligned_model_trains_against_the_sweeps_teacher(tmp_path, cache_dir):

@@ -232,6 +232,40 @@ def test_fixed_point_check_measures_distance_to_the_fixed_point(bfs_batch):
                                              - min(sbt['score_by_tol'].values()))
 
 
+def test_checks_on_the_first_graphs_are_those_graphs_checks(tmp_path):
+  """EvalSet.head(k): the first k graphs of a split (k not a multiple of the
+  batch size), and the fixed-point check on them gives exactly the first k
+  per-graph distances of the check on the whole split."""
+  config = tiny_config(tmp_path / 'cache', 'dear')
+  config.data.test_num_samples = 10
+  config.data.eval_batch_size = 4
+  test = splits.load_split('bfs', 'test', train.data_config(config),
+                           keep_hints=False)
+  head = test.head(6)
+  assert (head.num_samples, len(head.batches)) == (6, 2)
+  np.testing.assert_array_equal(head.lengths, test.lengths[:6])
+  for k, v in head.outputs.items():
+    np.testing.assert_array_equal(v, test.outputs[k][:6])
+  assert test.head(0) is test and test.head(10) is test
+  model = train.build_model(config, test.spec, test.batches[0])
+  params = model.init(jax.random.PRNGKey(0), test.batches[0])
+  full = diagnostics.fixed_point_check(model, params, test, ref_cap=50,
+                                       power_iters=3)
+  part = diagnostics.fixed_point_check(model, params, head, ref_cap=50,
+                                       power_iters=3)
+  assert len(part['fixed_point_distance']) == 6
+  np.testing.assert_allclose(part['fixed_point_distance'],
+                             full['fixed_point_distance'][:6], rtol=1e-6)
+  # ... and a run checks only those: results.json holds one distance per
+  # checked graph, its test score still covers every graph.
+  config.train.steps = 1
+  config.dear.check_graphs = 6
+  r = train.train_and_evaluate(config, str(tmp_path / 'run'), 'bfs',
+                               progress=False)
+  assert r['test_graphs'] == 10 and len(r['fixed_point_distance']) == 6
+  assert len(r['solver_iterations']) == 10 and len(r['score_by_tol']) == 3
+
+
 def test_eval_cap_and_stats_are_reported(bfs_batch):
   config, batch = bfs_batch
   model = _model(config, batch, max_iter_eval=2, tol=1e-9)
