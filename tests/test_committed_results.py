@@ -14,8 +14,11 @@ import pytest
 from baselines import report
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# (a sweep still running its first invocation has written no results.md yet)
 FOLDERS = sorted(os.path.relpath(os.path.dirname(p), REPO) for p in glob.glob(
-    os.path.join(REPO, 'results', '**', 'protocol.json'), recursive=True))
+    os.path.join(REPO, 'results', '**', 'results.md'), recursive=True)
+                 if os.path.exists(os.path.join(os.path.dirname(p),
+                                                'protocol.json')))
 # An absolute path of a machine: a home, a scratch or a temporary folder.
 MACHINE_PATH = re.compile(r'(?<![\w.])/(?:work|tmp|home|root|Users|mnt|var)/')
 
