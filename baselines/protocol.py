@@ -45,8 +45,7 @@ def _data_protocol(algorithm: str, data_cfg) -> dict:
 # The fixed-point checks after the test (dear_jax/diagnostics.py): they change
 # neither the model nor its test score, and each results.json records what it
 # checked (fixed_point_reference; one fixed_point_distance per graph checked).
-# A folder may mix them,
-# e.g. checks on a subset for the 2048-graph test sets.
+# A folder may mix them, e.g. checks on a subset for the 2048-graph test sets.
 AFTER_TRAINING_CHECKS = ('diagnostics', 'check_tol', 'check_max_iter',
                          'check_graphs')
 
