@@ -165,16 +165,24 @@ def run_all(plan: Plan, ray: executors.RayOptions | None = None) -> int | None:
   return executors.run_ray(plan, ray)
 
 
+def write_tables(out: str, dest: str | None = None) -> tuple:
+  """results.csv and results.md over every finished run in OUT, written to
+  DEST (default OUT); (runs, rows)."""
+  dest = out if dest is None else dest
+  runs = report.collect(out)
+  rows = [report.csv_row(r, out) for r in runs]
+  report.write_csv(os.path.join(dest, 'results.csv'), rows)
+  with open(os.path.join(out, 'protocol.json')) as f:
+    stored = json.load(f)
+  report.write_markdown(os.path.join(dest, 'results.md'), rows,
+                        stored['info'], stored['protocol'])
+  return runs, rows
+
+
 def write_reports(out: str) -> None:
   """results.csv, results.md and plots/ over every finished run in OUT."""
   from baselines import convergence, plots  # pylint: disable=g-import-not-at-top
-  runs = report.collect(out)
-  rows = [report.csv_row(r, out) for r in runs]
-  report.write_csv(os.path.join(out, 'results.csv'), rows)
-  with open(os.path.join(out, 'protocol.json')) as f:
-    stored = json.load(f)
-  report.write_markdown(os.path.join(out, 'results.md'), rows,
-                        stored['info'], stored['protocol'])
+  runs, rows = write_tables(out)
   traces = convergence.cached_traces(out, runs) if runs else []
   written = plots.write_all(os.path.join(out, 'plots'), runs, rows,
                             report.PUBLISHED_TRIPLET_GMPNN,
