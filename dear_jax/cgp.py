@@ -87,3 +87,20 @@ def cayley_adjacency(n: int) -> np.ndarray:
   adj[s, r] = 1.0
   adj.setflags(write=False)
   return adj
+
+
+@functools.cache
+def cayley_neighbours(n: int) -> np.ndarray:
+  """[M, 5] int32: row j lists j itself, then the senders of its 4 edges in
+  the Cayley graph of `cayley_adjacency(n)` (for p = 2 a sender repeats:
+  its two generators coincide). The sparse form of that adjacency plus
+  self-loops, for `GatedMaxMPNN(neighbours=...)`."""
+  p = prime_for(n)
+  m = group_size(p)
+  _, s, r = cayley_graph(p)
+  order = np.argsort(r, kind='stable')
+  senders = s[order].reshape(m, 4)  # every node receives exactly 4 edges
+  out = np.concatenate([np.arange(m)[:, None], senders], axis=1)
+  out = out.astype(np.int32)
+  out.setflags(write=False)
+  return out

@@ -154,13 +154,15 @@ class EquilibriumReasoner(Reasoner):
 
   # --- CGP -------------------------------------------------------------------
   def process(self, proc_params, node, edge, graph, adj, hidden,
-              triplets: bool = True):
-    """The processor on the input graph only (CGP parameters set aside),
-    with spectrally normalised kernels when `dear.spectral_norm` is on."""
+              triplets: bool = True, **kwargs):
+    """The processor without the CGP parameters (on the input graph, or on
+    the Cayley graph when it shares weights), with spectrally normalised
+    kernels when `dear.spectral_norm` is on."""
     own = {k: v for k, v in proc_params.items() if k not in CGP_KEYS}
     if self.spectral_norm:
       own = spectrally_normalised(own)
-    return super().process(own, node, edge, graph, adj, hidden, triplets)
+    return super().process(own, node, edge, graph, adj, hidden, triplets,
+                           **kwargs)
 
   def step(self, proc_params, node, edge, graph, adj, hidden,
            triplets: bool = True):
@@ -172,25 +174,26 @@ class EquilibriumReasoner(Reasoner):
     return h_new, tri
 
   def _cayley_inputs(self, cgp_edge, node, hidden):
-    """[B, M, ...] inputs of the Cayley pass: real nodes first, then zeros."""
-    b, n, h = hidden.shape
-    adj = jnp.asarray(cgp.cayley_adjacency(n))
-    m = adj.shape[0]
-    pad = ((0, 0), (0, m - n), (0, 0))
-    edge = jnp.broadcast_to(cgp_edge.astype(hidden.dtype), (b, m, m, h))
-    return (jnp.pad(node, pad), edge, jnp.broadcast_to(adj, (b, m, m)),
-            jnp.pad(hidden, pad))
+    """Inputs of the sparse Cayley pass: [B, M, ...] node inputs and states,
+    real nodes first, then zeros; the edge vector, the same on every edge
+    (self-loops included, as a dense M x M pass would have it); [M, 5]
+    senders of each Cayley node (`cgp.cayley_neighbours`)."""
+    n = hidden.shape[1]
+    neighbours = jnp.asarray(cgp.cayley_neighbours(n))
+    pad = ((0, 0), (0, neighbours.shape[0] - n), (0, 0))
+    edge = cgp_edge.astype(hidden.dtype)[None, None, None]
+    return jnp.pad(node, pad), edge, jnp.pad(hidden, pad), neighbours
 
   def cayley_pass(self, proc_params, node, graph, hidden):
-    node_c, edge_c, adj_c, h_c = self._cayley_inputs(
+    node_c, edge_c, h_c, neighbours = self._cayley_inputs(
         proc_params['cgp_edge'], node, hidden)
     if self.cgp_shared:
-      out, _ = self.process(proc_params, node_c, edge_c, graph, adj_c, h_c,
-                            triplets=False)
+      out, _ = self.process(proc_params, node_c, edge_c, graph, None, h_c,
+                            triplets=False, neighbours=neighbours)
     else:
       out, _ = self.cgp_processor.apply(
           {'params': proc_params['cgp_processor']}, node_c, edge_c, graph,
-          adj_c, h_c)
+          None, h_c, neighbours=neighbours)
     return out[:, :hidden.shape[1]]
 
   def init(self, key, batch):
@@ -204,11 +207,11 @@ class EquilibriumReasoner(Reasoner):
     if not self.cgp_shared:
       node, _, graph, _ = self.encode(params, batch['inputs'],
                                       batch_lib.num_nodes(batch))
-      inputs = self._cayley_inputs(proc['cgp_edge'], node,
-                                   jnp.zeros_like(node))
-      node_c, edge_c, adj_c, h_c = inputs
+      node_c, edge_c, h_c, neighbours = self._cayley_inputs(
+          proc['cgp_edge'], node, jnp.zeros_like(node))
       proc['cgp_processor'] = self.cgp_processor.init(
-          k_proc, node_c, edge_c, graph, adj_c, h_c)['params']
+          k_proc, node_c, edge_c, graph, None, h_c,
+          neighbours=neighbours)['params']
     params['processor'] = proc
     return params
 

@@ -77,11 +77,12 @@ class Reasoner:
     return jnp.ones_like(adj_from_encoders)
 
   def process(self, proc_params, node, edge, graph, adj, hidden,
-              triplets: bool = True, edge_terms=None):
-    """With `edge_terms` (see processors.py) `edge` is not read."""
+              triplets: bool = True, edge_terms=None, **kwargs):
+    """With `edge_terms` (see processors.py) `edge` is not read; `kwargs`
+    go to the processor (`neighbours` for the gated max-MPNN)."""
     return self.processor.apply({'params': proc_params}, node, edge, graph,
                                 adj, hidden, triplets=triplets,
-                                edge_terms=edge_terms)
+                                edge_terms=edge_terms, **kwargs)
 
   def decode(self, params, node, h_prev, h_new, edge, edge_latent, graph,
              training: bool, key, names=None, edge_terms=None, gumbel=None):

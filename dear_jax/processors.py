@@ -124,30 +124,43 @@ class TripletGMPNN(nn.Module):
 
 
 class GatedMaxMPNN(nn.Module):
-  """DEAR's gated max-MPNN over graph edges (adj, self-loops added here)."""
+  """DEAR's gated max-MPNN over graph edges (adj, self-loops added here).
+
+  With `neighbours` ([N, K] ints: the senders of each receiver, itself
+  included) messages run only along those K edges, [B, N, K, H] instead of
+  [B, N, N, H], and `adj` is not read: the same function on a sparse graph
+  (the 4-regular Cayley graphs of CGP), K/N of the work. `edge_fts` is then
+  [B, N, K, F] or broadcasts to it."""
   hidden: int
   gate_bias: float = 0.0    # DEAR: no gate bias
   EDGE_LAYERS = ('m_edge',)
 
   @nn.compact
   def __call__(self, node_fts, edge_fts, graph_fts, adj, hidden,
-               triplets: bool = True, edge_terms=None):
+               triplets: bool = True, edge_terms=None, neighbours=None):
     del triplets  # no edge latent: decoders see the encoded edges only
     dense = lambda n, name: nn.Dense(n, kernel_init=torch_uniform, name=name)
     h = self.hidden
-    n = node_fts.shape[1]
-    adj = jnp.maximum(adj, jnp.eye(n)[None])
     z = jnp.concatenate([node_fts, hidden], axis=-1)
-    # Message on edge i -> j from sender i and receiver j.
-    msgs = (dense(h, 'm_receiver')(z)[:, None, :] +
-            dense(h, 'm_sender')(z)[:, :, None] +
-            (dense(h, 'm_edge')(edge_fts) if edge_terms is None
-             else edge_terms['m_edge']) +
-            dense(h, 'm_graph')(graph_fts)[:, None, None])
+    receiver = dense(h, 'm_receiver')(z)
+    sender = dense(h, 'm_sender')(z)
+    edge = (dense(h, 'm_edge')(edge_fts) if edge_terms is None
+            else edge_terms['m_edge'])
+    graph = dense(h, 'm_graph')(graph_fts)[:, None, None]
+    if neighbours is None:
+      # Message on edge i -> j at [:, i, j], from sender i and receiver j.
+      msgs = receiver[:, None, :] + sender[:, :, None] + edge + graph
+    else:
+      # Message from the k-th sender of j at [:, j, k].
+      msgs = receiver[:, :, None] + sender[:, neighbours] + edge + graph
     for k in range(2):
       msgs = dense(h, f'mlp_{k}')(
           jax.nn.relu(nn.LayerNorm(epsilon=1e-5, name=f'mlp_ln_{k}')(msgs)))
-    agg = _max_aggregate(msgs, adj)
+    if neighbours is None:
+      n = node_fts.shape[1]
+      agg = _max_aggregate(msgs, jnp.maximum(adj, jnp.eye(n)[None]))
+    else:
+      agg = jnp.max(msgs, axis=2)
     ret = nn.LayerNorm(epsilon=1e-5, name='ln')(
         dense(h, 'u1')(z) + dense(h, 'u2')(agg))
     gate3 = nn.Dense(h, kernel_init=torch_uniform, name='gate3',

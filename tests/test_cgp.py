@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from conftest import tiny_config
-from dear_jax import cgp, clrs_lib, input_pipeline, train
+from dear_jax import cgp, clrs_lib, input_pipeline, processors, train
 
 
 def _brute_force_group(p):
@@ -60,6 +60,47 @@ def test_smallest_cayley_graph_with_n_nodes(n, size):
   adj = cgp.cayley_adjacency(n)
   assert adj.shape == (size, size)
   assert adj.dtype == np.float32 and set(np.unique(adj)) <= {0.0, 1.0}
+
+
+@pytest.mark.parametrize('n', [5, 16, 64, 128])
+def test_cayley_neighbours_are_the_adjacency_plus_self_loops(n):
+  adj = cgp.cayley_adjacency(n)
+  nbrs = cgp.cayley_neighbours(n)
+  assert nbrs.shape == (adj.shape[0], 5) and nbrs.dtype == np.int32
+  for j in range(adj.shape[0]):
+    assert nbrs[j, 0] == j
+    assert set(nbrs[j].tolist()) == set(np.flatnonzero(adj[:, j])) | {j}, j
+
+
+@pytest.mark.parametrize('n', [6, 16, 64])
+def test_sparse_cayley_mpnn_equals_the_dense_one(n):
+  """The gated max-MPNN along `neighbours` ([M, 5]) is the same function,
+  value and gradient, as the dense one on the M x M Cayley adjacency with
+  the edge vector broadcast to every pair."""
+  m = cgp.cayley_adjacency(n).shape[0]
+  h = 8
+  mpnn = processors.GatedMaxMPNN(hidden=h)
+  keys = jax.random.split(jax.random.PRNGKey(n), 4)
+  node = jax.random.normal(keys[0], (2, m, h))
+  hidden = jax.random.normal(keys[1], (2, m, h))
+  graph = jax.random.normal(keys[2], (2, h))
+  edge = jax.random.normal(keys[3], (h,))
+  nbrs = jnp.asarray(cgp.cayley_neighbours(n))
+  adj = jnp.broadcast_to(jnp.asarray(cgp.cayley_adjacency(n)), (2, m, m))
+  dense_edge = jnp.broadcast_to(edge, (2, m, m, h))
+  params = mpnn.init(jax.random.PRNGKey(1), node, dense_edge, graph, adj,
+                     hidden)
+  sparse = lambda hid, p: mpnn.apply(p, node, edge[None, None, None], graph,
+                                     None, hid, neighbours=nbrs)[0]
+  dense = lambda hid, p: mpnn.apply(p, node, dense_edge, graph, adj, hid)[0]
+  np.testing.assert_allclose(sparse(hidden, params), dense(hidden, params),
+                             rtol=1e-5, atol=1e-5)
+  weights = jax.random.normal(jax.random.PRNGKey(2), (2, m, h))
+  grad = lambda f: jax.grad(lambda hid, p: jnp.sum(f(hid, p) * weights),
+                            argnums=(0, 1))(hidden, params)
+  for a, b in zip(jax.tree_util.tree_leaves(grad(sparse)),
+                  jax.tree_util.tree_leaves(grad(dense))):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
 @pytest.fixture(scope='module')
