@@ -150,17 +150,16 @@ class GatedMaxMPNN(nn.Module):
     if neighbours is None:
       # Message on edge i -> j at [:, i, j], from sender i and receiver j.
       msgs = receiver[:, None, :] + sender[:, :, None] + edge + graph
+      with_self = jnp.maximum(adj, jnp.eye(node_fts.shape[1])[None])
+      aggregate = lambda m: _max_aggregate(m, with_self)
     else:
       # Message from the k-th sender of j at [:, j, k].
       msgs = receiver[:, :, None] + sender[:, neighbours] + edge + graph
+      aggregate = lambda m: jnp.max(m, axis=2)
     for k in range(2):
       msgs = dense(h, f'mlp_{k}')(
           jax.nn.relu(nn.LayerNorm(epsilon=1e-5, name=f'mlp_ln_{k}')(msgs)))
-    if neighbours is None:
-      n = node_fts.shape[1]
-      agg = _max_aggregate(msgs, jnp.maximum(adj, jnp.eye(n)[None]))
-    else:
-      agg = jnp.max(msgs, axis=2)
+    agg = aggregate(msgs)
     ret = nn.LayerNorm(epsilon=1e-5, name='ln')(
         dense(h, 'u1')(z) + dense(h, 'u2')(agg))
     gate3 = nn.Dense(h, kernel_init=torch_uniform, name='gate3',
