@@ -11,6 +11,7 @@ import os
 import platform
 
 MB = 2**20
+CPUINFO = '/proc/cpuinfo'
 
 
 def compiled_mb(compiled) -> dict | None:
@@ -36,15 +37,32 @@ def train_step_mb(config, spec: dict, init_batch: dict, batch: dict):
                                 jax.random.PRNGKey(1)).compile())
 
 
+def _cpuinfo() -> dict:
+  """The first processor's fields of /proc/cpuinfo ({} where there is none)."""
+  if not os.path.exists(CPUINFO):
+    return {}
+  fields = {}
+  with open(CPUINFO) as f:
+    for line in f:
+      if not line.strip():
+        break
+      key, _, value = line.partition(':')
+      fields[key.strip()] = value.strip()
+  return fields
+
+
 def hardware_line() -> str:
-  """OS, CPU model, core count, jax version and devices."""
+  """OS, CPU model, core count, jax version and devices.
+
+  On Linux the CPU's family and model numbers are named too: XLA picks its
+  CPU kernels by instruction set and cache sizes, so training runs are
+  bit-identical on one CPU generation but not across two that share a
+  marketing name (README, DEAR-10, "Reproducible")."""
   import jax  # pylint: disable=g-import-not-at-top
-  cpu = platform.processor()
-  if not cpu and os.path.exists('/proc/cpuinfo'):
-    with open('/proc/cpuinfo') as f:
-      names = [l.split(':', 1)[1].strip() for l in f
-               if l.startswith('model name')]
-    cpu = names[0] if names else ''
+  info = _cpuinfo()
+  cpu = info.get('model name') or platform.processor()
+  if 'cpu family' in info and 'model' in info:
+    cpu = f'{cpu} (family {info["cpu family"]}, model {info["model"]})'
   return (f'{platform.system()} {platform.machine()}, CPU {cpu or "unknown"}, '
           f'{os.cpu_count()} CPU cores, jax {jax.__version__} devices '
           f'{jax.devices()}')

@@ -43,6 +43,21 @@ def bench():
 
 
 # --- dear_jax/profiling.py, baselines/memory.py -------------------------------
+def test_hardware_line_names_the_cpu_generation(tmp_path, monkeypatch):
+  # Two CPUs that share a model name (here "AMD EPYC") train differently; the
+  # line must tell them apart. Only the first processor's block is read.
+  info = tmp_path / 'cpuinfo'
+  info.write_text('processor\t: 0\nvendor_id\t: AuthenticAMD\n'
+                  'cpu family\t: 26\nmodel\t\t: 2\nmodel name\t: AMD EPYC\n'
+                  '\nprocessor\t: 1\ncpu family\t: 25\nmodel\t\t: 17\n'
+                  'model name\t: other\n')
+  monkeypatch.setattr(profiling, 'CPUINFO', str(info))
+  line = profiling.hardware_line()
+  assert ', CPU AMD EPYC (family 26, model 2), ' in line
+  assert 'other' not in line and 'family 25' not in line
+  monkeypatch.setattr(profiling, 'CPUINFO', str(tmp_path / 'absent'))
+  assert '(family' not in profiling.hardware_line()
+
 
 def test_compiled_mb_sums_parts_and_counts_aliased_once():
   stats = types.SimpleNamespace(
