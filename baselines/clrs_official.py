@@ -36,6 +36,7 @@ import sys
 import jax
 import numpy as np
 
+from dear_jax import batches as batch_lib
 from dear_jax import clrs_lib
 from dear_jax import input_pipeline
 from dear_jax import loop
@@ -125,6 +126,33 @@ def build_model(spec: dict, dummy_feedback, *,
       nb_msg_passing_steps=cfg['nb_msg_passing_steps'])
 
 
+# dm-clrs decodes an edge-level pointer (Floyd-Warshall's output Pi and hint
+# Pi_h) through a (graphs, n, n, n, hidden) float32 tensor at every step: at the
+# official test's n = 64, a batch of 32 graphs needs about 4 GiB for it, and
+# the test of floyd_warshall was killed for memory on a 24 GB CPU machine.
+# Prediction is per graph, so such batches are predicted in chunks whose
+# tensor stays under this bound (the scores are the same; see tests).
+PREDICT_CHUNK_BYTES = 2**30
+
+
+def predict_chunk(spec: dict, batch: dict) -> int:
+  """How many graphs of `batch` to predict at once."""
+  graphs = int(batch['lengths'].shape[0])
+  if not any(loc == 'edge' and type_ == 'pointer'
+             for _, loc, type_ in spec.values()):
+    return graphs
+  per_graph = batch_lib.num_nodes(batch)**3 * RUN_PY_DEFAULTS['hidden_dim'] * 4
+  return max(1, min(graphs, PREDICT_CHUNK_BYTES // per_graph))
+
+
+def _graphs(batch: dict, start: int, stop: int) -> dict:
+  """Graphs start..stop-1 of a batch (hints are time-major)."""
+  return dict(inputs={k: v[start:stop] for k, v in batch['inputs'].items()},
+              hints={k: v[:, start:stop] for k, v in batch['hints'].items()},
+              outputs={k: v[start:stop] for k, v in batch['outputs'].items()},
+              lengths=batch['lengths'][start:stop])
+
+
 def _copy_params(params):
   # np.array copies: model.params may be a zero-copy view of a device buffer
   # that the jitted update donates and overwrites.
@@ -171,10 +199,18 @@ class OfficialLearner(loop.Learner):
     return _copy_params(self.net.params), None
 
   def _predict(self, params, batch, key):
-    features = clrs_lib.to_feedback(batch, self.spec).features
-    # BaselineModel.predict's own call, with `params` for its current ones.
-    preds, _ = self.net.jitted_predict(params, key, features, 0, False, False)
-    return {k: dp.data for k, dp in preds.items()}, {}
+    chunk, graphs = predict_chunk(self.spec, batch), len(batch['lengths'])
+    parts = []
+    for start in range(0, graphs, chunk):
+      part = _graphs(batch, start, min(graphs, start + chunk))
+      features = clrs_lib.to_feedback(part, self.spec).features
+      # BaselineModel.predict's own call, with `params` for its current ones.
+      preds, _ = self.net.jitted_predict(params, key, features, 0, False, False)
+      parts.append({k: dp.data for k, dp in preds.items()})
+    if len(parts) == 1:
+      return parts[0], {}
+    return {k: np.concatenate([np.asarray(p[k]) for p in parts])
+            for k in parts[0]}, {}
 
   def evaluate(self, params, evalset) -> dict:
     key, self.eval_key = jax.random.split(self.eval_key)

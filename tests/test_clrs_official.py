@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import JAX_CACHE_DIR
@@ -63,6 +64,16 @@ for step in range(3):
   sub, key = jax.random.split(key)
   by_hand.append(float(model.feedback(sub, feedback, 0)))
 
+# That model predicting a batch whole and in chunks of 3 and 1 graphs, as the
+# runner does for edge-pointer algorithms at large n: the same predictions.
+learner = off.OfficialLearner(spec, 'encoded_decoded', 1, f'{out}/chunks')
+learner.net, batch = model, next(stream)
+whole, _ = learner._predict(model.params, batch, jax.random.PRNGKey(3))
+off.predict_chunk = lambda spec, batch: 3
+parts, _ = learner._predict(model.params, batch, jax.random.PRNGKey(3))
+chunked = {k: [np.asarray(whole[k]).tolist(), np.asarray(parts[k]).tolist()]
+           for k in whole}
+
 # Parameter count of the run.py-default model built on a real BFS batch at
 # n=16 (shapes only: jax.eval_shape of the model's own haiku init).
 spec = clrs_lib.processed_spec('bfs')
@@ -78,7 +89,7 @@ for mode in ('encoded_decoded', 'none'):
   counts[mode] = count_params(shapes)
 print('RESULT' + json.dumps(dict(runs=[f'{out}/run{i}' for i in range(2)],
                                  counts=counts, by_hand=by_hand,
-                                 sort_losses=sort_losses)))
+                                 sort_losses=sort_losses, chunked=chunked)))
 '''
 
 
@@ -111,7 +122,31 @@ def child(tmp_path_factory):
     with open(os.path.join(workdir, 'results.json')) as f:
       runs.append(json.load(f))
   return dict(runs=runs, counts=info['counts'], by_hand=info['by_hand'],
-              sort_losses=info['sort_losses'])
+              sort_losses=info['sort_losses'], chunked=info['chunked'])
+
+
+def test_prediction_in_chunks_of_graphs_is_the_same(child):
+  # 4 graphs predicted at once and as 3 + 1 by dm-clrs's model (BFS's pi).
+  (whole, parts), = child['chunked'].values()
+  assert set(child['chunked']) == {'pi'} and len(whole) == 4
+  assert whole == parts
+
+
+def _batch(graphs, n):
+  return dict(inputs={'pos': np.zeros((graphs, n), np.float32)}, hints={},
+              outputs={}, lengths=np.ones(graphs, np.int32))
+
+
+def test_only_edge_pointer_algorithms_at_large_n_are_chunked():
+  from baselines import clrs_official as off  # pylint: disable=g-import-not-at-top
+  fw = {'Pi': ('output', 'edge', 'pointer'), 'A': ('input', 'edge', 'scalar')}
+  bfs = {'pi': ('output', 'node', 'pointer'), 'A': ('input', 'edge', 'mask')}
+  # One graph's (n, n, n, 128) float32 decoder tensor: 128 MiB at n = 64, so
+  # 8 graphs per GiB; at n = 16 a batch of 32 is 64 MiB and stays whole.
+  assert off.predict_chunk(fw, _batch(32, 64)) == 8
+  assert off.predict_chunk(fw, _batch(32, 16)) == 32
+  assert off.predict_chunk(fw, _batch(32, 256)) == 1
+  assert off.predict_chunk(bfs, _batch(32, 64)) == 32
 
 
 def test_results_json_schema(child):
