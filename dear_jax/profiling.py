@@ -54,10 +54,10 @@ def _cpuinfo() -> dict:
 def hardware_line() -> str:
   """OS, CPU model, core count, jax version and devices.
 
-  On Linux the CPU's family and model numbers are named too: XLA picks its
-  CPU kernels by instruction set and cache sizes, so training runs are
-  bit-identical on one CPU generation but not across two that share a
-  marketing name (README, DEAR-10, "Reproducible")."""
+  On Linux the CPU's family and model numbers are named too: XLA compiles
+  for the host CPU, so a training run that is bit-identical when repeated on
+  one CPU can diverge on another of the same marketing name (README,
+  DEAR-10, "Reproducible")."""
   import jax  # pylint: disable=g-import-not-at-top
   info = _cpuinfo()
   cpu = info.get('model name') or platform.processor()
