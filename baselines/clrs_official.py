@@ -145,14 +145,6 @@ def predict_chunk(spec: dict, batch: dict) -> int:
   return max(1, min(graphs, PREDICT_CHUNK_BYTES // per_graph))
 
 
-def _graphs(batch: dict, start: int, stop: int) -> dict:
-  """Graphs start..stop-1 of a batch (hints are time-major)."""
-  return dict(inputs={k: v[start:stop] for k, v in batch['inputs'].items()},
-              hints={k: v[:, start:stop] for k, v in batch['hints'].items()},
-              outputs={k: v[start:stop] for k, v in batch['outputs'].items()},
-              lengths=batch['lengths'][start:stop])
-
-
 def _copy_params(params):
   # np.array copies: model.params may be a zero-copy view of a device buffer
   # that the jitted update donates and overwrites.
@@ -202,7 +194,7 @@ class OfficialLearner(loop.Learner):
     chunk, graphs = predict_chunk(self.spec, batch), len(batch['lengths'])
     parts = []
     for start in range(0, graphs, chunk):
-      part = _graphs(batch, start, min(graphs, start + chunk))
+      part = batch_lib.take_graphs(batch, slice(start, start + chunk))
       features = clrs_lib.to_feedback(part, self.spec).features
       # BaselineModel.predict's own call, with `params` for its current ones.
       preds, _ = self.net.jitted_predict(params, key, features, 0, False, False)

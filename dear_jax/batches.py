@@ -68,6 +68,15 @@ def to_batch(feedback, spec: Spec, num_steps: int | None = None,
       lengths=lengths)
 
 
+def take_graphs(batch: Batch, idx) -> Batch:
+  """The graphs `idx` (an index array or a slice) of a batch; hints are
+  time-major, so they are indexed on their second axis."""
+  return dict(inputs={k: v[idx] for k, v in batch['inputs'].items()},
+              hints={k: v[:, idx] for k, v in batch['hints'].items()},
+              outputs={k: v[idx] for k, v in batch['outputs'].items()},
+              lengths=batch['lengths'][idx])
+
+
 def num_nodes(batch: Batch) -> int:
   return next(iter(batch['inputs'].values())).shape[1]
 

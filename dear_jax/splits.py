@@ -113,15 +113,12 @@ def _generate(protocol: dict) -> Batch:
 
 
 def _take(batch: Batch, idx: np.ndarray, num_steps: int) -> Batch:
-  hints = {}
-  for k, v in batch['hints'].items():
-    v = v[:, idx]
+  """Graphs `idx`, hints zero-padded in time to `num_steps`."""
+  taken = batch_lib.take_graphs(batch, idx)
+  for k, v in taken['hints'].items():
     pad = [(0, num_steps - v.shape[0])] + [(0, 0)] * (v.ndim - 1)
-    hints[k] = np.pad(v, pad)
-  return dict(inputs={k: v[idx] for k, v in batch['inputs'].items()},
-              hints=hints,
-              outputs={k: v[idx] for k, v in batch['outputs'].items()},
-              lengths=batch['lengths'][idx])
+    taken['hints'][k] = np.pad(v, pad)
+  return taken
 
 
 def load_split(algorithm: str, split: str, cfg: DataConfig, seed: int = 0,
