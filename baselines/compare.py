@@ -182,11 +182,12 @@ def write_tables(out: str, dest: str | None = None) -> tuple:
 def write_reports(out: str) -> None:
   """results.csv, results.md and plots/ over every finished run in OUT."""
   from baselines import convergence, plots  # pylint: disable=g-import-not-at-top
-  runs, rows = write_tables(out)
-  traces = convergence.cached_traces(out, runs) if runs else []
-  written = plots.write_all(os.path.join(out, 'plots'), runs, rows,
-                            report.PUBLISHED_TRIPLET_GMPNN,
-                            report.PUBLISHED_LABEL, traces, MODELS)
+  with protocol_lib.locked(out):  # another sweep on OUT may end now too
+    runs, rows = write_tables(out)
+    traces = convergence.cached_traces(out, runs) if runs else []
+    written = plots.write_all(os.path.join(out, 'plots'), runs, rows,
+                              report.PUBLISHED_TRIPLET_GMPNN,
+                              report.PUBLISHED_LABEL, traces, MODELS)
   print(f'{len(rows)} runs: {os.path.join(out, "results.csv")}, '
         f'{os.path.join(out, "results.md")}, '
         f'{len(written)} plots in {os.path.join(out, "plots")}')

@@ -7,10 +7,13 @@ version) fails with a one-line error before anything is written.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import fcntl
 import json
 import os
+import threading
 
 from baselines.plan import MODEL_SETTINGS, CompareError, Plan
 
@@ -126,8 +129,27 @@ def _resume_hint(old: dict, diff: str) -> str:
   return f', or pass --config.{section}.{key}={value} to resume it'
 
 
+@contextlib.contextmanager
+def locked(out: str):
+  """Holds DIR/protocol.json.lock: sweeps started on one DIR at once (one
+  per core) read, merge and write protocol.json, and the reports, one after
+  the other."""
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, 'protocol.json.lock'), 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def check_and_write(plan: Plan, protocol: dict, info: dict) -> None:
   """Fails if DIR was used with other results-changing settings."""
+  with locked(plan.out):
+    _check_and_write(plan, protocol, info)
+
+
+def _check_and_write(plan: Plan, protocol: dict, info: dict) -> None:
   path = os.path.join(plan.out, 'protocol.json')
   merged = protocol
   if os.path.exists(path):
@@ -162,8 +184,8 @@ def check_and_write(plan: Plan, protocol: dict, info: dict) -> None:
     seen = hardware_lines(old_info)
     info['hardware'] = seen + [h for h in hardware_lines(info)
                                if h not in seen]
-  os.makedirs(plan.out, exist_ok=True)
-  tmp = path + '.tmp'
+  # A name of its own, renamed into place: a reader never sees half a file.
+  tmp = f'{path}.{os.getpid()}.{threading.get_ident()}.tmp'
   with open(tmp, 'w') as f:
     json.dump(dict(protocol=merged, info=info), f, indent=2, sort_keys=True)
   os.replace(tmp, path)

@@ -653,3 +653,35 @@ def test_stack_seeds_trains_each_models_seeds_in_one_program(
     r = json.loads((out / 'runs' / 'bfs' / 'nar' / f's{s}' /
                     'results.json').read_text())
     assert r['seed'] == s and r['train_steps'] == 1
+
+
+def test_sweeps_started_together_on_one_dir_take_turns(tmp_path):
+  """Two compare invocations on one --out (one per core) once raced on
+  protocol.json.tmp and one died; now the second waits for the first's
+  read-merge-write, and both sets of algorithms end up in the file."""
+  import threading  # pylint: disable=g-import-not-at-top
+  plan = types.SimpleNamespace(out=str(tmp_path))
+  models = dict(dear=dict(dear=dict(jac_reg_weight=0.01, spectral_norm=False)))
+
+  def write(algorithm):
+    protocol.check_and_write(
+        plan, dict(models=models, algorithms={algorithm: {}}),
+        dict(algorithms=[algorithm], models=['dear'], seeds=[0],
+             presets=['smoke']))
+
+  write('bfs')
+  with protocol.locked(str(tmp_path)):
+    # another sweep holds DIR: this one must wait, not write
+    waiting = threading.Thread(target=write, args=('dfs',))
+    waiting.start()
+    waiting.join(timeout=1.0)
+    assert waiting.is_alive()
+    stored = json.loads((tmp_path / 'protocol.json').read_text())
+    assert stored['info']['algorithms'] == ['bfs']
+  waiting.join(timeout=30)
+  assert not waiting.is_alive()
+  stored = json.loads((tmp_path / 'protocol.json').read_text())
+  assert stored['info']['algorithms'] == ['bfs', 'dfs']
+  assert set(stored['protocol']['algorithms']) == {'bfs', 'dfs'}
+  assert sorted(p.name for p in tmp_path.iterdir()) == [
+      'protocol.json', 'protocol.json.lock']
