@@ -13,7 +13,6 @@ import dataclasses
 import fcntl
 import json
 import os
-import threading
 
 from baselines.plan import MODEL_SETTINGS, CompareError, Plan
 
@@ -136,11 +135,8 @@ def locked(out: str):
   the other."""
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, 'protocol.json.lock'), 'w') as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    try:
-      yield
-    finally:
-      fcntl.flock(lock, fcntl.LOCK_UN)
+    fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+    yield
 
 
 def check_and_write(plan: Plan, protocol: dict, info: dict) -> None:
@@ -184,8 +180,7 @@ def _check_and_write(plan: Plan, protocol: dict, info: dict) -> None:
     seen = hardware_lines(old_info)
     info['hardware'] = seen + [h for h in hardware_lines(info)
                                if h not in seen]
-  # A name of its own, renamed into place: a reader never sees half a file.
-  tmp = f'{path}.{os.getpid()}.{threading.get_ident()}.tmp'
+  tmp = path + '.tmp'  # one writer at a time (locked); renamed into place
   with open(tmp, 'w') as f:
     json.dump(dict(protocol=merged, info=info), f, indent=2, sort_keys=True)
   os.replace(tmp, path)

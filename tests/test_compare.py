@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import types
 
 import matplotlib
@@ -659,7 +660,6 @@ def test_sweeps_started_together_on_one_dir_take_turns(tmp_path):
   """Two compare invocations on one --out (one per core) once raced on
   protocol.json.tmp and one died; now the second waits for the first's
   read-merge-write, and both sets of algorithms end up in the file."""
-  import threading  # pylint: disable=g-import-not-at-top
   plan = types.SimpleNamespace(out=str(tmp_path))
   models = dict(dear=dict(dear=dict(jac_reg_weight=0.01, spectral_norm=False)))
 
