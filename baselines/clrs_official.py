@@ -18,7 +18,9 @@ splits are dear_jax's cached ones, and validation follows dear_jax.loop:
 before the first update, after every eval_every updates and after the last
 (run.py validates after updates 1, eval_every + 1, ...). A new best needs a
 strictly higher validation score; the test uses the best validation
-parameters (kept in memory, not pickled).
+parameters. run.py pickles the best parameters; here the loop's orbax
+checkpoints keep them, with the model and optimiser state, the data stream
+and the key chains, so an interrupted run resumes where it stopped.
 
 CLI (argparse, because `import clrs` defines absl flags such as `seeds`):
 
@@ -145,19 +147,21 @@ def predict_chunk(spec: dict, batch: dict) -> int:
   return max(1, min(graphs, PREDICT_CHUNK_BYTES // per_graph))
 
 
-def _copy_params(params):
-  # np.array copies: model.params may be a zero-copy view of a device buffer
-  # that the jitted update donates and overwrites.
-  return jax.tree_util.tree_map(np.array, params)
+def _host_copy(tree):
+  # np.array copies: model.params and opt_state may be zero-copy views of
+  # device buffers that the jitted update donates and overwrites.
+  return jax.tree_util.tree_map(np.array, tree)
 
 
 class OfficialLearner(loop.Learner):
   """BaselineModel for `dear_jax.loop`: a stack of one seed (its step is not
-  vmappable), no checkpoints (an interrupted run starts again).
+  vmappable), with the loop's orbax checkpoints, so an interrupted run
+  resumes and ends as an uninterrupted one.
 
   Keys as run.py's: a RandomState(seed) draws the training key chain (each
   update splits it) and init uses seed + 1; predictions draw from a second
-  chain, so validations do not change the training keys."""
+  chain, so validations do not change the training keys. Both chains are
+  saved with each checkpoint (`checkpoint_meta`)."""
 
   name = model = MODEL_NAME
 
@@ -179,6 +183,21 @@ class OfficialLearner(loop.Learner):
         self.spec, feedback, hint_mode=self.hint_mode,
         checkpoint_path=os.path.join(self.workdir, 'clrs_ckpt'))
     self.net.init(feedback.features, self.seed + 1)
+    run = runs[0]
+    state = run.restore(dict(params=self.net.params,
+                             opt_state=self.net.opt_state,
+                             best_params=self.net.params,
+                             data=run.stream.get_state()), progress)
+    if run.step:
+      self.net.params, self.net.opt_state = state['params'], state['opt_state']
+      keys = run.meta['learner']
+      self.train_key, self.eval_key = (
+          jax.numpy.asarray(keys[k], dtype=jax.numpy.uint32)
+          for k in ('train_key', 'eval_key'))
+
+  def checkpoint_meta(self, j: int) -> dict:
+    return dict(train_key=np.asarray(self.train_key).tolist(),
+                eval_key=np.asarray(self.eval_key).tolist())
 
   def step(self, members, batches, steps):
     feedback = clrs_lib.to_feedback(batches[0], self.spec)
@@ -188,7 +207,7 @@ class OfficialLearner(loop.Learner):
     return np.array([loss]), {}, compiled
 
   def state(self, j: int):
-    return _copy_params(self.net.params), None
+    return _host_copy(self.net.params), _host_copy(self.net.opt_state)
 
   def _predict(self, params, batch, key):
     chunk, graphs = predict_chunk(self.spec, batch), len(batch['lengths'])
@@ -238,8 +257,7 @@ def train_official(algorithm: str, *, seed: int, train_steps: int,
   os.makedirs(workdir, exist_ok=True)
   spec = clrs_lib.processed_spec(algorithm)
   testset = splits.load_split(algorithm, 'test', data_cfg)
-  run = loop.Run(workdir, seed, algorithm, data_cfg, True, testset.key,
-                 checkpoints=False)
+  run = loop.Run(workdir, seed, algorithm, data_cfg, True, testset.key)
   run.config = dict(
       RUN_PY_DEFAULTS,
       algorithm=algorithm, seed=seed, train_steps=train_steps,

@@ -15,8 +15,8 @@ and decoded; `baselines.clrs_official.train_official`). `--seeds=K` runs
 seeds 0..K-1. Explicit flags override the preset.
 
 Each run trains in DIR/runs/ALGORITHM/MODEL/sSEED/ and is skipped when its
-results.json exists; an interrupted dear/nar run resumes from its orbax
-checkpoints (a clrs_official run restarts). DIR/protocol.json holds every
+results.json exists; an interrupted run (any model, the official one
+included) resumes from its orbax checkpoints. DIR/protocol.json holds every
 setting that changes results; a later invocation on DIR with other settings
 fails (exit 2) without touching anything. Adding algorithms, models or seeds
 to DIR is allowed. After the runs: DIR/results.csv (one row per finished run

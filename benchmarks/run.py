@@ -124,7 +124,7 @@ def trained_runs(folder: str, algorithm: str) -> dict:
       candidates.append((r['seed'], os.path.relpath(root, folder), r))
   for _, name, r in sorted(candidates, key=lambda c: c[:2]):
     kind = r['model']
-    if kind in found:
+    if kind in found or kind not in ('dear', 'nar'):  # e.g. clrs_official
       continue
     config = train.stored_config(r['config'], os.path.join(folder, name))
     params = train.load_best_params(os.path.join(folder, name))

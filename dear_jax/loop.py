@@ -57,6 +57,12 @@ class Learner:
     after later steps (they become the best parameters)."""
     raise NotImplementedError
 
+  def checkpoint_meta(self, j: int) -> dict:
+    """JSON state of run j that is not in its pytrees (e.g. a key chain),
+    taken after each validation and saved with its checkpoint as
+    run.meta['learner']; `start` reads it back after `run.restore`."""
+    return {}
+
   def evaluate(self, params, evalset) -> dict:
     """`dear_jax.train.evaluate`'s dict (score, scores, solver statistics)."""
     raise NotImplementedError
@@ -201,6 +207,7 @@ def train(learner: Learner, runs: list, steps: int, eval_every: int,
           run.clock = clock
           params, opt_state = learner.state(j)
           run.validate(run.step, params, learner)
+          run.meta['learner'] = learner.checkpoint_meta(j)
           run.save(params, opt_state)
           bar.set_postfix(_postfix(runs, active, aux), refresh=False)
   except KeyboardInterrupt as e:

@@ -261,6 +261,12 @@ def test_benchmarks_time_trained_runs(bench, tmp_path, cache_dir, monkeypatch,
   for model, kind in (('dear', 'dear'), ('nar_nohint', 'nar')):
     (nested / 'bfs' / model).mkdir(parents=True)
     (nested / 'bfs' / model / 's0').symlink_to(finished_run(kind).workdir)
+  # The official model's runs keep checkpoints too, of another kind: skipped.
+  official = nested / 'bfs' / 'clrs_official' / 's0'
+  (official / 'checkpoints').mkdir(parents=True)
+  (official / 'results.json').write_text(json.dumps(dict(
+      algorithm='bfs', seed=0, model='clrs_official',
+      config=dict(hidden_dim=128))))
   assert bench.main(['--quick', f'--out={out}', f'--cache_dir={cache_dir}',
                      f'--trained={nested}', '--sizes=5', '--batch=3',
                      '--repeats=2']) == 0

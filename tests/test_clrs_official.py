@@ -36,17 +36,23 @@ out, cache = sys.argv[1], sys.argv[2]
 cfg = input_pipeline.DataConfig(train_sizes=(4,), batch_size=4, val_length=5,
                                 test_length=6, val_num_samples=8, test_num_samples=8,
                                 eval_batch_size=4, cache_dir=cache)
-runs = [off.train_official('bfs', seed=1, train_steps=3,
-                           hint_mode='encoded_decoded', data_cfg=cfg,
-                           workdir=f'{out}/run{i}', eval_every=2)
-        for i in range(2)]
+# run0 trains 3 steps at once; run1 stops after 2 (its checkpoint) and a
+# second call resumes it to 3 on the same workdir.
+for i, steps in ((0, 3), (1, 2), (1, 3)):
+  off.train_official('bfs', seed=1, train_steps=steps,
+                     hint_mode='encoded_decoded', data_cfg=cfg,
+                     workdir=f'{out}/run{i}', eval_every=2)
 
 # insertion_sort's loss depends on the keys (Gumbel noise of its permutation
-# hints): validated every step or only at the end, the same training keys.
-sort_losses = [[l for _, l in off.train_official(
-    'insertion_sort', seed=1, train_steps=3, hint_mode='encoded_decoded',
-    data_cfg=cfg, workdir=f'{out}/sort{e}', eval_every=e)['loss_curve']]
-               for e in (1, 3)]
+# hints): validated every step or only at the end, the same training keys;
+# and resumed after step 1, the key chain restored from the checkpoint.
+def sort_losses_of(workdir, steps, eval_every):
+  return [l for _, l in off.train_official(
+      'insertion_sort', seed=1, train_steps=steps, hint_mode='encoded_decoded',
+      data_cfg=cfg, workdir=f'{out}/{workdir}', eval_every=eval_every)['loss_curve']]
+sort_losses = [sort_losses_of(f'sort{e}', 3, e) for e in (1, 3)]
+sort_losses_of('sort_resumed', 1, 1)
+sort_losses.append(sort_losses_of('sort_resumed', 3, 1))
 
 # The same training by hand, on dm-clrs's API alone (the keys and init as
 # run.py: a RandomState(seed) draws the key chain, init on the first
@@ -121,6 +127,8 @@ def child(tmp_path_factory):
   for workdir in info['runs']:
     with open(os.path.join(workdir, 'results.json')) as f:
       runs.append(json.load(f))
+    with open(os.path.join(workdir, 'metrics.jsonl')) as f:  # every validation
+      runs[-1]['validated_at'] = [json.loads(l)['step'] for l in f]
   return dict(runs=runs, counts=info['counts'], by_hand=info['by_hand'],
               sort_losses=info['sort_losses'], chunked=info['chunked'])
 
@@ -178,11 +186,18 @@ def test_results_json_schema(child):
   print(results_lib.summary_table(r))
 
 
-def test_same_seed_is_deterministic(child):
+def test_resumed_run_ends_as_an_uninterrupted_one(child):
+  """Same seed, same run: one trained 3 steps at once, the other stopped
+  after step 2 and resumed from its checkpoint (parameters, Adam state,
+  data stream, key chains)."""
   a, b = child['runs']
-  assert a['test_score'] == b['test_score']
+  # b's second call went on from step 2 (a restart would validate at 0 again)
+  assert b['validated_at'] == a['validated_at'] == [0, 2, 3]
+  assert len(a['loss_curve']) == len(b['loss_curve']) == 3
   assert a['loss_curve'] == b['loss_curve']
   assert a['val_curve'] == b['val_curve']
+  assert a['test_score'] == b['test_score']
+  assert a['test_scores'] == b['test_scores']
 
 
 def test_losses_are_dm_clrs_own(child):
@@ -195,8 +210,10 @@ def test_losses_are_dm_clrs_own(child):
 def test_validations_do_not_change_training_keys(child):
   """Predictions draw from their own key chain: how often a run validates
   does not change its training (it did in the former run.py-style loop)."""
-  every_step, at_end = child['sort_losses']
+  every_step, at_end, resumed = child['sort_losses']
   assert len(every_step) == 3 and every_step == at_end
+  # The training key chain survives a resume (BFS's loss would not show it).
+  assert resumed == every_step
 
 
 def test_num_params_bfs_n16(child):

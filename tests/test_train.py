@@ -79,6 +79,7 @@ def test_cli_trains_and_writes_results(finished_run, kind):
 def test_resume_after_interruption_matches_uninterrupted_run(
     finished_run, tmp_path, drawn_batches, kind):
   full = finished_run(kind)
+  drawn_batches.clear()  # the fixture trains `full` on first use
   workdir = _copy_run(full, tmp_path / 'b')
   # A run killed after its step-4 checkpoint: later state never reached disk.
   ckpt = workdir / 'checkpoints'
