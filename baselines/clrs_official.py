@@ -183,10 +183,9 @@ class OfficialLearner(loop.Learner):
         self.spec, feedback, hint_mode=self.hint_mode,
         checkpoint_path=os.path.join(self.workdir, 'clrs_ckpt'))
     self.net.init(feedback.features, self.seed + 1)
-    run = runs[0]
-    state = run.restore(dict(params=self.net.params,
-                             opt_state=self.net.opt_state,
-                             best_params=self.net.params,
+    run, params = runs[0], self.net.params  # a device_get per read
+    state = run.restore(dict(params=params, opt_state=self.net.opt_state,
+                             best_params=params,
                              data=run.stream.get_state()), progress)
     if run.step:
       self.net.params, self.net.opt_state = state['params'], state['opt_state']

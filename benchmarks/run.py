@@ -104,6 +104,9 @@ class BenchmarkError(Exception):
   """Bad benchmark input (reported in one line, exit 2)."""
 
 
+TRAINED_KINDS = ('dear', 'nar')  # the Flax model kinds --trained times
+
+
 def trained_runs(folder: str, algorithm: str) -> dict:
   """{'dear'|'nar': (config, best params, run name)}: for each model kind,
   the finished run of `algorithm` under `folder`, at any depth (a flat
@@ -124,12 +127,12 @@ def trained_runs(folder: str, algorithm: str) -> dict:
       candidates.append((r['seed'], os.path.relpath(root, folder), r))
   for _, name, r in sorted(candidates, key=lambda c: c[:2]):
     kind = r['model']
-    if kind in found or kind not in ('dear', 'nar'):  # e.g. clrs_official
+    if kind in found or kind not in TRAINED_KINDS:  # e.g. clrs_official
       continue
     config = train.stored_config(r['config'], os.path.join(folder, name))
     params = train.load_best_params(os.path.join(folder, name))
     found[kind] = (config, params, name)
-  missing = [k for k in ('dear', 'nar') if k not in found]
+  missing = [k for k in TRAINED_KINDS if k not in found]
   if missing:
     raise BenchmarkError(
         f'--trained={folder}: no finished {" or ".join(missing)} run of '
