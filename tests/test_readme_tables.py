@@ -1,0 +1,91 @@
+"""README's DEAR-10 tables are written by hand; every figure in them must be
+the committed results.csv's (seed 0), rounded as shown, so the README cannot
+drift from the data when runs are added or re-run."""
+
+import csv
+import os
+
+from baselines import report
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SWEEP = 'results/dear10-cpu'
+PENALTY = 'results/dear10-cpu-penalty/jac0.1'
+NO_RUN = '–'
+
+
+def _seed0_rows(folder: str) -> dict:
+  with open(os.path.join(REPO, folder, 'results.csv')) as f:
+    return {(r['algorithm'], r['model']): r for r in csv.DictReader(f)
+            if r['seed'] == '0'}
+
+
+def _readme_table(header_start: str) -> list:
+  """The body rows of the README table whose header begins so, as cell lists."""
+  with open(os.path.join(REPO, 'README.md')) as f:
+    lines = [l.strip() for l in f]
+  starts = [i for i, l in enumerate(lines) if l.startswith(header_start)]
+  assert len(starts) == 1, f'README has {len(starts)} tables "{header_start}"'
+  rows = []
+  for line in lines[starts[0] + 2:]:
+    if not line.startswith('|'):
+      break
+    rows.append([c.strip().strip('*') for c in line.strip('|').split('|')])
+  assert rows, f'README table "{header_start}" has no rows'
+  return rows
+
+
+def _score(row) -> str:
+  return NO_RUN if row is None else f'{100 * float(row["test_score"]):.1f}'
+
+
+def test_test_score_table_is_the_committed_seed0_scores():
+  sweep, penalty = _seed0_rows(SWEEP), _seed0_rows(PENALTY)
+  columns = [(sweep, 'dear'), (penalty, 'dear'), (sweep, 'dear_cgp'),
+             (sweep, 'nar_nohint'), (sweep, 'nar'), (sweep, 'clrs_official')]
+  rows = _readme_table('| algorithm | DEAR (0.01) | DEAR, 0.1 |')
+  assert sorted(r[0] for r in rows) == sorted({a for a, _ in sweep})
+  wrong = []
+  for algorithm, *cells in rows:
+    want = [_score(rows_.get((algorithm, model))) for rows_, model in columns]
+    want.append(f'{report.PUBLISHED_TRIPLET_GMPNN[algorithm][0]:.1f}')
+    if cells != want:
+      wrong.append(f'{algorithm}: README {cells}, results {want}')
+  assert not wrong, '\n'.join(wrong)
+
+
+def test_answer_and_time_table_is_the_committed_seed0_runs():
+  sweep = _seed0_rows(SWEEP)
+  rows = _readme_table('| algorithm | DEAR iterations / true steps |')
+  wrong = []
+  for algorithm, iters, converged, distance, ms in rows:
+    dear = sweep[(algorithm, 'dear')]
+    want_iters = (f'{float(dear["solver_iters_mean"]):.1f} / '
+                  f'{float(dear["algo_steps_mean"]):.1f}')
+    want_conv = f'{100 * (1 - float(dear["nonconverged_fraction"])):.1f} %'
+    want_dist = f'{float(dear["fixed_point_distance_mean"]):.4f}'
+    times = []
+    for model in ('dear', 'nar_nohint', 'nar', 'clrs_official'):
+      row = sweep.get((algorithm, model))
+      times.append(NO_RUN if row is None else
+                   f'{1000 * float(row["eval_seconds_per_graph"]):.0f}')
+    want = [want_iters, want_conv, want_dist, ' / '.join(times)]
+    if [iters, converged, distance, ms] != want:
+      wrong.append(f'{algorithm}: README {[iters, converged, distance, ms]}, '
+                   f'results {want}')
+  assert not wrong, '\n'.join(wrong)
+
+
+def test_cgp_table_is_the_committed_seed0_runs():
+  sweep = _seed0_rows(SWEEP)
+  rows = _readme_table('| algorithm | test %: DEAR → + CGP |')
+  wrong = []
+  for algorithm, scores, nohint, iters, *_ in rows:
+    dear, cgp = sweep[(algorithm, 'dear')], sweep[(algorithm, 'dear_cgp')]
+    want = [f'{_score(dear)} → {_score(cgp)}',
+            _score(sweep.get((algorithm, 'nar_nohint'))),
+            f'{float(dear["solver_iters_mean"]):.1f} → '
+            f'{float(cgp["solver_iters_mean"]):.1f}']
+    if [scores.replace('*', ''), nohint, iters] != want:
+      wrong.append(f'{algorithm}: README {[scores, nohint, iters]}, '
+                   f'results {want}')
+  assert not wrong, '\n'.join(wrong)
