@@ -19,9 +19,9 @@ def _seed0_rows(folder: str) -> dict:
             if r['seed'] == '0'}
 
 
-def _readme_table(header_start: str) -> list:
-  """The body rows of the README table whose header begins so, as cell lists."""
-  with open(os.path.join(REPO, 'README.md')) as f:
+def _readme_table(header_start: str, readme: str = 'README.md') -> list:
+  """The body rows of the table whose header begins so, as cell lists."""
+  with open(os.path.join(REPO, readme)) as f:
     lines = [l.strip() for l in f]
   starts = [i for i, l in enumerate(lines) if l.startswith(header_start)]
   assert len(starts) == 1, f'README has {len(starts)} tables "{header_start}"'
@@ -88,4 +88,29 @@ def test_cgp_table_is_the_committed_seed0_runs():
     if [scores.replace('*', ''), nohint, iters] != want:
       wrong.append(f'{algorithm}: README {[scores, nohint, iters]}, '
                    f'results {want}')
+  assert not wrong, '\n'.join(wrong)
+
+
+def test_penalty_readme_table_is_the_committed_seed0_runs():
+  sweep, penalty = _seed0_rows(SWEEP), _seed0_rows(PENALTY)
+  rows = _readme_table('| algorithm | test, 0.01 | test, 0.1 |',
+                       os.path.join(os.path.dirname(PENALTY), 'README.md'))
+  wrong = []
+  for algorithm, low, high, nohint, converged, distance, rho, iters in rows:
+    a, b = sweep[(algorithm, 'dear')], penalty[(algorithm, 'dear')]
+
+    def pair(key, fmt, a=a, b=b):
+      return ' → '.join(f'{float(r[key]):{fmt}}' for r in (a, b))
+
+    want = [f'{float(a["test_score"]):.3f}', f'{float(b["test_score"]):.3f}',
+            f'{float(sweep[(algorithm, "nar_nohint")]["test_score"]):.3f}',
+            ' → '.join(f'{100 * (1 - float(r["nonconverged_fraction"])):.1f}'
+                       for r in (a, b)),
+            pair('fixed_point_distance_mean', '.4f'),
+            pair('spectral_radius_mean', '.2f'),
+            f'{pair("solver_iters_mean", ".1f")} '
+            f'({float(a["algo_steps_mean"]):.1f})']
+    got = [low, high, nohint, converged, distance, rho, iters]
+    if got != want:
+      wrong.append(f'{algorithm}: README {got}, results {want}')
   assert not wrong, '\n'.join(wrong)
