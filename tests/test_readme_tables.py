@@ -5,6 +5,8 @@ drift from the data when runs are added or re-run."""
 import csv
 import os
 
+import pytest
+
 from baselines import report
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -13,10 +15,10 @@ PENALTY = 'results/dear10-cpu-penalty/jac0.1'
 NO_RUN = '–'
 
 
-def _seed0_rows(folder: str) -> dict:
+def _rows(folder: str, seed: str = '0') -> dict:
   with open(os.path.join(REPO, folder, 'results.csv')) as f:
     return {(r['algorithm'], r['model']): r for r in csv.DictReader(f)
-            if r['seed'] == '0'}
+            if r['seed'] == seed}
 
 
 def _readme_table(header_start: str, readme: str = 'README.md') -> list:
@@ -39,7 +41,7 @@ def _score(row) -> str:
 
 
 def test_test_score_table_is_the_committed_seed0_scores():
-  sweep, penalty = _seed0_rows(SWEEP), _seed0_rows(PENALTY)
+  sweep, penalty = _rows(SWEEP), _rows(PENALTY)
   columns = [(sweep, 'dear'), (penalty, 'dear'), (sweep, 'dear_cgp'),
              (sweep, 'nar_nohint'), (sweep, 'nar'), (sweep, 'clrs_official')]
   rows = _readme_table('| algorithm | DEAR (0.01) | DEAR, 0.1 |')
@@ -54,7 +56,7 @@ def test_test_score_table_is_the_committed_seed0_scores():
 
 
 def test_answer_and_time_table_is_the_committed_seed0_runs():
-  sweep = _seed0_rows(SWEEP)
+  sweep = _rows(SWEEP)
   rows = _readme_table('| algorithm | DEAR iterations / true steps |')
   wrong = []
   for algorithm, iters, converged, distance, ms in rows:
@@ -76,7 +78,7 @@ def test_answer_and_time_table_is_the_committed_seed0_runs():
 
 
 def test_cgp_table_is_the_committed_seed0_runs():
-  sweep = _seed0_rows(SWEEP)
+  sweep = _rows(SWEEP)
   rows = _readme_table('| algorithm | test %: DEAR → + CGP |')
   wrong = []
   for algorithm, scores, nohint, iters, *_ in rows:
@@ -91,10 +93,13 @@ def test_cgp_table_is_the_committed_seed0_runs():
   assert not wrong, '\n'.join(wrong)
 
 
-def test_penalty_readme_table_is_the_committed_seed0_runs():
-  sweep, penalty = _seed0_rows(SWEEP), _seed0_rows(PENALTY)
-  rows = _readme_table('| algorithm | test, 0.01 | test, 0.1 |',
+@pytest.mark.parametrize('seed, first_column',
+                         [('0', 'algorithm'), ('1', 'algorithm (seed 1)')])
+def test_penalty_readme_tables_are_the_committed_runs(seed, first_column):
+  sweep, penalty = _rows(SWEEP, seed), _rows(PENALTY, seed)
+  rows = _readme_table(f'| {first_column} | test, 0.01 | test, 0.1 |',
                        os.path.join(os.path.dirname(PENALTY), 'README.md'))
+  assert len(rows) == sum(1 for _, model in penalty if model == 'dear')
   wrong = []
   for algorithm, low, high, nohint, converged, distance, rho, iters in rows:
     a, b = sweep[(algorithm, 'dear')], penalty[(algorithm, 'dear')]
