@@ -1,6 +1,7 @@
-"""README's DEAR-10 tables are written by hand; every figure in them must be
-the committed results.csv's (seed 0), rounded as shown, so the README cannot
-drift from the data when runs are added or re-run."""
+"""README's DEAR-10 tables (and the penalty folder's) are written by hand;
+every figure in them must be the committed results.csv's of the seed the
+table names, rounded as shown, so the text cannot drift from the data when
+runs are added or re-run."""
 
 import csv
 import os
@@ -16,6 +17,7 @@ NO_RUN = '–'
 
 
 def _rows(folder: str, seed: str = '0') -> dict:
+  """One seed's rows of a committed results.csv, by (algorithm, model)."""
   with open(os.path.join(REPO, folder, 'results.csv')) as f:
     return {(r['algorithm'], r['model']): r for r in csv.DictReader(f)
             if r['seed'] == seed}
