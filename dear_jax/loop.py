@@ -108,7 +108,9 @@ class Run:
     start = self.checkpoints.latest_step()
     if start is not None:
       state, self.meta = self.checkpoints.restore(start, state)
-      if self.meta['data_key'] != self.data_key:
+      # The validation data chose the best parameters; the test data may
+      # change (dear_jax.train.EVALUATION_KEYS).
+      if not self.meta['data_key'].startswith(self.val_set.key):
         raise RunError(f'{self.workdir} holds a run with another data '
                        'protocol; use another --workdir')
       self.stream.set_state(state['data'])

@@ -43,6 +43,9 @@ def _define_flags(fv: flags.FlagValues, argv):
   flags.DEFINE_bool('reevaluate', False, 'On a finished workdir, score the '
                     'best parameters again and rewrite results.json (default: '
                     'print the stored results).', flag_values=fv)
+  flags.DEFINE_bool('extend', False, 'Train a finished or checkpointed '
+                    'workdir on to a larger --train_steps (refused without '
+                    'this flag).', flag_values=fv)
   config_flags.DEFINE_config_file(
       'config', os.path.join(_REPO, 'configs', 'default.py'),
       'Config file (configs/*.py); override keys with --config.KEY=VALUE.',
@@ -80,11 +83,15 @@ USAGE = """Train and test DEAR (or the stepwise NAR) on one CLRS-30 algorithm.
 usage: python -m dear_jax.run --algorithm=ALG [--model=dear|nar] [--train_steps=N]
          [--seed=S | --seeds=S1,S2,...] [--workdir=DIR] [--config=configs/FILE.py]
          [--config.SECTION.KEY=VALUE ...] [--hint_mode=MODE] [--noprogress]
+         [--reevaluate] [--extend]
 
 Configs: configs/default.py (CPU-sized, the default) and configs/dear_paper.py
 (DEAR's paper protocol); every key of their sections data, model, nar, dear and
 train can be overridden, e.g. --config.dear.tol=1e-4 --config.train.steps=2000.
-Writes WORKDIR/results.json, metrics.jsonl and checkpoints/; rerunning resumes.
+Writes WORKDIR/config.json, results.json, metrics.jsonl and checkpoints/;
+rerunning resumes. A workdir belongs to the config that started it: a rerun
+that changes the model, data or training is refused, more steps need --extend,
+other test settings on a finished workdir --reevaluate.
 --seeds trains several seeds in one program, into WORKDIR_sSEED each
 (default runs/ALG_MODEL_sSEED); --config.train.data_parallel=True splits the
 batches over all local devices.
@@ -171,7 +178,8 @@ def main(argv=None) -> int:
     for workdir in workdirs:
       validation.check_workdir(workdir)
     results = train.train_seeds(config, seeds, workdirs, fv.algorithm,
-                                progress=fv.progress, reevaluate=fv.reevaluate)
+                                progress=fv.progress, reevaluate=fv.reevaluate,
+                                extend=fv.extend)
   except (ValueError, train.RunError) as e:
     _fail(str(e).strip().splitlines()[0])
   for r, workdir in zip(results, workdirs):

@@ -198,33 +198,155 @@ def evaluate(model, predict_fn, params, evalset) -> dict:
   return result
 
 
-# Keys that change how a run executes, not what it computes: a finished
-# workdir stays finished when only these differ.
-EXECUTION_KEYS = ('data_parallel',)
+# Keys that change how a run executes, not what it computes: they may differ
+# on any rerun of a run folder.
+EXECUTION_KEYS = ('train.data_parallel', 'data.cache_dir')
+# Keys that change only how a trained model is tested (the test split and the
+# fixed-point checks after it), never the model: a finished run folder may be
+# tested again with other values (--reevaluate), and its results.json then
+# records them under 'reevaluated_with' ({key: [value that trained, now]}).
+EVALUATION_KEYS = ('data.test_length', 'data.test_num_samples',
+                   'dear.diagnostics', 'dear.check_tol', 'dear.check_max_iter',
+                   'dear.check_graphs')
+
+
+def _flat(d: dict, prefix: str = '') -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f'{prefix}{k}.'))
+    else:
+      out[prefix + k] = v
+  return out
 
 
 def _comparable(config_dict: dict) -> dict:
+  """A stored config as today's, JSON-normalised, EXECUTION_KEYS left out."""
   d = upgrade_stored_config(
       json.loads(json.dumps(config_dict, sort_keys=True, default=float)))
-  for k in EXECUTION_KEYS:
-    d.get('train', {}).pop(k, None)
+  for key in EXECUTION_KEYS:
+    section, name = key.split('.')
+    d.get(section, {}).pop(name, None)
   return d
 
 
-def _finished(config, workdir: str, reevaluate: bool, progress: bool):
-  """The stored results of a finished workdir with the same config, or None."""
-  os.makedirs(workdir, exist_ok=True)
-  done_path = os.path.join(workdir, 'results.json')
-  if os.path.exists(done_path) and not reevaluate:
-    with open(done_path) as f:
-      done = json.load(f)
-    if (done.get('train_steps') == int(config.train.steps) and
-        _comparable(done.get('config') or {}) ==
-        _comparable(config_to_store(config, workdir))):
+def config_changes(old: dict, new: dict) -> dict:
+  """{'section.key': [stored value, new value]} of the keys that differ
+  between two stored configs; keys one of them predates are not compared."""
+  old, new = _flat(_comparable(old)), _flat(_comparable(new))
+  return {k: [old[k], new[k]] for k in sorted(set(old) & set(new))
+          if old[k] != new[k]}
+
+
+def _as_flag(key: str, value) -> str:
+  """The flag that sets `key` to `value`, as the command line takes it."""
+  if key == 'train.steps':
+    return f'--train_steps={value}'
+  if isinstance(value, list):
+    value = '(' + ','.join(map(str, value)) + ',)'
+  return f'--config.{key}={value}'
+
+
+def _read_json(path: str, required=()) -> dict | None:
+  """The JSON object in `path`, None if there is none; a damaged file is a
+  one-line RunError naming it."""
+  try:
+    with open(path) as f:
+      d = json.load(f)
+  except FileNotFoundError:
+    return None
+  except (ValueError, OSError) as e:
+    raise RunError(f'{path} cannot be read ({type(e).__name__}); move it '
+                   'away (the run resumes from its last checkpoint) or use '
+                   'another --workdir') from None
+  missing = ([k for k in required if k not in d] if isinstance(d, dict)
+             else ['a JSON object'])
+  if missing:
+    raise RunError(f'{path} is damaged (lacks {", ".join(missing)}); move it '
+                   'away (the run resumes from its last checkpoint) or use '
+                   'another --workdir')
+  return d
+
+
+def _has_checkpoint(workdir: str) -> bool:
+  folder = os.path.join(workdir, 'checkpoints')
+  return os.path.isdir(folder) and any(n.isdigit() for n in os.listdir(folder))
+
+
+def _check_folder(config, workdir: str, reevaluate: bool, extend: bool,
+                  progress: bool):
+  """What WORKDIR holds, against `config`: (its stored results when it is
+  finished and nothing is to be done, else None; the config.json to write
+  before training, or None; notes for the new results.json).
+
+  A run folder belongs to the config that started it (WORKDIR/config.json;
+  results.json's for folders of earlier versions): a key that changes the
+  model, the data or training is a RunError naming the flags that resume it
+  as it was. More train.steps needs `extend`; other EVALUATION_KEYS on a
+  finished folder need `reevaluate`. A folder of an earlier version with
+  checkpoints but neither file resumes unchecked, as it always did."""
+  from dear_jax.results import REQUIRED_KEYS  # pylint: disable=g-import-not-at-top
+  new = config_to_store(config, workdir)
+  done = _read_json(os.path.join(workdir, 'results.json'), REQUIRED_KEYS)
+  started = _read_json(os.path.join(workdir, 'config.json'), ('config',))
+  if started is None and done is None:
+    unknown = _has_checkpoint(workdir)
+    return None, None if unknown else dict(config=new, extended_from=[]), {}
+  stored = started['config'] if started else done['config']
+  record = dict(config=new, extended_from=list(
+      (started or done).get('extended_from', [])))
+  changes = config_changes(stored, new)
+  steps = changes.pop('train.steps', None)
+  training = {k: v for k, v in changes.items() if k not in EVALUATION_KEYS}
+  if training:
+    listing = ', '.join(f'{k} {a!r} -> {b!r}' for k, (a, b) in training.items())
+    flags = ' '.join(_as_flag(k, a) for k, (a, _) in training.items())
+    raise RunError(f'{workdir} holds a run of another config ({listing}); '
+                   f'to resume it as it was drop these overrides or pass '
+                   f'{flags}, or use another --workdir')
+  if steps:
+    old, now = steps
+    if now < old:
+      raise RunError(f'{workdir} holds a run of {old} steps, which cannot be '
+                     f'shortened to {now}: --train_steps={old} resumes it, or '
+                     'use another --workdir')
+    if not extend:
+      raise RunError(f'{workdir} holds a run of {old} steps: pass --extend to '
+                     f'train it on to {now} steps, or --train_steps={old} to '
+                     'resume it as it was')
+    print(f'extending from {old} to {now} steps ({workdir})')
+    record['extended_from'].append(old)
+  notes = dict(extended_from=record['extended_from']) if record[
+      'extended_from'] else {}
+  if done is not None and done['train_steps'] == int(config.train.steps):
+    tested = {k: v for k, v in config_changes(done['config'], new).items()
+              if k in EVALUATION_KEYS}
+    if not reevaluate:
+      if tested:
+        listing = ', '.join(f'{k} {a!r} -> {b!r}' for k, (a, b) in
+                            tested.items())
+        raise RunError(f'{workdir} holds results tested with other settings '
+                       f'({listing}); pass --reevaluate to test its best '
+                       'parameters again with these, or drop the overrides')
       if progress:
-        print(f'already finished: {done_path} (--reevaluate scores it again)')
-      return done
-  return None
+        print(f'already finished: {os.path.join(workdir, "results.json")} '
+              '(--reevaluate scores it again)')
+      return done, None, {}
+    was = dict(done.get('reevaluated_with', {}))
+    for k, (a, b) in tested.items():
+      was[k] = [was.get(k, [a])[0], b]
+    was = {k: v for k, v in was.items() if v[0] != v[1]}
+    if was:
+      notes['reevaluated_with'] = was
+  return None, record, notes
+
+
+def _write_json(path: str, d: dict) -> None:
+  """Atomic: a crash never leaves half a file."""
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(d, f, indent=2, sort_keys=True, default=float)
+  os.replace(tmp, path)
 
 
 def with_seed(config, seed: int):
@@ -235,18 +357,20 @@ def with_seed(config, seed: int):
 
 def train_and_evaluate(config, workdir: str, algorithm: str,
                        progress: bool = True, reevaluate: bool = False,
-                       label: str | None = None) -> dict:
+                       label: str | None = None, extend: bool = False) -> dict:
   """Trains `config.model_kind` on `algorithm`; writes WORKDIR/results.json.
 
   A workdir with checkpoints resumes from the latest one; a finished one
   (results.json of the same steps) returns its results without work unless
-  `reevaluate`."""
+  `reevaluate`. A workdir started with another config is refused
+  (`_check_folder`); more steps need `extend`."""
   return train_seeds(config, [config.train.seed], [workdir], algorithm,
-                     progress, reevaluate, label)[0]
+                     progress, reevaluate, label, extend)[0]
 
 
 def train_seeds(config, seeds, workdirs, algorithm: str, progress: bool = True,
-                reevaluate: bool = False, label: str | None = None) -> list:
+                reevaluate: bool = False, label: str | None = None,
+                extend: bool = False) -> list:
   """Trains the seeds together (one vmapped step, `dear_jax/seeds.py`), each
   into its own workdir exactly as `train_and_evaluate` would; their results.
 
@@ -254,15 +378,26 @@ def train_seeds(config, seeds, workdirs, algorithm: str, progress: bool = True,
   A seed whose loss diverges leaves the stack; the others finish, then the
   divergence is raised."""
   from dear_jax import validation  # pylint: disable=g-import-not-at-top
+  from dear_jax.results import write_results  # pylint: disable=g-import-not-at-top
   validation.check_config(config)  # what the CLI checks, for every caller
   configs = [with_seed(config, s) for s in seeds]
-  results = [_finished(c, w, reevaluate, progress)
+  checked = [_check_folder(c, w, reevaluate, extend, progress)
              for c, w in zip(configs, workdirs)]
+  results = [done for done, _, _ in checked]
   todo = [i for i, r in enumerate(results) if r is None]
   if todo:
+    for i in todo:
+      record = checked[i][1]
+      if record is not None:
+        os.makedirs(workdirs[i], exist_ok=True)
+        _write_json(os.path.join(workdirs[i], 'config.json'), record)
     trained = _train([configs[i] for i in todo], [workdirs[i] for i in todo],
                      algorithm, progress, label)
     for i, r in zip(todo, trained):
+      notes = checked[i][2]
+      if notes:  # the notes of an extended or re-tested run
+        r.update(notes)
+        write_results(workdirs[i], r)
       results[i] = r
   return results
 

@@ -134,9 +134,9 @@ def test_data_protocol_change_on_resume_is_refused(finished_run, tmp_path,
   workdir = _copy_run(finished_run('nar'), tmp_path / 'w')
   before = _mtimes(workdir)
   changed = tiny_config(finished_run('nar').cache_dir, 'nar')
-  changed.data.test_num_samples = 3
+  changed.data.val_num_samples = 3
   code, err = _run_cli(cli_args(changed, workdir)[1:], capsys)
-  assert code == 2 and 'another data protocol' in err
+  assert code == 2 and 'another config (data.val_num_samples 4 -> 3)' in err
   assert len(err.strip().splitlines()) == 1 and 'Traceback' not in err
   assert _mtimes(workdir) == before
 

@@ -1,0 +1,152 @@
+"""Faults and bad input: each answered in one line (exit 2) with nothing
+written first, nothing mislabelled and nothing run from a data file.
+
+Most cases reuse one finished tiny NAR run (conftest.finished_run), copied
+before anything touches it.
+"""
+
+import errno
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from conftest import cli_args, xla_fast_compile
+from dear_jax import run
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _cli(args, capsys):
+  """run.main(args) -> (exit code, stdout, stderr)."""
+  try:
+    code = run.main(args)
+  except SystemExit as e:
+    code = e.code
+  out, err = capsys.readouterr()
+  return code, out, err
+
+
+def _one_line(err: str) -> str:
+  lines = err.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith('error: '), err
+  return lines[0]
+
+
+def _files(folder) -> dict:
+  """{relative path: bytes} of every file under folder."""
+  out = {}
+  for dirpath, _, names in os.walk(folder):
+    for name in names:
+      path = os.path.join(dirpath, name)
+      with open(path, 'rb') as f:
+        out[os.path.relpath(path, folder)] = f.read()
+  return out
+
+
+@pytest.fixture
+def copied(finished_run, tmp_path):
+  """A copy of the finished tiny NAR run: (its config, workdir)."""
+  done = finished_run('nar')
+  assert done.code == 0
+  workdir = tmp_path / 'w'
+  shutil.copytree(done.workdir, workdir)
+  return done.config, workdir
+
+
+# --- a run folder belongs to one config ----------------------------------------
+
+@pytest.mark.parametrize('override, named', [
+    ('--config.train.learning_rate=0.05', 'train.learning_rate 0.001 -> 0.05'),
+    ('--config.model.hidden=32', 'model.hidden 16 -> 32'),
+    ('--config.data.batch_size=3', 'data.batch_size 2 -> 3'),
+])
+def test_finished_folder_refuses_a_changed_setting(copied, capsys, override,
+                                                   named):
+  config, workdir = copied
+  before = _files(workdir)
+  code, out, err = _cli(cli_args(config, workdir) + [override], capsys)
+  assert code == 2
+  line = _one_line(err)
+  assert named in line and 'another config' in line
+  # the flag that resumes it as it was
+  old = override.split('=')[0] + '=' + named.split()[1]
+  assert old in line
+  assert 'resuming' not in out
+  assert _files(workdir) == before
+
+
+def test_checkpointed_folder_refuses_a_changed_setting(copied, capsys):
+  """Unfinished (results.json gone): config.json still says what started it."""
+  config, workdir = copied
+  (workdir / 'results.json').unlink()
+  before = _files(workdir)
+  code, _, err = _cli(cli_args(config, workdir) +
+                      ['--config.train.learning_rate=0.05'], capsys)
+  assert code == 2 and 'train.learning_rate 0.001 -> 0.05' in _one_line(err)
+  assert _files(workdir) == before
+
+
+def test_more_steps_need_extend_and_are_announced(copied, capsys):
+  config, workdir = copied
+  steps = config.train.steps
+  stored = json.loads((workdir / 'results.json').read_text())
+  before = _files(workdir)
+  args = cli_args(config, workdir) + [f'--train_steps={steps + 2}']
+  code, _, err = _cli(args, capsys)
+  assert code == 2
+  line = _one_line(err)
+  assert f'holds a run of {steps} steps' in line and '--extend' in line
+  assert _files(workdir) == before
+  # fewer steps cannot be had from this folder at all
+  code, _, err = _cli(cli_args(config, workdir) + ['--train_steps=4'], capsys)
+  assert code == 2 and 'cannot be shortened' in _one_line(err)
+  with xla_fast_compile():
+    code, out, _ = _cli(args + ['--extend'], capsys)
+  assert code == 0
+  assert f'extending from {steps} to {steps + 2} steps' in out
+  results = json.loads((workdir / 'results.json').read_text())
+  assert results['train_steps'] == steps + 2
+  assert results['extended_from'] == [steps]
+  assert [p[0] for p in results['loss_curve']] == list(range(1, steps + 3))
+  # trained on from the finished run's last checkpoint
+  assert results['loss_curve'][:steps] == stored['loss_curve']
+  # the extended folder now answers to its new length, without work
+  extended = _files(workdir)
+  code, _, _ = _cli(args, capsys)
+  assert code == 0 and _files(workdir) == extended
+
+
+def test_test_settings_change_only_with_reevaluate_and_are_recorded(
+    copied, capsys):
+  config, workdir = copied
+  stored = json.loads((workdir / 'results.json').read_text())
+  args = cli_args(config, workdir) + ['--config.data.test_num_samples=6']
+  code, _, err = _cli(args, capsys)
+  assert code == 2
+  line = _one_line(err)
+  assert 'data.test_num_samples 4 -> 6' in line and '--reevaluate' in line
+  with xla_fast_compile():
+    code, _, _ = _cli(args + ['--reevaluate'], capsys)
+  assert code == 0
+  results = json.loads((workdir / 'results.json').read_text())
+  assert results['test_graphs'] == 6
+  assert results['reevaluated_with'] == {'data.test_num_samples': [4, 6]}
+  assert results['config']['data']['test_num_samples'] == 6
+  # the model is the one trained: same best step and validation curve
+  assert results['best_step'] == stored['best_step']
+  assert results['val_curve'] == stored['val_curve']
+
+
+def test_damaged_results_json_is_one_line_naming_it(copied, capsys):
+  config, workdir = copied
+  for text in ('{}', '{"test_score": 0.5, "tra'):
+    (workdir / 'results.json').write_text(text)
+    code, _, err = _cli(cli_args(config, workdir), capsys)
+    assert code == 2 and str(workdir / 'results.json') in _one_line(err)
