@@ -100,10 +100,16 @@ def save(path: str, batch: Batch) -> None:
 
 
 def load(path: str) -> Batch:
-  with np.load(path) as z:
-    batch = dict(inputs={}, hints={}, outputs={}, lengths=z['lengths'])
-    for key in z.files:
-      if '/' in key:
-        group, name = key.split('/', 1)
-        batch[group][name] = z[key]
+  """A batch `save` wrote (a cache file: a damaged one is a one-line
+  ValueError naming it; never unpickled)."""
+  try:
+    with np.load(path, allow_pickle=False) as z:
+      batch = dict(inputs={}, hints={}, outputs={}, lengths=z['lengths'])
+      for key in z.files:
+        if '/' in key:
+          group, name = key.split('/', 1)
+          batch[group][name] = z[key]
+  except Exception as e:  # pylint: disable=broad-except  # zip, npy, key errors
+    raise ValueError(f'{path} cannot be read ({type(e).__name__}); delete it '
+                     '(a cache file, made again)') from None
   return batch

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import numbers
 import os
-import pickle
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -155,6 +154,7 @@ class RecordedStream:
     self._dir = os.path.join(os.path.expanduser(cfg.cache_dir),
                              'stream-' + clrs_lib.protocol_key(protocol))
     os.makedirs(self._dir, exist_ok=True)
+    read_stream_state(self._dir)  # an unreadable one fails before training
     self._live_args = (algorithm, cfg, seed, keep_hints)
     self._live = None
     self._step = 0
@@ -166,12 +166,9 @@ class RecordedStream:
     """The live stream positioned to produce batch k."""
     if self._live is None:
       self._live = TrainStream(*self._live_args)
-      state_path = os.path.join(self._dir, 'live_state.pkl')
-      if os.path.exists(state_path):
-        with open(state_path, 'rb') as f:
-          state = pickle.load(f)
-        if state['step'] <= k:
-          self._live.set_state(state)
+      state = read_stream_state(self._dir)
+      if state is not None and state['step'] <= k:
+        self._live.set_state(state)
     while self._live._step < k:  # pylint: disable=protected-access
       next(self._live)
     return self._live
@@ -186,10 +183,7 @@ class RecordedStream:
     live = self._live_at(k)
     batch = next(live)
     batch_lib.save(self._path(k), batch)
-    tmp = os.path.join(self._dir, f'live_state.{os.getpid()}.tmp')
-    with open(tmp, 'wb') as f:
-      pickle.dump(live.get_state(), f)
-    os.replace(tmp, os.path.join(self._dir, 'live_state.pkl'))
+    write_stream_state(self._dir, live.get_state())
     return batch
 
   def get_state(self) -> dict:
@@ -207,6 +201,44 @@ class RecordedStream:
     if os.path.exists(self._path(k)):
       return batch_lib.load(self._path(k))
     return self._record(k)
+
+
+_STATE_FILE = 'live_state.npz'
+_RNG_FIELDS = ('keys', 'pos', 'has_gauss', 'cached')
+
+
+def write_stream_state(folder: str, state: dict) -> None:
+  """TrainStream.get_state() as plain arrays in FOLDER/live_state.npz (read
+  without pickle: a shared cache folder must not run code); atomic."""
+  flat = {'step': state['step']}
+  for i, rng in enumerate(state['rngs']):
+    flat.update({f'{name}{i}': rng[name] for name in _RNG_FIELDS})
+  tmp = os.path.join(folder, f'live_state.{os.getpid()}.tmp.npz')
+  np.savez(tmp, **flat)
+  os.replace(tmp, os.path.join(folder, _STATE_FILE))
+
+
+def read_stream_state(folder: str) -> dict | None:
+  """The state `write_stream_state` left in FOLDER, or None; a damaged file,
+  or the pickle of earlier versions (never loaded), is a one-line ValueError."""
+  if os.path.exists(os.path.join(folder, 'live_state.pkl')):
+    raise ValueError(
+        f'{os.path.join(folder, "live_state.pkl")} is a stream state in the '
+        'pickle format of an earlier version, which is not loaded (it could '
+        f'run code): delete the cache folder {folder} (it is recorded again)')
+  path = os.path.join(folder, _STATE_FILE)
+  if not os.path.exists(path):
+    return None
+  try:
+    with np.load(path, allow_pickle=False) as z:
+      count = sum(1 for name in z.files if name.startswith('keys'))
+      state = dict(step=int(z['step']), rngs=[
+          {name: z[f'{name}{i}'] for name in _RNG_FIELDS}
+          for i in range(count)])
+  except Exception as e:  # pylint: disable=broad-except  # zip, npy, key errors
+    raise ValueError(f'{path} cannot be read ({type(e).__name__}); delete the '
+                     f'cache folder {folder} (it is recorded again)') from None
+  return state
 
 
 def _shapes(tree):

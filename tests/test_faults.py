@@ -150,3 +150,61 @@ def test_damaged_results_json_is_one_line_naming_it(copied, capsys):
     (workdir / 'results.json').write_text(text)
     code, _, err = _cli(cli_args(config, workdir), capsys)
     assert code == 2 and str(workdir / 'results.json') in _one_line(err)
+
+
+# --- no code from data files -----------------------------------------------------
+
+class _Marker:
+  """Unpickling this creates the file `path` (what a crafted cache file does)."""
+
+  def __init__(self, path):
+    self.path = path
+
+  def __reduce__(self):
+    return (open, (self.path, 'w'))
+
+
+def _stream_dir(cache_dir, seed):
+  from conftest import tiny_config  # pylint: disable=g-import-not-at-top
+  from dear_jax import input_pipeline, train  # pylint: disable=g-import-not-at-top
+  cfg = train.data_config(tiny_config(cache_dir))
+  stream = input_pipeline.RecordedStream('bfs', cfg, seed, keep_hints=True)
+  return stream._dir  # pylint: disable=protected-access
+
+
+def test_a_pickled_stream_state_is_never_loaded(finished_run, tmp_path, capsys):
+  import pickle  # pylint: disable=g-import-not-at-top
+  done = finished_run('nar')  # its cache holds the tiny splits already
+  seed = 11  # a stream of its own in the shared cache
+  folder = _stream_dir(done.cache_dir, seed)
+  marker = tmp_path / 'ran'
+  try:
+    with open(os.path.join(folder, 'live_state.pkl'), 'wb') as f:
+      pickle.dump(_Marker(str(marker)), f)
+    code, _, err = _cli(
+        cli_args(done.config, tmp_path / 'w') +
+        [f'--seed={seed}', '--config.data.recorded_stream=True'], capsys)
+    assert code == 2
+    line = _one_line(err)
+    assert 'live_state.pkl' in line and f'delete the cache folder {folder}' in line
+    assert not marker.exists()
+  finally:
+    shutil.rmtree(folder)
+
+
+def test_damaged_cache_files_are_one_line_naming_them(data_cfg, tmp_path):
+  from dear_jax import batches, input_pipeline  # pylint: disable=g-import-not-at-top
+  bad = tmp_path / 'bad.npz'
+  bad.write_bytes(b'PK\x03\x04 truncated')
+  with pytest.raises(ValueError, match=f'{bad} cannot be read'):
+    batches.load(str(bad))
+  cfg = input_pipeline.DataConfig(**dict(data_cfg.__dict__,
+                                         cache_dir=str(tmp_path)))
+  stream = input_pipeline.RecordedStream('bfs', cfg, seed=0)
+  stream.record(1)
+  state = os.path.join(stream._dir, 'live_state.npz')  # pylint: disable=protected-access
+  assert os.path.exists(state)
+  with open(state, 'r+b') as f:
+    f.truncate(40)
+  with pytest.raises(ValueError, match=f'{state} cannot be read'):
+    input_pipeline.RecordedStream('bfs', cfg, seed=0)
