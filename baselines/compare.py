@@ -193,6 +193,17 @@ def write_reports(out: str) -> None:
         f'{len(written)} plots in {os.path.join(out, "plots")}')
 
 
+def check_out(out: str) -> None:
+  """Before anything is written: OUT is a folder this process can write in,
+  and every results.json in it reads (a damaged one is named)."""
+  from dear_jax import validation  # pylint: disable=g-import-not-at-top
+  try:
+    validation.check_writable_dir(out, '--out')
+    report.collect(out)
+  except ValueError as e:
+    raise CompareError(str(e)) from None
+
+
 def report_only(out: str) -> int:
   """--report_only: the reports of what OUT holds, nothing trained."""
   path = os.path.join(out, 'protocol.json')
@@ -204,6 +215,10 @@ def report_only(out: str) -> int:
                  'baselines.compare has written')
   except (ValueError, KeyError, TypeError) as e:
     return _fail(f'{path} is unreadable ({type(e).__name__})')
+  try:
+    check_out(out)
+  except CompareError as e:
+    return _fail(str(e))
   write_reports(out)
   return 0
 
@@ -226,6 +241,7 @@ def main(argv=None) -> int:
   try:
     ray = ray_options(args)
     plan = plan_lib.resolve(args)
+    check_out(plan.out)
     hardware = profiling.hardware_line()
     if ray is not None:
       hardware = f'Ray workers (driver: {hardware})'

@@ -62,10 +62,10 @@ def _source(out: str, run: dict) -> list:
 def _cached_entries(path: str) -> list:
   """The traces kept in OUT/plots/convergence.json ({"traces": [...]}; a
   file written before there was one trace per algorithm holds one trace)."""
-  if not os.path.exists(path):
+  from dear_jax.results import read_json  # pylint: disable=g-import-not-at-top
+  cached = read_json(path, hint='delete it (a cache, traced again)')
+  if cached is None:
     return []
-  with open(path) as f:
-    cached = json.load(f)
   return cached['traces'] if 'traces' in cached else [cached]
 
 

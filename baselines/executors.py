@@ -236,6 +236,14 @@ def write_files(out: str, run: str, files: dict) -> None:
   partial one: a driver killed meanwhile leaves an unfinished run, never a
   half-written one."""
   parent, name = os.path.split(os.path.join(out, run))
+  # A task returns paths of its run folder and of the model's memory.json
+  # beside it: nothing else of --out (a path from elsewhere is refused).
+  model_dir = os.path.realpath(parent)
+  for rel in files:
+    dest = os.path.realpath(os.path.join(out, rel))
+    if os.path.isabs(rel) or os.path.commonpath([model_dir, dest]) != model_dir:
+      raise CompareError(f'a task for {run} returned the path {rel!r}, '
+                         f'outside {parent}: nothing of it was written')
   incoming = os.path.join(parent, '.incoming-' + name)
   shutil.rmtree(incoming, ignore_errors=True)
   for rel in files:
@@ -266,20 +274,43 @@ def _code_dirs() -> list:
           for m in (dear_jax, baselines, configs)]
 
 
-def check_reachable(address: str, timeout: float = 10.0) -> None:
-  """A HOST:PORT or ray://HOST:PORT that accepts no connection fails here:
-  ray.init would retry it for minutes."""
+# How long a --ray_address has to answer (TCP, then gRPC's HTTP/2 greeting).
+RAY_ANSWER_TIMEOUT_S = 30.0
+_HTTP2_PREFACE = b'PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'
+_HTTP2_SETTINGS = b'\x00\x00\x00\x04\x00\x00\x00\x00\x00'  # empty frame
+
+
+def check_reachable(address: str, timeout: float | None = None) -> None:
+  """A HOST:PORT or ray://HOST:PORT that does not answer as Ray (a gRPC
+  server: its HTTP/2 SETTINGS frame) within `timeout` seconds (default
+  RAY_ANSWER_TIMEOUT_S) fails here: ray.init would retry or wait for it for
+  minutes."""
   import socket  # pylint: disable=g-import-not-at-top
+  timeout = RAY_ANSWER_TIMEOUT_S if timeout is None else timeout
   host, _, port = address.split('://')[-1].rpartition(':')
   if not host or not port.isdigit():
     return  # 'auto', or a form Ray resolves itself
+  valid = 'valid: auto, HOST:PORT of its head (6379), ray://HOST:10001'
   try:
-    socket.create_connection((host, int(port)), timeout=timeout).close()
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+      sock.settimeout(timeout)
+      sock.sendall(_HTTP2_PREFACE + _HTTP2_SETTINGS)
+      reply = b''
+      while len(reply) < 9:
+        chunk = sock.recv(9 - len(reply))
+        if not chunk:
+          break
+        reply += chunk
+  except socket.timeout:
+    raise CompareError(f'{address} does not answer as a Ray cluster within '
+                       f'{timeout:g} s; {valid}') from None
   except OSError as e:
     raise CompareError(f'cannot reach a Ray cluster at {address} '
-                       f'({e.strerror or type(e).__name__}); valid: auto, '
-                       'HOST:PORT of its head (6379), ray://HOST:10001'
+                       f'({e.strerror or type(e).__name__}); {valid}'
                        ) from None
+  if len(reply) < 9 or reply[3] != 0x04:  # frame type SETTINGS
+    raise CompareError(f'{address} answers, but not as a Ray cluster (no '
+                       f'gRPC greeting); {valid}')
 
 
 def start_ray(opts: RayOptions) -> None:

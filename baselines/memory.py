@@ -58,9 +58,11 @@ def train_step_mb(plan: Plan, algorithm: str, model: str) -> float | None:
 def cached_train_step_mb(plan: Plan, algorithm: str, model: str):
   """train_step_mb, kept in DIR/runs/ALG/MODEL/memory.json (seed-free)."""
   path = os.path.join(plan.out, 'runs', algorithm, model, 'memory.json')
-  if os.path.exists(path):
-    with open(path) as f:
-      return json.load(f)['train_step_memory_mb']
+  from dear_jax.results import read_json  # pylint: disable=g-import-not-at-top
+  cached = read_json(path, ('train_step_memory_mb',),
+                     'delete it (a cache, measured again)')
+  if cached is not None:
+    return cached['train_step_memory_mb']
   try:
     mb = train_step_mb(plan, algorithm, model)
   except Exception as e:  # pylint: disable=broad-except

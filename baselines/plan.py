@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import importlib.util
 import os
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -106,11 +105,11 @@ def load_config_file(path: str):
   full = path if os.path.isabs(path) else os.path.join(REPO, path)
   if not os.path.isfile(full):
     raise CompareError(f'config file {path!r} not found')
-  name = 'dear_jax_compare_cfg_' + os.path.splitext(os.path.basename(full))[0]
-  spec = importlib.util.spec_from_file_location(name, full)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  from dear_jax import validation  # pylint: disable=g-import-not-at-top
+  try:
+    return validation.load_config_file(full)
+  except ValueError as e:
+    raise CompareError(str(e)) from None
 
 
 def apply_overrides(config, overrides: list):

@@ -10,9 +10,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import fcntl
 import json
 import os
+
+import filelock
 
 from baselines.plan import MODEL_SETTINGS, CompareError, Plan
 
@@ -134,8 +135,7 @@ def locked(out: str):
   per core) read, merge and write protocol.json, and the reports, one after
   the other."""
   os.makedirs(out, exist_ok=True)
-  with open(os.path.join(out, 'protocol.json.lock'), 'w') as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+  with filelock.FileLock(os.path.join(out, 'protocol.json.lock')):
     yield
 
 

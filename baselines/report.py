@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import statistics
 
 from baselines.plan import MODELS
 from baselines.protocol import hardware_lines
+from dear_jax.results import REQUIRED_KEYS, read_json
 
 # Published single-task Triplet-GMPNN OOD test scores (%, n=64, 10 seeds):
 # Ibarz et al. 2022, "A Generalist Neural Algorithmic Learner" (arXiv
@@ -75,6 +75,9 @@ def _number(x):
   return x if math.isfinite(x) else None
 
 
+_CACHE_HINT = 'delete it (a cache, measured again)'
+
+
 def collect(out: str) -> list:
   """Every finished run in OUT/runs, as (algorithm, model, seed, results)."""
   rows = []
@@ -89,10 +92,11 @@ def collect(out: str) -> list:
       for sdir in os.listdir(mdir):
         path = os.path.join(mdir, sdir, 'results.json')
         if sdir.startswith('s') and os.path.exists(path):
-          with open(path) as f:
-            rows.append(dict(algorithm=algorithm, model=model,
-                             seed=int(sdir[1:]), results=json.load(f),
-                             run_dir=os.path.join(mdir, sdir)))
+          results = read_json(path, REQUIRED_KEYS, 'delete it to train that '
+                              'run again (its checkpoints resume it)')
+          rows.append(dict(algorithm=algorithm, model=model,
+                           seed=int(sdir[1:]), results=results,
+                           run_dir=os.path.join(mdir, sdir)))
   order = {m: i for i, m in enumerate(MODELS)}
   rows.sort(key=lambda r: (r['algorithm'], order.get(r['model'], 99),
                            r['seed']))
@@ -113,10 +117,8 @@ def csv_row(run: dict, out: str) -> dict:
   r = run['results']
   mem_path = os.path.join(out, 'runs', run['algorithm'], run['model'],
                           'memory.json')
-  memory = None
-  if os.path.exists(mem_path):
-    with open(mem_path) as f:
-      memory = json.load(f).get('train_step_memory_mb')
+  memory = (read_json(mem_path, ('train_step_memory_mb',), _CACHE_HINT) or
+            {}).get('train_step_memory_mb')
   return dict(algorithm=run['algorithm'], model=run['model'],
               seed=run['seed'], test_score=r['test_score'],
               val_score=r['val_score'], train_seconds=r['train_seconds'],

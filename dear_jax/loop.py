@@ -248,9 +248,11 @@ def _count(run: Run, loss: float, compiled: bool, any_compiled: bool,
   run.step += 1
   if not np.isfinite(loss):
     last = run.checkpoints.latest_step() if run.checkpoints else None
-    run.error = (f'loss became {loss} at step {run.step}: training diverged'
-                 + (f'; the last good checkpoint (step {last}) is intact'
-                    if run.checkpoints else ''))
+    run.error = f'loss became {loss} at step {run.step}: training diverged'
+    if last is not None:
+      run.error += f'; the last good checkpoint (step {last}) is intact'
+    elif run.checkpoints:
+      run.error += ' before its first checkpoint; nothing was saved'
     if multi:
       run.error = f'seed {run.seed}: {run.error}'
   else:

@@ -15,6 +15,26 @@ SOLVER_KEYS = ('solver_iters_mean', 'solver_iters_p95', 'nonconverged_fraction',
                'final_residual_mean')
 
 
+def read_json(path: str, required=(), hint: str = '') -> dict | None:
+  """The JSON object in `path` (None if there is no file); a damaged file,
+  or one without the `required` keys, is a one-line ValueError naming it
+  (`hint`: what to do about it)."""
+  try:
+    with open(path) as f:
+      d = json.load(f)
+  except FileNotFoundError:
+    return None
+  except (ValueError, OSError) as e:  # JSONDecodeError, UnicodeDecodeError
+    problem = f'cannot be read ({type(e).__name__})'
+  else:
+    missing = ([k for k in required if k not in d] if isinstance(d, dict)
+               else ['a JSON object'])
+    if not missing:
+      return d
+    problem = f'is damaged (lacks {", ".join(missing)})'
+  raise ValueError(f'{path} {problem}' + (f'; {hint}' if hint else ''))
+
+
 def write_results(workdir: str, results: dict) -> str:
   """Writes WORKDIR/results.json atomically (a crash never leaves half a file)."""
   missing = [k for k in REQUIRED_KEYS if k not in results]

@@ -57,10 +57,38 @@ def _fail(message: str) -> None:
   sys.exit(2)
 
 
-def resolve_config(fv):
-  """The config with command-line overrides applied, validated."""
+# Flags that set a config key, and the key: both given with different values
+# is an error (neither silently wins).
+_FLAG_KEYS = {'model': 'model_kind', 'train_steps': 'train.steps',
+              'seed': 'train.seed', 'hint_mode': 'nar.hint_mode'}
+
+
+def last_overrides(args) -> list:
+  """`args` with only the last `--config.KEY=VALUE` of each KEY, as absl
+  keeps the last of any flag (ml_collections would join a tuple key's
+  values: (5,) then (0,) would give (5, 0))."""
+  last = {}
+  for i, a in enumerate(args):
+    if a.startswith('--config.') and '=' in a:
+      last[a.split('=', 1)[0]] = i
+  return [a for i, a in enumerate(args) if not (
+      a.startswith('--config.') and '=' in a and last[a.split('=', 1)[0]] != i)]
+
+
+def resolve_config(fv, argv=()):
+  """The config with command-line overrides applied, validated; `argv`, the
+  command line, to refuse a flag and its config key set to different values."""
   from dear_jax import nar, validation  # pylint: disable=g-import-not-at-top
   config = fv.config
+  given = {a[len('--config.'):].split('=', 1)[0] for a in argv
+           if a.startswith('--config.')}
+  typed_keys = {}  # the values of keys typed beside their flag
+  for flag, key in _FLAG_KEYS.items():
+    if fv[flag].value is not None and key in given:
+      section, _, name = key.rpartition('.')
+      typed_keys[flag] = config[section][name] if section else config[name]
+  if fv.seed is not None and not 0 <= fv.seed < 2**32:
+    raise ValueError(f'--seed must be an integer in [0, 2**32), got {fv.seed}')
   with config.unlocked():
     if fv.model is not None:
       config.model_kind = fv.model
@@ -75,6 +103,10 @@ def resolve_config(fv):
       nar.hint_flags(fv.hint_mode, '--hint_mode')  # named as typed
       config.nar.hint_mode = fv.hint_mode
   validation.check_config(config)
+  for flag, value in typed_keys.items():
+    if value != fv[flag].value:
+      raise ValueError(f'--{flag}={fv[flag].value} and --config.'
+                       f'{_FLAG_KEYS[flag]}={value} disagree; give one of them')
   return config
 
 
@@ -127,7 +159,7 @@ def apply_overrides(config, overrides: list):
   ml_collections' own parser (the one `--config=FILE` uses here: types,
   tuples, None placeholders); a bad flag is a one-line ValueError."""
   fv = flags.FlagValues()
-  argv = ['dear_jax'] + list(overrides)
+  argv = ['dear_jax'] + last_overrides(overrides)
   try:
     config_flags.DEFINE_config_dict('config', config, flag_values=fv,
                                     lock_config=True, sys_argv=argv)
@@ -153,14 +185,20 @@ def main(argv=None) -> int:
           f'{", ".join(sorted(f"configs/{f}" for f in os.listdir(os.path.join(_REPO, "configs")) if f.endswith(".py") and not f.startswith("_")))}')
   from dear_jax import validation  # pylint: disable=g-import-not-at-top
   try:
+    if config_file is not None:  # each way a config file fails, in one line
+      validation.load_config_file(config_file)
+    argv = argv[:1] + last_overrides(argv[1:])
     _define_flags(fv, argv)  # config overrides are parsed here already
     fv(argv)
-    config = resolve_config(fv)
+    config = resolve_config(fv, argv[1:])
     seeds = None
     if fv.seeds is not None:
       if fv.seed is not None:
         raise ValueError('give --seed=S or --seeds=S1,S2,..., not both')
       seeds = validation.check_seeds(fv.seeds)
+    if fv.workdir is not None and not fv.workdir.strip():
+      raise ValueError('--workdir is empty; give a folder, or leave the flag '
+                       'out for runs/ALGORITHM_MODEL_sSEED')
   except (KeyError, AttributeError) as e:
     _fail(_key_error(e))
   except (flags.Error, ValueError, TypeError, OSError) as e:
@@ -182,6 +220,7 @@ def main(argv=None) -> int:
                                 extend=fv.extend)
   except (ValueError, train.RunError) as e:
     _fail(str(e).strip().splitlines()[0])
+
   for r, workdir in zip(results, workdirs):
     print(train.summary_table(r))
     print(f'results: {os.path.join(workdir, "results.json")}')

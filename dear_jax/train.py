@@ -47,6 +47,9 @@ class TrainConfig(sections.Section):
   def check(cls, v, prefix: str) -> None:
     for name in ('steps', 'eval_every', 'learning_rate', 'grad_clip'):
       sections.positive(prefix + name, getattr(v, name))
+    sections.int_at_least(prefix + 'seed', v.seed, 0)  # numpy's seed range
+    if v.seed >= 2**32:
+      raise ValueError(f'{prefix}seed must be < 2**32, got {v.seed}')
 
 
 def typed(config):
@@ -247,27 +250,6 @@ def _as_flag(key: str, value) -> str:
   return f'--config.{key}={value}'
 
 
-def _read_json(path: str, required=()) -> dict | None:
-  """The JSON object in `path`, None if there is none; a damaged file is a
-  one-line RunError naming it."""
-  try:
-    with open(path) as f:
-      d = json.load(f)
-  except FileNotFoundError:
-    return None
-  except (ValueError, OSError) as e:
-    raise RunError(f'{path} cannot be read ({type(e).__name__}); move it '
-                   'away (the run resumes from its last checkpoint) or use '
-                   'another --workdir') from None
-  missing = ([k for k in required if k not in d] if isinstance(d, dict)
-             else ['a JSON object'])
-  if missing:
-    raise RunError(f'{path} is damaged (lacks {", ".join(missing)}); move it '
-                   'away (the run resumes from its last checkpoint) or use '
-                   'another --workdir')
-  return d
-
-
 def _has_checkpoint(workdir: str) -> bool:
   folder = os.path.join(workdir, 'checkpoints')
   return os.path.isdir(folder) and any(n.isdigit() for n in os.listdir(folder))
@@ -285,10 +267,12 @@ def _check_folder(config, workdir: str, reevaluate: bool, extend: bool,
   as it was. More train.steps needs `extend`; other EVALUATION_KEYS on a
   finished folder need `reevaluate`. A folder of an earlier version with
   checkpoints but neither file resumes unchecked, as it always did."""
-  from dear_jax.results import REQUIRED_KEYS  # pylint: disable=g-import-not-at-top
+  from dear_jax.results import REQUIRED_KEYS, read_json  # pylint: disable=g-import-not-at-top
   new = config_to_store(config, workdir)
-  done = _read_json(os.path.join(workdir, 'results.json'), REQUIRED_KEYS)
-  started = _read_json(os.path.join(workdir, 'config.json'), ('config',))
+  hint = ('move it away (the run resumes from its last checkpoint) or use '
+          'another --workdir')
+  done = read_json(os.path.join(workdir, 'results.json'), REQUIRED_KEYS, hint)
+  started = read_json(os.path.join(workdir, 'config.json'), ('config',), hint)
   if started is None and done is None:
     unknown = _has_checkpoint(workdir)
     return None, None if unknown else dict(config=new, extended_from=[]), {}
@@ -338,7 +322,7 @@ def _check_folder(config, workdir: str, reevaluate: bool, extend: bool,
     was = {k: v for k, v in was.items() if v[0] != v[1]}
     if was:
       notes['reevaluated_with'] = was
-  return None, record, notes
+  return None, None if record == started else record, notes
 
 
 def _write_json(path: str, d: dict) -> None:
@@ -347,6 +331,18 @@ def _write_json(path: str, d: dict) -> None:
   with open(tmp, 'w') as f:
     json.dump(d, f, indent=2, sort_keys=True, default=float)
   os.replace(tmp, path)
+
+
+def out_of_memory(e: BaseException) -> str | None:
+  """One line for a run that ran out of memory (XLA's RESOURCE_EXHAUSTED, a
+  MemoryError): what to reduce; None for any other error."""
+  first = (str(e).strip().splitlines() or [''])[0]
+  if not (isinstance(e, MemoryError) or first.startswith('RESOURCE_EXHAUSTED')):
+    return None
+  return (f'out of memory ({first[:160] or type(e).__name__}); reduce '
+          'data.batch_size or model.hidden (in a new --workdir), or the test '
+          'split (data.test_length, data.test_num_samples, '
+          'data.eval_batch_size)')
 
 
 def with_seed(config, seed: int):
@@ -391,8 +387,14 @@ def train_seeds(config, seeds, workdirs, algorithm: str, progress: bool = True,
       if record is not None:
         os.makedirs(workdirs[i], exist_ok=True)
         _write_json(os.path.join(workdirs[i], 'config.json'), record)
-    trained = _train([configs[i] for i in todo], [workdirs[i] for i in todo],
-                     algorithm, progress, label)
+    try:
+      trained = _train([configs[i] for i in todo],
+                       [workdirs[i] for i in todo], algorithm, progress, label)
+    except Exception as e:  # pylint: disable=broad-except
+      message = out_of_memory(e)
+      if message is None:
+        raise
+      raise RunError(message) from e
     for i, r in zip(todo, trained):
       notes = checked[i][2]
       if notes:  # the notes of an extended or re-tested run

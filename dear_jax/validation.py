@@ -7,7 +7,9 @@ composes them into a RunConfig, `check_config` adds what spans sections.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
+import re
 import tempfile
 
 from dear_jax import MODEL_KINDS
@@ -44,6 +46,7 @@ def check_config(config) -> RunConfig:
   """`typed`, then what spans sections or reads files."""
   run = typed(config)
   check_cgp_processor(run.dear, run.model)
+  check_writable_dir(run.data.cache_dir, 'data.cache_dir')
   if run.model_kind == 'dear' and run.dear.align_weight > 0:
     from dear_jax import alignment  # pylint: disable=g-import-not-at-top
     alignment.read_teacher_results(run.dear.align_teacher)
@@ -67,12 +70,59 @@ def check_seeds(seeds) -> list:
   return out
 
 
-def check_workdir(workdir: str) -> None:
-  """Fails early if the workdir cannot be written (before any training)."""
+def check_writable_dir(path: str, what: str) -> None:
+  """Fails (one line) unless `path` is, or can be made, a folder this
+  process can write in; creates nothing (a temporary file in its nearest
+  existing folder is the probe)."""
+  if not path or not str(path).strip():
+    raise ValueError(f'{what} is empty; give a folder')
+  full = os.path.abspath(os.path.expanduser(path))
+  probe = full
+  while not os.path.exists(probe):
+    probe = os.path.dirname(probe)
+  if not os.path.isdir(probe):
+    raise ValueError(f'{what} {path!r} cannot be a folder: {probe} is a file')
   try:
-    os.makedirs(workdir, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=workdir):
+    with tempfile.TemporaryFile(dir=probe):
       pass
   except OSError as e:
-    raise ValueError(f'workdir {workdir!r} is not writable ({e.strerror})'
-                     ) from e
+    raise ValueError(f'{what} {path!r} is not writable ({e.strerror})') from e
+
+
+def check_workdir(workdir: str) -> None:
+  """Fails early if the workdir cannot be written (before any training)."""
+  check_writable_dir(workdir, 'workdir')
+
+
+def _first_line(e: BaseException) -> str:
+  lines = str(e).strip().splitlines()
+  return f'{type(e).__name__}: {lines[0]}' if lines else type(e).__name__
+
+
+def load_config_file(path: str):
+  """get_config() of a config file (configs/*.py); a file that does not load
+  (syntax error, an exception), has no get_config() or whose get_config()
+  raises is a one-line ValueError naming it."""
+  name = 'dear_jax_config_' + re.sub(r'\W', '_', os.path.basename(path))
+  spec = importlib.util.spec_from_file_location(name, path)
+  if spec is None or spec.loader is None:
+    raise ValueError(f'config file {path!r} is not a Python file')
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+  except SyntaxError as e:
+    raise ValueError(f'config file {path!r} has a syntax error at line '
+                     f'{e.lineno}: {e.msg}') from None
+  except Exception as e:  # pylint: disable=broad-except  # the file's own code
+    raise ValueError(f'config file {path!r} failed to load '
+                     f'({_first_line(e)})') from None
+  get_config = getattr(module, 'get_config', None)
+  if not callable(get_config):
+    raise ValueError(f'config file {path!r} defines no get_config(); a config '
+                     'file returns its ConfigDict from get_config(), as '
+                     'configs/default.py')
+  try:
+    return get_config()
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f'get_config() of config file {path!r} raised '
+                     f'{_first_line(e)}') from None

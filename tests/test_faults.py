@@ -39,6 +39,12 @@ def _one_line(err: str) -> str:
   return lines[0]
 
 
+def _with(args, *flags) -> list:
+  """args with `flags` in place of the same flags there (--config.KEY=V)."""
+  keys = {f.split('=', 1)[0] for f in flags}
+  return [a for a in args if a.split('=', 1)[0] not in keys] + list(flags)
+
+
 def _files(folder) -> dict:
   """{relative path: bytes} of every file under folder."""
   out = {}
@@ -71,7 +77,7 @@ def test_finished_folder_refuses_a_changed_setting(copied, capsys, override,
                                                    named):
   config, workdir = copied
   before = _files(workdir)
-  code, out, err = _cli(cli_args(config, workdir) + [override], capsys)
+  code, out, err = _cli(_with(cli_args(config, workdir), override), capsys)
   assert code == 2
   line = _one_line(err)
   assert named in line and 'another config' in line
@@ -98,14 +104,15 @@ def test_more_steps_need_extend_and_are_announced(copied, capsys):
   steps = config.train.steps
   stored = json.loads((workdir / 'results.json').read_text())
   before = _files(workdir)
-  args = cli_args(config, workdir) + [f'--train_steps={steps + 2}']
+  args = _with(cli_args(config, workdir), f'--config.train.steps={steps + 2}')
   code, _, err = _cli(args, capsys)
   assert code == 2
   line = _one_line(err)
   assert f'holds a run of {steps} steps' in line and '--extend' in line
   assert _files(workdir) == before
   # fewer steps cannot be had from this folder at all
-  code, _, err = _cli(cli_args(config, workdir) + ['--train_steps=4'], capsys)
+  code, _, err = _cli(_with(cli_args(config, workdir),
+                            '--config.train.steps=4'), capsys)
   assert code == 2 and 'cannot be shortened' in _one_line(err)
   with xla_fast_compile():
     code, out, _ = _cli(args + ['--extend'], capsys)
