@@ -45,18 +45,20 @@ def _data_protocol(algorithm: str, data_cfg) -> dict:
       test_num_samples=splits.split_size(algorithm, 'test', data_cfg))
 
 
-# The fixed-point checks after the test (dear_jax/diagnostics.py): they change
-# neither the model nor its test score, and each results.json records what it
-# checked (fixed_point_reference; one fixed_point_distance per graph checked).
-# A folder may mix them, e.g. checks on a subset for the 2048-graph test sets.
-AFTER_TRAINING_CHECKS = ('diagnostics', 'check_tol', 'check_max_iter',
-                         'check_graphs')
-
-
 def _without_checks(models: dict) -> dict:
+  """`models` without the fixed-point checks after the test
+  (dear_jax.train.EVALUATION_KEYS of the dear section): they change neither
+  the model nor its test score, and each results.json records what it
+  checked (fixed_point_reference; one fixed_point_distance per graph
+  checked). A folder may mix them, e.g. checks on a subset for the
+  2048-graph test sets. The test split itself stays in the protocol: a
+  table compares scores on one test set."""
+  from dear_jax import train  # pylint: disable=g-import-not-at-top
+  checks = [k.split('.', 1)[1] for k in train.EVALUATION_KEYS
+            if k.startswith('dear.')]
   models = copy.deepcopy(models)
   for c in models.values():
-    for k in AFTER_TRAINING_CHECKS:
+    for k in checks:
       c.get('dear', {}).pop(k, None)
   return models
 

@@ -220,7 +220,6 @@ def main(argv=None) -> int:
                                 extend=fv.extend)
   except (ValueError, train.RunError) as e:
     _fail(str(e).strip().splitlines()[0])
-
   for r, workdir in zip(results, workdirs):
     print(train.summary_table(r))
     print(f'results: {os.path.join(workdir, "results.json")}')

@@ -243,8 +243,6 @@ def config_changes(old: dict, new: dict) -> dict:
 
 def _as_flag(key: str, value) -> str:
   """The flag that sets `key` to `value`, as the command line takes it."""
-  if key == 'train.steps':
-    return f'--train_steps={value}'
   if isinstance(value, list):
     value = '(' + ','.join(map(str, value)) + ',)'
   return f'--config.{key}={value}'
