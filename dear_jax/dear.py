@@ -242,7 +242,6 @@ class EquilibriumReasoner(Reasoner):
 
   def forward(self, params, batch, *, training, key, step=None):
     f, h0, args = self.equilibrium(params, batch, training=training, key=key)
-    node, edge, graph, adj, _ = args
     h_star, stats = solver.solve(f, h0, params['processor'], args,
                                  config=self.solver_cfg, training=training)
     aux = {'solver': stats}
@@ -257,15 +256,22 @@ class EquilibriumReasoner(Reasoner):
     if training and self.teacher is not None:
       aux['align_loss'] = self._alignment(f, h0, params, args, h_star, batch,
                                           jax.random.fold_in(key, 6))
-    h_new, tri = self.step(params['processor'], node, edge, graph, adj,
-                           h_star)
-    outputs, _ = self.decode(params, node, h_star, h_new, edge, tri, graph,
-                             training, jax.random.fold_in(key, 2))
+    outputs, h_new = self.readout(params, args, h_star, training, key)
     if training and self.jac_reg_weight > 0:
       aux['penalty'] = self.jac_reg_weight * solver.jacobian_penalty(
           f, jax.lax.stop_gradient(h_new), params['processor'], args,
           jax.random.fold_in(key, 3))
     return outputs, None, aux
+
+  def readout(self, params, args, h_star, training, key):
+    """(output logits, P(H*)) at H*: the processor once more, with triplets,
+    then the decoders (args: `equilibrium`'s)."""
+    node, edge, graph, adj, _ = args
+    h_new, tri = self.step(params['processor'], node, edge, graph, adj,
+                           h_star)
+    outputs, _ = self.decode(params, node, h_star, h_new, edge, tri, graph,
+                             training, jax.random.fold_in(key, 2))
+    return outputs, h_new
 
   def _alignment(self, f, h0, params, args, answer, batch, key):
     """DEAR's alignment loss of this solve (unweighted; see alignment.py)."""
