@@ -1,6 +1,6 @@
 """What DEAR's fixed-point checks cost against the test evaluation they follow.
 
-    python -m benchmarks.run_cost [--algorithms=mst_prim,scc,binary_search]
+    python -m benchmarks.run_cost [--algorithms=mst_prim,strongly_connected_components,binary_search]
         [--steps=40] [--test_graphs=256] [--trained=FOLDER] [--quick]
         [--out=benchmarks/results]
 
@@ -31,7 +31,7 @@ import os
 import sys
 import time
 
-ALGORITHMS = ('mst_prim', 'scc', 'binary_search')
+ALGORITHMS = ('mst_prim', 'strongly_connected_components', 'binary_search')
 FULL = dict(steps=40, train_n=16, batch_size=32, hidden=None, test_n=None,
             test_graphs=256, eval_batch=None, check_max_iter=None)
 QUICK = dict(steps=20, train_n=8, batch_size=8, hidden=32, test_n=16,

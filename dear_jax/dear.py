@@ -243,7 +243,8 @@ class EquilibriumReasoner(Reasoner):
   def forward(self, params, batch, *, training, key, step=None):
     f, h0, args = self.equilibrium(params, batch, training=training, key=key)
     h_star, stats = solver.solve(f, h0, params['processor'], args,
-                                 config=self.solver_cfg, training=training)
+                                 config=self.solver_cfg, training=training,
+                                 chunk=0 if training else eval_chunk())
     aux = {'solver': stats}
     if training and self.stochastic_alpha > 0:
       alpha = self.stochastic_alpha
@@ -298,6 +299,19 @@ class EquilibriumReasoner(Reasoner):
     if 'align_loss' in aux:
       loss = loss + self.align_weight * aux['align_loss']
     return loss, aux
+
+
+# Graphs per solver loop at evaluation on a CPU (0: the whole batch). A CPU
+# runs a vmapped loop's graphs one after another, and a batch's loop runs
+# until its slowest graph stops: in groups of 4 each group stops with its own
+# slowest, and the working set fits the caches (an MST-Prim test batch of 32
+# at n=64: 2.6x faster than one loop). Accelerators keep the whole batch.
+EVAL_CHUNK_CPU = 4
+
+
+def eval_chunk() -> int:
+  """`solver.solve`'s chunk for evaluation on the current backend."""
+  return EVAL_CHUNK_CPU if jax.default_backend() == 'cpu' else 0
 
 
 def spectrally_normalised(params):

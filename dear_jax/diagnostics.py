@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dear_jax import solver
+from dear_jax.dear import eval_chunk
 
 PRECISE = 'highest'   # jax.default_matmul_precision of the reference and radius
 
@@ -62,11 +63,13 @@ def _batch_checks(model, s: CheckSettings, params, batch):
   f, h0, args = model.equilibrium(params, batch, training=False, key=key)
   proc, cfg = params['processor'], model.solver_cfg
   answers, reference = targets(cfg, s)
+  chunk = eval_chunk()   # as predict's solve, so its answers are predict's
   if jax.default_backend() == 'cpu':   # float32 matmuls are exact there: one loop
-    rec = solver.record(f, h0, proc, args, config=cfg, targets=answers + (reference,))
+    rec = solver.record(f, h0, proc, args, config=cfg, targets=answers + (reference,),
+                        chunk=chunk)
   else:
     rec = solver.record(f, h0, proc, args, config=cfg, targets=answers,
-                        then=(reference,), then_precision=PRECISE)
+                        then=(reference,), then_precision=PRECISE, chunk=chunk)
   stats = [st for _, st in rec.answers[:-1]]
 
   def decode(h):   # predict's readout at each answer (lax.map: compiled once)
