@@ -9,16 +9,22 @@ configs/default.py trained for --steps steps at n=--train_n (or, with
 --trained, the finished DEAR run of that algorithm under FOLDER with its
 config and best parameters), then on the same first --test_graphs test
 graphs the wall time of
-  test  train.evaluate with a jitted predict, as a run scores its test;
-  old   the checks as they were (benchmarks/old_checks.py: separate solves
-        per tolerance, a new reference solve from the answer, 30 power
-        iterations, jit wrappers built anew on every call);
-  new   dear_jax.diagnostics.checks (one trajectory per batch, compiled once);
+  test_old  train.evaluate with a jitted predict, one solver loop per batch
+            (as before the CPU solved a batch's graphs in groups);
+  old       the checks as they were (benchmarks/old_checks.py: separate
+            solves per tolerance, a new reference solve from the answer, 30
+            power iterations, jit wrappers built anew on every call), with
+            one loop per batch;
+  test      the test as runs now evaluate (on a CPU in groups of graphs,
+            dear.EVAL_CHUNK_CPU);
+  new       dear_jax.diagnostics.checks (one trajectory per batch, compiled
+            once);
 each twice: the first call pays compilation (what a run pays once), the
-second shows what stays. The checks reuse the test's result at the
+second shows what stays. The checks reuse their test's result at the
 operating tolerance, as train.py does. Reports the ratios checks / test
-(goal: the new checks cost at most the test) and whether old and new agree:
-score_by_tol and iters_by_tol equal, distances and spectral radius close.
+(goal: the new checks cost at most the test), test_old / test, and whether
+old and new agree: test score, score_by_tol and iters_by_tol equal,
+distances and spectral radius close.
 `--quick` is a small CPU setting (hidden 32, n=16 test graphs) for minutes,
 not the figures that count. Writes OUT/run_cost.json and OUT/run_cost.md.
 """
@@ -26,6 +32,7 @@ not the figures that count. Writes OUT/run_cost.json and OUT/run_cost.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -92,6 +99,18 @@ def _train(config, algorithm: str, steps: int):
   return params
 
 
+@contextlib.contextmanager
+def _whole_batches():
+  """Evaluation as before the CPU's groups of graphs (dear.EVAL_CHUNK_CPU):
+  one solver loop per batch, as the old checks ran it."""
+  from dear_jax import dear  # pylint: disable=g-import-not-at-top
+  chunk, dear.EVAL_CHUNK_CPU = dear.EVAL_CHUNK_CPU, 0
+  try:
+    yield
+  finally:
+    dear.EVAL_CHUNK_CPU = chunk
+
+
 def _timed(fn):
   t0 = time.perf_counter()
   out = fn()
@@ -120,29 +139,36 @@ def measure(algorithm: str, s: dict, cache_dir: str, log, trained=None) -> dict:
                             test.batches[0])
   dear = config.dear
   seconds, results = {}, {}
-  predict = jax.jit(model.predict)
-  for run in ('cold', 'warm'):
-    seconds[f'test_{run}'], test_r = _timed(
-        lambda: train.evaluate(model, predict, params, test))
   settings = diagnostics.CheckSettings(ref_tol=dear.check_tol,
                                        ref_cap=dear.check_max_iter)
   for run in ('cold', 'warm'):
-    seconds[f'old_{run}'], results['old'] = _timed(lambda: old_checks.checks(
-        model, params, test, train.evaluate, operating=test_r,
-        ref_tol=dear.check_tol, ref_cap=dear.check_max_iter))
+    with _whole_batches():
+      if run == 'cold':
+        predict_old = jax.jit(model.predict)
+      seconds[f'test_old_{run}'], test_old = _timed(
+          lambda: train.evaluate(model, predict_old, params, test))
+      seconds[f'old_{run}'], results['old'] = _timed(lambda: old_checks.checks(
+          model, params, test, train.evaluate, operating=test_old,
+          ref_tol=dear.check_tol, ref_cap=dear.check_max_iter))
+    if run == 'cold':
+      predict = jax.jit(model.predict)
+    seconds[f'test_{run}'], test_r = _timed(
+        lambda: train.evaluate(model, predict, params, test))
     seconds[f'new_{run}'], results['new'] = _timed(lambda: diagnostics.checks(
         model, params, test, train.evaluate, operating=test_r,
         settings=settings))
   old, new = results['old'], results['new']
   ratios = {}
   for run in ('cold', 'warm'):
-    t = seconds[f'test_{run}']
-    ratios[f'old_over_test_{run}'] = seconds[f'old_{run}'] / t
-    ratios[f'new_over_test_{run}'] = seconds[f'new_{run}'] / t
+    ratios[f'old_over_test_old_{run}'] = seconds[f'old_{run}'] / seconds[f'test_old_{run}']
+    ratios[f'new_over_test_{run}'] = seconds[f'new_{run}'] / seconds[f'test_{run}']
     ratios[f'old_over_new_{run}'] = seconds[f'old_{run}'] / seconds[f'new_{run}']
+    ratios[f'test_old_over_test_{run}'] = (seconds[f'test_old_{run}']
+                                           / seconds[f'test_{run}'])
   dist_old = np.asarray(old['fixed_point_distance'])
   dist_new = np.asarray(new['fixed_point_distance'])
   agree = dict(
+      test_score_equal=test_old['score'] == test_r['score'],
       score_by_tol_equal=old['score_by_tol'] == new['score_by_tol'],
       iters_by_tol_equal=old['iters_by_tol'] == new['iters_by_tol'],
       score_by_tol=new['score_by_tol'], iters_by_tol=new['iters_by_tol'],
@@ -160,8 +186,9 @@ def measure(algorithm: str, s: dict, cache_dir: str, log, trained=None) -> dict:
                          check_tol=dear.check_tol, check_max_iter=dear.check_max_iter),
              test_score=test_r['score'], solver_iters_mean=test_r['solver_iters_mean'],
              seconds=seconds, ratios=ratios, agree=agree)
-  log(f'  {algorithm}: test {seconds["test_cold"]:.1f} s / {seconds["test_warm"]:.1f} s, '
-      f'old checks {seconds["old_cold"]:.1f} / {seconds["old_warm"]:.1f} s, new '
+  log(f'  {algorithm}: old test {seconds["test_old_cold"]:.1f} s / '
+      f'{seconds["test_old_warm"]:.1f} s, test {seconds["test_cold"]:.1f} s / '
+      f'{seconds["test_warm"]:.1f} s, old checks {seconds["old_cold"]:.1f} / {seconds["old_warm"]:.1f} s, new '
       f'{seconds["new_cold"]:.1f} / {seconds["new_warm"]:.1f} s (first / second call); '
       f'score_by_tol equal: {agree["score_by_tol_equal"]}')
   return row
@@ -172,23 +199,25 @@ def markdown(res: dict) -> str:
            f'Machine: {res["hardware"]} (1-min load average at the start: '
            f'{res["load_average_1min"]:.1f}). Command: `{res["command"]}`.', '',
            'Seconds of the first call (compile included, what a run pays) / '
-           'the second call. "old": separate solves per tolerance and a new '
-           'reference solve (benchmarks/old_checks.py); "new": '
-           'dear_jax.diagnostics (one trajectory per batch).', '',
-           '| algorithm | graphs | test s | old checks s | new checks s | '
-           'old ÷ test | new ÷ test | old ÷ new | score_by_tol equal | '
+           'the second call. "old": one solver loop per test batch, separate '
+           'solves per tolerance and a new reference solve '
+           '(benchmarks/old_checks.py); "new": the test as runs now evaluate '
+           'it and dear_jax.diagnostics (one trajectory per batch).', '',
+           '| algorithm | graphs | old test s | old checks s | test s | '
+           'new checks s | old checks ÷ old test | new checks ÷ test | '
+           'old test ÷ test | old ÷ new checks | scores equal | '
            'distance mean old / new | ρ mean old / new |',
-           '|---|---|---|---|---|---|---|---|---|---|---|']
+           '|---|---|---|---|---|---|---|---|---|---|---|---|---|']
+  pair = lambda d, k, f='.1f': f'{d[k + "_cold"]:{f}} / {d[k + "_warm"]:{f}}'
   for r in res['rows']:
     s, q, a = r['seconds'], r['ratios'], r['agree']
+    same = a['test_score_equal'] and a['score_by_tol_equal'] and a['iters_by_tol_equal']
     lines.append(
-        f'| {r["algorithm"]} | {r["test_graphs"]} | {s["test_cold"]:.1f} / '
-        f'{s["test_warm"]:.1f} | {s["old_cold"]:.1f} / {s["old_warm"]:.1f} | '
-        f'{s["new_cold"]:.1f} / {s["new_warm"]:.1f} | '
-        f'{q["old_over_test_cold"]:.1f} / {q["old_over_test_warm"]:.1f} | '
-        f'{q["new_over_test_cold"]:.1f} / {q["new_over_test_warm"]:.1f} | '
-        f'{q["old_over_new_cold"]:.1f} / {q["old_over_new_warm"]:.1f} | '
-        f'{"yes" if a["score_by_tol_equal"] and a["iters_by_tol_equal"] else "NO"} | '
+        f'| {r["algorithm"]} | {r["test_graphs"]} | {pair(s, "test_old")} | '
+        f'{pair(s, "old")} | {pair(s, "test")} | {pair(s, "new")} | '
+        f'{pair(q, "old_over_test_old")} | {pair(q, "new_over_test")} | '
+        f'{pair(q, "test_old_over_test")} | {pair(q, "old_over_new")} | '
+        f'{"yes" if same else "NO"} | '
         f'{a["distance_mean_old"]:.2g} / {a["distance_mean_new"]:.2g} | '
         f'{a["spectral_radius_mean_old"]:.3f} / {a["spectral_radius_mean_new"]:.3f} |')
   met = all(r['ratios']['new_over_test_cold'] <= 1 for r in res['rows'])

@@ -390,21 +390,23 @@ def test_run_cost_tiny_run_times_both_checks_and_they_agree(tmp_path, cache_dir)
   score_by_tol and iters_by_tol (no timing asserted)."""
   from benchmarks import run_cost  # pylint: disable=g-import-not-at-top
   argv = ['--algorithms=bfs', '--steps=1', '--hidden=8', '--train_n=5',
-          '--batch_size=2', '--test_n=5', '--test_graphs=6', '--eval_batch=4',
+          '--batch_size=2', '--test_n=5', '--test_graphs=6', '--eval_batch=8',
           '--check_max_iter=30', f'--cache_dir={cache_dir}']
   assert run_cost.main(argv + [f'--out={tmp_path}']) == 0
   res = json.loads((tmp_path / 'run_cost.json').read_text())
   (row,) = res['rows']
   assert row['algorithm'] == 'bfs' and row['test_graphs'] == 6
-  assert row['test_nodes'] == 5 and row['eval_batch'] == 4
+  assert row['test_nodes'] == 5 and row['eval_batch'] == 8
   s, q = row['seconds'], row['ratios']
-  assert set(s) == {f'{k}_{r}' for k in ('test', 'old', 'new') for r in ('cold', 'warm')}
+  assert set(s) == {f'{k}_{r}' for k in ('test_old', 'test', 'old', 'new')
+                    for r in ('cold', 'warm')}
   assert all(v > 0 for v in s.values())
   for r in ('cold', 'warm'):
     assert q[f'new_over_test_{r}'] == pytest.approx(s[f'new_{r}'] / s[f'test_{r}'])
+    assert q[f'old_over_test_old_{r}'] == pytest.approx(s[f'old_{r}'] / s[f'test_old_{r}'])
     assert q[f'old_over_new_{r}'] == pytest.approx(s[f'old_{r}'] / s[f'new_{r}'])
   a = row['agree']
-  assert a['score_by_tol_equal'] and a['iters_by_tol_equal']
+  assert a['test_score_equal'] and a['score_by_tol_equal'] and a['iters_by_tol_equal']
   assert list(a['score_by_tol']) == ['0.001', '0.0001', '1e-05']
   assert a['reference_new']['max_iter'] == a['reference_old']['max_iter'] == 30
   np.testing.assert_allclose(a['spectral_radius_mean_new'], a['spectral_radius_mean_old'],

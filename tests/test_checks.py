@@ -14,7 +14,7 @@ from dear_jax import clrs_lib, diagnostics, input_pipeline, splits, train
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
   """A tiny DEAR on BFS after 2 training steps, its 10-graph test split in
-  batches of 8 (the last padded; on a CPU solved in groups of 4) and
+  batches of 8 (the last padded; on a CPU solved one graph at a time) and
   operating tolerance 1e-2."""
   config = tiny_config(tmp_path_factory.mktemp('cache'), 'dear')
   config.data.test_num_samples = 10
