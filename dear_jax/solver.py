@@ -3,9 +3,13 @@
 Solvers are small objects with `init(x0)` and `step(f, state) -> (state, x, f(x))`
 (optimistix style): each step evaluates f once, at a point x it returns with f(x),
 so the loop measures the residual without extra evaluations. One loop
-(`_solve_one`, a `lax.while_loop` with a named `LoopState`) drives every method,
-graph by graph under vmap, and returns the first iterate under tolerance (DEAR's
-`first_hit_under_tol`) or, at the cap, the lowest-residual iterate (torchdeq).
+(`iterate`: `start` then `advance`, a `lax.while_loop` with a named `LoopState`)
+drives every method, graph by graph under vmap, and returns the first iterate
+under tolerance (DEAR's `first_hit_under_tol`) or, at the cap, the
+lowest-residual iterate (torchdeq). It reads one trajectory with several
+stopping rules (`Target`s) at once, and can keep the iterates and the residual
+history: `solve`, `record` (alignment, convergence plots, the fixed-point
+checks) and the IFT's Anderson adjoint all run it.
 
 Where each part comes from:
   anderson     written here: torchdeq's Anderson (mixing from the second
