@@ -101,10 +101,10 @@ def get_config():
       align_samples=1,
       # After the test: is the answer a fixed point? (dear_jax/diagnostics.py)
       diagnostics=True,
-      check_tol=1e-5,        # reference solve from the answer: relative tol
-      check_max_iter=1000,   # ... and evaluation cap
-      # Checks on the first K test graphs (0: all). The reference solves
-      # cost up to check_max_iter iterations per batch: on the 2048-graph
+      check_tol=1e-5,        # reference: the solve continued to this relative tol
+      check_max_iter=1000,   # ... within this many evaluations from H0
+      # Checks on the first K test graphs (0: all). The checks cost up to
+      # check_max_iter iterations per batch: on the 2048-graph
       # test sets (binary_search, minimum, sorting) a CPU may take hours.
       check_graphs=0,
   ))

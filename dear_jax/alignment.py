@@ -124,35 +124,9 @@ def record_iterates(f, h0, params, args, cfg: solver.SolverConfig, cap: int):
   """([B, cap, N, H] points x_k where f was evaluated, [B] evaluations): the
   forward solve of `solver.solve` repeated (same method and stopping rule,
   no gradient), keeping what it passes through."""
-  make = solver.make_solver(cfg)
-
-  def one(h0, args):
-    fg = lambda h: f(h, params, *args)
-    mask = jnp.ones(h0.shape[:1], h0.dtype)
-    st, pairs = solver._start(make, fg, h0)  # pylint: disable=protected-access
-    buf = jnp.zeros((cap,) + h0.shape, h0.dtype)
-    count, done = jnp.int32(0), jnp.bool_(False)
-    for x, fx in pairs:
-      buf = buf.at[count].set(x)
-      count, done = count + 1, _under_tol(x, fx, mask, cfg)
-
-    def body(carry):
-      st, buf, count, _ = carry
-      st, x, fx = make.step(fg, st)
-      return (st, buf.at[count].set(x), count + 1,
-              _under_tol(x, fx, mask, cfg))
-
-    _, buf, count, _ = jax.lax.while_loop(
-        lambda c: ~c[3] & (c[2] < cap), body, (st, buf, count, done))
-    return buf, count
-
-  h0, params, args = jax.lax.stop_gradient((h0, params, tuple(args)))
-  return jax.vmap(one)(h0, args)
-
-
-def _under_tol(x, fx, mask, cfg):
-  r, _ = solver._residual(x, fx, mask, cfg.tol_mode)  # pylint: disable=protected-access
-  return ~jnp.isfinite(r) | (r < cfg.tol)
+  rec = solver.record(f, h0, params, args, config=cfg,
+                      targets=(solver.Target(cfg.tol, cap),), iterates=cap)
+  return rec.iterates, rec.answers[0][1].iterations
 
 
 def sample_indices(key, evaluations, num: int, cap: int):

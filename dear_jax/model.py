@@ -138,7 +138,11 @@ class Reasoner:
     """Hard predictions as dm-clrs scores them (50 Sinkhorn steps)."""
     key = jax.random.PRNGKey(0) if key is None else key
     outputs, _, aux = self.forward(params, batch, training=False, key=key)
-    return postprocess(self.spec, outputs, hard=True, sinkhorn_steps=50), aux
+    return self.hard(outputs), aux
+
+  def hard(self, outputs):
+    """Output logits as the hard predictions `predict` returns."""
+    return postprocess(self.spec, outputs, hard=True, sinkhorn_steps=50)
 
 
 def count_params(params) -> int:

@@ -3,9 +3,13 @@
 Solvers are small objects with `init(x0)` and `step(f, state) -> (state, x, f(x))`
 (optimistix style): each step evaluates f once, at a point x it returns with f(x),
 so the loop measures the residual without extra evaluations. One loop
-(`_solve_one`, a `lax.while_loop` with a named `LoopState`) drives every method,
-graph by graph under vmap, and returns the first iterate under tolerance (DEAR's
-`first_hit_under_tol`) or, at the cap, the lowest-residual iterate (torchdeq).
+(`iterate`: `start` then `advance`, a `lax.while_loop` with a named `LoopState`)
+drives every method, graph by graph under vmap, and returns the first iterate
+under tolerance (DEAR's `first_hit_under_tol`) or, at the cap, the
+lowest-residual iterate (torchdeq). It reads one trajectory with several
+stopping rules (`Target`s) at once, and can keep the iterates and the residual
+history: `solve`, `record` (alignment, convergence plots, the fixed-point
+checks) and the IFT's Anderson adjoint all run it.
 
 Where each part comes from:
   anderson     written here: torchdeq's Anderson (mixing from the second
@@ -19,7 +23,9 @@ Where each part comes from:
                solvers, or the adjoint fixed point g = J^T g + v solved by this
                module's Anderson (as torchdeq's backward does).
 """
+import contextlib
 import dataclasses
+import functools
 import math
 import numbers
 import warnings
@@ -240,14 +246,33 @@ def _start(solver, f, x0):
 
 # --- the loop ----------------------------------------------------------------
 
-class LoopState(NamedTuple):
-  solver: Any          # the method's own state
+class Target(NamedTuple):
+  """A stopping rule read off a trajectory: what a solve with this tol and cap
+  returns. `stall` > 0 also stops once the best residual has not halved in
+  that many evaluations (for reference solves that plateau in float32)."""
+  tol: float
+  cap: int
+  stall: int = 0
+
+
+class Tracker(NamedTuple):
+  """One Target's state along the trajectory (frozen once it stops)."""
   best_x: jax.Array    # current answer: first iterate under tol, else lowest residual
   best_res: jax.Array  # its residual (tol_mode units)
   best_abs: jax.Array  # its absolute residual
   evaluations: jax.Array
-  done: jax.Array      # under tol, or a non-finite evaluation
+  done: jax.Array      # under tol, a non-finite evaluation, or stalled
   nonfinite: jax.Array
+  anchor_res: jax.Array  # best residual when it last halved ...
+  anchor_at: jax.Array   # ... and the evaluation count then
+
+
+class LoopState(NamedTuple):
+  solver: Any          # the method's own state
+  count: jax.Array     # f evaluations made
+  trackers: tuple      # a Tracker per Target
+  iterates: Any        # [k, ...] points x of the first k evaluations, or None
+  history: Any         # [k] residuals of the first k evaluations, or None
 
 
 def _graph_mask(h, node_mask):
@@ -270,39 +295,108 @@ def _residual(x, fx, mask, tol_mode):
   return a / (jnp.sqrt(jnp.sum(jnp.where(m, fx, 0) ** 2)) + 1e-9), a
 
 
-def _accept(ls: LoopState, x, fx, mask, cfg) -> LoopState:
+def _active(tr: Tracker, target: Target):
+  return ~tr.done & (tr.evaluations < target.cap)
+
+
+def _accept(tr: Tracker, x, fx, r, a, mask, target: Target) -> Tracker:
   """Counts an evaluation; keeps (x, f(x)) if finite and of lower residual."""
   m = _node_mask(mask, x)
-  r, a = _residual(x, fx, mask, cfg.tol_mode)
   ok = (jnp.all(jnp.isfinite(jnp.where(m, fx, 0))) & jnp.all(jnp.isfinite(jnp.where(m, x, 0)))
         & jnp.isfinite(r))
-  better = ok & (r < ls.best_res)
-  return ls._replace(
-      best_x=jnp.where(better, x, ls.best_x), best_res=jnp.where(better, r, ls.best_res),
-      best_abs=jnp.where(better, a, ls.best_abs), evaluations=ls.evaluations + 1,
-      done=~ok | (r < cfg.tol), nonfinite=ls.nonfinite + (~ok).astype(jnp.int32))
+  better = ok & (r < tr.best_res)
+  best_res = jnp.where(better, r, tr.best_res)
+  evaluations = tr.evaluations + 1
+  done = ~ok | (r < target.tol)
+  anchor_res, anchor_at = tr.anchor_res, tr.anchor_at
+  if target.stall:
+    halved = best_res < 0.5 * anchor_res
+    anchor_res = jnp.where(halved, best_res, anchor_res)
+    anchor_at = jnp.where(halved, evaluations, anchor_at)
+    done = done | (evaluations - anchor_at >= target.stall)
+  return Tracker(jnp.where(better, x, tr.best_x), best_res,
+                 jnp.where(better, a, tr.best_abs), evaluations, done,
+                 tr.nonfinite + (~ok).astype(jnp.int32), anchor_res, anchor_at)
+
+
+def _observe(ls: LoopState, x, fx, mask, cfg, targets) -> LoopState:
+  """One evaluation (x, f(x)): every still-active Target takes it; the
+  recordings keep it while they have room."""
+  r, a = _residual(x, fx, mask, cfg.tol_mode)
+  trackers = tuple(
+      jax.tree.map(functools.partial(jnp.where, _active(tr, t)),
+                   _accept(tr, x, fx, r, a, mask, t), tr)
+      for tr, t in zip(ls.trackers, targets))
+  iterates, history = ls.iterates, ls.history
+  if iterates is not None:
+    keep = ls.count < iterates.shape[0]
+    iterates = jnp.where(keep, iterates.at[ls.count].set(x), iterates)
+  if history is not None:
+    keep = ls.count < history.shape[0]
+    history = jnp.where(keep, history.at[ls.count].set(r), history)
+  return LoopState(ls.solver, ls.count + 1, trackers, iterates, history)
+
+
+def start(f, x0, mask, cfg: SolverConfig, targets, *, iterates: int = 0,
+          history: int = 0) -> LoopState:
+  """One graph's trajectory before its loop (Broyden's init evaluates f once)."""
+  solver = make_solver(cfg)
+  inf = jnp.asarray(jnp.inf, x0.dtype)
+  tracker = Tracker(x0, inf, inf, jnp.int32(0), jnp.bool_(False), jnp.int32(0), inf,
+                    jnp.int32(0))
+  st, pairs = _start(solver, f, x0)
+  ls = LoopState(st, jnp.int32(0), (tracker,) * len(targets),
+                 jnp.zeros((iterates,) + x0.shape, x0.dtype) if iterates else None,
+                 jnp.zeros((history,), x0.dtype) if history else None)
+  for x, fx in pairs:
+    ls = _observe(ls, x, fx, mask, cfg, targets)
+  return ls
+
+
+def advance(f, ls: LoopState, mask, cfg: SolverConfig, targets, drive=None) -> LoopState:
+  """Iterates while a Target in `drive` (indices; default all) is active or
+  the residual history has room. Targets outside `drive` take evaluations
+  while they are active but do not keep the loop going."""
+  solver = make_solver(cfg)
+  drive = range(len(targets)) if drive is None else drive
+
+  def cond(ls):
+    go = jnp.bool_(False) if ls.history is None else ls.count < ls.history.shape[0]
+    for i in drive:
+      go = go | _active(ls.trackers[i], targets[i])
+    return go
+
+  def body(ls):
+    st, x, fx = solver.step(f, ls.solver)
+    return _observe(ls._replace(solver=st), x, fx, mask, cfg, targets)
+
+  return lax.while_loop(cond, body, ls)
+
+
+def answer(tr: Tracker, target: Target):
+  """(x, SolveStats of one graph) of a Target: what a solve with its tol and
+  cap returns."""
+  converged = tr.best_res < target.tol
+  result = jnp.where(converged, CONVERGED, jnp.where(
+      tr.nonfinite > 0, NONFINITE, MAX_ITER))
+  return tr.best_x, SolveStats(tr.evaluations, converged, tr.best_res, tr.best_abs,
+                               tr.nonfinite, result.astype(jnp.int32))
+
+
+def iterate(f, x0, mask, cfg: SolverConfig, targets, *, iterates: int = 0,
+            history: int = 0) -> LoopState:
+  """The one loop: one graph's trajectory of cfg.method from x0, run until
+  every Target has stopped (under its tol, a non-finite evaluation, its cap)
+  and `history` evaluations are made. f maps x0-shaped arrays."""
+  ls = start(f, x0, mask, cfg, targets, iterates=iterates, history=history)
+  return advance(f, ls, mask, cfg, targets)
 
 
 def _solve_one(f, x0, mask, cfg: SolverConfig, cap: int):
   """One graph: iterate until under tol, a non-finite evaluation, or `cap`
-  evaluations. f maps x0-shaped arrays. Returns (x, SolveStats of one graph)."""
-  solver = make_solver(cfg)
-  inf = jnp.asarray(jnp.inf, x0.dtype)
-  st, pairs = _start(solver, f, x0)
-  ls = LoopState(st, x0, inf, inf, jnp.int32(0), jnp.bool_(False), jnp.int32(0))
-  for x, fx in pairs:
-    ls = _accept(ls, x, fx, mask, cfg)
-
-  def body(ls):
-    st, x, fx = solver.step(f, ls.solver)
-    return _accept(ls._replace(solver=st), x, fx, mask, cfg)
-
-  ls = lax.while_loop(lambda ls: ~ls.done & (ls.evaluations < cap), body, ls)
-  converged = ls.best_res < cfg.tol
-  result = jnp.where(converged, CONVERGED, jnp.where(ls.nonfinite > 0, NONFINITE, MAX_ITER))
-  stats = SolveStats(ls.evaluations, converged, ls.best_res, ls.best_abs, ls.nonfinite,
-                     result.astype(jnp.int32))
-  return ls.best_x, stats
+  evaluations. Returns (x, SolveStats of one graph)."""
+  target = Target(cfg.tol, cap)
+  return answer(iterate(f, x0, mask, cfg, (target,)).trackers[0], target)
 
 
 def _masked(fun):
@@ -337,7 +431,8 @@ def _backward_solve(cfg: SolverConfig):
   return solve
 
 
-def solve(f, h0, params, args, *, config: SolverConfig, training: bool, node_mask=None):
+def solve(f, h0, params, args, *, config: SolverConfig, training: bool, node_mask=None,
+          chunk: int = 0):
   """Solves h = f(h, params, *args) per graph; f acts on one graph ([N, H]).
 
   vmaps over the leading axis B of h0, of every leaf of args and of node_mask
@@ -345,6 +440,11 @@ def solve(f, h0, params, args, *, config: SolverConfig, training: bool, node_mas
   `training` only selects the cap. Works in h0's dtype (float64 under x64).
   Returns (h*, SolveStats); the gradient of h* w.r.t. params and args follows
   config.grad (in train and eval alike).
+
+  chunk > 0 solves gcd(B, chunk) graphs at a time, one group after the other
+  (lax.map), each group's loop ending with its own slowest graph instead of
+  the batch's: the same answers (each graph's loop never sees its
+  batchmates), less work where the device runs graphs one after another.
   """
   config.validate()
   cap = config.max_iter_train if training else config.max_iter_eval
@@ -364,13 +464,87 @@ def solve(f, h0, params, args, *, config: SolverConfig, training: bool, node_mas
       return run(h0, params, args, h0, mask)
     # jfb/phantom: no gradient through the forward loop (h* is a constant)
     h, stats = run(*lax.stop_gradient((h0, params, args, h0)), mask)
-    if config.grad == 'phantom':
-      tau = config.phantom_tau
-      step = lambda _, h: (1 - tau) * h + tau * fm(h, params, args, h0, mask)
-      h = lax.fori_loop(0, config.phantom_steps, step, h)
-    return h, stats
+    return _phantom(fm, h, params, args, h0, mask, config), stats
 
-  return jax.vmap(one, in_axes=(0, None, 0, 0))(h0, params, args, mask)
+  batched = jax.vmap(one, in_axes=(0, None, 0, 0))
+  return _in_groups(lambda h0, args, mask: batched(h0, params, args, mask), chunk,
+                    h0, args, mask)
+
+
+def _in_groups(batched, chunk: int, *xs):
+  """batched(*xs) (leaves with a leading axis B), gcd(B, chunk) graphs at a
+  time one group after the other (lax.map) when 0 < chunk < B."""
+  b = jax.tree.leaves(xs)[0].shape[0]
+  k = math.gcd(b, chunk) if chunk else b
+  if k == b:
+    return batched(*xs)
+  split = lambda a: a.reshape((b // k, k) + a.shape[1:])
+  out = lax.map(lambda xs: batched(*xs), jax.tree.map(split, xs))
+  return jax.tree.map(lambda a: a.reshape((b,) + a.shape[2:]), out)
+
+
+def _phantom(fm, h, params, args, h0, mask, config: SolverConfig):
+  """The phantom gradient's damped steps after the solve (one graph); h itself
+  for the other gradients."""
+  if config.grad != 'phantom':
+    return h
+  tau = config.phantom_tau
+  step = lambda _, h: (1 - tau) * h + tau * fm(h, params, args, h0, mask)
+  return lax.fori_loop(0, config.phantom_steps, step, h)
+
+
+def polish(f, h, h0, params, args, *, config: SolverConfig, node_mask=None):
+  """[B, N, H]: what `solve` returns for the solver's answer h: h after the
+  phantom steps when config.grad is 'phantom', else h."""
+  if config.grad != 'phantom':
+    return h
+  fm = _masked(f)
+  return jax.vmap(lambda h, h0, args, mask: _phantom(fm, h, params, args, h0, mask, config))(
+      h, h0, tuple(args), _graph_mask(h0, node_mask))
+
+
+class Recording(NamedTuple):
+  """What `record` returns, batched over graphs."""
+  answers: tuple     # (h [B, N, H], SolveStats) per Target, `targets` then `then`
+  evaluations: Any   # [B] f evaluations made
+  iterates: Any      # [B, k, N, H] points of the first k evaluations (zero past the last), or None
+  history: Any       # [B, k] residuals of the first k evaluations, or None
+
+
+def record(f, h0, params, args, *, config: SolverConfig, targets=(), then=(),
+           then_precision: str | None = None, iterates: int = 0, history: int = 0,
+           node_mask=None, chunk: int = 0) -> Recording:
+  """One trajectory of config.method per graph (no gradient), read by several
+  stopping rules at once: the answer each Target's separate solve would
+  return (same tol, cap and updates), the first `iterates` points evaluated,
+  the residuals of the first `history` evaluations (ignoring tolerances).
+
+  The loop runs until every Target in `targets` has stopped and the history
+  is full; the Targets in `then` take evaluations meanwhile and are then
+  continued alone by a second loop, traced under
+  jax.default_matmul_precision(then_precision) when that is given. `chunk`:
+  as `solve`'s (graphs in groups, each group's loops stopping on their own)."""
+  config.validate()
+  targets, then = tuple(targets), tuple(then)
+  every = targets + then
+  mask = _graph_mask(h0, node_mask)
+  fm = _masked(f)
+
+  def one(h0, args, mask):
+    fg = lambda h: fm(h, params, args, h0, mask)
+    ls = start(fg, h0, mask, config, every, iterates=iterates, history=history)
+    ls = advance(fg, ls, mask, config, every, drive=range(len(targets)))
+    if then:
+      with contextlib.ExitStack() as stack:
+        if then_precision is not None:
+          stack.enter_context(jax.default_matmul_precision(then_precision))
+        ls = advance(fg, ls, mask, config, every,
+                     drive=range(len(targets), len(every)))
+    answers = tuple(answer(tr, t) for tr, t in zip(ls.trackers, every))
+    return answers, ls.count, ls.iterates, ls.history
+
+  h0, params, args = lax.stop_gradient((h0, params, tuple(args)))
+  return Recording(*_in_groups(jax.vmap(one), chunk, h0, args, mask))
 
 
 def residual_history(f, h0, params, args, *, config: SolverConfig, evaluations: int,
@@ -378,24 +552,8 @@ def residual_history(f, h0, params, args, *, config: SolverConfig, evaluations: 
   """[B, evaluations]: the residual (config.tol_mode units, as `solve` measures it)
   of each f evaluation of config.method, ignoring the tolerance. For convergence
   plots: the same updates `solve` makes, run to a fixed count."""
-  config.validate()
-  mask = _graph_mask(h0, node_mask)
-  fm = _masked(f)
-  solver = make_solver(config)
-
-  def one(h0, args, mask):
-    fg = lambda h: fm(h, params, args, h0, mask)
-    residual = lambda x, fx: _residual(x, fx, mask, config.tol_mode)[0]
-    st, pairs = _start(solver, fg, h0)
-    first = [residual(x, fx)[None] for x, fx in pairs]
-
-    def body(st, _):
-      st, x, fx = solver.step(fg, st)
-      return st, residual(x, fx)
-    _, res = lax.scan(body, st, None, length=evaluations - len(first))
-    return jnp.concatenate(first + [res])
-
-  return jax.vmap(one, in_axes=(0, 0, 0))(h0, tuple(args), mask)
+  return record(f, h0, params, args, config=config, history=evaluations,
+                node_mask=node_mask).history
 
 
 def jacobian_penalty(f, h, params, args, key, node_mask=None) -> jax.Array:
@@ -412,27 +570,45 @@ def jacobian_penalty(f, h, params, args, key, node_mask=None) -> jax.Array:
   return jnp.sum(u * u) / h.size
 
 
-def spectral_radius(f, h, params, args, key, *, iterations: int = 30,
-                    node_mask=None) -> jax.Array:
+def spectral_radius(f, h, params, args, key, *, iterations: int = 30, settle: float = 1e-3,
+                    window: int = 5, node_mask=None) -> jax.Array:
   """[B]: power-iteration estimate of the spectral radius of J_f at h, per graph.
 
   The geometric mean of ||J v_k|| / ||v_k|| over the second half of the
-  iterations, robust to a complex dominant pair (where single ratios oscillate).
+  iterations so far, robust to a complex dominant pair (where single ratios
+  oscillate). A graph stops once its estimate moved by less than `settle`
+  (relative) over the last `window` iterations (at least 2 windows), else after
+  `iterations` JVPs; settle=0 always makes `iterations`.
   Below 1 means the fixed point attracts; near 1, iteration crawls."""
   mask = _graph_mask(h, node_mask)
   fm = _masked(f)
   keys = jax.random.split(key, h.shape[0])
+  idx = jnp.arange(iterations)
+
+  def estimate(logs, n):
+    half = (idx >= n // 2) & (idx < n)
+    return jnp.exp(jnp.sum(jnp.where(half, logs, 0)) / jnp.maximum(jnp.sum(half), 1))
 
   def one(h, args, mask, k):
     jvp = lambda v: jax.jvp(lambda x: fm(x, params, args, h, mask), (h,), (v,))[1]
     v = jnp.where(_node_mask(mask, h), jax.random.normal(k, h.shape, h.dtype), 0)
     v = v / jnp.linalg.norm(v)
 
-    def body(v, _):
+    def body(c):
+      v, logs, ests, n, _ = c
       u = jvp(v)
-      n = jnp.linalg.norm(u)
-      return u / jnp.maximum(n, 1e-30), jnp.log(jnp.maximum(n, 1e-30))
-    _, logs = lax.scan(body, v, None, length=iterations)
-    return jnp.exp(jnp.mean(logs[iterations // 2:]))
+      norm = jnp.maximum(jnp.linalg.norm(u), 1e-30)
+      logs = logs.at[n].set(jnp.log(norm))
+      n = n + 1
+      est = estimate(logs, n)
+      ests = ests.at[n].set(est)
+      settled = (settle > 0) & (n >= 2 * window) & (
+          jnp.abs(est - ests[jnp.maximum(n - window, 0)]) <= settle * est)
+      return u / norm, logs, ests, n, settled
+
+    zeros = jnp.zeros((iterations + 1,), h.dtype)
+    _, logs, _, n, _ = lax.while_loop(lambda c: ~c[4] & (c[3] < iterations), body,
+                                      (v, zeros[:-1], zeros, jnp.int32(0), jnp.bool_(False)))
+    return estimate(logs, n)
 
   return jax.vmap(one)(h, tuple(args), mask, keys)

@@ -474,12 +474,12 @@ class FlaxLearner(loop.Learner):
     if config.model_kind == 'dear' and config.dear.diagnostics:
       from dear_jax import diagnostics  # pylint: disable=g-import-not-at-top
       checked = test_set.head(config.dear.check_graphs)
-      results.update(diagnostics.fixed_point_check(
-          self.net, best_params, checked, ref_tol=config.dear.check_tol,
-          ref_cap=config.dear.check_max_iter))
-      results.update(diagnostics.score_by_tol(
+      results.update(diagnostics.checks(
           self.net, best_params, checked, evaluate,
-          operating=test if checked is test_set else None))
+          operating=test if checked is test_set else None,
+          settings=diagnostics.CheckSettings(
+              ref_tol=config.dear.check_tol,
+              ref_cap=config.dear.check_max_iter)))
 
 
 def _train(configs, workdirs, algorithm: str, progress: bool,

@@ -92,6 +92,53 @@ def test_recorded_iterates_are_the_solvers(bfs):
   np.testing.assert_allclose(last, h_star, rtol=1e-5, atol=1e-6)
 
 
+def _old_record_iterates(f, h0, params, args, cfg, cap):
+  """alignment.record_iterates as it was, with its own copy of the loop."""
+  make = solver.make_solver(cfg)
+
+  def under_tol(x, fx, mask):
+    r, _ = solver._residual(x, fx, mask, cfg.tol_mode)
+    return ~jnp.isfinite(r) | (r < cfg.tol)
+
+  def one(h0, args):
+    fg = lambda h: f(h, params, *args)
+    mask = jnp.ones(h0.shape[:1], h0.dtype)
+    st, pairs = solver._start(make, fg, h0)
+    buf = jnp.zeros((cap,) + h0.shape, h0.dtype)
+    count, done = jnp.int32(0), jnp.bool_(False)
+    for x, fx in pairs:
+      buf = buf.at[count].set(x)
+      count, done = count + 1, under_tol(x, fx, mask)
+
+    def body(carry):
+      st, buf, count, _ = carry
+      st, x, fx = make.step(fg, st)
+      return st, buf.at[count].set(x), count + 1, under_tol(x, fx, mask)
+
+    _, buf, count, _ = jax.lax.while_loop(
+        lambda c: ~c[3] & (c[2] < cap), body, (st, buf, count, done))
+    return buf, count
+
+  h0, params, args = jax.lax.stop_gradient((h0, params, tuple(args)))
+  return jax.vmap(one)(h0, args)
+
+
+@pytest.mark.parametrize('method', ['anderson', 'broyden'])
+def test_recorded_iterates_are_the_old_loops(bfs, method):
+  model = _model(bfs, align_weight=1.0, tol=0.01, method=method)
+  _, batch, _, _ = bfs
+  params = model.init(jax.random.PRNGKey(0), batch)
+  f, h0, args = model.equilibrium(params, batch, training=True,
+                                  key=jax.random.PRNGKey(1))
+  new = jax.jit(lambda p: alignment.record_iterates(
+      f, h0, p, args, model.solver_cfg, 12))(params['processor'])
+  old = jax.jit(lambda p: _old_record_iterates(
+      f, h0, p, args, model.solver_cfg, 12))(params['processor'])
+  np.testing.assert_array_equal(new[1], old[1])
+  np.testing.assert_array_equal(new[0], old[0])
+  assert 1 < int(new[1].min()) and int(new[1].max()) <= 12
+
+
 def test_alignment_term_changes_the_processor_gradient(bfs):
   _, batch, _, _ = bfs
   off = _model(bfs)

@@ -380,3 +380,46 @@ def test_benchmarks_bad_input_is_one_line_exit_2(bench, tmp_path, capsys,
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and message in err[0], err
   assert not list(tmp_path.iterdir())  # nothing written
+
+
+# --- benchmarks/run_cost.py -----------------------------------------------------
+
+def test_run_cost_tiny_run_times_both_checks_and_they_agree(tmp_path, cache_dir):
+  """A tiny run (hidden 8, n = 5, 1 training step): every time and ratio is
+  there and consistent, and the old and new checks give the same
+  score_by_tol and iters_by_tol (no timing asserted)."""
+  from benchmarks import run_cost  # pylint: disable=g-import-not-at-top
+  argv = ['--algorithms=bfs', '--steps=1', '--hidden=8', '--train_n=5',
+          '--batch_size=2', '--test_n=5', '--test_graphs=6', '--eval_batch=8',
+          '--check_max_iter=30', f'--cache_dir={cache_dir}']
+  assert run_cost.main(argv + [f'--out={tmp_path}']) == 0
+  res = json.loads((tmp_path / 'run_cost.json').read_text())
+  (row,) = res['rows']
+  assert row['algorithm'] == 'bfs' and row['test_graphs'] == 6
+  assert row['test_nodes'] == 5 and row['eval_batch'] == 8
+  s, q = row['seconds'], row['ratios']
+  assert set(s) == {f'{k}_{r}' for k in ('test_old', 'test', 'old', 'new')
+                    for r in ('cold', 'warm')}
+  assert all(v > 0 for v in s.values())
+  for r in ('cold', 'warm'):
+    assert q[f'new_over_test_{r}'] == pytest.approx(s[f'new_{r}'] / s[f'test_{r}'])
+    assert q[f'old_over_test_old_{r}'] == pytest.approx(s[f'old_{r}'] / s[f'test_old_{r}'])
+    assert q[f'old_over_new_{r}'] == pytest.approx(s[f'old_{r}'] / s[f'new_{r}'])
+  a = row['agree']
+  assert a['test_score_equal'] and a['score_by_tol_equal'] and a['iters_by_tol_equal']
+  assert list(a['score_by_tol']) == ['0.001', '0.0001', '1e-05']
+  assert a['reference_new']['max_iter'] == a['reference_old']['max_iter'] == 30
+  np.testing.assert_allclose(a['spectral_radius_mean_new'], a['spectral_radius_mean_old'],
+                             rtol=0.1)
+  md = (tmp_path / 'run_cost.md').read_text()
+  assert md == run_cost.markdown(res) and '| bfs | 6 |' in md
+
+
+@pytest.mark.parametrize('flag', ['--algorithms=nope', '--steps=-1', '--test_graphs=0',
+                                  '--trained=no/such/folder'])
+def test_run_cost_bad_input_is_one_line_exit_2(tmp_path, capsys, flag):
+  from benchmarks import run_cost  # pylint: disable=g-import-not-at-top
+  assert run_cost.main([flag, f'--out={tmp_path}']) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith('error: '), err
+  assert not os.listdir(tmp_path)

@@ -215,16 +215,17 @@ def test_fixed_point_check_measures_distance_to_the_fixed_point(bfs_batch):
   evalset = splits.EvalSet(batches=[batch], num_samples=batch['lengths'].shape[0],
                            outputs=batch['outputs'], lengths=batch['lengths'],
                            spec=model.spec, key='')
-  loose = diagnostics.fixed_point_check(model.with_solver(tol=0.5), params, evalset,
-                                        ref_tol=1e-5, ref_cap=300)
-  tight = diagnostics.fixed_point_check(model.with_solver(tol=1e-4, max_iter_eval=300),
-                                        params, evalset, ref_tol=1e-5, ref_cap=300)
+  settings = diagnostics.CheckSettings(ref_tol=1e-5, ref_cap=300)
+  loose = diagnostics.checks(model.with_solver(tol=0.5), params, evalset, train.evaluate,
+                             settings=settings)
+  tight = diagnostics.checks(model.with_solver(tol=1e-4, max_iter_eval=300),
+                             params, evalset, train.evaluate, settings=settings)
   for check in (loose, tight):
     assert check['fixed_point_reference']['converged_fraction'] == 1.0
   assert loose['fixed_point_distance_mean'] > 1e-2 > 1e-3 > tight['fixed_point_distance_mean']
   # a map squeezed this much contracts: its spectral radius is below 1
   assert 0 < tight['spectral_radius_mean'] < 0.9   # (1 - gate) h alone gives ~0.5
-  sbt = diagnostics.score_by_tol(model, params, evalset, train.evaluate)
+  sbt = diagnostics.checks(model, params, evalset, train.evaluate, settings=settings)
   assert list(sbt['score_by_tol']) == ['0.001', '0.0001', '1e-05']
   assert sbt['score_by_tol']['0.001'] == train.evaluate(
       model, jax.jit(model.predict), params, evalset)['score']
@@ -249,10 +250,11 @@ def test_checks_on_the_first_graphs_are_those_graphs_checks(tmp_path):
   assert test.head(0) is test and test.head(10) is test
   model = train.build_model(config, test.spec, test.batches[0])
   params = model.init(jax.random.PRNGKey(0), test.batches[0])
-  full = diagnostics.fixed_point_check(model, params, test, ref_cap=50,
-                                       power_iters=3)
-  part = diagnostics.fixed_point_check(model, params, head, ref_cap=50,
-                                       power_iters=3)
+  settings = diagnostics.CheckSettings(ref_cap=50, power_iters=3)
+  full = diagnostics.checks(model, params, test, train.evaluate,
+                            settings=settings)
+  part = diagnostics.checks(model, params, head, train.evaluate,
+                            settings=settings)
   assert len(part['fixed_point_distance']) == 6
   np.testing.assert_allclose(part['fixed_point_distance'],
                              full['fixed_point_distance'][:6], rtol=1e-6)

@@ -1,6 +1,7 @@
 """Tests for dear_jax.solver: gradients, per-graph stopping, tolerances, guards."""
 import dataclasses
 import functools
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -508,3 +509,189 @@ def test_ift_at_the_operating_tolerance_matches_the_exact_gradient():
   assert cos(np.asarray(grad(cfg), np.float64)) >= 0.99
   one_step = dataclasses.replace(cfg, grad='phantom', phantom_steps=1, phantom_tau=1.0)
   assert cos(np.asarray(grad(one_step), np.float64)) < 0.95   # measured 0.91 (IFT: 0.999999)
+
+
+# --- the one loop: the code it replaced, kept as the reference -------------------
+
+class _OldLoopState(NamedTuple):
+  solver: Any
+  best_x: jax.Array
+  best_res: jax.Array
+  best_abs: jax.Array
+  evaluations: jax.Array
+  done: jax.Array
+  nonfinite: jax.Array
+
+
+def _old_accept(ls, x, fx, mask, cfg):
+  m = solver_lib._node_mask(mask, x)
+  r, a = solver_lib._residual(x, fx, mask, cfg.tol_mode)
+  ok = (jnp.all(jnp.isfinite(jnp.where(m, fx, 0))) & jnp.all(jnp.isfinite(jnp.where(m, x, 0)))
+        & jnp.isfinite(r))
+  better = ok & (r < ls.best_res)
+  return ls._replace(
+      best_x=jnp.where(better, x, ls.best_x), best_res=jnp.where(better, r, ls.best_res),
+      best_abs=jnp.where(better, a, ls.best_abs), evaluations=ls.evaluations + 1,
+      done=~ok | (r < cfg.tol), nonfinite=ls.nonfinite + (~ok).astype(jnp.int32))
+
+
+def _old_solve_one(f, x0, mask, cfg, cap):
+  """solver._solve_one as it was before the loop could record."""
+  solver = solver_lib.make_solver(cfg)
+  inf = jnp.asarray(jnp.inf, x0.dtype)
+  st, pairs = solver_lib._start(solver, f, x0)
+  ls = _OldLoopState(st, x0, inf, inf, jnp.int32(0), jnp.bool_(False), jnp.int32(0))
+  for x, fx in pairs:
+    ls = _old_accept(ls, x, fx, mask, cfg)
+
+  def body(ls):
+    st, x, fx = solver.step(f, ls.solver)
+    return _old_accept(ls._replace(solver=st), x, fx, mask, cfg)
+
+  ls = jax.lax.while_loop(lambda ls: ~ls.done & (ls.evaluations < cap), body, ls)
+  converged = ls.best_res < cfg.tol
+  result = jnp.where(converged, CONVERGED, jnp.where(ls.nonfinite > 0, NONFINITE, MAX_ITER))
+  return ls.best_x, SolveStats(ls.evaluations, converged, ls.best_res, ls.best_abs,
+                               ls.nonfinite, result.astype(jnp.int32))
+
+
+def _old_solve(f, h0, params, args, cfg, cap):
+  mask = solver_lib._graph_mask(h0, None)
+  fm = solver_lib._masked(f)
+  one = lambda h0, args, mask: _old_solve_one(lambda h: fm(h, params, args, h0, mask), h0,
+                                              mask, cfg, cap)
+  return jax.vmap(one)(h0, tuple(args), mask)
+
+
+def _old_residual_history(f, h0, params, args, config, evaluations):
+  """solver.residual_history as it was: its own lax.scan."""
+  mask = solver_lib._graph_mask(h0, None)
+  fm = solver_lib._masked(f)
+  solver = solver_lib.make_solver(config)
+
+  def one(h0, args, mask):
+    fg = lambda h: fm(h, params, args, h0, mask)
+    residual = lambda x, fx: solver_lib._residual(x, fx, mask, config.tol_mode)[0]
+    st, pairs = solver_lib._start(solver, fg, h0)
+    first = [residual(x, fx)[None] for x, fx in pairs]
+
+    def body(st, _):
+      st, x, fx = solver.step(fg, st)
+      return st, residual(x, fx)
+    _, res = jax.lax.scan(body, st, None, length=evaluations - len(first))
+    return jnp.concatenate(first + [res])
+
+  return jax.vmap(one)(h0, tuple(args), mask)
+
+
+def _assert_same(a, b):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.parametrize('method', ['anderson', 'fixed_point', 'broyden'])
+def test_solve_is_bit_identical_to_the_loop_it_replaced(problem, method):
+  params, adj, x, _ = problem
+  h0 = jnp.zeros((B, N, H))
+  for cfg in (SolverConfig(method=method, tol=1e-3, max_iter_eval=30),
+              SolverConfig(method=method, tol=1e-30, max_iter_eval=9)):
+    new = jsolve(gnn, h0, params, (adj, x), config=cfg, training=False)
+    old = jax.jit(lambda p, a, x: _old_solve(gnn, h0, p, (a, x), cfg, cfg.max_iter_eval))(
+        params, adj, x)
+    _assert_same(new, old)
+
+
+def test_nan_stops_the_loop_as_before():
+  f = lambda h, p: jnp.where(h[0, 0] > 1.6, jnp.nan, 0.5 * h + p)
+  h0 = jnp.zeros((2, N, H)).at[1].set(1.7)
+  cfg = SolverConfig(method='fixed_point', tol=1e-6, tol_mode='abs')
+  new = jsolve(f, h0, jnp.float32(1.0), (), config=cfg, training=True)
+  old = jax.jit(lambda p: _old_solve(f, h0, p, (), cfg, cfg.max_iter_train))(jnp.float32(1.0))
+  _assert_same(new, old)
+
+
+@pytest.mark.parametrize('method', ['anderson', 'broyden'])
+def test_recorded_history_is_the_old_residual_history(problem, method):
+  params, adj, x, _ = problem
+  cfg = SolverConfig(method=method)
+  h0 = jnp.zeros((B, N, H))
+  new = jax.jit(lambda p: residual_history(gnn, h0, p, (adj, x), config=cfg,
+                                           evaluations=25))(params)
+  old = jax.jit(lambda p: _old_residual_history(gnn, h0, p, (adj, x), cfg, 25))(params)
+  assert new.shape == (B, 25)
+  np.testing.assert_array_equal(new, old)
+
+
+@pytest.mark.parametrize('method', ['anderson', 'broyden', 'fixed_point'])
+def test_first_hits_at_several_tolerances_are_separate_solves(problem, method):
+  """One trajectory read at (tol, cap) pairs gives what each separate solve
+  returns, bit for bit: tighter tolerances with larger caps, a cap that stops
+  before the tolerance (lowest-residual iterate), and a stalled reference."""
+  params, adj, x, _ = problem
+  h0 = jnp.zeros((B, N, H))
+  cfg = SolverConfig(method=method, tol=1e-2, max_iter_eval=40)
+  targets = (solver_lib.Target(1e-2, 40), solver_lib.Target(1e-3, 160),
+             solver_lib.Target(1e-6, 3), solver_lib.Target(1e-5, 160))
+  rec = jax.jit(lambda p: solver_lib.record(gnn, h0, p, (adj, x), config=cfg,
+                                            targets=targets, history=7))(params)
+  assert rec.history.shape == (B, 7)
+  iters = []
+  for t, got in zip(targets, rec.answers):
+    one = dataclasses.replace(cfg, tol=t.tol, max_iter_eval=t.cap)
+    want = jsolve(gnn, h0, params, (adj, x), config=one, training=False)
+    _assert_same(got, want)
+    iters.append(np.asarray(got[1].iterations))
+  np.testing.assert_array_equal(rec.evaluations, np.maximum(np.max(iters, 0), 7))
+  assert (iters[1] > iters[0]).all() and (iters[2] == 3).all()
+
+
+def test_a_stalled_reference_stops_unconverged():
+  """f(h) = h + c (c != 0) has no fixed point: the residual never halves, so a
+  Target with stall=10 stops after 10 evaluations past its best; one that is
+  continued in a second loop (`then`) runs on after the others stopped."""
+  f = lambda h, c: h + c
+  h0 = jnp.zeros((2, N, H))
+  cfg = SolverConfig(method='fixed_point', tol=1e-3, tol_mode='abs')
+  rec = solver_lib.record(f, h0, jnp.float32(1.0), (), config=cfg,
+                          targets=(solver_lib.Target(1e-3, 3),),
+                          then=(solver_lib.Target(1e-3, 1000, stall=10),),
+                          then_precision='highest')
+  (_, first), (_, ref) = rec.answers
+  assert first.iterations.tolist() == [3, 3]
+  # the first evaluation sets the best residual (sqrt(N H)); it never halves
+  assert ref.iterations.tolist() == [11, 11] and not bool(ref.converged.any())
+  assert rec.evaluations.tolist() == [11, 11]
+
+
+def test_spectral_radius_matches_the_dense_jacobian(problem):
+  """At the fixed point of a 0.5-contraction (per graph), the settling power
+  iteration gives max |eig(J)| of the dense Jacobian (jax.jacfwd)."""
+  params, adj, x, _ = problem
+  params = dict(params, W=1.8 * params['W'])   # ||W|| = 0.9: radius well above 0
+  h, _ = jsolve(gnn, jnp.zeros((B, N, H)), params, (adj, x), training=False,
+                config=SolverConfig(tol=1e-6, max_iter_eval=200))
+  rho = spectral_radius(gnn, h, params, (adj, x), jax.random.PRNGKey(0))
+  for i in range(B):
+    jac = jax.jacfwd(lambda v: gnn(v, params, adj[i], x[i]))(h[i]).reshape(N * H, N * H)
+    exact = np.abs(np.linalg.eigvals(np.asarray(jac, np.float64))).max()
+    np.testing.assert_allclose(rho[i], exact, rtol=0.03)
+  # fewer JVPs than the cap when the estimate settles: the fixed count differs
+  fixed = spectral_radius(gnn, h, params, (adj, x), jax.random.PRNGKey(0), settle=0)
+  assert not np.array_equal(np.asarray(rho), np.asarray(fixed))
+
+
+def test_chunked_solve_is_each_graph_solved_alone(problem):
+  """chunk=1 runs each graph's loop by itself: bit for bit the solve of that
+  graph alone; chunk=2 of 3 graphs falls back to groups of gcd(3, 2) = 1."""
+  params, adj, x, _ = problem
+  cfg = SolverConfig(method='anderson', tol=1e-4)
+  alone = [jsolve(gnn, jnp.zeros((1, N, H)), params, (adj[i:i + 1], x[i:i + 1]),
+                  config=cfg, training=False) for i in range(B)]
+  want = jax.tree.map(lambda *a: jnp.concatenate(a), *alone)
+  for chunk in (1, 2):
+    got = jax.jit(functools.partial(solve, gnn, config=cfg, training=False, chunk=chunk))(
+        jnp.zeros((B, N, H)), params, (adj, x))
+    _assert_same(got, want)
+  whole = jsolve(gnn, jnp.zeros((B, N, H)), params, (adj, x), config=cfg, training=False)
+  np.testing.assert_array_equal(whole[1].iterations, want[1].iterations)
+  assert len(set(want[1].iterations.tolist())) > 1
