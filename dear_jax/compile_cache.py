@@ -1,0 +1,64 @@
+"""jax's persistent compilation cache, on for every command line.
+
+A run compiles about ten programs (a train step per batch shape, predict at
+the validation and test sizes, the checks), seconds to tens of seconds each
+on a small CPU; the same command run again loads them from disk instead.
+`python -m dear_jax.run`, `python -m baselines.compare` (its Ray workers
+too) and `python -m baselines.clrs_official` call `enable` before anything
+compiles.
+
+Where: the flag `--jax_cache=DIR`, else $DEAR_JAX_JAX_CACHE, else
+$XDG_CACHE_HOME/dear_jax/jax_cache (~/.cache/dear_jax/jax_cache, the folder
+the tests use). An empty value (`--jax_cache=`) turns the cache off. The
+cache only saves time: a program loaded from it is the one XLA would compile.
+"""
+
+from __future__ import annotations
+
+import os
+
+ENV = 'DEAR_JAX_JAX_CACHE'
+# Programs that compile faster than this are not worth a file (the loop's
+# small helpers); a train step or predict takes seconds.
+MIN_COMPILE_SECONDS = 0.1
+FLAG_HELP = ('folder of jax\'s persistent compilation cache (default: '
+             f'${ENV}, else ~/.cache/dear_jax/jax_cache); empty: off')
+
+_setting = None  # what `enable` was given (flag or environment), for workers
+
+
+def folder(setting: str | None = None) -> str | None:
+  """The cache folder for `setting` (a flag's value; None: not given), or
+  None when the cache is off."""
+  if setting is None:
+    setting = os.environ.get(ENV)
+  if setting is None:
+    base = os.environ.get('XDG_CACHE_HOME') or os.path.join('~', '.cache')
+    setting = os.path.join(base, 'dear_jax', 'jax_cache')
+  return os.path.abspath(os.path.expanduser(setting)) if setting else None
+
+
+def enable(setting: str | None = None) -> str | None:
+  """Turns the cache on (or off, for an empty `setting`) in this process;
+  its folder or None. Call before the first compilation: jax reads the
+  setting once."""
+  global _setting
+  _setting = setting if setting is not None else os.environ.get(ENV)
+  path = folder(setting)
+  import jax  # pylint: disable=g-import-not-at-top
+  if path is None:
+    jax.config.update('jax_enable_compilation_cache', False)
+    return None
+  jax.config.update('jax_enable_compilation_cache', True)
+  jax.config.update('jax_compilation_cache_dir', path)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs',
+                    MIN_COMPILE_SECONDS)
+  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+  return path
+
+
+def worker_env() -> dict:
+  """Environment that gives a worker process this process's choice: the
+  value as given (a worker on another machine resolves the default against
+  its own home), nothing when none was given."""
+  return {} if _setting is None else {ENV: _setting}
