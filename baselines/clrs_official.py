@@ -203,8 +203,8 @@ class OfficialLearner(loop.Learner):
     feedback = clrs_lib.to_feedback(batches[0], self.spec)
     key, self.train_key = jax.random.split(self.train_key)
     compiled = self._compiles(feedback)
-    loss = float(self.net.feedback(key, feedback, 0))
-    return np.array([loss]), {}, compiled
+    loss = self.net.feedback(key, feedback, 0)  # not waited for (loop.py)
+    return jax.numpy.reshape(loss, (1,)), {}, compiled
 
   def state(self, j: int):
     return _host_copy(self.net.params), _host_copy(self.net.opt_state)

@@ -16,6 +16,7 @@ cache only saves time: a program loaded from it is the one XLA would compile.
 from __future__ import annotations
 
 import os
+import threading
 
 ENV = 'DEAR_JAX_JAX_CACHE'
 # Programs that compile faster than this are not worth a file (the loop's
@@ -62,3 +63,40 @@ def worker_env() -> dict:
   value as given (a worker on another machine resolves the default against
   its own home), nothing when none was given."""
   return {} if _setting is None else {ENV: _setting}
+
+
+# Tracing, lowering and XLA compilation (or loading from this cache): the
+# spans jax reports for every program it builds.
+_COMPILE_EVENTS = frozenset((
+    '/jax/core/compile/jaxpr_trace_duration',
+    '/jax/core/compile/jaxpr_to_mlir_module_duration',
+    '/jax/core/compile/backend_compile_duration'))
+
+
+class CompileClock:
+  """Seconds this process has spent building programs since the clock
+  started (`seconds`), from jax's monitoring spans; a jit traced inside
+  another's trace is counted once. `close` stops it."""
+
+  def __init__(self):
+    import jax  # pylint: disable=g-import-not-at-top
+    self._monitoring = jax.monitoring
+    self._spans = []  # disjoint (start, end), in order
+    self._lock = threading.Lock()
+    self.seconds = 0.0
+    self._monitoring.register_event_time_span_listener(self._span)
+
+  def _span(self, event: str, start: float, end: float, **_) -> None:
+    if event not in _COMPILE_EVENTS:
+      return
+    with self._lock:
+      # Spans end in order, so the ones this span contains come last.
+      while self._spans and self._spans[-1][1] > start:
+        s, e = self._spans.pop()
+        self.seconds -= e - s
+        start, end = min(start, s), max(end, e)
+      self._spans.append((start, end))
+      self.seconds += end - start
+
+  def close(self) -> None:
+    self._monitoring.unregister_event_time_span_listener(self._span)
