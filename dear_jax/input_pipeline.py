@@ -244,38 +244,40 @@ class Prefetch:
   with the batch the loop would have taken next. The thread draws no more
   than `count` batches (a run's remaining updates), so a stream recorded to
   disk grows by exactly what the run uses. Until the first `next`, nothing
-  is drawn and the stream may still be positioned (`set_state`).
+  is drawn and the stream may still be positioned (`set_state`). With
+  depth 0 batches are drawn when taken, in the caller's thread.
   """
 
   def __init__(self, stream, count: int, depth: int = 2):
-    self._stream, self._left = stream, int(count)
-    self._queue = queue.Queue(maxsize=depth)
+    self._stream, self._left, self._depth = stream, int(count), int(depth)
+    self._queue = queue.Queue()
+    self._slots = threading.Semaphore(depth)  # batches drawn, not yet taken
     self._stop = threading.Event()
     self._thread = None
     self._state = None
 
-  def _put(self, item) -> bool:
-    while not self._stop.is_set():
-      try:
-        self._queue.put(item, timeout=0.1)
-        return True
-      except queue.Full:
-        pass
-    return False
-
   def _draw(self, count: int) -> None:
     try:
       for _ in range(count):
-        batch = next(self._stream)
-        if not self._put((batch, self._stream.get_state())):
+        while not self._slots.acquire(timeout=0.1):
+          if self._stop.is_set():
+            return
+        if self._stop.is_set():
           return
+        batch = next(self._stream)
+        self._queue.put((batch, self._stream.get_state()))
     except BaseException as e:  # pylint: disable=broad-except
-      self._put((None, e))  # raised where the loop takes the batch
+      self._queue.put((None, e))  # raised where the loop takes the batch
 
   def __iter__(self):
     return self
 
   def __next__(self) -> Batch:
+    if self._depth == 0:
+      if self._left <= 0:
+        raise StopIteration
+      self._left -= 1
+      return next(self._stream)
     if self._thread is None:
       self._state = self._stream.get_state()
       self._thread = threading.Thread(target=self._draw, args=(self._left,),
@@ -284,6 +286,7 @@ class Prefetch:
     if self._left <= 0:
       raise StopIteration
     batch, state = self._queue.get()
+    self._slots.release()
     if batch is None:
       self._left = 0
       raise state

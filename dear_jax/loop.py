@@ -162,6 +162,7 @@ class Run:
 TIMINGS = ('compile_seconds', 'train_seconds', 'validate_seconds',
            'test_seconds', 'checks_seconds')
 FETCH_EVERY = 25  # updates between two fetches of the losses, at most
+PREFETCH = 2  # training batches drawn ahead per run (0: drawn when needed)
 
 
 def _no_timings() -> dict:
@@ -249,12 +250,13 @@ def _postfix(runs: list, active: list, aux: dict) -> dict:
 
 def train(learner: Learner, runs: list, steps: int, eval_every: int,
           test_set, algorithm: str, progress: bool,
-          fetch_every: int = FETCH_EVERY) -> list:
+          fetch_every: int | None = None) -> list:
   """Trains `runs` to `steps` updates with `learner`; tests each on its best
   validation parameters and writes its results.json. A run whose loss is
   not finite stops (at the next fetch of the losses, at most `fetch_every`
   updates later; 1 waits for every update); the others finish, then its
   error is raised."""
+  fetch_every = fetch_every or FETCH_EVERY
   clock = compile_cache.CompileClock()
   try:
     with _Phase(clock, [], None) as start:
@@ -276,7 +278,8 @@ def train(learner: Learner, runs: list, steps: int, eval_every: int,
   bar = tqdm.tqdm(total=steps, initial=min(r.step for r in runs),
                   disable=not progress, dynamic_ncols=True, desc=desc)
   for run in runs:
-    run.feed = input_pipeline.Prefetch(run.stream, steps - run.step)
+    run.feed = input_pipeline.Prefetch(run.stream, steps - run.step,
+                                       PREFETCH)
   train_clock = 0.0  # the loop's time, validations and checkpoints left out
   multi = len(runs) > 1
   window = None
