@@ -19,9 +19,9 @@ import os
 import threading
 
 ENV = 'DEAR_JAX_JAX_CACHE'
-# Programs that compile faster than this are not worth a file (the loop's
-# small helpers); a train step or predict takes seconds.
-MIN_COMPILE_SECONDS = 0.1
+# Every program, the small eager ones too: together they took seconds of a
+# warm run, and loading one takes milliseconds.
+MIN_COMPILE_SECONDS = 0.0
 FLAG_HELP = ('folder of jax\'s persistent compilation cache (default: '
              f'${ENV}, else ~/.cache/dear_jax/jax_cache); empty: off')
 
