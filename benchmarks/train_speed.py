@@ -3,7 +3,7 @@ former behaviour) against losses fetched every `loop.FETCH_EVERY` updates
 with the next batches drawn in a background thread.
 
     python -m benchmarks.train_speed [--out=benchmarks/results] \
-        [--algorithms=bfs,scc] [--models=dear,nar] [--steps=40] [--rounds=2]
+        [--algorithms=bfs,strongly_connected_components] [--models=dear,nar] [--steps=40] [--rounds=2]
 
 Each (algorithm, model) trains the same short run (configs/default.py, seed
 0, validation only before and after training, 8 validation and test graphs,
@@ -119,7 +119,7 @@ def write(rows: list, out: str, machine: str, note: str) -> None:
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument('--out', default=os.path.join(REPO, 'benchmarks', 'results'))
-  p.add_argument('--algorithms', default='bfs,scc')
+  p.add_argument('--algorithms', default='bfs,strongly_connected_components')
   p.add_argument('--models', default='dear,nar')
   p.add_argument('--steps', type=int, default=40)
   p.add_argument('--rounds', type=int, default=2)

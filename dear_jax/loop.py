@@ -259,11 +259,11 @@ def train(learner: Learner, runs: list, steps: int, eval_every: int,
   fetch_every = fetch_every or FETCH_EVERY
   clock = compile_cache.CompileClock()
   try:
-    with _Phase(clock, [], None) as start:
-      learner.start(runs, progress)
-    for run in runs:  # checkpoints written before timings existed
-      run.meta.setdefault('timings', _no_timings())
-      run.meta['timings']['compile_seconds'] += start.clock.seconds - start.c0
+    c0 = clock.seconds
+    learner.start(runs, progress)  # may restore meta from a checkpoint
+    for run in runs:
+      run.meta.setdefault('timings', _no_timings())  # saved before timings
+      run.meta['timings']['compile_seconds'] += clock.seconds - c0
     for j, run in enumerate(runs):
       if run.step == 0 and not run.meta['val_curve']:
         with _Phase(clock, [run], 'validate_seconds'):
