@@ -3,7 +3,8 @@ former behaviour) against losses fetched every `loop.FETCH_EVERY` updates
 with the next batches drawn in a background thread.
 
     python -m benchmarks.train_speed [--out=benchmarks/results] \
-        [--algorithms=bfs,strongly_connected_components] [--models=dear,nar] [--steps=40] [--rounds=2]
+        [--algorithms=bfs,strongly_connected_components] [--models=dear,nar]
+        [--steps=40] [--rounds=2]
 
 Each (algorithm, model) trains the same short run (configs/default.py, seed
 0, validation only before and after training, 8 validation and test graphs,
