@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import tqdm
 
 from conftest import tiny_config
 from dear_jax import clrs_lib, compile_cache, input_pipeline, loop, splits
@@ -282,3 +283,23 @@ def test_prefetch_thread_ends_with_the_run(cache_dir, tmp_path, monkeypatch):
   _train(_config(cache_dir, steps=2, eval_every=2), tmp_path / 'w', 25,
          monkeypatch)
   assert threading.active_count() == before
+
+
+def test_progress_bar_shows_fetched_loss_and_best_validation(
+    cache_dir, tmp_path, monkeypatch):
+  """With a bar: its postfix after the last fetch holds the last update's
+  loss and the best validation score, as results.json has them."""
+  seen = []
+
+  class Bar(tqdm.tqdm):
+
+    def set_postfix(self, ordered_dict=None, refresh=True, **kwargs):
+      seen.append(dict(ordered_dict or {}, **kwargs))
+      return super().set_postfix(ordered_dict, refresh, **kwargs)
+
+  monkeypatch.setattr(loop, 'tqdm', type('tqdm', (), {'tqdm': Bar}))
+  monkeypatch.setattr(loop, 'FETCH_EVERY', 3)
+  r = train.train_and_evaluate(_config(cache_dir, steps=4, eval_every=4),
+                               str(tmp_path / 'w'), 'bfs', progress=True)
+  assert seen[-1]['loss'] == f"{r['loss_curve'][-1][1]:.3f}"
+  assert seen[-1]['best'] == f"{r['val_score']:.3f}"
