@@ -386,7 +386,8 @@ def test_train_speed_medians_ratio_and_table(tmp_path, monkeypatch):
   """benchmarks.train_speed on scripted runs: medians over rounds per mode,
   the ratio of the medians, a loss mismatch flagged in the table."""
   from benchmarks import train_speed  # pylint: disable=g-import-not-at-top
-  rates = {'per_update': iter([2.0, 4.0, 3.0]), 'fetched': iter([5.0, 6.0, 1.0])}
+  rates = {'per_update': iter([2.0, 4.0, 3.0]),
+           'fetched': iter([5.0, 6.0, 1.0])}
   modes = []
 
   def fake_run(model, algorithm, steps, mode, cache_dir):
@@ -407,6 +408,7 @@ def test_train_speed_medians_ratio_and_table(tmp_path, monkeypatch):
   assert row['same_losses'] is False
   train_speed.write([row], str(tmp_path), 'machine', 'note')
   table = (tmp_path / 'train_speed.md').read_text()
-  assert '| bfs | nar | 5 | 3.00 | 5.00 | 1.67 | 4.00, 6.00 | NO | 1.5-1.5 |' in table
+  assert ('| bfs | nar | 5 | 3.00 | 5.00 | 1.67 | 4.00, 6.00 | NO | 1.5-1.5 |'
+          in table)
   assert json.loads((tmp_path / 'train_speed.json').read_text())['rows'] == [
       json.loads(json.dumps(row))]

@@ -1,4 +1,4 @@
-"""The persistent compilation cache of the command lines (dear_jax/compile_cache.py)."""
+"""The persistent compilation cache (dear_jax/compile_cache.py)."""
 
 import os
 import subprocess

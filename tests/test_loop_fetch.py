@@ -103,7 +103,7 @@ def test_no_host_sync_between_fetches(cache_dir, tmp_path, monkeypatch,
   assert [s for s, _ in r['loss_curve']] == list(range(1, 11))
 
 
-# --- same numbers as a wait per update -----------------------------------------
+# --- same numbers as a wait per update ----------------------------------------
 
 def test_losses_and_checkpoints_match_stepping_by_hand(cache_dir, tmp_path,
                                                       monkeypatch):
@@ -206,7 +206,7 @@ def test_prefetch_draws_nothing_before_first_next_and_raises_stream_errors():
   feed.close()
 
 
-# --- timings -------------------------------------------------------------------
+# --- timings ------------------------------------------------------------------
 
 def test_compile_clock_is_the_union_of_jaxs_compile_spans():
   """Against the raw spans jax reports, collected here: a new program adds
