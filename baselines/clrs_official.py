@@ -40,6 +40,7 @@ import numpy as np
 
 from dear_jax import batches as batch_lib
 from dear_jax import clrs_lib
+from dear_jax import compile_cache
 from dear_jax import input_pipeline
 from dear_jax import loop
 from dear_jax import nar
@@ -202,8 +203,8 @@ class OfficialLearner(loop.Learner):
     feedback = clrs_lib.to_feedback(batches[0], self.spec)
     key, self.train_key = jax.random.split(self.train_key)
     compiled = self._compiles(feedback)
-    loss = float(self.net.feedback(key, feedback, 0))
-    return np.array([loss]), {}, compiled
+    loss = self.net.feedback(key, feedback, 0)  # not waited for (loop.py)
+    return jax.numpy.reshape(loss, (1,)), {}, compiled
 
   def state(self, j: int):
     return _host_copy(self.net.params), _host_copy(self.net.opt_state)
@@ -333,6 +334,8 @@ def main(argv=None) -> int:
                       help='workdir (default runs/clrs_official/'
                            'ALGORITHM_HINTMODE_sSEED)')
   parser.add_argument('--quiet', action='store_true')
+  parser.add_argument('--jax_cache', default=None,
+                      help=compile_cache.FLAG_HELP)
   _data_config_args(parser)
   args = parser.parse_args(argv)
   try:
@@ -342,6 +345,7 @@ def main(argv=None) -> int:
   except (ValueError, TypeError) as e:
     print(f'{parser.prog}: error: {e}', file=sys.stderr)
     return 2
+  compile_cache.enable(args.jax_cache)
   out = args.out or os.path.join(
       'runs', MODEL_NAME, f'{args.algorithm}_{args.hint_mode}_s{args.seed}')
   try:

@@ -48,6 +48,7 @@ from baselines import executors
 from baselines import plan as plan_lib
 from baselines import protocol as protocol_lib
 from baselines import report
+from dear_jax import compile_cache
 from dear_jax import profiling
 from baselines.executors import run_dir, train_one  # noqa: F401 (API)
 from baselines.plan import MODELS, PRESETS, CompareError, Plan
@@ -103,6 +104,7 @@ def parse_args(argv):
   p.add_argument('--no_memory', dest='memory', action='store_false',
                  help='skip the compiled train-step memory column')
   p.add_argument('--quiet', action='store_true', help='no progress bars')
+  p.add_argument('--jax_cache', default=None, help=compile_cache.FLAG_HELP)
   p.add_argument('--report_only', action='store_true',
                  help='train nothing: rewrite results.csv, results.md and '
                       'plots/ from the runs finished in --out so far (a '
@@ -227,6 +229,7 @@ def main(argv=None) -> int:
   args = parse_args(sys.argv[1:] if argv is None else argv)
   if args.report_only:
     return report_only(args.out)
+  compile_cache.enable(args.jax_cache)  # Ray workers: executors.worker_setup
   local = args.executor == 'local'
   if local and 'clrs_official' in (args.models or
                                    PRESETS[args.preset]['models']):

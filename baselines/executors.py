@@ -179,6 +179,13 @@ def _memory_files(local: Plan, algorithm: str, model: str) -> dict:
     return {mem: f.read()}
 
 
+def _worker_setup() -> None:
+  """A Ray worker is a fresh process: the driver's compilation cache
+  setting reaches it through the environment (start_ray)."""
+  from dear_jax import compile_cache  # pylint: disable=g-import-not-at-top
+  compile_cache.enable()
+
+
 def ray_task(plan: Plan, algorithm: str, model: str, seed: int,
              memory: bool, train=train_one, teacher=None) -> dict:
   """One run on a Ray worker: trains in a temporary --out, then returns its
@@ -187,6 +194,7 @@ def ray_task(plan: Plan, algorithm: str, model: str, seed: int,
   teacher: the task result (or {'files': ...}) of the run this model trains
   against (plan.TEACHERS), laid into the temporary --out first; a stack's
   result (ray_stack_task) gives this seed's run."""
+  _worker_setup()
   t0 = time.time()
   if teacher is not None and 'runs' in teacher:
     if seed not in teacher['runs']:
@@ -210,6 +218,7 @@ def ray_stack_task(plan: Plan, algorithm: str, model: str, seeds: list,
   (train_stack: _train_stack). Returns {'runs': {seed: {'results', 'files'}}}
   of the seeds that finished and 'error', a failure line or '': a seed that
   diverged must not lose the others' runs."""
+  _worker_setup()
   t0 = time.time()
   with tempfile.TemporaryDirectory(prefix='dear_jax_ray_') as tmp:
     local = dataclasses.replace(plan, out=tmp, progress=False)
@@ -317,8 +326,10 @@ def start_ray(opts: RayOptions) -> None:
   """ray.init with the job's code and environment (a local Ray without an
   address: no dashboard, Ray's own logs at ERROR)."""
   import ray  # pylint: disable=g-import-not-at-top
+  from dear_jax import compile_cache  # pylint: disable=g-import-not-at-top
   runtime_env = dict(py_modules=_code_dirs(), excludes=['__pycache__', '*.pyc'],
-                     env_vars=dict(_WORKER_ENV, **opts.env))
+                     env_vars=dict(_WORKER_ENV, **compile_cache.worker_env(),
+                                   **opts.env))
   kw = dict(runtime_env=runtime_env, logging_level=logging.ERROR,
             log_to_driver=opts.log_to_driver)
   if opts.address:

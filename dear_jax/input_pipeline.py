@@ -3,7 +3,8 @@
 `DataConfig` is the `data` config section. `TrainStream` samples on the fly
 like `clrs/examples/run.py` (one sampler per training size, run.py's
 preprocessing), `RecordedStream` replays a TrainStream recorded on disk, and
-`train_stream` picks one. Validation and test sets: `splits`.
+`train_stream` picks one; `Prefetch` draws a stream's batches in a
+background thread while the device trains. Validation and test sets: `splits`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import numbers
 import os
+import queue
+import threading
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -262,3 +265,72 @@ def train_stream(algorithm: str, cfg: DataConfig, seed: int, keep_hints: bool = 
   """The training stream: live (default) or recorded to disk and replayed."""
   cls = RecordedStream if recorded else TrainStream
   return cls(algorithm, cfg, seed, keep_hints=keep_hints)
+
+
+class Prefetch:
+  """The next `count` batches of `stream`, drawn in a background thread at
+  most `depth` ahead of the training loop, in the stream's own order.
+
+  `get_state` is the stream's state after the last batch *taken*, not after
+  the ones drawn ahead: a checkpoint holds it, so a resumed run continues
+  with the batch the loop would have taken next. The thread draws no more
+  than `count` batches (a run's remaining updates), so a stream recorded to
+  disk grows by exactly what the run uses. Until the first `next`, nothing
+  is drawn and the stream may still be positioned (`set_state`). With
+  depth 0 batches are drawn when taken, in the caller's thread.
+  """
+
+  def __init__(self, stream, count: int, depth: int = 2):
+    self._stream, self._left, self._depth = stream, int(count), int(depth)
+    self._queue = queue.Queue()
+    self._slots = threading.Semaphore(depth)  # batches drawn, not yet taken
+    self._stop = threading.Event()
+    self._thread = None
+    self._state = None
+
+  def _draw(self, count: int) -> None:
+    try:
+      for _ in range(count):
+        while not self._slots.acquire(timeout=0.1):
+          if self._stop.is_set():
+            return
+        if self._stop.is_set():
+          return
+        batch = next(self._stream)
+        self._queue.put((batch, self._stream.get_state()))
+    except BaseException as e:  # pylint: disable=broad-except
+      self._queue.put((None, e))  # raised where the loop takes the batch
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> Batch:
+    if self._depth == 0:
+      if self._left <= 0:
+        raise StopIteration
+      self._left -= 1
+      return next(self._stream)
+    if self._thread is None:
+      self._state = self._stream.get_state()
+      self._thread = threading.Thread(target=self._draw, args=(self._left,),
+                                      daemon=True)
+      self._thread.start()
+    if self._left <= 0:
+      raise StopIteration
+    batch, state = self._queue.get()
+    self._slots.release()
+    if batch is None:
+      self._left = 0
+      raise state
+    self._left -= 1
+    self._state = state
+    return batch
+
+  def get_state(self) -> dict:
+    return self._stream.get_state() if self._thread is None else self._state
+
+  def close(self) -> None:
+    """Stops the thread (batches drawn ahead are dropped)."""
+    self._stop.set()
+    if self._thread is not None:
+      self._thread.join()

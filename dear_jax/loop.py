@@ -9,10 +9,21 @@ comparison depends on, so that it is the same for all of them:
   after the last; steps count the updates done. A new best needs a strictly
   higher score; the test split is scored with the best parameters.
 * `loss_curve`: [updates done, loss of that update] for every update.
+* no wait per update: the learner returns its losses as device arrays; the
+  loop fetches them in one transfer every `fetch_every` updates, at every
+  validation and after a call that compiled, so the host runs ahead of the
+  device and a background thread draws the next batches
+  (`input_pipeline.Prefetch`). A non-finite loss is found at the next fetch;
+  the error names the update that produced it.
 * timing: `train_seconds` is the loop's wall time without validations and
-  checkpoints; the steady-state rates count only iterations in which no
-  learner call compiled (the learner reports whether its jitted step traced).
-* the progress bar: the run's model name, loss, last and best validation.
+  checkpoints; the steady-state rates count the stretches between two
+  fetches in which no learner call compiled (the learner reports whether
+  its jitted step traced). `timings` splits the run's time into compiling
+  (any phase; `compile_cache.CompileClock`) and the rest of training,
+  validation with checkpoints, the test pass and `Learner.results` (the
+  fixed-point checks).
+* the progress bar: the run's model name, loss, last and best validation,
+  updated at fetches only.
 * results.json: the common keys here, the model's own from `Learner.results`.
 """
 
@@ -22,10 +33,12 @@ import json
 import os
 import time
 
+import jax
 import numpy as np
 import tqdm
 
 from dear_jax import batches as batch_lib
+from dear_jax import compile_cache
 from dear_jax import input_pipeline
 from dear_jax import profiling
 from dear_jax import seeds as seeds_lib
@@ -49,7 +62,9 @@ class Learner:
 
   def step(self, members: list, batches: list, steps: list):
     """Updates runs `members` (steps: their updates done so far) on their
-    batches -> (losses as numpy, aux dict, whether this call compiled)."""
+    batches -> (losses, one per member, as an array the loop fetches later:
+    the call must not wait for the device; aux dict; whether this call
+    compiled)."""
     raise NotImplementedError
 
   def state(self, j: int):
@@ -97,10 +112,11 @@ class Run:
                      data_key=self.data_key,
                      steady=dict(steps=0, update_seconds=0.0,
                                  loop_seconds=0.0),
-                     compile_steps=0)
+                     compile_steps=0, timings=_no_timings())
     self.metrics_path = os.path.join(workdir, 'metrics.jsonl')
     self.best_params, self.step = None, 0
     self.clock, self.error = 0.0, None  # training time at the last save
+    self.feed = None  # the loop's input_pipeline.Prefetch of `stream`
 
   def restore(self, state: dict, progress: bool) -> dict:
     """`state` (params, opt_state, best_params, data) from the latest
@@ -136,15 +152,88 @@ class Run:
     if self.checkpoints is not None:
       self.checkpoints.save(self.step, dict(
           params=params, opt_state=opt_state, best_params=self.best_params,
-          data=self.stream.get_state()), self.meta)
+          data=(self.feed or self.stream).get_state()), self.meta)
 
   def close(self) -> None:
+    if self.feed is not None:
+      self.feed.close()
     if self.checkpoints is not None:
       self.checkpoints.close()
 
 
+TIMINGS = ('compile_seconds', 'train_seconds', 'validate_seconds',
+           'test_seconds', 'checks_seconds')
+FETCH_EVERY = 25  # updates between two fetches of the losses, at most
+PREFETCH = 2  # training batches drawn ahead per run (0: drawn when needed)
+
+
+def _no_timings() -> dict:
+  return {k: 0.0 for k in TIMINGS}
+
+
 def _rate(steps: int, seconds: float) -> float:
   return steps / seconds if seconds > 0 else float('nan')
+
+
+class _Phase:
+  """A stretch of a run's time: its wall seconds less the compiling in it go
+  to meta['timings'][name] (nothing for name None), the compiling to
+  'compile_seconds', for each of `runs`."""
+
+  def __init__(self, clock, runs: list, name: str | None):
+    self.clock, self.runs, self.name = clock, runs, name
+    self.t0, self.c0 = time.perf_counter(), clock.seconds
+    self.wall = 0.0
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.stop()
+
+  def stop(self) -> float:
+    self.wall = time.perf_counter() - self.t0
+    compiling = self.clock.seconds - self.c0
+    for run in self.runs:
+      t = run.meta['timings']
+      t['compile_seconds'] += compiling
+      if self.name:
+        t[self.name] += max(self.wall - compiling, 0.0)
+    return self.wall
+
+
+class _Window(_Phase):
+  """The updates between two fetches: what `_fetch` needs to count them."""
+
+  def __init__(self, clock, runs: list):
+    super().__init__(clock, runs, 'train_seconds')
+    self.pending = {id(r): [] for r in runs}  # (step, losses, index, compiled)
+    self.data_seconds = 0.0  # waiting for batches
+    self.compiled = False
+
+
+def _fetch(window: _Window, multi: bool) -> float:
+  """Brings the window's losses to the host in one transfer and counts its
+  updates (`_count`); returns its wall time."""
+  arrays = {}
+  for entries in window.pending.values():
+    for _, losses, _, _ in entries:
+      arrays[id(losses)] = losses
+  host = dict(zip(arrays, jax.device_get(list(arrays.values()))))
+  seconds = window.stop()
+  for run in window.runs:
+    entries = window.pending[id(run)]
+    for step, losses, i, compiled in entries:
+      if run.error:
+        break
+      loss = float(np.asarray(host[id(losses)]).reshape(-1)[i])
+      _count(run, step, loss, compiled, multi)
+    if entries and not window.compiled and not run.error:
+      steady = run.meta['steady']
+      steady['steps'] += len(entries)
+      steady['update_seconds'] += seconds - window.data_seconds
+      steady['loop_seconds'] += seconds
+  return seconds
 
 
 def _postfix(runs: list, active: list, aux: dict) -> dict:
@@ -162,16 +251,27 @@ def _postfix(runs: list, active: list, aux: dict) -> dict:
 
 
 def train(learner: Learner, runs: list, steps: int, eval_every: int,
-          test_set, algorithm: str, progress: bool) -> list:
+          test_set, algorithm: str, progress: bool,
+          fetch_every: int | None = None) -> list:
   """Trains `runs` to `steps` updates with `learner`; tests each on its best
   validation parameters and writes its results.json. A run whose loss is
-  not finite stops; the others finish, then its error is raised."""
+  not finite stops (at the next fetch of the losses, at most `fetch_every`
+  updates later; 1 waits for every update); the others finish, then its
+  error is raised."""
+  fetch_every = fetch_every or FETCH_EVERY
+  clock = compile_cache.CompileClock()
   try:
-    learner.start(runs, progress)
+    c0 = clock.seconds
+    learner.start(runs, progress)  # may restore meta from a checkpoint
+    for run in runs:
+      run.meta.setdefault('timings', _no_timings())  # saved before timings
+      run.meta['timings']['compile_seconds'] += clock.seconds - c0
     for j, run in enumerate(runs):
       if run.step == 0 and not run.meta['val_curve']:
-        run.validate(0, learner.state(j)[0], learner)
+        with _Phase(clock, [run], 'validate_seconds'):
+          run.validate(0, learner.state(j)[0], learner)
   except BaseException:
+    clock.close()
     for run in runs:
       run.close()
     raise
@@ -179,40 +279,56 @@ def train(learner: Learner, runs: list, steps: int, eval_every: int,
       f' seeds {",".join(str(r.seed) for r in runs)}' if len(runs) > 1 else '')
   bar = tqdm.tqdm(total=steps, initial=min(r.step for r in runs),
                   disable=not progress, dynamic_ncols=True, desc=desc)
-  clock = 0.0  # training time of the loop, validations and checkpoints left out
+  for run in runs:
+    run.feed = input_pipeline.Prefetch(run.stream, steps - run.step,
+                                       PREFETCH)
+  train_clock = 0.0  # the loop's time, validations and checkpoints left out
+  multi = len(runs) > 1
+  window = None
   try:
     while True:
       active = [j for j, r in enumerate(runs) if r.step < steps and not r.error]
       if not active:
         break
+      if window is None:
+        window = _Window(clock, [runs[j] for j in active])
       t_data = time.perf_counter()
-      batches = [next(runs[j].stream) for j in active]
-      t_update = time.perf_counter()
-      done, any_compiled = [], False
+      batches = [next(runs[j].feed) for j in active]
+      window.data_seconds += time.perf_counter() - t_data
       for group in seeds_lib.groups(batches):
         members = [active[p] for p in group]
-        loss, aux, compiled = learner.step(
+        losses, aux, compiled = learner.step(
             members, [batches[p] for p in group], [runs[j].step for j in members])
-        any_compiled |= compiled
-        done += [(j, float(l), compiled) for j, l in zip(members, loss)]
-      t_done = time.perf_counter()
-      clock += t_done - t_data
-      for j, loss, compiled in sorted(done):
-        _count(runs[j], loss, compiled, any_compiled, t_data, t_update, t_done,
-               multi=len(runs) > 1)
-      bar.set_postfix(_postfix(runs, active, aux), refresh=False)
+        window.compiled |= compiled
+        for i, j in enumerate(members):
+          runs[j].step += 1
+          window.pending[id(runs[j])].append((runs[j].step, losses, i,
+                                              compiled))
       bar.update(1)
-      for j in active:
+      due = [j for j in active
+             if runs[j].step % eval_every == 0 or runs[j].step == steps]
+      if not (due or window.compiled or
+              any(runs[j].step % fetch_every == 0 for j in active)):
+        continue
+      train_clock += _fetch(window, multi)
+      window = None
+      if progress:
+        bar.set_postfix(_postfix(runs, active, aux), refresh=False)
+      for j in due:
         run = runs[j]
-        if not run.error and (run.step % eval_every == 0 or run.step == steps):
-          run.meta['train_seconds'] += clock - run.clock
-          run.clock = clock
+        if run.error:
+          continue
+        with _Phase(clock, [run], 'validate_seconds'):
+          run.meta['train_seconds'] += train_clock - run.clock
+          run.clock = train_clock
           params, opt_state = learner.state(j)
           run.validate(run.step, params, learner)
           run.meta['learner'] = learner.checkpoint_meta(j)
           run.save(params, opt_state)
+        if progress:
           bar.set_postfix(_postfix(runs, active, aux), refresh=False)
   except KeyboardInterrupt as e:
+    clock.close()
     if len(runs) == 1:
       raise RunError(
           f'interrupted at step {runs[0].step}; ' + (
@@ -222,13 +338,19 @@ def train(learner: Learner, runs: list, steps: int, eval_every: int,
     raise RunError(
         f'interrupted at step {min(r.step for r in runs)}; every seed\'s last '
         'checkpoint is intact: rerun the same command to resume') from e
+  except BaseException:
+    clock.close()
+    raise
   finally:
     bar.close()
     for run in runs:
       run.close()
-  results = [None if run.error else _results(learner, run, test_set, steps,
-                                             algorithm)
-             for run in runs]
+  try:
+    results = [None if run.error else _results(learner, run, test_set, steps,
+                                               algorithm, clock)
+               for run in runs]
+  finally:
+    clock.close()
   failed = [run.error for run in runs if run.error]
   if failed:
     raise RunError(failed[0] + (f' ({len(runs) - len(failed)} other seeds '
@@ -236,19 +358,16 @@ def train(learner: Learner, runs: list, steps: int, eval_every: int,
   return results
 
 
-def _count(run: Run, loss: float, compiled: bool, any_compiled: bool,
-           t_data: float, t_update: float, t_done: float, multi: bool) -> None:
-  """One update of `run`: its step, loss point and steady-state timing."""
+def _count(run: Run, step: int, loss: float, compiled: bool,
+           multi: bool) -> None:
+  """Update `step` of `run` as fetched: its loss point, or the error that
+  stops the run (which then counts `step` updates)."""
   if compiled:
     run.meta['compile_steps'] += 1
-  elif not any_compiled:
-    run.meta['steady']['steps'] += 1
-    run.meta['steady']['update_seconds'] += t_done - t_update
-    run.meta['steady']['loop_seconds'] += t_done - t_data
-  run.step += 1
   if not np.isfinite(loss):
+    run.step = step
     last = run.checkpoints.latest_step() if run.checkpoints else None
-    run.error = f'loss became {loss} at step {run.step}: training diverged'
+    run.error = f'loss became {loss} at step {step}: training diverged'
     if last is not None:
       run.error += f'; the last good checkpoint (step {last}) is intact'
     elif run.checkpoints:
@@ -256,17 +375,19 @@ def _count(run: Run, loss: float, compiled: bool, any_compiled: bool,
     if multi:
       run.error = f'seed {run.seed}: {run.error}'
   else:
-    run.meta['loss_curve'].append([run.step, loss])
+    run.meta['loss_curve'].append([step, loss])
 
 
 def _results(learner: Learner, run: Run, test_set, steps: int,
-             algorithm: str) -> dict:
-  """Scores `run`'s best parameters on the test split; writes results.json."""
+             algorithm: str, clock) -> dict:
+  """Scores `run`'s best parameters on the test split; writes results.json.
+  `timings`' checks_seconds is `Learner.results` (DEAR's fixed-point checks,
+  with the model's own keys, which cost nothing beside them)."""
   meta, best_params = run.meta, run.best_params
-  learner.warm(best_params, test_set)  # compile outside the timing
-  t_eval = time.perf_counter()
-  test = learner.evaluate(best_params, test_set)
-  eval_seconds = time.perf_counter() - t_eval
+  with _Phase(clock, [run], None):
+    learner.warm(best_params, test_set)  # compile outside the timing
+  with _Phase(clock, [run], 'test_seconds') as test_pass:
+    test = learner.evaluate(best_params, test_set)
   results = dict(
       algorithm=algorithm, model=learner.model, seed=run.seed,
       train_steps=int(steps), test_score=test['score'],
@@ -280,12 +401,14 @@ def _results(learner: Learner, run: Run, test_set, steps: int,
       train_loop_steps_per_second=_rate(meta['steady']['steps'],
                                         meta['steady']['loop_seconds']),
       compile_steps=meta['compile_steps'],
-      eval_seconds_per_graph=eval_seconds / test_set.num_samples,
+      eval_seconds_per_graph=test_pass.wall / test_set.num_samples,
       algo_steps_mean=float(np.mean(test_set.lengths) - 1),
       val_curve=meta['val_curve'], loss_curve=meta['loss_curve'],
       # the machine that tested the run (and timed it, unless it resumed
       # on another): the timing columns are only comparable on one machine
       hardware=profiling.hardware_line())
-  learner.results(results, run, best_params, test, test_set)
+  with _Phase(clock, [run], 'checks_seconds'):
+    learner.results(results, run, best_params, test, test_set)
+  results['timings'] = dict(meta['timings'])
   write_results(run.workdir, results)
   return results

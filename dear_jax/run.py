@@ -15,6 +15,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from dear_jax import MODEL_KINDS
+from dear_jax import compile_cache
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -40,6 +41,8 @@ def _define_flags(fv: flags.FlagValues, argv):
                     'validation score, DEAR: mean solver iterations and the '
                     'share of graphs not converged in the batch).',
                     flag_values=fv)
+  flags.DEFINE_string('jax_cache', None, compile_cache.FLAG_HELP,
+                      flag_values=fv)
   flags.DEFINE_bool('reevaluate', False, 'On a finished workdir, score the '
                     'best parameters again and rewrite results.json (default: '
                     'print the stored results).', flag_values=fv)
@@ -204,6 +207,7 @@ def main(argv=None) -> int:
   except (flags.Error, ValueError, TypeError, OSError) as e:
     _fail(str(e).strip().splitlines()[0])
 
+  compile_cache.enable(fv.jax_cache)
   from dear_jax import clrs_lib, train  # pylint: disable=g-import-not-at-top
   try:
     clrs_lib.check_algorithm(fv.algorithm)

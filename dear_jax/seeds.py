@@ -176,8 +176,9 @@ class SeedStack:
   def step(self, members: list, batches: list, steps: list):
     """Updates seeds `members` (their batches, their steps before this one).
 
-    Returns (per-member losses as numpy, aux, whether this call compiled:
-    `Compiles`, the rule clrs_official's learner uses too)."""
+    Returns (per-member losses, a device array: nothing here waits for the
+    device; aux; whether this call compiled: `Compiles`, the rule
+    clrs_official's learner uses too)."""
     if self.vmapped:
       batch = stack_batches(batches)
     else:
@@ -195,7 +196,7 @@ class SeedStack:
       else:
         out = self._step(params, opt_state, batch, self.keys[0], steps[0] + 1)
       self.tree = out[:2]
-      return np.asarray(out[2]).reshape(1), out[3], compiled
+      return jnp.reshape(out[2], (1,)), out[3], compiled
     everyone = len(members) == self.size
     idx = jnp.asarray(members, jnp.int32)
     sub = self.tree if everyone else _gather(self.tree, idx)
@@ -204,4 +205,4 @@ class SeedStack:
         jnp.asarray(steps, jnp.int32) + 1)
     new = (new_params, new_opt)
     self.tree = new if everyone else _scatter(self.tree, idx, new)
-    return np.asarray(loss), aux, compiled
+    return loss, aux, compiled

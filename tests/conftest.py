@@ -18,6 +18,7 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 from dear_jax import clrs_lib  # noqa: E402
+from dear_jax import compile_cache  # noqa: E402
 from dear_jax import input_pipeline  # noqa: E402
 
 jax.config.update('jax_platforms', 'cpu')  # in case a plugin imported jax
@@ -27,10 +28,9 @@ jax.config.update('jax_platforms', 'cpu')  # in case a plugin imported jax
 # keep executables on disk, including the cheap ones.
 JAX_CACHE_DIR = os.path.expanduser(os.environ.get(
     'DEAR_JAX_TEST_JAX_CACHE', '~/.cache/dear_jax/jax_cache'))
-if JAX_CACHE_DIR:
-  jax.config.update('jax_compilation_cache_dir', JAX_CACHE_DIR)
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.1)
-  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+# The command lines run inside tests (run.main, compare, Ray tasks) use it too.
+os.environ[compile_cache.ENV] = JAX_CACHE_DIR
+compile_cache.enable()
 
 
 def pytest_addoption(parser):

@@ -423,3 +423,35 @@ def test_run_cost_bad_input_is_one_line_exit_2(tmp_path, capsys, flag):
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith('error: '), err
   assert not os.listdir(tmp_path)
+
+
+def test_train_speed_medians_ratio_and_table(tmp_path, monkeypatch):
+  """benchmarks.train_speed on scripted runs: medians over rounds per mode,
+  the ratio of the medians, a loss mismatch flagged in the table."""
+  from benchmarks import train_speed  # pylint: disable=g-import-not-at-top
+  rates = {'per_update': iter([2.0, 4.0, 3.0]),
+           'fetched': iter([5.0, 6.0, 1.0])}
+  modes = []
+
+  def fake_run(model, algorithm, steps, mode, cache_dir):
+    modes.append(mode)
+    rate = next(rates[mode])
+    return dict(steps_per_second=rate, steady_loop_steps_per_second=rate + 1,
+                compile_seconds=1.0, load=1.5,
+                loss_curve=[[1, 0.5]] if rate != 1.0 else [[1, 0.4]])
+
+  monkeypatch.setattr(train_speed, 'run_once', fake_run)
+  row = train_speed.measure('nar', 'bfs', 5, 3, None)
+  assert modes == ['per_update', 'fetched', 'fetched', 'per_update',
+                   'per_update', 'fetched']  # alternating
+  assert row['per_update_steps_per_second'] == 3.0
+  assert row['fetched_steps_per_second'] == 5.0
+  assert row['ratio'] == pytest.approx(5.0 / 3.0)
+  assert row['fetched_steady_loop_steps_per_second'] == 6.0
+  assert row['same_losses'] is False
+  train_speed.write([row], str(tmp_path), 'machine', 'note')
+  table = (tmp_path / 'train_speed.md').read_text()
+  assert ('| bfs | nar | 5 | 3.00 | 5.00 | 1.67 | 4.00, 6.00 | NO | 1.5-1.5 |'
+          in table)
+  assert json.loads((tmp_path / 'train_speed.json').read_text())['rows'] == [
+      json.loads(json.dumps(row))]

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import JAX_CACHE_DIR
+from dear_jax import loop
 from dear_jax import results as results_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -176,6 +177,8 @@ def test_results_json_schema(child):
   assert r['val_score'] == max(v for _, v in r['val_curve'])
   assert r['train_steps_per_second'] > 0
   assert r['eval_seconds_per_graph'] > 0
+  assert set(r['timings']) == set(loop.TIMINGS)  # as every model's
+  assert r['timings']['compile_seconds'] > 0 and r['timings']['test_seconds'] > 0
   assert r['algo_steps_mean'] > 0
   cfg = r['config']
   assert cfg['hidden_dim'] == 128 and cfg['learning_rate'] == 1e-3

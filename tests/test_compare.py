@@ -170,8 +170,9 @@ def test_outputs(finished):
 
 def test_every_model_trains_in_the_one_loop(finished):
   """Flax and official models: the same loop function, the same loss and
-  validation cadence, a progress bar named after the model showing the best
-  validation score."""
+  validation cadence, a progress bar named after the model (hidden by
+  --quiet: the loop computes nothing to show in it; its content:
+  tests/test_loop_fetch.py)."""
   out, _, _ = finished
   assert sorted(LOOP['calls']) == sorted([
       ('FlaxLearner', 'dear', [0]), ('FlaxLearner', 'nar', [0]),
@@ -182,7 +183,7 @@ def test_every_model_trains_in_the_one_loop(finished):
     assert [s for s, _ in r['val_curve']] == [0, 1]  # --eval_every=1
     assert r['val_score'] == max(v for _, v in r['val_curve'])
     (bar,) = [b for b in LOOP['bars'] if b['desc'] == f'{m} bfs']
-    assert bar['postfixes'][-1]['best'] == f"{r['val_score']:.3f}"
+    assert bar['postfixes'] == []
 
 
 PLOTS = ('scores', 'iterations_vs_steps', 'convergence', 'training_curves',

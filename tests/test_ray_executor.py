@@ -26,7 +26,7 @@ TINY = (['--preset=smoke', '--algorithms=bfs', '--models=dear,nar',
         _tiny_overrides())
 # What differs between two runs of the same protocol: wall-clock times.
 TIMES = ('train_seconds', 'train_steps_per_second',
-         'train_loop_steps_per_second', 'eval_seconds_per_graph')
+         'train_loop_steps_per_second', 'eval_seconds_per_graph', 'timings')
 
 
 @pytest.fixture(scope='module')
