@@ -483,7 +483,7 @@ def test_nan_before_the_first_checkpoint_says_nothing_was_saved():
           4: '; the last good checkpoint (step 4) is intact'}
   for last, tail in said.items():
     r = a_run(last)
-    loop._count(r, float('nan'), False, False, 0.0, 0.0, 0.0, multi=False)  # pylint: disable=protected-access
+    loop._count(r, 1, float('nan'), False, multi=False)  # pylint: disable=protected-access
     assert r.error == f'loss became nan at step 1: training diverged{tail}'
 
 
