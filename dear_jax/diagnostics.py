@@ -84,7 +84,7 @@ def _batch_checks(model, s: CheckSettings, params, batch):
           / (jnp.linalg.norm(h_ref.reshape(b, -1), axis=1) + 1e-12))
   with jax.default_matmul_precision(PRECISE):
     rho = solver.spectral_radius(f, h, proc, args, jax.random.fold_in(key, 7),
-                                 iterations=s.power_iters)
+                                 iterations=s.power_iters, chunk=chunk)
   extra = jnp.maximum(ref.iterations - stats[0].iterations, 0)
   return preds, stats, dict(distance=dist, ref_converged=ref.converged,
                             ref_iterations=extra, spectral_radius=rho)

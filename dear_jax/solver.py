@@ -571,15 +571,15 @@ def jacobian_penalty(f, h, params, args, key, node_mask=None) -> jax.Array:
 
 
 def spectral_radius(f, h, params, args, key, *, iterations: int = 30, settle: float = 1e-3,
-                    window: int = 5, node_mask=None) -> jax.Array:
+                    window: int = 5, node_mask=None, chunk: int = 0) -> jax.Array:
   """[B]: power-iteration estimate of the spectral radius of J_f at h, per graph.
 
   The geometric mean of ||J v_k|| / ||v_k|| over the second half of the
   iterations so far, robust to a complex dominant pair (where single ratios
   oscillate). A graph stops once its estimate moved by less than `settle`
   (relative) over the last `window` iterations (at least 2 windows), else after
-  `iterations` JVPs; settle=0 always makes `iterations`.
-  Below 1 means the fixed point attracts; near 1, iteration crawls."""
+  `iterations` JVPs; settle=0 always makes `iterations`. `chunk`: as
+  `solve`'s. Below 1 means the fixed point attracts; near 1, iteration crawls."""
   mask = _graph_mask(h, node_mask)
   fm = _masked(f)
   keys = jax.random.split(key, h.shape[0])
@@ -611,4 +611,4 @@ def spectral_radius(f, h, params, args, key, *, iterations: int = 30, settle: fl
                                       (v, zeros[:-1], zeros, jnp.int32(0), jnp.bool_(False)))
     return estimate(logs, n)
 
-  return jax.vmap(one)(h, tuple(args), mask, keys)
+  return _in_groups(jax.vmap(one), chunk, h, tuple(args), mask, keys)
