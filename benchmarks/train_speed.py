@@ -145,6 +145,13 @@ def main(argv=None) -> int:
           f'{args.models!r}', file=sys.stderr)
     return 2
   compile_cache.enable()
+  note = (f'Short runs of configs/default.py ({args.steps} updates, training '
+          f'sizes 4-16, batch 32), the two modes alternating, medians over '
+          f'{args.rounds} rounds; steps/s = updates / the loop\'s time with '
+          f'compiling taken out; fetched: losses fetched every '
+          f'{loop.FETCH_EVERY} updates, {loop.PREFETCH} batches drawn ahead. '
+          + args.note).strip()
+  from dear_jax.profiling import hardware_line  # pylint: disable=g-import-not-at-top
   rows = []
   for a in algorithms:
     for m in models:
@@ -153,14 +160,7 @@ def main(argv=None) -> int:
       print(f"{a} {m}: per-update {r['per_update_steps_per_second']:.2f} "
             f"steps/s, fetched {r['fetched_steps_per_second']:.2f}, ratio "
             f"{r['ratio']:.2f}, same losses {r['same_losses']}", flush=True)
-  note = (f'Short runs of configs/default.py ({args.steps} updates, training '
-          f'sizes 4-16, batch 32), the two modes alternating, medians over '
-          f'{args.rounds} rounds; steps/s = updates / the loop\'s time with '
-          f'compiling taken out; fetched: losses fetched every '
-          f'{loop.FETCH_EVERY} updates, {loop.PREFETCH} batches drawn ahead. '
-          + args.note)
-  from dear_jax.profiling import hardware_line  # pylint: disable=g-import-not-at-top
-  write(rows, args.out, hardware_line(), note.strip())
+      write(rows, args.out, hardware_line(), note)  # a row at a time
   return 0
 
 
