@@ -46,6 +46,12 @@ def get_config():
 
   c.nar = ml_collections.ConfigDict(dict(
       hint_mode='encoded_decoded',  # 'encoded_decoded' | 'decoded_only' | 'none'
+      # DEAR's NAR (LT) (hint_mode 'none' only): a head learns when to stop;
+      # tests run until it says stop, told no step count, capped at
+      # ceil(max_steps_factor * n) steps (6: above every DEAR algorithm's
+      # true count, SCC's ~6n the longest). results.json reports the steps.
+      learn_termination=False,
+      max_steps_factor=6.0,
   ))
 
   # DEAR's equilibrium settings, chosen by the screen in results/equilibrium

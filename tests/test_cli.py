@@ -21,7 +21,7 @@ def test_help_lists_flags_and_exits_0(capsys):
 @pytest.mark.parametrize('args,message', [
     (['--config=configs/nope.py'],
      "error: config file 'configs/nope.py' not found; use one of "
-     'configs/dear_paper.py, configs/default.py'),
+     'configs/dear_paper.py, configs/dear_paper_cpu.py, configs/default.py'),
     (['--config.model.hiden=64'],
      "error: unknown config key 'hiden' (did you mean \"hidden\"?); see "
      'configs/default.py for the allowed keys'),
