@@ -50,6 +50,8 @@ def _data_protocol(algorithm: str, data_cfg) -> dict:
 # A folder may mix them, e.g. checks on a subset for the 2048-graph test sets.
 AFTER_TRAINING_CHECKS = ('diagnostics', 'check_tol', 'check_max_iter',
                          'check_graphs')
+# Tests at further sizes after the official one: the same, for every model.
+AFTER_TRAINING_TESTS = ('extra_test_lengths', 'extra_test_num_samples')
 
 
 def _without_checks(models: dict) -> dict:
@@ -57,6 +59,8 @@ def _without_checks(models: dict) -> dict:
   for c in models.values():
     for k in AFTER_TRAINING_CHECKS:
       c.get('dear', {}).pop(k, None)
+    for k in AFTER_TRAINING_TESTS:
+      c.get('data', {}).pop(k, None)
   return models
 
 

@@ -83,6 +83,7 @@ class Run:
                hints: bool, test_key: str, checkpoints: bool = True,
                config=None):
     self.workdir, self.seed, self.config = workdir, int(seed), config
+    self.dcfg = dcfg
     os.makedirs(workdir, exist_ok=True)
     self.stream = input_pipeline.train_stream(algorithm, dcfg, self.seed,
                                               keep_hints=hints,
@@ -283,5 +284,10 @@ def _results(learner: Learner, run: Run, test_set, steps: int,
       # on another): the timing columns are only comparable on one machine
       hardware=profiling.hardware_line())
   learner.results(results, run, best_params, test, test_set)
+  if getattr(run.dcfg, 'extra_test_lengths', ()):
+    from dear_jax import extra_tests  # pylint: disable=g-import-not-at-top
+    results['extra_tests'] = extra_tests.evaluate_sizes(
+        learner, best_params, algorithm, run.dcfg,
+        keep_hints=bool(test_set.batches[0]['hints']))
   write_results(run.workdir, results)
   return results

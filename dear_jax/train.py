@@ -69,7 +69,9 @@ _OLD_ABSENT = {('data', 'val_num_samples'): 0, ('data', 'test_num_samples'): 0,
 # those runs did: a stored config without one reads as having it.
 _ADDED_LATER = {('dear', 'spectral_norm'): False, ('dear', 'check_graphs'): 0,
                 ('nar', 'learn_termination'): False,
-                ('nar', 'max_steps_factor'): 6.0}
+                ('nar', 'max_steps_factor'): 6.0,
+                ('data', 'extra_test_lengths'): [],
+                ('data', 'extra_test_num_samples'): 100}
 
 
 def upgrade_stored_config(d: dict) -> dict:

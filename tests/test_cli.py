@@ -28,6 +28,14 @@ def test_help_lists_flags_and_exits_0(capsys):
     (['--config.dear.tol=0'], 'error: dear.tol=0.0; must be a finite float > 0'),
     (['--config.dear.backward_solver=cg'],
      "error: dear.backward_solver='cg'; allowed: anderson, gmres, bicgstab"),
+    (['--config.data.extra_test_lengths=128,3'],
+     'error: data.extra_test_lengths must be distinct graph sizes >= 4 (e.g. '
+     '128,256,512), got (128, 3)'),
+    (['--config.data.extra_test_num_samples=-1'],
+     'error: data.extra_test_num_samples must be an int >= 1, got -1'),
+    (['--model=nar', '--config.nar.learn_termination=True'],
+     "error: nar.learn_termination=True needs nar.hint_mode=none (DEAR's NAR "
+     "(LT) has no hints), got 'encoded_decoded'"),
 ])
 def test_bad_config_is_one_line_naming_what_was_typed(capsys, args, message):
   with pytest.raises(SystemExit) as e:
