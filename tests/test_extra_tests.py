@@ -95,3 +95,49 @@ def test_run_writes_each_size_scored_as_evaluate_scores_it(tmp_path):
     assert got['eval_seconds_per_graph'] > 0
     assert got['algo_steps_mean'] == pytest.approx(
         np.mean(evalset.lengths) - 1)
+
+
+def _run(model, seed, score, extra=None, **keys):
+  results = dict(test_score=score, test_nodes=64, test_graphs=32,
+                 eval_seconds_per_graph=0.002, algo_steps_mean=3.0,
+                 hardware='h', **keys)
+  if extra is not None:
+    results['extra_tests'] = extra
+  return dict(algorithm='bfs', model=model, seed=seed, results=results)
+
+
+def test_reports_by_size(tmp_path):
+  """results_by_size.csv rows, results.md's table and the plot, from the
+  runs' extra_tests (runs without them add nothing)."""
+  import csv  # pylint: disable=g-import-not-at-top
+  import matplotlib.image  # pylint: disable=g-import-not-at-top
+  from baselines import plots, report  # pylint: disable=g-import-not-at-top
+  extra = lambda score, it: {'128': dict(
+      nodes=128, graphs=100, batch_size=8, score=score,
+      eval_seconds_per_graph=0.008, algo_steps_mean=4.0, **it)}
+  runs = [_run('dear', 0, 0.9, extra(0.6, dict(solver_iters_mean=12.0)),
+               solver_iters_mean=10.0),
+          _run('dear', 1, 0.8, extra(0.4, dict(solver_iters_mean=14.0)),
+               solver_iters_mean=20.0),
+          _run('nar_lt', 0, 0.7, extra(0.5, dict(nar_steps_mean=2.0)),
+               nar_steps_mean=3.0),
+          _run('nar', 0, 0.95)]
+  rows = report.size_rows(runs)
+  assert [(r['model'], r['seed'], r['nodes']) for r in rows] == [
+      ('dear', 0, 64), ('dear', 0, 128), ('dear', 1, 64), ('dear', 1, 128),
+      ('nar_lt', 0, 64), ('nar_lt', 0, 128)]
+  assert rows[1]['test_score'] == 0.6 and rows[1]['graphs'] == 100
+  assert rows[5]['nar_steps_mean'] == 2.0 and rows[4]['nar_steps_mean'] == 3.0
+  path = tmp_path / 'by_size.csv'
+  report.write_csv(str(path), rows, report.SIZE_COLUMNS)
+  with open(path) as f:
+    back = list(csv.DictReader(f))
+  assert len(back) == 6 and float(back[3]['solver_iters_mean']) == 14.0
+  lines = report._size_lines(rows, ['dear', 'nar_lt'])  # pylint: disable=protected-access
+  assert ('| bfs | `dear` | 85.0 / 2.0 / 15.0 (3.0), n=2 | '
+          '50.0 / 8.0 / 13.0 (4.0), n=2 |') in lines
+  assert '| bfs | `nar_lt` | 70.0 / 2.0 / 3.0 (3.0) | 50.0 / 8.0 / 2.0 (4.0) |' \
+      in lines
+  assert report._size_lines(report.size_rows(runs[3:]), ['nar']) == []  # pylint: disable=protected-access
+  png = plots.by_size(str(tmp_path / 'by_size.png'), rows)
+  assert matplotlib.image.imread(png).shape[0] > 100
