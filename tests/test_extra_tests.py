@@ -141,3 +141,107 @@ def test_reports_by_size(tmp_path):
   assert report._size_lines(report.size_rows(runs[3:]), ['nar']) == []  # pylint: disable=protected-access
   png = plots.by_size(str(tmp_path / 'by_size.png'), rows)
   assert matplotlib.image.imread(png).shape[0] > 100
+
+
+# --- the gated max-MPNN along sender lists -----------------------------------
+
+@pytest.mark.parametrize('algorithm', ['bfs', 'bellman_ford', 'mst_prim'])
+def test_sender_lists_are_the_encoders_adjacency(algorithm, tmp_path):
+  """aggregation_senders (numpy) lists exactly the pairs the model's dense
+  aggregation reads: the encoders' adjacency plus self-loops."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from dear_jax import batches as batch_lib  # pylint: disable=g-import-not-at-top
+  from dear_jax.nar import StepwiseNAR  # pylint: disable=g-import-not-at-top
+  from tests.conftest import model_config  # pylint: disable=g-import-not-at-top
+  cfg = tiny_data_config(str(tmp_path), extra_test_num_samples=3)
+  batch = splits.load_split(algorithm, 'test', cfg, length=12,
+                            num_samples=3).batches[0]
+  spec = clrs_lib.processed_spec(algorithm)
+  senders = batch_lib.aggregation_senders(batch, spec)
+  model = StepwiseNAR(spec, batch, model_config(hidden=4, processor='gmpnn'),
+                      'none')
+  params = model.init(jax.random.PRNGKey(0), batch)
+  _, _, _, adj = model.encode(params, batch['inputs'], 12)
+  dense = np.maximum(np.asarray(model.adjacency(batch, adj)), np.eye(12))
+  for b in range(senders.shape[0]):
+    for j in range(12):
+      assert set(senders[b, j]) == set(np.flatnonzero(dense[b, :, j]))
+  assert senders.shape[-1] in (6, 8, 12)  # the bucket of the largest degree
+  assert batch_lib.aggregation_senders(
+      splits.load_split('insertion_sort', 'test', cfg).batches[0],
+      clrs_lib.processed_spec('insertion_sort')) is None
+
+
+def test_gated_max_mpnn_along_sender_lists_equals_dense_float64():
+  """Sparse ER graphs, random features and parameters, float64: the sender-
+  list path is the dense path's function (value and gradient); with edge
+  terms precomputed (the NAR's EdgeMaps) as well."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from dear_jax import batches as batch_lib  # pylint: disable=g-import-not-at-top
+  from dear_jax.processors import GatedMaxMPNN  # pylint: disable=g-import-not-at-top
+  spec = {'adj': ('input', 'edge', 'mask')}
+  with jax.enable_x64(True):
+    rng = np.random.RandomState(0)
+    b, n, h = 3, 14, 6
+    adj = (rng.rand(b, n, n) < 0.2).astype(np.float64)
+    senders = batch_lib.aggregation_senders(
+        dict(inputs={'adj': adj}, hints={}, outputs={}, lengths=None), spec)
+    assert senders.shape[-1] < n
+    # aggregation_senders symmetrises the mask, as the encoders do.
+    sym = np.maximum(adj, np.swapaxes(adj, 1, 2))
+    key = jax.random.PRNGKey(1)
+    node, edge, graph, hidden = (jax.random.normal(jax.random.fold_in(key, i),
+                                                   s, jnp.float64)
+                                 for i, s in enumerate([(b, n, h),
+                                                        (b, n, n, h), (b, h),
+                                                        (b, n, h)]))
+    proc = GatedMaxMPNN(hidden=h)
+    params = proc.init(key, node, edge, graph, sym, hidden)
+    params = jax.tree.map(lambda x: x.astype(jnp.float64), params)
+    run = lambda p, a, **kw: proc.apply(p, node, edge, graph, a, hidden,
+                                        **kw)[0]
+    want = run(params, jnp.asarray(sym))
+    got = run(params, jnp.asarray(senders))
+    assert got.dtype == want.dtype == jnp.float64
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    loss = lambda p, a: jnp.sum(jnp.sin(run(p, a)))
+    gw = jax.grad(loss)(params, jnp.asarray(sym))
+    gg = jax.grad(loss)(params, jnp.asarray(senders))
+    for x, y in zip(jax.tree.leaves(gg), jax.tree.leaves(gw)):
+      np.testing.assert_allclose(x, y, rtol=1e-10, atol=1e-12)
+    m_edge = params['params']['m_edge']
+    terms = {'m_edge': edge @ m_edge['kernel'] + m_edge['bias']}
+    np.testing.assert_allclose(
+        run(params, jnp.asarray(senders), edge_terms=terms), want,
+        rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize('kind', ['dear', 'nar'])
+def test_models_on_sender_lists_predict_as_on_the_dense_graph(kind, tmp_path):
+  """DEAR (solver and all) and the stepwise NAR with model.processor=gmpnn:
+  the extra test's batches with sender lists give the dense batches'
+  outputs (float32, to rounding)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  config = tiny_config(tmp_path, kind=kind)
+  config.model.processor = 'gmpnn'
+  config.data.extra_test_num_samples = 2
+  spec = clrs_lib.processed_spec('bfs')
+  evalset = splits.load_extra_test('bfs', 24, train.data_config(config),
+                                   keep_hints=True)
+  batch = evalset.batches[0]
+  assert batch['senders'].shape[-1] < 24
+  dense = {k: v for k, v in batch.items() if k != 'senders'}
+  model = train.build_model(config, spec, dense)
+  params = model.init(jax.random.PRNGKey(0), dense)
+  fwd = lambda b: model.forward(params, b, training=False,
+                                key=jax.random.PRNGKey(0))
+  want, _, aux_want = fwd(dense)
+  got, _, aux_got = fwd(batch)
+  for k in want:
+    np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-4)
+  if kind == 'dear':
+    # the same solve (one iteration apart at most, where rounding crosses
+    # the tolerance)
+    assert np.abs(np.asarray(aux_got['solver'].iterations) -
+                  np.asarray(aux_want['solver'].iterations)).max() <= 1
