@@ -245,3 +245,17 @@ def test_models_on_sender_lists_predict_as_on_the_dense_graph(kind, tmp_path):
     # the tolerance)
     assert np.abs(np.asarray(aux_got['solver'].iterations) -
                   np.asarray(aux_want['solver'].iterations)).max() <= 1
+
+
+def test_eval_sizes_benchmark_scores_lists_and_dense_alike(tmp_path):
+  """benchmarks/eval_sizes.py: dear_paper along sender lists and over all
+  pairs is one model (same score and iterations); the rows name which."""
+  from benchmarks import eval_sizes  # pylint: disable=g-import-not-at-top
+  rows = [eval_sizes.measure(m, 'bfs', 24, hidden=8, graphs=2,
+                             cache_dir=str(tmp_path))
+          for m in ('dear_paper', 'dear_paper_dense')]
+  assert rows[0]['senders_per_node'] < 24
+  assert rows[1]['senders_per_node'] is None
+  assert rows[0]['score'] == rows[1]['score']
+  assert abs(rows[0]['solver_iters_mean'] - rows[1]['solver_iters_mean']) <= 1
+  assert rows[0]['peak_rss_mb'] > 0 and rows[0]['graphs'] == 2
