@@ -34,6 +34,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from dear_jax import batches as batch_lib
 from dear_jax import sections
@@ -98,8 +99,7 @@ def termination_loss(logits, lengths):
   t = jnp.arange(logits.shape[0])[:, None]
   target = (t + 1 < lengths[None] - 1).astype(logits.dtype)
   running = (t < lengths[None] - 1).astype(logits.dtype)
-  bce = (jnp.maximum(logits, 0) - logits * target +
-         jnp.log1p(jnp.exp(-jnp.abs(logits))))
+  bce = optax.sigmoid_binary_cross_entropy(logits, target)
   per_step = (jnp.sum(bce * running, axis=1) /
               jnp.maximum(jnp.sum(running, axis=1), 1))
   has = (jnp.sum(running, axis=1) > 0).astype(logits.dtype)
@@ -204,8 +204,8 @@ class StepwiseNAR(Reasoner):
   def init(self, key, batch):
     params = super().init(key, batch)
     if self.learn_termination:
-      node = next(iter(batch['inputs'].values()))
-      h = jnp.zeros(node.shape[:2] + (self.hidden,))
+      h = jnp.zeros((len(batch['lengths']), batch_lib.num_nodes(batch),
+                     self.hidden))
       params['termination'] = self.termination.init(
           jax.random.fold_in(key, 7), h)['params']
     return params
