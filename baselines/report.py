@@ -268,8 +268,9 @@ def _head_to_head_lines(rows: list, models: list) -> list:
            'Over the algorithms where both finished the same seeds: on how '
            'many the DEAR model\'s mean test score is at least the '
            'baseline\'s, and both means over those algorithms (points; '
-           'difference in brackets). DEAR is told no step count; the stepwise '
-           'models run for the true one.', '',
+           'difference in brackets). DEAR is told no step count, nor is '
+           '`nar_lt` (it learns when to stop); the other stepwise models run '
+           'for the true one.', '',
            '| DEAR model | ' + ' | '.join(f'vs `{b}`' for b in bases) + ' |',
            '|' + '---|' * (len(bases) + 1)]
   pairs_of = {(d, b): head_to_head(rows, d, b) for d in dears for b in bases}

@@ -86,8 +86,10 @@ def measure(model: str, algorithm: str, n: int, hidden: int, graphs: int,
               seconds_per_graph=seconds / evalset.num_samples,
               compile_seconds=compile_s, peak_rss_mb=kb / 1024,
               compiled_mb=None if mb is None else mb['total'],
+              # aggregation along sender lists: the gated max-MPNN only
               senders_per_node=(None if lists[0] is None or
-                                model.endswith('_dense')
+                                model.endswith('_dense') or
+                                config.model.processor != 'gmpnn'
                                 else int(lists[0].shape[-1])),
               score=r['score'], solver_iters_mean=r.get('solver_iters_mean'),
               nar_steps_mean=r.get('nar_steps_mean'),
