@@ -174,10 +174,14 @@ def write_tables(out: str, dest: str | None = None) -> tuple:
   runs = report.collect(out)
   rows = [report.csv_row(r, out) for r in runs]
   report.write_csv(os.path.join(dest, 'results.csv'), rows)
+  sizes = report.size_rows(runs)
+  if sizes:  # runs tested at further sizes (data.extra_test_lengths)
+    report.write_csv(os.path.join(dest, 'results_by_size.csv'), sizes,
+                     report.SIZE_COLUMNS)
   with open(os.path.join(out, 'protocol.json')) as f:
     stored = json.load(f)
   report.write_markdown(os.path.join(dest, 'results.md'), rows,
-                        stored['info'], stored['protocol'])
+                        stored['info'], stored['protocol'], sizes)
   return runs, rows
 
 
@@ -189,7 +193,8 @@ def write_reports(out: str) -> None:
     traces = convergence.cached_traces(out, runs) if runs else []
     written = plots.write_all(os.path.join(out, 'plots'), runs, rows,
                               report.PUBLISHED_TRIPLET_GMPNN,
-                              report.PUBLISHED_LABEL, traces, MODELS)
+                              report.PUBLISHED_LABEL, traces, MODELS,
+                              report.size_rows(runs))
   print(f'{len(rows)} runs: {os.path.join(out, "results.csv")}, '
         f'{os.path.join(out, "results.md")}, '
         f'{len(written)} plots in {os.path.join(out, "plots")}')

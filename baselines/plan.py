@@ -13,20 +13,31 @@ import os
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-MODELS = ('dear', 'dear_cgp', 'dear_align', 'nar', 'nar_nohint',
-          'clrs_official')
+MODELS = ('dear', 'dear_cgp', 'dear_align', 'dear_paper', 'nar',
+          'nar_nohint', 'nar_lt', 'clrs_official')
+# The six models of the DEAR-10 presets.
+DEAR10_MODELS = ('dear', 'dear_cgp', 'dear_align', 'nar', 'nar_nohint',
+                 'clrs_official')
 # dear_jax model_kind and NAR hint mode behind each compared model name.
 MODEL_SETTINGS = {'dear': ('dear', None), 'dear_cgp': ('dear', None),
-                  'dear_align': ('dear', None),
+                  'dear_align': ('dear', None), 'dear_paper': ('dear', None),
                   'nar': ('nar', 'encoded_decoded'),
                   'nar_nohint': ('nar', 'none'),
+                  'nar_lt': ('nar', 'none'),
                   'clrs_official': (None, 'encoded_decoded')}
 # DEAR's own parts on top of the dear config. dear_align is the paper's
 # "DEAR w/ GAS" without GRANOLA (not ported): alignment with DEAR's weight
-# and stochastic extra iterations with DEAR's alpha.
+# and stochastic extra iterations with DEAR's alpha. nar_lt: DEAR's "NAR
+# (LT)", the no-hint NAR that learns when to stop (told no step count).
 MODEL_OVERRIDES = {'dear_cgp': {'dear.cgp': True},
                    'dear_align': {'dear.align_weight': 0.01,
-                                  'dear.stochastic_alpha': 0.1}}
+                                  'dear.stochastic_alpha': 0.1},
+                   'nar_lt': {'nar.learn_termination': True}}
+# Models whose model, solver and optimiser come from a config file of their
+# own (with the sweep's --config overrides): DEAR's release, trained on the
+# sweep's data for the sweep's steps, beside our default `dear`.
+MODEL_FILES = {'dear_paper': ('configs/dear_paper.py',
+                              ('model', 'dear', 'train.learning_rate'))}
 # Models trained against a teacher of the same sweep (same algorithm and
 # seed), which must therefore finish first.
 TEACHERS = {'dear_align': 'nar_nohint'}
@@ -55,13 +66,14 @@ PRESETS = {
     # DEAR-10: our default DEAR (configs/default.py), DEAR + CGP, DEAR +
     # alignment/stochastic iterations (teacher: this sweep's nar_nohint),
     # and the three stepwise baselines, at the paper's budget. For a GPU.
-    'dear10': dict(algorithms=PAPER_ALGORITHMS, models=MODELS, seeds=3,
+    'dear10': dict(algorithms=PAPER_ALGORITHMS, models=DEAR10_MODELS, seeds=3,
                    train_steps=31250, eval_every=313,
                    dear_config='configs/default.py',
                    nar_config='configs/default.py'),
     # The same table at a budget a 2-core CPU finishes in hours per
     # algorithm (resumable across sessions).
-    'dear10-cpu': dict(algorithms=PAPER_ALGORITHMS, models=MODELS, seeds=1,
+    'dear10-cpu': dict(algorithms=PAPER_ALGORITHMS, models=DEAR10_MODELS,
+                       seeds=1,
                        train_steps=1000, eval_every=100,
                        dear_config='configs/default.py',
                        nar_config='configs/default.py'),
@@ -150,9 +162,11 @@ def resolve(args) -> Plan:
                          ('eval_every', pick(args.eval_every, 'eval_every'))))
   if train_steps < 1 or eval_every < 1:
     raise CompareError('--train_steps and --eval_every must be >= 1')
+  base.update({m: load_config_file(path) for m, (path, _) in
+               MODEL_FILES.items() if m in models})
   base = {k: apply_overrides(c, args.config_overrides)
           for k, c in base.items()}
-  for config in base.values():
+  for config in base.values():  # the sweep's steps (own files' too)
     config.train.steps = train_steps
     config.train.eval_every = eval_every
     if args.cache_dir:
@@ -170,6 +184,12 @@ def resolve(args) -> Plan:
       continue
     config = copy.deepcopy(base[kind])
     config.model_kind = kind
+    if model in MODEL_FILES:
+      for key in MODEL_FILES[model][1]:
+        section, _, name = key.partition('.')
+        own = base[model][section]
+        for k in ([name] if name else list(own.keys())):
+          config[section][k] = copy.deepcopy(own[k])
     if hint_mode is not None:
       config.nar.hint_mode = hint_mode
     for key, value in MODEL_OVERRIDES.get(model, {}).items():

@@ -16,7 +16,8 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
 COLORS = {'dear': 'tab:red', 'nar': 'tab:blue', 'nar_nohint': 'tab:cyan',
-          'clrs_official': 'tab:green'}
+          'clrs_official': 'tab:green', 'dear_paper': 'tab:orange',
+          'nar_lt': 'tab:purple'}
 
 
 def _color(model: str, i: int):
@@ -231,8 +232,43 @@ def score_by_tolerance(path: str, runs: list, order=()) -> str | None:
   return _save(fig, path)
 
 
+def by_size(path: str, rows: list, order=()) -> str:
+  """Per algorithm, test score and inference time per graph against n (the
+  official test and data.extra_test_lengths), one line per model, means
+  over seeds; `rows`: report.size_rows."""
+  algorithms = sorted({r['algorithm'] for r in rows})
+  models = _ordered({r['model'] for r in rows}, order)
+  fig, axes = plt.subplots(2, len(algorithms),
+                           figsize=(4.2 * len(algorithms), 6.4),
+                           squeeze=False)
+  for j, a in enumerate(algorithms):
+    for i, m in enumerate(models):
+      mine = [r for r in rows if r['algorithm'] == a and r['model'] == m]
+      sizes = sorted({r['nodes'] for r in mine})
+      if not sizes:
+        continue
+      for ax, key, scale in ((axes[0][j], 'test_score', 100),
+                             (axes[1][j], 'eval_seconds_per_graph', 1e3)):
+        ax.plot(sizes, [scale * np.mean([r[key] for r in mine
+                                         if r['nodes'] == n]) for n in sizes],
+                'o-', color=_color(m, i), label=m)
+    for ax, label in ((axes[0][j], 'test score (%)'),
+                      (axes[1][j], 'inference ms per graph (log)')):
+      ax.set_xscale('log', base=2)
+      ax.set_xlabel('graph size n (log)')
+      ax.set_ylabel(label)
+      ax.grid(alpha=0.3)
+    axes[1][j].set_yscale('log')
+    axes[0][j].set_title(a)
+    axes[0][j].legend(fontsize=7)
+  fig.suptitle('Test score and time against graph size (means over seeds)',
+               fontsize=10)
+  return _save(fig, path)
+
+
 def write_all(out_dir: str, runs: list, rows: list, published: dict,
-              published_label: str, traces: list, order=()) -> list:
+              published_label: str, traces: list, order=(),
+              size_rows=()) -> list:
   """Writes every figure the data allows; returns the paths written."""
   os.makedirs(out_dir, exist_ok=True)
   written = []
@@ -253,4 +289,7 @@ def write_all(out_dir: str, runs: list, rows: list, published: dict,
   if traces:
     written.append(convergence(os.path.join(out_dir, 'convergence.png'),
                                traces))
+  if size_rows:
+    written.append(by_size(os.path.join(out_dir, 'by_size.png'), size_rows,
+                           order))
   return written

@@ -53,8 +53,8 @@ PUBLISHED_LABEL = 'Triplet-GMPNN (Ibarz et al. 2022)'
 # Issue goals for DEAR's answer (README, "Equilibrium"): converged share,
 # distance to H*, score spread over tolerances (points).
 FIXED_POINT_GOALS = dict(converged=0.99, distance=0.05, spread=0.5)
-DEAR_MODELS = ('dear', 'dear_cgp', 'dear_align')
-STEPWISE_MODELS = ('nar_nohint', 'nar', 'clrs_official')
+DEAR_MODELS = ('dear', 'dear_cgp', 'dear_align', 'dear_paper')
+STEPWISE_MODELS = ('nar_nohint', 'nar_lt', 'nar', 'clrs_official')
 
 CSV_COLUMNS = ('algorithm', 'model', 'seed', 'test_score', 'val_score',
                'train_seconds', 'train_steps_per_second',
@@ -135,14 +135,88 @@ def csv_row(run: dict, out: str) -> dict:
               hardware=r.get('hardware', ''))
 
 
-def write_csv(path: str, rows: list) -> None:
+def write_csv(path: str, rows: list, columns=CSV_COLUMNS) -> None:
   with open(path, 'w', newline='') as f:
-    w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+    w = csv.DictWriter(f, fieldnames=columns)
     w.writeheader()
     for row in rows:
       w.writerow({k: ('' if _number(v) is None and k not in
                       ('algorithm', 'model', 'hardware') else v)
                   for k, v in row.items()})
+
+
+# results_by_size.csv: one row per run and test size, the official test
+# (n=64) and each of data.extra_test_lengths, for the runs that have those.
+SIZE_COLUMNS = ('algorithm', 'model', 'seed', 'nodes', 'graphs', 'batch_size',
+                'test_score', 'eval_seconds_per_graph', 'solver_iters_mean',
+                'nonconverged_fraction', 'nar_steps_mean',
+                'nar_cap_hit_fraction', 'algo_steps_mean', 'hardware')
+_SIZE_KEYS = ('solver_iters_mean', 'nonconverged_fraction', 'nar_steps_mean',
+              'nar_cap_hit_fraction', 'algo_steps_mean')
+
+
+def size_rows(runs: list) -> list:
+  """Per run with results.json 'extra_tests': its official test and each
+  extra size as rows of SIZE_COLUMNS, by n."""
+  out = []
+  for run in runs:
+    r = run['results']
+    extra = r.get('extra_tests')
+    if not extra:
+      continue
+    base = dict(algorithm=run['algorithm'], model=run['model'],
+                seed=run['seed'], hardware=r.get('hardware', ''))
+    tests = [dict(nodes=r.get('test_nodes'), graphs=r.get('test_graphs'),
+                  batch_size=None, test_score=r['test_score'],
+                  eval_seconds_per_graph=r['eval_seconds_per_graph'],
+                  **{k: r.get(k) for k in _SIZE_KEYS})]
+    tests += [dict(nodes=e['nodes'], graphs=e['graphs'],
+                   batch_size=e.get('batch_size'), test_score=e['score'],
+                   eval_seconds_per_graph=e['eval_seconds_per_graph'],
+                   **{k: e.get(k) for k in _SIZE_KEYS})
+              for e in extra.values()]
+    out += [dict(base, **t) for t in sorted(tests, key=lambda t: t['nodes'])]
+  return out
+
+
+def _size_lines(rows: list, models: list) -> list:
+  """results.md: score, time and iterations or steps against n."""
+  if not rows:
+    return []
+  sizes = sorted({r['nodes'] for r in rows})
+  lines = ['', '## Test score and time against n', '',
+           'The best parameters on the official test (n=64) and on test sets '
+           'of further sizes (data.extra_test_lengths; dm-clrs\'s samplers '
+           'with the official test seed, the same graphs for every model). '
+           'Each cell: score % / ms per graph / DEAR\'s solver iterations or '
+           '`nar_lt`\'s steps, then the true steps in brackets; means over '
+           'seeds (n = seeds where more than one). results_by_size.csv has '
+           'every value.', '',
+           '| algorithm | model | ' + ' | '.join(f'n={n}' for n in sizes)
+           + ' |', '|' + '---|' * (len(sizes) + 2)]
+  for a in sorted({r['algorithm'] for r in rows}):
+    for m in models:
+      mine = [r for r in rows if r['algorithm'] == a and r['model'] == m]
+      if not mine:
+        continue
+      cells = []
+      for n in sizes:
+        at = [r for r in mine if r['nodes'] == n]
+        if not at:
+          cells.append('–')
+          continue
+        mean = lambda k, at=at: mean_std([r[k] for r in at])[0]
+        score, ms = mean('test_score'), mean('eval_seconds_per_graph')
+        steps = mean('solver_iters_mean')
+        if steps is None:
+          steps = mean('nar_steps_mean')
+        cells.append(
+            f'{100 * score:.1f} / {1e3 * ms:.1f}'
+            + ('' if steps is None else f' / {steps:.1f}')
+            + f' ({mean("algo_steps_mean"):.1f})'
+            + (f', n={len(at)}' if len(at) != 1 else ''))
+      lines.append(f'| {a} | `{m}` | ' + ' | '.join(cells) + ' |')
+  return lines
 
 
 def mean_std(values: list):
@@ -196,8 +270,9 @@ def _head_to_head_lines(rows: list, models: list) -> list:
            'Over the algorithms where both finished the same seeds: on how '
            'many the DEAR model\'s mean test score is at least the '
            'baseline\'s, and both means over those algorithms (points; '
-           'difference in brackets). DEAR is told no step count; the stepwise '
-           'models run for the true one.', '',
+           'difference in brackets). DEAR is told no step count, nor is '
+           '`nar_lt` (it learns when to stop); the other stepwise models run '
+           'for the true one.', '',
            '| DEAR model | ' + ' | '.join(f'vs `{b}`' for b in bases) + ' |',
            '|' + '---|' * (len(bases) + 1)]
   pairs_of = {(d, b): head_to_head(rows, d, b) for d in dears for b in bases}
@@ -344,7 +419,9 @@ def _hardware_line(info: dict, rows: list) -> str:
   return '\n'.join(lines)
 
 
-def write_markdown(path: str, rows: list, info: dict, protocol: dict) -> None:
+def write_markdown(path: str, rows: list, info: dict, protocol: dict,
+                   sizes: list = ()) -> None:
+  """results.md; `sizes`: `size_rows` of the runs (its section when any)."""
   algorithms = sorted({r['algorithm'] for r in rows})
   present = {r['model'] for r in rows}
   models = [m for m in MODELS if m in present] + sorted(present - set(MODELS))
@@ -379,6 +456,7 @@ def write_markdown(path: str, rows: list, info: dict, protocol: dict) -> None:
   lines += _head_to_head_lines(rows, models)
   lines += _fixed_point_goal_lines(rows, models)
   lines += _parts_lines(rows, models)
+  lines += _size_lines(list(sizes), models)
 
   def table(title, metric, scale, digits, note=''):
     t = cells(metric, scale, digits)

@@ -35,6 +35,11 @@ def get_config():
       # element (CLRS clamps that answer to n-1). Changes train, val and test
       # data and their cache keys; the test split is then no longer CLRS's.
       better_search=False,
+      # After the official test: the best parameters on fresh CLRS test sets
+      # of these sizes (DEAR: 128,256,512), extra_test_num_samples graphs
+      # each; results.json 'extra_tests'. Evaluation batches shrink with n.
+      extra_test_lengths=(),
+      extra_test_num_samples=100,
   ))
 
   c.model = ml_collections.ConfigDict(dict(
@@ -46,6 +51,12 @@ def get_config():
 
   c.nar = ml_collections.ConfigDict(dict(
       hint_mode='encoded_decoded',  # 'encoded_decoded' | 'decoded_only' | 'none'
+      # DEAR's NAR (LT) (hint_mode 'none' only): a head learns when to stop;
+      # tests run until it says stop, told no step count, capped at
+      # ceil(max_steps_factor * n) steps (6: above every DEAR algorithm's
+      # true count, SCC's ~6n the longest). results.json reports the steps.
+      learn_termination=False,
+      max_steps_factor=6.0,
   ))
 
   # DEAR's equilibrium settings, chosen by the screen in results/equilibrium

@@ -113,3 +113,33 @@ def load(path: str) -> Batch:
     raise ValueError(f'{path} cannot be read ({type(e).__name__}); delete it '
                      '(a cache file, made again)') from None
   return batch
+
+
+def aggregation_senders(batch: Batch, spec: Spec) -> np.ndarray | None:
+  """[B, N, K] int32: row j of graph b lists the nodes that send to j in the
+  gated max-MPNN (itself, and i wherever the encoders' adjacency has (i, j):
+  the symmetrised edge-mask inputs and node-pointer inputs), padded with j
+  (a repeated sender leaves a max unchanged). K is the largest in-degree
+  rounded up to `time_bucket`'s grid (few distinct shapes), at most N. None
+  for algorithms without an `adj` input, whose graph is complete."""
+  inputs = batch['inputs']
+  if 'adj' not in inputs:
+    return None
+  n = num_nodes(batch)
+  adj = np.zeros(inputs['adj'].shape[:1] + (n, n), bool)
+  for name, data in inputs.items():
+    _, loc, type_ = spec[name]
+    if loc == 'node' and type_ in ('pointer', 'permutation_pointer'):
+      data = np.eye(n, dtype=bool)[np.asarray(data)]
+      adj |= data | np.swapaxes(data, 1, 2)
+    elif loc == 'edge' and type_ == 'mask':
+      adj |= (data + np.swapaxes(data, 1, 2)) > 0
+  adj |= np.eye(n, dtype=bool)[None]
+  k = min(n, time_bucket(int(adj.sum(axis=1).max())))
+  out = np.broadcast_to(np.arange(n, dtype=np.int32)[None, :, None],
+                        adj.shape[:2] + (k,)).copy()
+  for b in range(adj.shape[0]):
+    for j in range(n):
+      src = np.flatnonzero(adj[b, :, j])
+      out[b, j, :len(src)] = src
+  return out

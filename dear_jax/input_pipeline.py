@@ -42,11 +42,14 @@ class DataConfig(sections.Section):
   cache_dir: str = '~/.cache/dear_jax/datasets'
   recorded_stream: bool = False  # replay training batches recorded on disk
   better_search: bool = False  # binary_search: DEAR's BetterSearchSampler
+  # Tests after the official one (splits.load_extra_test): sizes, graphs each.
+  extra_test_lengths: tuple = ()
+  extra_test_num_samples: int = 100
 
   def __post_init__(self):
     super().__post_init__()
-    object.__setattr__(self, 'train_sizes',
-                       tuple(int(s) for s in self.train_sizes))
+    for name in ('train_sizes', 'extra_test_lengths'):
+      object.__setattr__(self, name, tuple(int(s) for s in getattr(self, name)))
 
   @classmethod
   def check(cls, v, prefix: str) -> None:
@@ -63,6 +66,14 @@ class DataConfig(sections.Section):
       if n is not None and not (isinstance(n, numbers.Integral) and n > 0):
         raise ValueError(f'{prefix}{name} must be positive, or None for the '
                          f'official count, got {n!r}')
+    extra = v.extra_test_lengths
+    if not (isinstance(extra, (tuple, list)) and all(
+        isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 4
+        for s in extra) and len(set(extra)) == len(extra)):
+      raise ValueError(f'{prefix}extra_test_lengths must be distinct graph '
+                       f'sizes >= 4 (e.g. 128,256,512), got {extra!r}')
+    sections.int_at_least(f'{prefix}extra_test_num_samples',
+                          v.extra_test_num_samples, 1)
 
 
 def training_sizes(algorithm: str, sizes: Sequence[int]) -> tuple:

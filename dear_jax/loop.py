@@ -98,6 +98,7 @@ class Run:
                hints: bool, test_key: str, checkpoints: bool = True,
                config=None):
     self.workdir, self.seed, self.config = workdir, int(seed), config
+    self.dcfg = dcfg
     os.makedirs(workdir, exist_ok=True)
     self.stream = input_pipeline.train_stream(algorithm, dcfg, self.seed,
                                               keep_hints=hints,
@@ -162,7 +163,7 @@ class Run:
 
 
 TIMINGS = ('compile_seconds', 'train_seconds', 'validate_seconds',
-           'test_seconds', 'checks_seconds')
+           'test_seconds', 'checks_seconds', 'extra_tests_seconds')
 FETCH_EVERY = 25  # updates between two fetches of the losses, at most
 PREFETCH = 2  # training batches drawn ahead per run (0: drawn when needed)
 
@@ -198,7 +199,7 @@ class _Phase:
       t = run.meta['timings']
       t['compile_seconds'] += compiling
       if self.name:
-        t[self.name] += max(self.wall - compiling, 0.0)
+        t[self.name] = t.get(self.name, 0.0) + max(self.wall - compiling, 0.0)
     return self.wall
 
 
@@ -409,6 +410,12 @@ def _results(learner: Learner, run: Run, test_set, steps: int,
       hardware=profiling.hardware_line())
   with _Phase(clock, [run], 'checks_seconds'):
     learner.results(results, run, best_params, test, test_set)
+  with _Phase(clock, [run], 'extra_tests_seconds'):
+    if getattr(run.dcfg, 'extra_test_lengths', ()):
+      from dear_jax import extra_tests  # pylint: disable=g-import-not-at-top
+      results['extra_tests'] = extra_tests.evaluate_sizes(
+          learner, best_params, algorithm, run.dcfg,
+          keep_hints=bool(test_set.batches[0]['hints']))
   results['timings'] = dict(meta['timings'])
   write_results(run.workdir, results)
   return results

@@ -20,7 +20,7 @@ from dear_jax import losses
 from dear_jax import sections
 from dear_jax.decoders import Decoders, postprocess
 from dear_jax.encoders import ENCODER_INITS, Encoders
-from dear_jax.processors import build_processor, check_processor
+from dear_jax.processors import GatedMaxMPNN, build_processor, check_processor
 from dear_jax.specs import Type
 
 
@@ -71,7 +71,11 @@ class Reasoner:
   def adjacency(self, batch: dict, adj_from_encoders):
     """Aggregation graph for processors that use one: the input graph's
     edges (+ pointer edges, as dm-clrs accumulates them), or all pairs for
-    algorithms without an `adj` input (arrays, strings), as DEAR does."""
+    algorithms without an `adj` input (arrays, strings), as DEAR does. For
+    the gated max-MPNN, a batch's 'senders' (the same graph as sender lists,
+    `batches.aggregation_senders`; large test graphs) replace it."""
+    if 'senders' in batch and isinstance(self.processor, GatedMaxMPNN):
+      return jnp.asarray(batch['senders'])
     if 'adj' in batch['inputs']:
       return (adj_from_encoders > 0).astype(jnp.float32)
     return jnp.ones_like(adj_from_encoders)

@@ -14,20 +14,34 @@ at (dm-clrs decodes them at every step and freezes the logits; a decoder of
 frozen inputs is the frozen decoder). Gumbel noise of permutation outputs is
 drawn at every step and frozen with them, so training draws the same noise
 as a per-step decode would.
+
+With `nar.learn_termination` (DEAR's "NAR (LT)", no hints only) a termination
+head, a linear map of the max-pooled node states to one "continue" logit,
+reads the state after every step. Training runs the true number of steps
+(as DEAR's release does) and adds the binary cross-entropy of the head
+against the true continue flag (`termination_loss`). Evaluation ignores the
+batch's lengths and hints: every graph runs until its head says stop (logit
+<= 0; its outputs are those of the step it stopped at) or until the cap
+ceil(max_steps_factor * n), a function of the graph size only.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+import optax
 
 from dear_jax import batches as batch_lib
 from dear_jax import sections
 from dear_jax.decoders import Decoders, edge_layer, gumbel_probe, postprocess
 from dear_jax.encoders import POINTERS, Encoders, expand_pointer
 from dear_jax.model import Reasoner
+from dear_jax.processors import torch_uniform
 
 HINT_MODES = ('encoded_decoded', 'decoded_only', 'none')
 
@@ -43,10 +57,70 @@ class NarConfig(sections.Section):
   """The `nar` section, checked."""
   PREFIX = 'nar.'
   hint_mode: str = 'encoded_decoded'  # HINT_MODES
+  learn_termination: bool = False     # DEAR's NAR (LT); hint_mode 'none'
+  max_steps_factor: float = 6.0       # LT's cap: ceil(factor * n) steps
 
   @classmethod
   def check(cls, v, prefix: str) -> None:
     hint_flags(v.hint_mode, f'{prefix}hint_mode')
+    if not isinstance(v.learn_termination, bool):
+      raise ValueError(f'{prefix}learn_termination must be True or False, '
+                       f'got {v.learn_termination!r}')
+    if v.learn_termination and v.hint_mode != 'none':
+      raise ValueError(f'{prefix}learn_termination=True needs {prefix}'
+                       f'hint_mode=none (DEAR\'s NAR (LT) has no hints), got '
+                       f'{v.hint_mode!r}')
+    sections.positive(f'{prefix}max_steps_factor', v.max_steps_factor)
+
+
+def step_cap(nb_nodes: int, factor: float) -> int:
+  """The learnt-termination loop's cap: ceil(factor * n), at least 1. A
+  function of the graph size only, never of the graph's true step count;
+  the default 6 covers the longest of DEAR's ten algorithms (SCC, about 6n
+  steps; DFS and DAG shortest paths about 3n; the rest n or fewer)."""
+  return max(1, math.ceil(factor * nb_nodes))
+
+
+class TerminationHead(nn.Module):
+  """DEAR's termination network: Linear(H -> 1) on the max over nodes."""
+
+  @nn.compact
+  def __call__(self, hidden):
+    pooled = jnp.max(hidden, axis=1)
+    return nn.Dense(1, kernel_init=torch_uniform, name='linear')(pooled)[:, 0]
+
+
+def termination_loss(logits, lengths):
+  """DEAR's `get_termination_loss`: logits [S, B] read after processor
+  steps 1..S. At step t (0-based) graph b is still running while
+  t < lengths_b - 1 and should continue while t + 1 < lengths_b - 1; the
+  loss is the mean over steps with a running graph of the mean BCE over
+  the running graphs."""
+  t = jnp.arange(logits.shape[0])[:, None]
+  target = (t + 1 < lengths[None] - 1).astype(logits.dtype)
+  running = (t < lengths[None] - 1).astype(logits.dtype)
+  bce = optax.sigmoid_binary_cross_entropy(logits, target)
+  per_step = (jnp.sum(bce * running, axis=1) /
+              jnp.maximum(jnp.sum(running, axis=1), 1))
+  has = (jnp.sum(running, axis=1) > 0).astype(logits.dtype)
+  return jnp.sum(per_step * has) / jnp.maximum(jnp.sum(has), 1)
+
+
+def termination_summary(steps, capped, lengths, cap: int) -> dict:
+  """results.json's account of learnt termination on a split: steps taken
+  against the true steps (lengths - 1, at least 1, as the NAR told the
+  lengths runs), per graph and summarised."""
+  steps = np.asarray(steps, np.int64)
+  true = np.maximum(np.asarray(lengths, np.int64) - 1, 1)
+  return dict(
+      nar_steps_mean=float(steps.mean()),
+      nar_true_steps_mean=float(true.mean()),
+      nar_stopped_early_fraction=float((steps < true).mean()),
+      nar_stopped_exact_fraction=float((steps == true).mean()),
+      nar_stopped_late_fraction=float((steps > true).mean()),
+      nar_step_cap=int(cap),
+      nar_cap_hit_fraction=float(np.asarray(capped, bool).mean()),
+      nar_steps=steps.tolist(), nar_true_steps=true.tolist())
 
 
 def _freeze(lengths, step, new, old):
@@ -115,11 +189,35 @@ class EdgeMaps:
 
 class StepwiseNAR(Reasoner):
 
-  def __init__(self, spec, sample_batch, cfg, hint_mode: str):
+  def __init__(self, spec, sample_batch, cfg, hint_mode: str,
+               learn_termination: bool = False, max_steps_factor: float = 6.0):
     """cfg: a model.ModelConfig (or the `model` section)."""
+    NarConfig(hint_mode=hint_mode, learn_termination=learn_termination,
+              max_steps_factor=max_steps_factor)  # checks them
     self.encode_hints, self.decode_hints = hint_flags(hint_mode)
     self.hint_mode = hint_mode
+    self.learn_termination = bool(learn_termination)
+    self.max_steps_factor = float(max_steps_factor)
+    self.termination = TerminationHead()
     super().__init__(spec, sample_batch, cfg)
+
+  def init(self, key, batch):
+    params = super().init(key, batch)
+    if self.learn_termination:
+      h = jnp.zeros((len(batch['lengths']), batch_lib.num_nodes(batch),
+                     self.hidden))
+      params['termination'] = self.termination.init(
+          jax.random.fold_in(key, 7), h)['params']
+    return params
+
+  def continue_logits(self, params, hidden):
+    """[B] logits of the termination head: continue while > 0."""
+    return self.termination.apply({'params': params['termination']}, hidden)
+
+  def loss(self, params, batch, key, step=None):
+    """Reasoner.loss plus, with learnt termination, `termination_loss`."""
+    loss, aux = super().loss(params, batch, key, step)
+    return loss + aux.get('termination_loss', 0.0), aux
 
   def _encode_fed(self, params, node0, graph0, fed, nb_nodes):
     """Node and graph features of a step (its edge features: EdgeMaps)."""
@@ -130,10 +228,9 @@ class StepwiseNAR(Reasoner):
 
   def forward(self, params, batch, *, training, key):
     nb_nodes = batch_lib.num_nodes(batch)
-    nb_steps = max(1, batch_lib.num_steps(batch) - 1)
-    lengths = batch['lengths']
     # The input edge features are only read through EdgeMaps.
     node0, _, graph0, adj = self.encode(params, batch['inputs'], nb_nodes)
+    batch_size = node0.shape[0]
     adj = self.adjacency(batch, adj)
     fed_names = tuple(batch['hints']) if self.encode_hints else ()
     proc_layers = [n for n in self.processor.EDGE_LAYERS
@@ -157,7 +254,7 @@ class StepwiseNAR(Reasoner):
       noise = {}
       if draws_noise:  # as a decode of all probes at this step would draw
         noise = self.decoders.apply(
-            {'params': params['decoders']}, lengths.shape[0], nb_nodes,
+            {'params': params['decoders']}, batch_size, nb_nodes,
             method=Decoders.draw_gumbel, rngs={'gumbel': step_key})
       hint_preds = {}
       if self.decode_hints:
@@ -172,9 +269,29 @@ class StepwiseNAR(Reasoner):
         ends['tri'] = tri
       return h_new, hint_preds, ends
 
+    def decode_ends(ends):
+      node, graph = self._encode_fed(params, node0, graph0, ends['fed'],
+                                     nb_nodes)
+      outs, _ = self.decode(
+          params, node, ends['h_prev'], ends['h_new'], None, ends.get('tri'),
+          graph, training, key, names=self.output_names,
+          edge_terms=out_maps(ends['fed'], nb_nodes)['decoders'],
+          gumbel=ends['noise'])
+      return outs
+
+    if self.learn_termination and not training:
+      # Told nothing of the true steps: neither lengths nor hints are read.
+      ends, aux = self._until_stop(params, step, jnp.zeros(node0.shape),
+                                   step_cap(nb_nodes, self.max_steps_factor))
+      return decode_ends(ends), None, aux
+
+    lengths = batch['lengths']
+    nb_steps = max(1, batch_lib.num_steps(batch) - 1)
     first = (_as_fed(self.spec, {k: v[0] for k, v in batch['hints'].items()},
                      nb_nodes, node0.dtype) if self.encode_hints else {})
     hidden, hint_preds, ends = step(jnp.zeros(node0.shape), 0, first)
+    head = lambda h: (self.continue_logits(params, h) if
+                      self.learn_termination else jnp.zeros(h.shape[:1]))
 
     def body(carry, i):
       hidden, hint_preds, ends = carry
@@ -183,20 +300,46 @@ class StepwiseNAR(Reasoner):
       hidden, hint_preds, new_ends = step(hidden, i, fed)
       ends = jax.tree_util.tree_map(
           lambda n, o: _freeze(lengths, i, n, o), new_ends, ends)
-      return (hidden, hint_preds, ends), hint_preds
+      return (hidden, hint_preds, ends), (hint_preds, head(hidden))
 
-    (_, _, ends), later_hints = jax.lax.scan(
+    (_, _, ends), (later_hints, later_logits) = jax.lax.scan(
         body, (hidden, hint_preds, ends), jnp.arange(1, nb_steps))
-    node, graph = self._encode_fed(params, node0, graph0, ends['fed'],
-                                   nb_nodes)
-    outs, _ = self.decode(
-        params, node, ends['h_prev'], ends['h_new'], None, ends.get('tri'),
-        graph, training, key, names=self.output_names,
-        edge_terms=out_maps(ends['fed'], nb_nodes)['decoders'],
-        gumbel=ends['noise'])
+    outs = decode_ends(ends)
     stacked = None
     if self.decode_hints:
       stacked = jax.tree_util.tree_map(
           lambda first, rest: jnp.concatenate([first[None], rest]),
           hint_preds, later_hints)
-    return outs, stacked, {}
+    aux = {}
+    if self.learn_termination:
+      logits = jnp.concatenate([head(hidden)[None], later_logits])
+      aux['termination_loss'] = termination_loss(logits, lengths)
+    return outs, stacked, aux
+
+  def _until_stop(self, params, step, h0, cap: int):
+    """Steps every graph until its head says stop or `cap` steps: (the
+    decoder inputs of each graph's last step, {'nar_steps': [B] steps
+    taken, 'nar_capped': [B] still running at the cap, 'nar_step_cap'})."""
+    hidden, _, ends = step(h0, 0, {})
+    running = self.continue_logits(params, hidden) > 0
+    steps = jnp.ones(running.shape, jnp.int32)
+
+    def cond(carry):
+      i, _, _, running, _ = carry
+      return (i < cap) & jnp.any(running)
+
+    def body(carry):
+      i, hidden, ends, running, steps = carry
+      hidden, _, new_ends = step(hidden, i, {})
+      ends = jax.tree_util.tree_map(
+          lambda n, o: jnp.where(
+              running.reshape(running.shape + (1,) * (n.ndim - 1)), n, o),
+          new_ends, ends)
+      steps = steps + running.astype(jnp.int32)
+      running = running & (self.continue_logits(params, hidden) > 0)
+      return i + 1, hidden, ends, running, steps
+
+    _, _, ends, running, steps = jax.lax.while_loop(
+        cond, body, (jnp.asarray(1), hidden, ends, running, steps))
+    return ends, dict(nar_steps=steps, nar_capped=running,
+                      nar_step_cap=jnp.asarray(cap))

@@ -130,7 +130,12 @@ class GatedMaxMPNN(nn.Module):
   included) messages run only along those K edges, [B, N, K, H] instead of
   [B, N, N, H], and `adj` is not read: the same function on a sparse graph
   (the 4-regular Cayley graphs of CGP), K/N of the work. `edge_fts` is then
-  [B, N, K, F] or broadcasts to it."""
+  [B, N, K, F] or broadcasts to it.
+
+  An integer `adj` ([B, N, K], `batches.aggregation_senders`) is each
+  graph's own sender lists, self included: the same function as the dense
+  [B, N, N] adjacency it lists, with K-wide message arrays; `edge_fts` (or
+  edge_terms['m_edge']) stays [B, N, N, .] and is gathered along the lists."""
   hidden: int
   gate_bias: float = 0.0    # DEAR: no gate bias
   EDGE_LAYERS = ('m_edge',)
@@ -144,10 +149,22 @@ class GatedMaxMPNN(nn.Module):
     z = jnp.concatenate([node_fts, hidden], axis=-1)
     receiver = dense(h, 'm_receiver')(z)
     sender = dense(h, 'm_sender')(z)
-    edge = (dense(h, 'm_edge')(edge_fts) if edge_terms is None
-            else edge_terms['m_edge'])
+    lists = neighbours is None and jnp.issubdtype(adj.dtype, jnp.integer)
+    if lists:  # sender lists: edges i -> j gathered to [:, j, k]
+      along = jax.vmap(lambda x, idx: jnp.take_along_axis(
+          x, idx[..., None], axis=1))
+      gather = lambda e: along(jnp.swapaxes(e, 1, 2), adj)
+      edge = (dense(h, 'm_edge')(gather(edge_fts)) if edge_terms is None
+              else gather(edge_terms['m_edge']))
+    else:
+      edge = (dense(h, 'm_edge')(edge_fts) if edge_terms is None
+              else edge_terms['m_edge'])
     graph = dense(h, 'm_graph')(graph_fts)[:, None, None]
-    if neighbours is None:
+    if lists:
+      msgs = (receiver[:, :, None] + jax.vmap(lambda s, i: s[i])(sender, adj)
+              + edge + graph)
+      aggregate = lambda m: jnp.max(m, axis=2)
+    elif neighbours is None:
       # Message on edge i -> j at [:, i, j], from sender i and receiver j.
       msgs = receiver[:, None, :] + sender[:, :, None] + edge + graph
       with_self = jnp.maximum(adj, jnp.eye(node_fts.shape[1])[None])

@@ -64,11 +64,19 @@ def split_size(algorithm: str, split: str, cfg: DataConfig) -> int:
 
 
 def _split_protocol(algorithm: str, split: str, cfg: DataConfig,
-                    seed: int) -> dict:
+                    seed: int, length: int | None = None,
+                    num_samples: int | None = None) -> dict:
   """Every parameter that determines a split's content. `better_search` is
   a key only where it changes the data, so the keys of every other split
-  (and cache file names) are those of before the option existed."""
+  (and cache file names) are those of before the option existed. A test
+  split of another `length` and `num_samples` is drawn as the official one
+  (same seed and sampler settings)."""
   protocol = _base_split_protocol(algorithm, split, cfg, seed)
+  if split == 'test':
+    if length is not None:
+      protocol['length'] = int(length)
+    if num_samples is not None:
+      protocol['num_samples'] = int(num_samples)
   if clrs_lib.uses_better_search(algorithm, cfg.better_search):
     protocol['better_search'] = True
   return protocol
@@ -122,9 +130,13 @@ def _take(batch: Batch, idx: np.ndarray, num_steps: int) -> Batch:
 
 
 def load_split(algorithm: str, split: str, cfg: DataConfig, seed: int = 0,
-               keep_hints: bool = True) -> EvalSet:
-  """The validation (depends on seed) or official test split, cached on disk."""
-  protocol = _split_protocol(algorithm, split, cfg, seed)
+               keep_hints: bool = True, length: int | None = None,
+               num_samples: int | None = None,
+               batch_size: int | None = None) -> EvalSet:
+  """The validation (depends on seed) or official test split, cached on disk;
+  for 'test', `length` and `num_samples` draw it at another size and count.
+  Batches of `batch_size` graphs (default data.eval_batch_size)."""
+  protocol = _split_protocol(algorithm, split, cfg, seed, length, num_samples)
   key = clrs_lib.protocol_key(protocol)
   cache_dir = os.path.expanduser(cfg.cache_dir)
   os.makedirs(cache_dir, exist_ok=True)
@@ -136,7 +148,7 @@ def load_split(algorithm: str, split: str, cfg: DataConfig, seed: int = 0,
     full = _generate(protocol)
     batch_lib.save(path, full)
   n = len(full['lengths'])
-  bs = cfg.eval_batch_size
+  bs = batch_size or cfg.eval_batch_size
   t = batch_lib.time_bucket(int(full['lengths'].max()))
   if not keep_hints:
     full = dict(full, hints={})
@@ -148,3 +160,31 @@ def load_split(algorithm: str, split: str, cfg: DataConfig, seed: int = 0,
   return EvalSet(batches=batches, num_samples=n, outputs=full['outputs'],
                  lengths=full['lengths'], spec=clrs_lib.processed_spec(algorithm),
                  key=key)
+
+
+def eval_batch_size(nb_nodes: int, cfg: DataConfig) -> int:
+  """Graphs per evaluation batch at size n: data.eval_batch_size, shrunk so
+  that a batch holds no more node pairs than the official test's batches
+  (eval_batch_size graphs of n = test_length). The models' largest arrays
+  are per pair ([B, n, n, hidden] messages), so memory stays that of the
+  official test: at n=512 one graph per batch (32 at n=64)."""
+  pairs = cfg.eval_batch_size * max(cfg.test_length, 1) ** 2
+  return max(1, min(cfg.eval_batch_size, pairs // (nb_nodes * nb_nodes)))
+
+
+def load_extra_test(algorithm: str, nb_nodes: int, cfg: DataConfig,
+                    keep_hints: bool = True) -> EvalSet:
+  """data.extra_test_num_samples graphs of size `nb_nodes`, drawn with the
+  official test split's sampler and seed (DEAR tests at 128, 256, 512), in
+  batches of `eval_batch_size(nb_nodes, cfg)`; cached like every split.
+  Where a batch's graphs are not complete, it also holds their sender lists
+  ('senders', `batches.aggregation_senders`), which the gated max-MPNN
+  aggregates over instead of all node pairs."""
+  evalset = load_split(algorithm, 'test', cfg, keep_hints=keep_hints,
+                       length=nb_nodes, num_samples=cfg.extra_test_num_samples,
+                       batch_size=eval_batch_size(nb_nodes, cfg))
+  for batch in evalset.batches:
+    senders = batch_lib.aggregation_senders(batch, evalset.spec)
+    if senders is not None and senders.shape[-1] < nb_nodes:
+      batch['senders'] = senders
+  return evalset

@@ -70,7 +70,11 @@ _OLD_ABSENT = {('data', 'val_num_samples'): 0, ('data', 'test_num_samples'): 0,
                ('dear', 'align_teacher'): ''}
 # Keys added after configs were stored, with the value that reproduces what
 # those runs did: a stored config without one reads as having it.
-_ADDED_LATER = {('dear', 'spectral_norm'): False, ('dear', 'check_graphs'): 0}
+_ADDED_LATER = {('dear', 'spectral_norm'): False, ('dear', 'check_graphs'): 0,
+                ('nar', 'learn_termination'): False,
+                ('nar', 'max_steps_factor'): 6.0,
+                ('data', 'extra_test_lengths'): [],
+                ('data', 'extra_test_num_samples'): 100}
 
 
 def upgrade_stored_config(d: dict) -> dict:
@@ -119,7 +123,8 @@ def build_model(config, spec: dict, sample_batch: dict):
   run = typed(config)
   if run.model_kind == 'nar':
     from dear_jax.nar import StepwiseNAR  # pylint: disable=g-import-not-at-top
-    return StepwiseNAR(spec, sample_batch, run.model, run.nar.hint_mode)
+    return StepwiseNAR(spec, sample_batch, run.model, run.nar.hint_mode,
+                       run.nar.learn_termination, run.nar.max_steps_factor)
   from dear_jax.dear import EquilibriumReasoner  # pylint: disable=g-import-not-at-top
   return EquilibriumReasoner(spec, sample_batch, run.model, run.dear)
 
@@ -172,12 +177,14 @@ def evaluate(model, predict_fn, params, evalset) -> dict:
   """Scores a split with `clrs.evaluate` (pooled over the whole split), for
   every model: `predict_fn(params, batch)` -> (hard output arrays, aux).
   'scores' holds clrs.evaluate's per-output scores too."""
-  preds, stats = [], []
+  preds, stats, stops = [], [], []
   for batch in evalset.batches:
     out, aux = predict_fn(params, batch)
     preds.append(jax.device_get(out))
     if 'solver' in aux:
       stats.append(jax.device_get(aux['solver']))
+    if 'nar_steps' in aux:  # learnt termination
+      stops.append(jax.device_get(aux))
   n = evalset.num_samples
   preds = {k: np.concatenate([p[k] for p in preds])[:n] for k in preds[0]}
   clrs = clrs_lib.clrs()
@@ -198,6 +205,12 @@ def evaluate(model, predict_fn, params, evalset) -> dict:
         nonfinite_graphs=int(
             (np.concatenate([s.nonfinite for s in stats])[:n] > 0).sum()),
         iterations=iters.tolist())
+  if stops:
+    from dear_jax import nar  # pylint: disable=g-import-not-at-top
+    result.update(nar.termination_summary(
+        np.concatenate([s['nar_steps'] for s in stops])[:n],
+        np.concatenate([s['nar_capped'] for s in stops])[:n],
+        evalset.lengths, int(stops[0]['nar_step_cap'])))
   return result
 
 
@@ -209,6 +222,7 @@ EXECUTION_KEYS = ('train.data_parallel', 'data.cache_dir')
 # tested again with other values (--reevaluate), and its results.json then
 # records them under 'reevaluated_with' ({key: [value that trained, now]}).
 EVALUATION_KEYS = ('data.test_length', 'data.test_num_samples',
+                   'data.extra_test_lengths', 'data.extra_test_num_samples',
                    'dear.diagnostics', 'dear.check_tol', 'dear.check_max_iter',
                    'dear.check_graphs')
 
@@ -405,7 +419,7 @@ def train_seeds(config, seeds, workdirs, algorithm: str, progress: bool = True,
 def model_label(config) -> str:
   """The model as compare names it, for the progress bar."""
   if config.model_kind == 'nar' and config.nar.hint_mode == 'none':
-    return 'nar_nohint'
+    return 'nar_lt' if config.nar.learn_termination else 'nar_nohint'
   return config.model_kind
 
 

@@ -21,13 +21,21 @@ def test_help_lists_flags_and_exits_0(capsys):
 @pytest.mark.parametrize('args,message', [
     (['--config=configs/nope.py'],
      "error: config file 'configs/nope.py' not found; use one of "
-     'configs/dear_paper.py, configs/default.py'),
+     'configs/dear_paper.py, configs/dear_paper_cpu.py, configs/default.py'),
     (['--config.model.hiden=64'],
      "error: unknown config key 'hiden' (did you mean \"hidden\"?); see "
      'configs/default.py for the allowed keys'),
     (['--config.dear.tol=0'], 'error: dear.tol=0.0; must be a finite float > 0'),
     (['--config.dear.backward_solver=cg'],
      "error: dear.backward_solver='cg'; allowed: anderson, gmres, bicgstab"),
+    (['--config.data.extra_test_lengths=128,3'],
+     'error: data.extra_test_lengths must be distinct graph sizes >= 4 (e.g. '
+     '128,256,512), got (128, 3)'),
+    (['--config.data.extra_test_num_samples=-1'],
+     'error: data.extra_test_num_samples must be an int >= 1, got -1'),
+    (['--model=nar', '--config.nar.learn_termination=True'],
+     "error: nar.learn_termination=True needs nar.hint_mode=none (DEAR's NAR "
+     "(LT) has no hints), got 'encoded_decoded'"),
 ])
 def test_bad_config_is_one_line_naming_what_was_typed(capsys, args, message):
   with pytest.raises(SystemExit) as e:

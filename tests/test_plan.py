@@ -46,3 +46,66 @@ def test_zero_steps_is_refused_not_read_as_unset(flag):
   with pytest.raises(plan.CompareError, match='must be >= 1'):
     _resolve('--preset=paper', flag)
   assert _resolve('--preset=paper').train_steps == 31250  # None: the config's
+
+
+# DEAR's release, as stated in its code (processor, solver, optimiser).
+RELEASE = {'model.processor': 'gmpnn', 'dear.tol': 0.1, 'dear.tol_mode': 'rel',
+           'dear.max_iter_train': 40, 'dear.max_iter_eval': 40,
+           'dear.grad': 'jfb', 'dear.jac_reg_weight': 1e-4,
+           'dear.anderson_history': 6, 'dear.anderson_ridge': 1e-4,
+           'dear.anderson_ridge_relative': False, 'dear.gate_bias': 0.0,
+           'dear.method': 'anderson', 'model.hidden': 128,
+           'train.learning_rate': 3e-4}
+
+
+def _get(config, key):
+  section, name = key.split('.')
+  return config[section][name]
+
+
+def test_dear_paper_beside_dear_in_one_sweep():
+  """`dear_paper` is DEAR's release on the sweep's data and budget; `dear`
+  keeps the sweep's dear config."""
+  p = _resolve('--preset=dear10-cpu', '--models=dear,dear_paper,nar_lt')
+  assert p.models == ('dear', 'dear_paper', 'nar_lt')
+  paper, ours = p.configs['dear_paper'], p.configs['dear']
+  for key, value in RELEASE.items():
+    assert _get(paper, key) == value, key
+  assert ours.model.processor == 'triplet_gmpnn' and ours.dear.tol == 1e-3
+  assert paper.train.steps == 1000 == ours.train.steps
+  assert paper.train.eval_every == 100
+  assert paper.data.to_dict() == ours.data.to_dict()
+  assert paper.data.train_sizes == (4, 7, 11, 13, 16)
+  lt = p.configs['nar_lt']
+  assert lt.model_kind == 'nar' and lt.nar.hint_mode == 'none'
+  assert lt.nar.learn_termination
+
+
+def test_dear_paper_takes_the_sweeps_overrides():
+  p = _resolve('--preset=dear10-cpu', '--models=dear_paper',
+               '--config.dear.tol=0.05', '--config.model.hidden=16')
+  assert p.configs['dear_paper'].dear.tol == 0.05
+  assert p.configs['dear_paper'].model.hidden == 16
+
+
+@pytest.mark.parametrize('path, steps, sizes', [
+    ('configs/dear_paper.py', 31250, tuple(range(8, 17))),
+    ('configs/dear_paper_cpu.py', 1000, (4, 7, 11, 13, 16))])
+def test_dear_paper_presets_build_a_gated_max_mpnn_dear(path, steps, sizes):
+  from dear_jax import clrs_lib, processors, splits, train  # pylint: disable=g-import-not-at-top
+  from tests.conftest import tiny_data_config  # pylint: disable=g-import-not-at-top
+  config = plan.load_config_file(path)
+  for key, value in RELEASE.items():
+    assert _get(config, key) == value, key
+  assert config.train.steps == steps and config.data.train_sizes == sizes
+  config.model.hidden = 8
+  import tempfile  # pylint: disable=g-import-not-at-top
+  with tempfile.TemporaryDirectory() as d:
+    batch = splits.load_split('bfs', 'val', tiny_data_config(d)).batches[0]
+  model = train.build_model(config, clrs_lib.processed_spec('bfs'), batch)
+  assert isinstance(model.processor, processors.GatedMaxMPNN)
+  assert model.processor.gate_bias == 0.0
+  s = model.solver_cfg
+  assert (s.tol, s.max_iter_eval, s.grad, s.anderson_ridge_relative) == (
+      0.1, 40, 'jfb', False)
+  assert model.jac_reg_weight == 1e-4

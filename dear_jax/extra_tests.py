@@ -1,0 +1,54 @@
+"""Tests at sizes beyond the official n=64 (DEAR tests at 128, 256 and 512).
+
+After the official test, `evaluate_sizes` scores the best parameters on
+fresh test sets of each `data.extra_test_lengths` size
+(`splits.load_extra_test`: the official test's sampler and seed,
+`data.extra_test_num_samples` graphs, cached, the same for every model),
+with the learner's own evaluation, so every model of `dear_jax.loop` is
+tested alike. Each size is timed as the official test is: compiled first,
+then one timed pass.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from dear_jax import batches as batch_lib
+from dear_jax import splits
+
+# What each size reports besides score and timing, where the model has it:
+# DEAR's solver and the learnt-termination NAR's steps (with their per-graph
+# lists).
+_KEPT = ('solver_iters_mean', 'solver_iters_p95', 'nonconverged_fraction',
+         'nonfinite_graphs', 'iterations', 'nar_steps_mean',
+         'nar_true_steps_mean', 'nar_stopped_early_fraction',
+         'nar_stopped_exact_fraction', 'nar_stopped_late_fraction',
+         'nar_step_cap', 'nar_cap_hit_fraction', 'nar_steps')
+
+
+def evaluate_sizes(learner, params, algorithm: str, dcfg,
+                   keep_hints: bool) -> dict:
+  """{str(n): {score, scores, graphs, nodes, batch_size,
+  eval_seconds_per_graph, algo_steps_mean, solver/steps keys}} for every n of
+  dcfg.extra_test_lengths (`learner`: a dear_jax.loop.Learner)."""
+  out = {}
+  for n in dcfg.extra_test_lengths:
+    evalset = splits.load_extra_test(algorithm, n, dcfg, keep_hints)
+    learner.warm(params, evalset)  # compile outside the timing
+    t0 = time.perf_counter()
+    r = learner.evaluate(params, evalset)
+    seconds = time.perf_counter() - t0
+    entry = dict(
+        score=r['score'], scores=r.get('scores'),
+        graphs=int(evalset.num_samples),
+        nodes=int(batch_lib.num_nodes(evalset.batches[0])),
+        batch_size=int(len(evalset.batches[0]['lengths'])),
+        eval_seconds_per_graph=seconds / evalset.num_samples,
+        algo_steps_mean=float(np.mean(evalset.lengths) - 1))
+    entry.update({k: r[k] for k in _KEPT if k in r})
+    if 'iterations' in entry:
+      entry['solver_iterations'] = entry.pop('iterations')
+    out[str(n)] = entry
+  return out

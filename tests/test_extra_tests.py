@@ -1,0 +1,261 @@
+"""Tests at further sizes (data.extra_test_lengths): their splits, their
+batch sizes, and what a run writes for them."""
+
+import json
+
+import numpy as np
+import pytest
+
+from dear_jax import clrs_lib
+from dear_jax import splits
+from dear_jax import train
+from tests.conftest import tiny_config, tiny_data_config
+
+pytestmark = pytest.mark.usefixtures('fast_compile')
+
+# Inputs and outputs that run.py's preprocessing leaves as sampled.
+UNPROCESSED = {'bfs': ('adj', 's', 'pi'), 'binary_search': ('key', 'target'),
+               'insertion_sort': ('key',)}
+
+
+@pytest.mark.parametrize('algorithm', sorted(UNPROCESSED))
+def test_extra_test_is_clrs_sampled_like_the_official_test(algorithm,
+                                                           tmp_path):
+  """dm-clrs's own sampler, called with the official test seed at the new
+  size and count, gives the same graphs (sorting and search included)."""
+  cfg = tiny_data_config(str(tmp_path), extra_test_num_samples=3)
+  got = splits.load_extra_test(algorithm, 9, cfg)
+  clrs = clrs_lib.clrs()
+  sampler, _ = clrs.build_sampler(algorithm, num_samples=3, length=9,
+                                  seed=clrs.CLRS30['test']['seed'])
+  want = sampler.next()
+  arrays = {dp.name: dp.data for dp in
+            list(want.features.inputs) + list(want.outputs)}
+  assert got.num_samples == 3
+  np.testing.assert_array_equal(got.lengths, want.features.lengths)
+  for name in UNPROCESSED[algorithm]:
+    part = 'inputs' if name in got.batches[0]['inputs'] else 'outputs'
+    stacked = np.concatenate([b[part][name] for b in got.batches])[:3]
+    np.testing.assert_array_equal(stacked, arrays[name].astype(stacked.dtype))
+  # Cached: a second load generates nothing.
+  real = splits._generate  # pylint: disable=protected-access
+  try:
+    splits._generate = None  # pylint: disable=protected-access
+    again = splits.load_extra_test(algorithm, 9, cfg)
+  finally:
+    splits._generate = real  # pylint: disable=protected-access
+  assert again.key == got.key
+
+
+def test_extra_test_at_the_official_size_and_count_is_the_official_test(
+    tmp_path):
+  cfg = tiny_data_config(str(tmp_path))  # test_length 5, 4 graphs
+  official = splits.load_split('bfs', 'test', cfg)
+  cfg = tiny_data_config(str(tmp_path), extra_test_num_samples=4)
+  assert splits.load_extra_test('bfs', 5, cfg).key == official.key
+  assert splits.load_extra_test('bfs', 6, cfg).key != official.key
+
+
+def test_eval_batches_hold_no_more_node_pairs_than_the_official_tests():
+  cfg = tiny_data_config('/unused', eval_batch_size=32, test_length=64)
+  got = {n: splits.eval_batch_size(n, cfg) for n in (16, 64, 100, 128, 256,
+                                                     512)}
+  assert got == {16: 32, 64: 32, 100: 13, 128: 8, 256: 2, 512: 1}
+  for n, b in got.items():
+    assert b * n * n <= 32 * 64 * 64 or b == 1
+
+
+def test_run_writes_each_size_scored_as_evaluate_scores_it(tmp_path):
+  """results.json 'extra_tests': per size the score of the best parameters
+  on that split, its graphs, batch size and DEAR's iterations."""
+  config = tiny_config(tmp_path / 'data', kind='dear', steps=2)
+  config.model.processor = 'gmpnn'
+  config.model.hidden = 8
+  config.dear.diagnostics = False
+  config.data.extra_test_lengths = (6, 12)
+  config.data.extra_test_num_samples = 3
+  results = train.train_and_evaluate(config, str(tmp_path / 'w'), 'bfs',
+                                     progress=False)
+  stored = json.loads((tmp_path / 'w' / 'results.json').read_text())
+  assert stored['extra_tests'] == json.loads(json.dumps(
+      results['extra_tests']))
+  assert set(results['extra_tests']) == {'6', '12'}
+  params = train.load_best_params(str(tmp_path / 'w'))
+  spec = clrs_lib.processed_spec('bfs')
+  dcfg = train.data_config(config)
+  for n in (6, 12):
+    got = results['extra_tests'][str(n)]
+    evalset = splits.load_extra_test('bfs', n, dcfg, keep_hints=False)
+    model = train.build_model(config, spec, evalset.batches[0])
+    want = train.evaluate(model, model.predict, params, evalset)
+    assert got['score'] == pytest.approx(want['score'])
+    assert got['graphs'] == 3 and got['nodes'] == n
+    assert got['batch_size'] == splits.eval_batch_size(n, dcfg)
+    assert got['solver_iterations'] == want['iterations']
+    assert got['eval_seconds_per_graph'] > 0
+    assert got['algo_steps_mean'] == pytest.approx(
+        np.mean(evalset.lengths) - 1)
+
+
+def _run(model, seed, score, extra=None, **keys):
+  results = dict(test_score=score, test_nodes=64, test_graphs=32,
+                 eval_seconds_per_graph=0.002, algo_steps_mean=3.0,
+                 hardware='h', **keys)
+  if extra is not None:
+    results['extra_tests'] = extra
+  return dict(algorithm='bfs', model=model, seed=seed, results=results)
+
+
+def test_reports_by_size(tmp_path):
+  """results_by_size.csv rows, results.md's table and the plot, from the
+  runs' extra_tests (runs without them add nothing)."""
+  import csv  # pylint: disable=g-import-not-at-top
+  import matplotlib.image  # pylint: disable=g-import-not-at-top
+  from baselines import plots, report  # pylint: disable=g-import-not-at-top
+  extra = lambda score, it: {'128': dict(
+      nodes=128, graphs=100, batch_size=8, score=score,
+      eval_seconds_per_graph=0.008, algo_steps_mean=4.0, **it)}
+  runs = [_run('dear', 0, 0.9, extra(0.6, dict(solver_iters_mean=12.0)),
+               solver_iters_mean=10.0),
+          _run('dear', 1, 0.8, extra(0.4, dict(solver_iters_mean=14.0)),
+               solver_iters_mean=20.0),
+          _run('nar_lt', 0, 0.7, extra(0.5, dict(nar_steps_mean=2.0)),
+               nar_steps_mean=3.0),
+          _run('nar', 0, 0.95)]
+  rows = report.size_rows(runs)
+  assert [(r['model'], r['seed'], r['nodes']) for r in rows] == [
+      ('dear', 0, 64), ('dear', 0, 128), ('dear', 1, 64), ('dear', 1, 128),
+      ('nar_lt', 0, 64), ('nar_lt', 0, 128)]
+  assert rows[1]['test_score'] == 0.6 and rows[1]['graphs'] == 100
+  assert rows[5]['nar_steps_mean'] == 2.0 and rows[4]['nar_steps_mean'] == 3.0
+  path = tmp_path / 'by_size.csv'
+  report.write_csv(str(path), rows, report.SIZE_COLUMNS)
+  with open(path) as f:
+    back = list(csv.DictReader(f))
+  assert len(back) == 6 and float(back[3]['solver_iters_mean']) == 14.0
+  lines = report._size_lines(rows, ['dear', 'nar_lt'])  # pylint: disable=protected-access
+  assert ('| bfs | `dear` | 85.0 / 2.0 / 15.0 (3.0), n=2 | '
+          '50.0 / 8.0 / 13.0 (4.0), n=2 |') in lines
+  assert '| bfs | `nar_lt` | 70.0 / 2.0 / 3.0 (3.0) | 50.0 / 8.0 / 2.0 (4.0) |' \
+      in lines
+  assert report._size_lines(report.size_rows(runs[3:]), ['nar']) == []  # pylint: disable=protected-access
+  png = plots.by_size(str(tmp_path / 'by_size.png'), rows)
+  assert matplotlib.image.imread(png).shape[0] > 100
+
+
+# --- the gated max-MPNN along sender lists -----------------------------------
+
+@pytest.mark.parametrize('algorithm', ['bfs', 'bellman_ford', 'mst_prim'])
+def test_sender_lists_are_the_encoders_adjacency(algorithm, tmp_path):
+  """aggregation_senders (numpy) lists exactly the pairs the model's dense
+  aggregation reads: the encoders' adjacency plus self-loops."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from dear_jax import batches as batch_lib  # pylint: disable=g-import-not-at-top
+  from dear_jax.nar import StepwiseNAR  # pylint: disable=g-import-not-at-top
+  from tests.conftest import model_config  # pylint: disable=g-import-not-at-top
+  cfg = tiny_data_config(str(tmp_path), extra_test_num_samples=3)
+  batch = splits.load_split(algorithm, 'test', cfg, length=12,
+                            num_samples=3).batches[0]
+  spec = clrs_lib.processed_spec(algorithm)
+  senders = batch_lib.aggregation_senders(batch, spec)
+  model = StepwiseNAR(spec, batch, model_config(hidden=4, processor='gmpnn'),
+                      'none')
+  params = model.init(jax.random.PRNGKey(0), batch)
+  _, _, _, adj = model.encode(params, batch['inputs'], 12)
+  dense = np.maximum(np.asarray(model.adjacency(batch, adj)), np.eye(12))
+  for b in range(senders.shape[0]):
+    for j in range(12):
+      assert set(senders[b, j]) == set(np.flatnonzero(dense[b, :, j]))
+  assert senders.shape[-1] in (6, 8, 12)  # the bucket of the largest degree
+  assert batch_lib.aggregation_senders(
+      splits.load_split('insertion_sort', 'test', cfg).batches[0],
+      clrs_lib.processed_spec('insertion_sort')) is None
+
+
+def test_gated_max_mpnn_along_sender_lists_equals_dense_float64():
+  """Sparse ER graphs, random features and parameters, float64: the sender-
+  list path is the dense path's function (value and gradient); with edge
+  terms precomputed (the NAR's EdgeMaps) as well."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from dear_jax import batches as batch_lib  # pylint: disable=g-import-not-at-top
+  from dear_jax.processors import GatedMaxMPNN  # pylint: disable=g-import-not-at-top
+  spec = {'adj': ('input', 'edge', 'mask')}
+  with jax.enable_x64(True):
+    rng = np.random.RandomState(0)
+    b, n, h = 3, 14, 6
+    adj = (rng.rand(b, n, n) < 0.2).astype(np.float64)
+    senders = batch_lib.aggregation_senders(
+        dict(inputs={'adj': adj}, hints={}, outputs={}, lengths=None), spec)
+    assert senders.shape[-1] < n
+    # aggregation_senders symmetrises the mask, as the encoders do.
+    sym = np.maximum(adj, np.swapaxes(adj, 1, 2))
+    key = jax.random.PRNGKey(1)
+    node, edge, graph, hidden = (jax.random.normal(jax.random.fold_in(key, i),
+                                                   s, jnp.float64)
+                                 for i, s in enumerate([(b, n, h),
+                                                        (b, n, n, h), (b, h),
+                                                        (b, n, h)]))
+    proc = GatedMaxMPNN(hidden=h)
+    params = proc.init(key, node, edge, graph, sym, hidden)
+    params = jax.tree.map(lambda x: x.astype(jnp.float64), params)
+    run = lambda p, a, **kw: proc.apply(p, node, edge, graph, a, hidden,
+                                        **kw)[0]
+    want = run(params, jnp.asarray(sym))
+    got = run(params, jnp.asarray(senders))
+    assert got.dtype == want.dtype == jnp.float64
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    loss = lambda p, a: jnp.sum(jnp.sin(run(p, a)))
+    gw = jax.grad(loss)(params, jnp.asarray(sym))
+    gg = jax.grad(loss)(params, jnp.asarray(senders))
+    for x, y in zip(jax.tree.leaves(gg), jax.tree.leaves(gw)):
+      np.testing.assert_allclose(x, y, rtol=1e-10, atol=1e-12)
+    m_edge = params['params']['m_edge']
+    terms = {'m_edge': edge @ m_edge['kernel'] + m_edge['bias']}
+    np.testing.assert_allclose(
+        run(params, jnp.asarray(senders), edge_terms=terms), want,
+        rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize('kind', ['dear', 'nar'])
+def test_models_on_sender_lists_predict_as_on_the_dense_graph(kind, tmp_path):
+  """DEAR (solver and all) and the stepwise NAR with model.processor=gmpnn:
+  the extra test's batches with sender lists give the dense batches'
+  outputs (float32, to rounding)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  config = tiny_config(tmp_path, kind=kind)
+  config.model.processor = 'gmpnn'
+  config.data.extra_test_num_samples = 2
+  spec = clrs_lib.processed_spec('bfs')
+  evalset = splits.load_extra_test('bfs', 24, train.data_config(config),
+                                   keep_hints=True)
+  batch = evalset.batches[0]
+  assert batch['senders'].shape[-1] < 24
+  dense = {k: v for k, v in batch.items() if k != 'senders'}
+  model = train.build_model(config, spec, dense)
+  params = model.init(jax.random.PRNGKey(0), dense)
+  fwd = lambda b: model.forward(params, b, training=False,
+                                key=jax.random.PRNGKey(0))
+  want, _, aux_want = fwd(dense)
+  got, _, aux_got = fwd(batch)
+  for k in want:
+    np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-4)
+  if kind == 'dear':
+    # the same solve (one iteration apart at most, where rounding crosses
+    # the tolerance)
+    assert np.abs(np.asarray(aux_got['solver'].iterations) -
+                  np.asarray(aux_want['solver'].iterations)).max() <= 1
+
+
+def test_eval_sizes_benchmark_scores_lists_and_dense_alike(tmp_path):
+  """benchmarks/eval_sizes.py: dear_paper along sender lists and over all
+  pairs is one model (same score and iterations); the rows name which."""
+  from benchmarks import eval_sizes  # pylint: disable=g-import-not-at-top
+  rows = [eval_sizes.measure(m, 'bfs', 24, hidden=8, graphs=2,
+                             cache_dir=str(tmp_path))
+          for m in ('dear_paper', 'dear_paper_dense')]
+  assert rows[0]['senders_per_node'] < 24
+  assert rows[1]['senders_per_node'] is None
+  assert rows[0]['score'] == rows[1]['score']
+  assert abs(rows[0]['solver_iters_mean'] - rows[1]['solver_iters_mean']) <= 1
+  assert rows[0]['peak_rss_mb'] > 0 and rows[0]['graphs'] == 2
