@@ -9,6 +9,7 @@ import os
 import statistics
 
 from baselines.plan import MODELS
+from baselines import stats
 from baselines.protocol import hardware_lines
 
 # Published single-task Triplet-GMPNN OOD test scores (%, n=64, 10 seeds):
@@ -170,61 +171,71 @@ def _by_seed(rows: list, algorithm: str, model: str, metric: str) -> dict:
           and _number(r[metric]) is not None}
 
 
-def head_to_head(rows: list, model: str, baseline: str) -> list:
-  """(algorithm, model's mean, baseline's mean, seeds) over the seeds both
-  finished, for every algorithm where they share one: a like-for-like pair
-  (same data stream, validation and test) even while a sweep is partial."""
-  out = []
-  for a in sorted({r['algorithm'] for r in rows}):
-    x = _by_seed(rows, a, model, 'test_score')
-    y = _by_seed(rows, a, baseline, 'test_score')
-    seeds = sorted(set(x) & set(y))
-    if seeds:
-      out.append((a, sum(x[s] for s in seeds) / len(seeds),
-                  sum(y[s] for s in seeds) / len(seeds), len(seeds)))
-  return out
+def _verdict_counts(diffs: list) -> str:
+  counts = {v: sum(d.verdict() == v for d in diffs)
+            for v in (stats.BETTER, stats.WORSE, stats.SAME, stats.ONE_SEED)}
+  return ', '.join(f'{v} on {k}' for v, k in counts.items() if k)
 
 
 def _head_to_head_lines(rows: list, models: list) -> list:
+  """Each DEAR model minus each stepwise baseline, paired by seed, with 95 %
+  intervals and verdicts (baselines/stats.py): per algorithm and over the
+  algorithms."""
   dears = [m for m in DEAR_MODELS if m in models]
   bases = [m for m in STEPWISE_MODELS if m in models]
   if not dears or not bases:
     return []
+  algorithms = sorted({r['algorithm'] for r in rows})
+  diff = {}
+  for d in dears:
+    for b in bases:
+      for a in algorithms:
+        got = stats.paired_difference(_by_seed(rows, a, d, 'test_score'),
+                                      _by_seed(rows, a, b, 'test_score'))
+        if got is not None:
+          diff[d, b, a] = got
   lines = ['', '## DEAR against the stepwise baselines', '',
-           'Over the algorithms where both finished the same seeds: on how '
-           'many the DEAR model\'s mean test score is at least the '
-           'baseline\'s, and both means over those algorithms (points; '
-           'difference in brackets). DEAR is told no step count; the stepwise '
-           'models run for the true one.', '',
+           'Test score of the DEAR model minus the baseline\'s (points), '
+           'paired by seed over the seeds both finished (seed s of every '
+           'model trains on the same data stream): mean [95 % t interval]. '
+           'A verdict is *better* or *worse* only where the interval excludes '
+           '0, else *indistinguishable* (cannot tell apart); one shared seed '
+           'gives no interval. The mean over algorithms has a bootstrap '
+           'interval (seeds resampled within each algorithm). DEAR is told '
+           'no step count; the stepwise models run for the true one.', '',
            '| DEAR model | ' + ' | '.join(f'vs `{b}`' for b in bases) + ' |',
            '|' + '---|' * (len(bases) + 1)]
-  pairs_of = {(d, b): head_to_head(rows, d, b) for d in dears for b in bases}
   for d in dears:
     cells = []
     for b in bases:
-      pairs = pairs_of[d, b]
+      pairs = [diff[d, b, a] for a in algorithms if (d, b, a) in diff]
       if not pairs:
         cells.append('–')
         continue
-      wins = sum(x >= y for _, x, y, _ in pairs)
-      mx = 100 * sum(x for _, x, _, _ in pairs) / len(pairs)
-      my = 100 * sum(y for _, _, y, _ in pairs) / len(pairs)
-      cells.append(f'≥ on {wins} of {len(pairs)}; {mx:.1f} vs {my:.1f} '
-                   f'({mx - my:+.1f})')
+      per_algorithm = {}
+      for a in algorithms:
+        x = _by_seed(rows, a, d, 'test_score')
+        y = _by_seed(rows, a, b, 'test_score')
+        shared = sorted(set(x) & set(y))
+        if shared:
+          per_algorithm[a] = [x[s] - y[s] for s in shared]
+      mean = stats.bootstrap_mean(per_algorithm)
+      cells.append(f'{len(pairs)} algorithms: {_verdict_counts(pairs)}; '
+                   f'mean {mean.format(100, signed=True)}')
     lines.append(f'| `{d}` | ' + ' | '.join(cells) + ' |')
   for d in dears:
-    per = {b: {a: (x, y) for a, x, y, _ in pairs_of[d, b]} for b in bases}
-    algorithms = sorted({a for p in per.values() for a in p})
-    if not algorithms:
+    present = [a for a in algorithms if any((d, b, a) in diff for b in bases)]
+    if not present:
       continue
-    lines += ['', f'Per algorithm, `{d}` minus each baseline (points, same '
-              'seeds):', '',
+    lines += ['', f'Per algorithm, `{d}` minus each baseline (points; seeds '
+              'paired):', '',
               '| algorithm | ' + ' | '.join(f'`{b}`' for b in bases) + ' |',
               '|' + '---|' * (len(bases) + 1)]
-    for a in algorithms:
+    for a in present:
       lines.append(f'| {a} | ' + ' | '.join(
-          f'{100 * (per[b][a][0] - per[b][a][1]):+.1f}' if a in per[b]
-          else '–' for b in bases) + ' |')
+          f'{diff[d, b, a].format(100, signed=True)} (n={diff[d, b, a].n}, '
+          f'{diff[d, b, a].verdict()})' if (d, b, a) in diff else '–'
+          for b in bases) + ' |')
   return lines
 
 
@@ -362,13 +373,19 @@ def write_markdown(path: str, rows: list, info: dict, protocol: dict) -> None:
            f'training steps, validation every {protocol["eval_every"]} steps; '
            f'seeds {", ".join(map(str, info["seeds"]))} requested. Models: '
            + ', '.join(f'`{m}`' for m in models) + '.', '',
-           '## Test score (OOD, official CLRS test split; %, mean ± sample '
-           'std over seeds, n = seeds)', '']
+           '## Test score (OOD, official CLRS test split; %, mean over '
+           'seeds [95 % t interval], n = seeds; no interval from one seed)',
+           '']
   header = ['algorithm'] + [f'`{m}`' for m in models] + [
       f'{PUBLISHED_LABEL}, 10 seeds, mean ± SEM']
   lines += ['| ' + ' | '.join(header) + ' |',
             '|' + '---|' * len(header)]
-  test = cells('test_score', 100)
+  test = {}
+  for a in algorithms:
+    for m in models:
+      cell = stats.t_interval([_number(r['test_score']) for r in rows
+                               if r['algorithm'] == a and r['model'] == m])
+      test[a, m] = '–' if cell is None else f'{cell.format(100)} (n={cell.n})'
   for a in algorithms:
     pub = PUBLISHED_TRIPLET_GMPNN.get(a)
     pub_s = f'{pub[0]:.2f} ± {pub[1]:.2f}' if pub else '–'
