@@ -7,6 +7,7 @@ import json
 import math
 import os
 import statistics
+import sys
 
 from baselines.plan import MODELS
 from baselines import stats
@@ -51,8 +52,9 @@ PUBLISHED_TRIPLET_GMPNN = {
 }
 PUBLISHED_LABEL = 'Triplet-GMPNN (Ibarz et al. 2022)'
 
-# Issue goals for DEAR's answer (README, "Equilibrium"): converged share,
-# distance to H*, score spread over tolerances (points).
+# When DEAR's answer counts as its fixed point H* (docs/equilibrium.md,
+# "Goals"): converged share, distance to H*, score spread over tolerances
+# (points).
 FIXED_POINT_GOALS = dict(converged=0.99, distance=0.05, spread=0.5)
 DEAR_MODELS = ('dear', 'dear_cgp', 'dear_align')
 STEPWISE_MODELS = ('nar_nohint', 'nar', 'clrs_official')
@@ -445,3 +447,178 @@ def write_markdown(path: str, rows: list, info: dict, protocol: dict) -> None:
             'figures: plots/.']
   with open(path, 'w') as f:
     f.write('\n'.join(lines) + '\n')
+
+
+# README.md's generated blocks: each lies between these marker comments and
+# is rewritten by `python -m baselines.report --readme` (tests check that the
+# committed README is what this code writes).
+README = 'README.md'
+SUMMARY_SWEEP = 'results/dear10-cpu'
+QUICKSTART_RUN = 'results/default_command/current/results.json'
+SUMMARY_DEAR, SUMMARY_BASELINE = 'dear', 'nar_nohint'
+
+
+def _markers(name: str) -> tuple:
+  return f'<!-- {name}:start -->', f'<!-- {name}:end -->'
+
+
+def _find_key(tree, key: str):
+  """The first value of `key` anywhere in a nested dict (None if absent):
+  protocol.json's layout of a model's settings may nest sections."""
+  if isinstance(tree, dict):
+    if key in tree:
+      return tree[key]
+    for v in tree.values():
+      got = _find_key(v, key)
+      if got is not None:
+        return got
+  return None
+
+
+def machine(hardware: str) -> str:
+  """A run's hardware line (profiling.hardware_line) in neutral words:
+  'a 2-core CPU', or 'a GPU' where jax's devices were GPUs."""
+  import re  # pylint: disable=g-import-not-at-top
+  devices = (hardware or '').partition(' devices ')[2]
+  if re.search(r'cuda|gpu|rocm', devices, re.I):
+    return 'a GPU'
+  cores = re.search(r'(\d+) CPU cores', hardware or '')
+  return f'a {cores.group(1)}-core CPU' if cores else 'a CPU'
+
+
+def quickstart_lines(repo: str = '.') -> list:
+  """Quick start's figures, read from the recorded run of the default
+  command (results/default_command/current/results.json)."""
+  with open(os.path.join(repo, QUICKSTART_RUN)) as f:
+    r = json.load(f)
+  converged = 100 * (1 - r['nonconverged_fraction'])
+  minutes = r['train_seconds'] / 60
+  return [
+      f'The recorded run of this command (`{QUICKSTART_RUN}`, seed '
+      f'{r["seed"]}): test score **{r["test_score"]:.3f}** on the official '
+      f'out-of-distribution test ({r["test_graphs"]} graphs of '
+      f'{r["test_nodes"]} nodes; validation {r["val_score"]:.3f} at the '
+      f'training sizes), {r["solver_iters_mean"]:.1f} solver iterations per '
+      f'test graph against {r["algo_steps_mean"]:.1f} true BFS steps, '
+      f'{converged:.0f} % of test graphs converged. Its {r["train_steps"]} '
+      f'training steps took {minutes:.1f} min ({r["train_steps_per_second"]:.2f}'
+      f' steps/s) on {machine(r["hardware"])} shared with other jobs; '
+      'compiling, validation and the fixed-point checks add a few minutes.']
+
+
+def summary_lines(repo: str = '.', sweep: str = SUMMARY_SWEEP,
+                  dear: str = SUMMARY_DEAR,
+                  baseline: str = SUMMARY_BASELINE) -> list:
+  """README's results summary from SWEEP/results.csv: DEAR minus the no-hint
+  NAR per algorithm, paired by seed, with 95 % t intervals and verdicts, the
+  mean over algorithms with its bootstrap interval, and one sentence that
+  counts the verdicts (baselines/stats.py)."""
+  with open(os.path.join(repo, sweep, 'results.csv')) as f:
+    rows = [r for r in csv.DictReader(f)]
+  with open(os.path.join(repo, sweep, 'protocol.json')) as f:
+    protocol = json.load(f)['protocol']
+  penalty = _find_key(protocol['models'].get(dear, {}), 'jac_reg_weight')
+  algorithms = sorted({r['algorithm'] for r in rows})
+  table, per_algorithm = [], {}
+  for a in algorithms:
+    x, y = _by_seed(rows, a, dear, 'test_score'), _by_seed(rows, a, baseline,
+                                                           'test_score')
+    diff = stats.paired_difference(x, y)
+    if diff is None:
+      continue
+    shared = sorted(set(x) & set(y))
+    per_algorithm[a] = [x[s] - y[s] for s in shared]
+    mean = lambda v, s=shared: 100 * sum(v[k] for k in s) / len(s)
+    table.append((a, diff, f'| {a} | {len(shared)} | {mean(x):.1f} | '
+                  f'{mean(y):.1f} | {diff.format(100, signed=True)} | '
+                  f'{diff.verdict()} |'))
+  overall = stats.bootstrap_mean(per_algorithm)
+  counts = {v: sum(d.verdict() == v for _, d, _ in table)
+            for v in (stats.SAME, stats.BETTER, stats.WORSE, stats.ONE_SEED)}
+  k = len(table)
+  seeds = sorted({d.n for _, d, _ in table})
+  seed_words = ' or '.join(map(str, seeds))
+  setting = (f' (`dear.jac_reg_weight={penalty:g}`)' if penalty is not None
+             else '')
+  lines = [
+      f'DEAR-10 on the CPU ([`{sweep}/`]({sweep}/results.md)): '
+      f'{protocol["train_steps"]} training steps, the official OOD test '
+      f'(n = 64), every model on the same training stream per seed. '
+      f'`{dear}`{setting} minus the stepwise NAR without hints '
+      f'(`{baseline}`), test score in points, paired by seed: mean '
+      '[95 % t interval]; *indistinguishable* where the interval contains 0.',
+      '',
+      '| algorithm | seeds | DEAR (%) | no-hint NAR (%) | DEAR − NAR | '
+      'verdict |', '|---|---|---|---|---|---|']
+  lines += [line for _, _, line in table]
+  if overall is not None:
+    if overall.low is None:
+      verdict = 'no interval (an algorithm has one seed)'
+    else:
+      verdict = {stats.BETTER: 'DEAR higher', stats.WORSE: 'DEAR lower',
+                 stats.SAME: 'indistinguishable'}[overall.verdict()]
+    lines.append(f'| mean over the {len(per_algorithm)} algorithms '
+                 f'(bootstrap) | | | | {overall.format(100, signed=True)} | '
+                 f'{verdict} |')
+  told = (f'With {seed_words} seeds per algorithm the two cannot be told '
+          f'apart on {counts[stats.SAME]} of {k} algorithms')
+  others = [f'DEAR is higher on {counts[stats.BETTER]}'
+            if counts[stats.BETTER] else '',
+            f'lower on {counts[stats.WORSE]}' if counts[stats.WORSE] else '',
+            f'{counts[stats.ONE_SEED]} have one seed only'
+            if counts[stats.ONE_SEED] else '']
+  others = [o for o in others if o]
+  sentence = told + ('; ' + ', '.join(others) if others else '') + '.'
+  if overall is not None and overall.low is not None:
+    sentence += (f' Over the {len(per_algorithm)} algorithms DEAR scores '
+                 f'{abs(100 * overall.mean):.1f} points '
+                 f'{"below" if overall.mean < 0 else "above"} the no-hint '
+                 f'NAR on average, an interval that '
+                 + ('excludes 0' if overall.verdict() != stats.SAME
+                    else 'contains 0') + ' (an approximation with so few '
+                 'seeds: read it beside the per-algorithm verdicts).')
+  return lines + ['', sentence]
+
+
+def readme_blocks(repo: str = '.') -> dict:
+  """Every generated block of README.md, by marker name."""
+  return dict(quickstart=quickstart_lines(repo), summary=summary_lines(repo))
+
+
+def render_readme(text: str, blocks: dict) -> str:
+  """TEXT with each marked block replaced by its generated lines."""
+  for name, lines in blocks.items():
+    start, end = _markers(name)
+    head, sep, rest = text.partition(start + '\n')
+    body, sep2, tail = rest.partition(end)
+    if not sep or not sep2:
+      raise ValueError(f'README has no "{start}" ... "{end}" block')
+    text = head + start + '\n' + '\n'.join(lines) + '\n' + end + tail
+  return text
+
+
+def main(argv: list) -> int:
+  """`python -m baselines.report --readme [REPO]`: rewrite README.md's
+  generated blocks from the committed results."""
+  if not argv or argv[0] != '--readme' or len(argv) > 2:
+    print('error: usage: python -m baselines.report --readme [REPO_DIR] '
+          '(rewrites README.md\'s generated blocks)', file=sys.stderr)
+    return 2
+  repo = argv[1] if len(argv) > 1 else '.'
+  path = os.path.join(repo, README)
+  try:
+    with open(path) as f:
+      text = f.read()
+    new = render_readme(text, readme_blocks(repo))
+  except (OSError, ValueError, KeyError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  if new != text:
+    with open(path, 'w') as f:
+      f.write(new)
+  print(f'{path}: {"rewritten" if new != text else "already up to date"}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main(sys.argv[1:]))

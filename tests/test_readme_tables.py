@@ -1,7 +1,7 @@
-"""README's DEAR-10 tables (and the penalty folder's) are written by hand;
-every figure in them must be the committed results.csv's of the seed the
-table names, rounded as shown, so the text cannot drift from the data when
-runs are added or re-run."""
+"""The DEAR-10 tables of docs/dear10-cpu.md (and the penalty folder's README)
+are written by hand; every figure in them must be the committed results.csv's
+of the seed the table names, rounded as shown, so the text cannot drift from
+the data when runs are added or re-run."""
 
 import csv
 import os
@@ -14,6 +14,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWEEP = 'results/dear10-cpu'
 PENALTY = 'results/dear10-cpu-penalty/jac0.1'
 NO_RUN = '–'
+DOC = 'docs/dear10-cpu.md'
 
 
 def _rows(folder: str, seed: str = '0') -> dict:
@@ -23,18 +24,18 @@ def _rows(folder: str, seed: str = '0') -> dict:
             if r['seed'] == seed}
 
 
-def _readme_table(header_start: str, readme: str = 'README.md') -> list:
+def _readme_table(header_start: str, readme: str = DOC) -> list:
   """The body rows of the table whose header begins so, as cell lists."""
   with open(os.path.join(REPO, readme)) as f:
     lines = [l.strip() for l in f]
   starts = [i for i, l in enumerate(lines) if l.startswith(header_start)]
-  assert len(starts) == 1, f'README has {len(starts)} tables "{header_start}"'
+  assert len(starts) == 1, f'{readme} has {len(starts)} tables "{header_start}"'
   rows = []
   for line in lines[starts[0] + 2:]:
     if not line.startswith('|'):
       break
     rows.append([c.strip().strip('*') for c in line.strip('|').split('|')])
-  assert rows, f'README table "{header_start}" has no rows'
+  assert rows, f'{readme} table "{header_start}" has no rows'
   return rows
 
 
@@ -57,7 +58,7 @@ def test_test_score_table_is_the_committed_seed0_scores():
     want = [_score(rows_.get((algorithm, model))) for rows_, model in columns]
     want.append(f'{report.PUBLISHED_TRIPLET_GMPNN[algorithm][0]:.1f}')
     if cells != want:
-      wrong.append(f'{algorithm}: README {cells}, results {want}')
+      wrong.append(f'{algorithm}: table {cells}, results {want}')
   assert not wrong, '\n'.join(wrong)
 
 
@@ -78,7 +79,7 @@ def test_answer_and_time_table_is_the_committed_seed0_runs():
                    f'{1000 * float(row["eval_seconds_per_graph"]):.0f}')
     want = [want_iters, want_conv, want_dist, ' / '.join(times)]
     if [iters, converged, distance, ms] != want:
-      wrong.append(f'{algorithm}: README {[iters, converged, distance, ms]}, '
+      wrong.append(f'{algorithm}: table {[iters, converged, distance, ms]}, '
                    f'results {want}')
   assert not wrong, '\n'.join(wrong)
 
@@ -94,7 +95,7 @@ def test_cgp_table_is_the_committed_seed0_runs():
             f'{float(dear["solver_iters_mean"]):.1f} → '
             f'{float(cgp["solver_iters_mean"]):.1f}']
     if [scores.replace('*', ''), nohint, iters] != want:
-      wrong.append(f'{algorithm}: README {[scores, nohint, iters]}, '
+      wrong.append(f'{algorithm}: table {[scores, nohint, iters]}, '
                    f'results {want}')
   assert not wrong, '\n'.join(wrong)
 
@@ -122,5 +123,5 @@ def test_penalty_readme_tables_are_the_committed_runs(seed, first_column):
             f'({float(a["algo_steps_mean"]):.1f})']
     got = [low, high, nohint, converged, distance, rho, iters]
     if got != want:
-      wrong.append(f'{algorithm}: README {got}, results {want}')
+      wrong.append(f'{algorithm}: table {got}, results {want}')
   assert not wrong, '\n'.join(wrong)
