@@ -4,6 +4,7 @@ of the seed the table names, rounded as shown, so the text cannot drift from
 the data when runs are added or re-run."""
 
 import csv
+import json
 import os
 
 import pytest
@@ -125,3 +126,88 @@ def test_penalty_readme_tables_are_the_committed_runs(seed, first_column):
     if got != want:
       wrong.append(f'{algorithm}: table {got}, results {want}')
   assert not wrong, '\n'.join(wrong)
+
+
+# README's generated blocks (baselines/report.py, `--readme`).
+
+
+def _readme() -> str:
+  with open(os.path.join(REPO, 'README.md')) as f:
+    return f.read()
+
+
+def _block(name: str) -> str:
+  text = _readme()
+  start, end = f'<!-- {name}:start -->', f'<!-- {name}:end -->'
+  assert text.count(start) == 1 and text.count(end) == 1, name
+  return text.split(start)[1].split(end)[0]
+
+
+def test_readme_generated_blocks_are_current():
+  """README's blocks are what `python -m baselines.report --readme` writes
+  from the committed results: rerun it after the results change."""
+  text = _readme()
+  assert report.render_readme(text, report.readme_blocks(REPO)) == text, (
+      'README.md is stale: run python -m baselines.report --readme')
+
+
+def test_readme_summary_is_the_paired_t_intervals_of_results_csv():
+  """Every row of the summary against scipy's paired t-test on the committed
+  results.csv (an independent computation of the same intervals)."""
+  from scipy import stats as scipy_stats  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(REPO, SWEEP, 'results.csv')) as f:
+    rows = list(csv.DictReader(f))
+  score = {}
+  for r in rows:
+    score.setdefault((r['algorithm'], r['model']), {})[r['seed']] = (
+        100 * float(r['test_score']))
+  lines = [l for l in _block('summary').splitlines()
+           if l.startswith('| ') and not l.startswith(('| algorithm',
+                                                       '| mean'))]
+  algorithms = sorted({r['algorithm'] for r in rows})
+  assert [l.split('|')[1].strip() for l in lines] == algorithms
+  verdicts = []
+  for line in lines:
+    a, seeds, dear, nar, diff, verdict = [c.strip() for c in
+                                          line.strip('|').split('|')]
+    x, y = score[a, 'dear'], score[a, 'nar_nohint']
+    shared = sorted(set(x) & set(y))
+    dx, dy = [x[s] for s in shared], [y[s] for s in shared]
+    ci = scipy_stats.ttest_rel(dx, dy).confidence_interval(0.95)
+    mean = sum(dx) / len(dx) - sum(dy) / len(dy)
+    want = [str(len(shared)), f'{sum(dx) / len(dx):.1f}',
+            f'{sum(dy) / len(dy):.1f}',
+            f'{mean:+.1f} [{ci.low:+.1f}, {ci.high:+.1f}]',
+            'indistinguishable' if ci.low <= 0 <= ci.high
+            else ('better' if ci.low > 0 else 'worse')]
+    assert [seeds, dear, nar, diff, verdict] == want, a
+    verdicts.append(want[-1])
+  same = verdicts.count('indistinguishable')
+  assert f'cannot be told apart on {same} of {len(lines)} algorithms' in (
+      _block('summary'))
+  protocol = os.path.join(REPO, SWEEP, 'protocol.json')
+  with open(protocol) as f:
+    weight = json.load(f)['protocol']['models']['dear']['dear'][
+        'jac_reg_weight']
+  assert f'dear.jac_reg_weight={weight:g}' in _block('summary')
+
+
+def test_readme_quickstart_figures_are_the_recorded_run():
+  with open(os.path.join(REPO, report.QUICKSTART_RUN)) as f:
+    run = json.load(f)
+  block = _block('quickstart')
+  assert f'test score **{run["test_score"]:.3f}**' in block
+  assert f'Its {run["train_steps"]} training steps took ' \
+         f'{run["train_seconds"] / 60:.1f} min' in block
+  assert 'a 2-core CPU' in block  # the run's hardware line names 2 cores
+  assert 'Xeon' not in block and 'EPYC' not in block
+
+
+def test_render_readme_refuses_a_readme_without_markers(tmp_path, capsys):
+  with pytest.raises(ValueError, match='summary:start'):
+    report.render_readme('# no blocks\n', {'summary': ['x']})
+  (tmp_path / 'README.md').write_text('# no blocks\n')
+  assert report.main(['--readme', str(tmp_path)]) == 2
+  assert (tmp_path / 'README.md').read_text() == '# no blocks\n'
+  assert capsys.readouterr().err.startswith('error: ')
+  assert report.main(['--bogus']) == 2
