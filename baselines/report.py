@@ -455,6 +455,9 @@ def write_markdown(path: str, rows: list, info: dict, protocol: dict) -> None:
 README = 'README.md'
 SUMMARY_SWEEP = 'results/dear10-cpu'
 QUICKSTART_RUN = 'results/default_command/current/results.json'
+# What results.json cannot say about that run: the load on its machine
+# (results/default_command/README.md). Update it when the run is re-recorded.
+QUICKSTART_LOAD = 'shared with other jobs'
 SUMMARY_DEAR, SUMMARY_BASELINE = 'dear', 'nar_nohint'
 
 
@@ -502,7 +505,7 @@ def quickstart_lines(repo: str = '.') -> list:
       f'test graph against {r["algo_steps_mean"]:.1f} true BFS steps, '
       f'{converged:.0f} % of test graphs converged. Its {r["train_steps"]} '
       f'training steps took {minutes:.1f} min ({r["train_steps_per_second"]:.2f}'
-      f' steps/s) on {machine(r["hardware"])} shared with other jobs; '
+      f' steps/s) on {machine(r["hardware"])} {QUICKSTART_LOAD}; '
       'compiling, validation and the fixed-point checks add a few minutes.']
 
 
