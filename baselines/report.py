@@ -6,8 +6,10 @@ import csv
 import math
 import os
 import statistics
+import sys
 
 from baselines.plan import MODELS
+from baselines import stats
 from baselines.protocol import hardware_lines
 from dear_jax.results import REQUIRED_KEYS, read_json
 
@@ -50,8 +52,9 @@ PUBLISHED_TRIPLET_GMPNN = {
 }
 PUBLISHED_LABEL = 'Triplet-GMPNN (Ibarz et al. 2022)'
 
-# Issue goals for DEAR's answer (README, "Equilibrium"): converged share,
-# distance to H*, score spread over tolerances (points).
+# When DEAR's answer counts as its fixed point H* (docs/equilibrium.md,
+# "Goals"): converged share, distance to H*, score spread over tolerances
+# (points).
 FIXED_POINT_GOALS = dict(converged=0.99, distance=0.05, spread=0.5)
 DEAR_MODELS = ('dear', 'dear_cgp', 'dear_align', 'dear_paper')
 STEPWISE_MODELS = ('nar_nohint', 'nar_lt', 'nar', 'clrs_official')
@@ -246,62 +249,72 @@ def _by_seed(rows: list, algorithm: str, model: str, metric: str) -> dict:
           and _number(r[metric]) is not None}
 
 
-def head_to_head(rows: list, model: str, baseline: str) -> list:
-  """(algorithm, model's mean, baseline's mean, seeds) over the seeds both
-  finished, for every algorithm where they share one: a like-for-like pair
-  (same data stream, validation and test) even while a sweep is partial."""
-  out = []
-  for a in sorted({r['algorithm'] for r in rows}):
-    x = _by_seed(rows, a, model, 'test_score')
-    y = _by_seed(rows, a, baseline, 'test_score')
-    seeds = sorted(set(x) & set(y))
-    if seeds:
-      out.append((a, sum(x[s] for s in seeds) / len(seeds),
-                  sum(y[s] for s in seeds) / len(seeds), len(seeds)))
-  return out
+def _verdict_counts(diffs: list) -> str:
+  counts = {v: sum(d.verdict() == v for d in diffs)
+            for v in (stats.BETTER, stats.WORSE, stats.SAME, stats.ONE_SEED)}
+  return ', '.join(f'{v} on {k}' for v, k in counts.items() if k)
 
 
 def _head_to_head_lines(rows: list, models: list) -> list:
+  """Each DEAR model minus each stepwise baseline, paired by seed, with 95 %
+  intervals and verdicts (baselines/stats.py): per algorithm and over the
+  algorithms."""
   dears = [m for m in DEAR_MODELS if m in models]
   bases = [m for m in STEPWISE_MODELS if m in models]
   if not dears or not bases:
     return []
+  algorithms = sorted({r['algorithm'] for r in rows})
+  diff = {}
+  for d in dears:
+    for b in bases:
+      for a in algorithms:
+        got = stats.paired_difference(_by_seed(rows, a, d, 'test_score'),
+                                      _by_seed(rows, a, b, 'test_score'))
+        if got is not None:
+          diff[d, b, a] = got
   lines = ['', '## DEAR against the stepwise baselines', '',
-           'Over the algorithms where both finished the same seeds: on how '
-           'many the DEAR model\'s mean test score is at least the '
-           'baseline\'s, and both means over those algorithms (points; '
-           'difference in brackets). DEAR is told no step count, nor is '
-           '`nar_lt` (it learns when to stop); the other stepwise models run '
-           'for the true one.', '',
+           'Test score of the DEAR model minus the baseline\'s (points), '
+           'paired by seed over the seeds both finished (seed s of every '
+           'model trains on the same data stream): mean [95 % t interval]. '
+           'A verdict is *better* or *worse* only where the interval excludes '
+           '0, else *indistinguishable* (cannot tell apart); one shared seed '
+           'gives no interval. The mean over algorithms has a bootstrap '
+           'interval (seeds resampled within each algorithm). DEAR is told '
+           'no step count, nor is `nar_lt` (it learns when to stop); the other '
+           'stepwise models run for the true one.', '',
            '| DEAR model | ' + ' | '.join(f'vs `{b}`' for b in bases) + ' |',
            '|' + '---|' * (len(bases) + 1)]
-  pairs_of = {(d, b): head_to_head(rows, d, b) for d in dears for b in bases}
   for d in dears:
     cells = []
     for b in bases:
-      pairs = pairs_of[d, b]
+      pairs = [diff[d, b, a] for a in algorithms if (d, b, a) in diff]
       if not pairs:
         cells.append('–')
         continue
-      wins = sum(x >= y for _, x, y, _ in pairs)
-      mx = 100 * sum(x for _, x, _, _ in pairs) / len(pairs)
-      my = 100 * sum(y for _, _, y, _ in pairs) / len(pairs)
-      cells.append(f'≥ on {wins} of {len(pairs)}; {mx:.1f} vs {my:.1f} '
-                   f'({mx - my:+.1f})')
+      per_algorithm = {}
+      for a in algorithms:
+        x = _by_seed(rows, a, d, 'test_score')
+        y = _by_seed(rows, a, b, 'test_score')
+        shared = sorted(set(x) & set(y))
+        if shared:
+          per_algorithm[a] = [x[s] - y[s] for s in shared]
+      mean = stats.bootstrap_mean(per_algorithm)
+      cells.append(f'{len(pairs)} algorithms: {_verdict_counts(pairs)}; '
+                   f'mean {mean.format(100, signed=True)}')
     lines.append(f'| `{d}` | ' + ' | '.join(cells) + ' |')
   for d in dears:
-    per = {b: {a: (x, y) for a, x, y, _ in pairs_of[d, b]} for b in bases}
-    algorithms = sorted({a for p in per.values() for a in p})
-    if not algorithms:
+    present = [a for a in algorithms if any((d, b, a) in diff for b in bases)]
+    if not present:
       continue
-    lines += ['', f'Per algorithm, `{d}` minus each baseline (points, same '
-              'seeds):', '',
+    lines += ['', f'Per algorithm, `{d}` minus each baseline (points; seeds '
+              'paired):', '',
               '| algorithm | ' + ' | '.join(f'`{b}`' for b in bases) + ' |',
               '|' + '---|' * (len(bases) + 1)]
-    for a in algorithms:
+    for a in present:
       lines.append(f'| {a} | ' + ' | '.join(
-          f'{100 * (per[b][a][0] - per[b][a][1]):+.1f}' if a in per[b]
-          else '–' for b in bases) + ' |')
+          f'{diff[d, b, a].format(100, signed=True)} (n={diff[d, b, a].n}, '
+          f'{diff[d, b, a].verdict()})' if (d, b, a) in diff else '–'
+          for b in bases) + ' |')
   return lines
 
 
@@ -441,13 +454,19 @@ def write_markdown(path: str, rows: list, info: dict, protocol: dict,
            f'training steps, validation every {protocol["eval_every"]} steps; '
            f'seeds {", ".join(map(str, info["seeds"]))} requested. Models: '
            + ', '.join(f'`{m}`' for m in models) + '.', '',
-           '## Test score (OOD, official CLRS test split; %, mean ± sample '
-           'std over seeds, n = seeds)', '']
+           '## Test score (OOD, official CLRS test split; %, mean over '
+           'seeds [95 % t interval], n = seeds; no interval from one seed)',
+           '']
   header = ['algorithm'] + [f'`{m}`' for m in models] + [
       f'{PUBLISHED_LABEL}, 10 seeds, mean ± SEM']
   lines += ['| ' + ' | '.join(header) + ' |',
             '|' + '---|' * len(header)]
-  test = cells('test_score', 100)
+  test = {}
+  for a in algorithms:
+    for m in models:
+      cell = stats.t_interval([_number(r['test_score']) for r in rows
+                               if r['algorithm'] == a and r['model'] == m])
+      test[a, m] = '–' if cell is None else f'{cell.format(100)} (n={cell.n})'
   for a in algorithms:
     pub = PUBLISHED_TRIPLET_GMPNN.get(a)
     pub_s = f'{pub[0]:.2f} ± {pub[1]:.2f}' if pub else '–'
@@ -508,3 +527,181 @@ def write_markdown(path: str, rows: list, info: dict, protocol: dict,
             'figures: plots/.']
   with open(path, 'w') as f:
     f.write('\n'.join(lines) + '\n')
+
+
+# README.md's generated blocks: each lies between these marker comments and
+# is rewritten by `python -m baselines.report --readme` (tests check that the
+# committed README is what this code writes).
+README = 'README.md'
+SUMMARY_SWEEP = 'results/dear10-cpu'
+QUICKSTART_RUN = 'results/default_command/current/results.json'
+# What results.json cannot say about that run: the load on its machine
+# (results/default_command/README.md). Update it when the run is re-recorded.
+QUICKSTART_LOAD = 'shared with other jobs'
+SUMMARY_DEAR, SUMMARY_BASELINE = 'dear', 'nar_nohint'
+
+
+def _markers(name: str) -> tuple:
+  return f'<!-- {name}:start -->', f'<!-- {name}:end -->'
+
+
+def _find_key(tree, key: str):
+  """The first value of `key` anywhere in a nested dict (None if absent):
+  protocol.json's layout of a model's settings may nest sections."""
+  if isinstance(tree, dict):
+    if key in tree:
+      return tree[key]
+    for v in tree.values():
+      got = _find_key(v, key)
+      if got is not None:
+        return got
+  return None
+
+
+def machine(hardware: str) -> str:
+  """A run's hardware line (profiling.hardware_line) in neutral words:
+  'a 2-core CPU', or 'a GPU' where jax's devices were GPUs."""
+  import re  # pylint: disable=g-import-not-at-top
+  devices = (hardware or '').partition(' devices ')[2]
+  if re.search(r'cuda|gpu|rocm', devices, re.I):
+    return 'a GPU'
+  cores = re.search(r'(\d+) CPU cores', hardware or '')
+  return f'a {cores.group(1)}-core CPU' if cores else 'a CPU'
+
+
+def quickstart_lines(repo: str = '.') -> list:
+  """Quick start's figures, read from the recorded run of the default
+  command (results/default_command/current/results.json)."""
+  with open(os.path.join(repo, QUICKSTART_RUN)) as f:
+    r = json.load(f)
+  converged = 100 * (1 - r['nonconverged_fraction'])
+  minutes = r['train_seconds'] / 60
+  return [
+      f'The recorded run of this command (`{QUICKSTART_RUN}`, seed '
+      f'{r["seed"]}): test score **{r["test_score"]:.3f}** on the official '
+      f'out-of-distribution test ({r["test_graphs"]} graphs of '
+      f'{r["test_nodes"]} nodes; validation {r["val_score"]:.3f} at the '
+      f'training sizes), {r["solver_iters_mean"]:.1f} solver iterations per '
+      f'test graph against {r["algo_steps_mean"]:.1f} true BFS steps, '
+      f'{converged:.0f} % of test graphs converged. Its {r["train_steps"]} '
+      f'training steps took {minutes:.1f} min ({r["train_steps_per_second"]:.2f}'
+      f' steps/s) on {machine(r["hardware"])} {QUICKSTART_LOAD}; '
+      'compiling, validation and the fixed-point checks add a few minutes.']
+
+
+def summary_lines(repo: str = '.', sweep: str = SUMMARY_SWEEP,
+                  dear: str = SUMMARY_DEAR,
+                  baseline: str = SUMMARY_BASELINE) -> list:
+  """README's results summary from SWEEP/results.csv: DEAR minus the no-hint
+  NAR per algorithm, paired by seed, with 95 % t intervals and verdicts, the
+  mean over algorithms with its bootstrap interval, and one sentence that
+  counts the verdicts (baselines/stats.py)."""
+  with open(os.path.join(repo, sweep, 'results.csv')) as f:
+    rows = [r for r in csv.DictReader(f)]
+  with open(os.path.join(repo, sweep, 'protocol.json')) as f:
+    protocol = json.load(f)['protocol']
+  penalty = _find_key(protocol['models'].get(dear, {}), 'jac_reg_weight')
+  algorithms = sorted({r['algorithm'] for r in rows})
+  table, per_algorithm = [], {}
+  for a in algorithms:
+    x, y = _by_seed(rows, a, dear, 'test_score'), _by_seed(rows, a, baseline,
+                                                           'test_score')
+    diff = stats.paired_difference(x, y)
+    if diff is None:
+      continue
+    shared = sorted(set(x) & set(y))
+    per_algorithm[a] = [x[s] - y[s] for s in shared]
+    mean = lambda v, s=shared: 100 * sum(v[k] for k in s) / len(s)
+    table.append((a, diff, f'| {a} | {len(shared)} | {mean(x):.1f} | '
+                  f'{mean(y):.1f} | {diff.format(100, signed=True)} | '
+                  f'{diff.verdict()} |'))
+  overall = stats.bootstrap_mean(per_algorithm)
+  counts = {v: sum(d.verdict() == v for _, d, _ in table)
+            for v in (stats.SAME, stats.BETTER, stats.WORSE, stats.ONE_SEED)}
+  k = len(table)
+  seeds = sorted({d.n for _, d, _ in table})
+  seed_words = ' or '.join(map(str, seeds))
+  setting = (f' (`dear.jac_reg_weight={penalty:g}`)' if penalty is not None
+             else '')
+  lines = [
+      f'DEAR-10 on the CPU ([`{sweep}/`]({sweep}/results.md)): '
+      f'{protocol["train_steps"]} training steps, the official OOD test '
+      f'(n = 64), every model on the same training stream per seed. '
+      f'`{dear}`{setting} minus the stepwise NAR without hints '
+      f'(`{baseline}`), test score in points, paired by seed: mean '
+      '[95 % t interval]; *indistinguishable* where the interval contains 0.',
+      '',
+      '| algorithm | seeds | DEAR (%) | no-hint NAR (%) | DEAR − NAR | '
+      'verdict |', '|---|---|---|---|---|---|']
+  lines += [line for _, _, line in table]
+  if overall is not None:
+    if overall.low is None:
+      verdict = 'no interval (an algorithm has one seed)'
+    else:
+      verdict = {stats.BETTER: 'DEAR higher', stats.WORSE: 'DEAR lower',
+                 stats.SAME: 'indistinguishable'}[overall.verdict()]
+    lines.append(f'| mean over the {len(per_algorithm)} algorithms '
+                 f'(bootstrap) | | | | {overall.format(100, signed=True)} | '
+                 f'{verdict} |')
+  told = (f'With {seed_words} seeds per algorithm the two cannot be told '
+          f'apart on {counts[stats.SAME]} of {k} algorithms')
+  others = [f'DEAR is higher on {counts[stats.BETTER]}'
+            if counts[stats.BETTER] else '',
+            f'lower on {counts[stats.WORSE]}' if counts[stats.WORSE] else '',
+            f'{counts[stats.ONE_SEED]} have one seed only'
+            if counts[stats.ONE_SEED] else '']
+  others = [o for o in others if o]
+  sentence = told + ('; ' + ', '.join(others) if others else '') + '.'
+  if overall is not None and overall.low is not None:
+    sentence += (f' Over the {len(per_algorithm)} algorithms DEAR scores '
+                 f'{abs(100 * overall.mean):.1f} points '
+                 f'{"below" if overall.mean < 0 else "above"} the no-hint '
+                 f'NAR on average, an interval that '
+                 + ('excludes 0' if overall.verdict() != stats.SAME
+                    else 'contains 0') + ' (an approximation with so few '
+                 'seeds: read it beside the per-algorithm verdicts).')
+  return lines + ['', sentence]
+
+
+def readme_blocks(repo: str = '.') -> dict:
+  """Every generated block of README.md, by marker name."""
+  return dict(quickstart=quickstart_lines(repo), summary=summary_lines(repo))
+
+
+def render_readme(text: str, blocks: dict) -> str:
+  """TEXT with each marked block replaced by its generated lines."""
+  for name, lines in blocks.items():
+    start, end = _markers(name)
+    head, sep, rest = text.partition(start + '\n')
+    body, sep2, tail = rest.partition(end)
+    if not sep or not sep2:
+      raise ValueError(f'README has no "{start}" ... "{end}" block')
+    text = head + start + '\n' + '\n'.join(lines) + '\n' + end + tail
+  return text
+
+
+def main(argv: list) -> int:
+  """`python -m baselines.report --readme [REPO]`: rewrite README.md's
+  generated blocks from the committed results."""
+  if not argv or argv[0] != '--readme' or len(argv) > 2:
+    print('error: usage: python -m baselines.report --readme [REPO_DIR] '
+          '(rewrites README.md\'s generated blocks)', file=sys.stderr)
+    return 2
+  repo = argv[1] if len(argv) > 1 else '.'
+  path = os.path.join(repo, README)
+  try:
+    with open(path) as f:
+      text = f.read()
+    new = render_readme(text, readme_blocks(repo))
+  except (OSError, ValueError, KeyError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  if new != text:
+    with open(path, 'w') as f:
+      f.write(new)
+  print(f'{path}: {"rewritten" if new != text else "already up to date"}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main(sys.argv[1:]))

@@ -17,7 +17,11 @@ import textwrap
 import nbformat
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-# Placeholder: the GitHub owner/name of this repository (also in README.md).
+if os.path.dirname(HERE) not in sys.path:
+  sys.path.insert(0, os.path.dirname(HERE))  # configs/, read for the text
+# The repository's GitHub owner/name: the one place it is written (the
+# badges, the setup cell's clone and README's badges, which a test checks,
+# follow it). 'OWNER/dear_jax' is a placeholder until it is published.
 GITHUB_REPO = 'OWNER/dear_jax'
 BRANCH = 'main'
 # Cells whose output must hold a figure carry this tag (tests check it).
@@ -34,6 +38,40 @@ def badge(name: str) -> str:
           f'colab-badge.svg)]({colab_url(name)})')
 
 
+# How the notebooks' text names the default settings it describes.
+SOLVER_WORDS = {'anderson': 'Anderson acceleration',
+                'broyden': "Broyden's method",
+                'fixed_point': 'plain fixed-point iteration'}
+GRAD_WORDS = {'ift': 'the implicit gradient (implicit function theorem)',
+              'phantom': 'the phantom gradient',
+              'jfb': "DEAR's 1-step gradient"}
+BACKWARD_WORDS = {'anderson': 'the forward solve\'s Anderson acceleration',
+                  'gmres': 'GMRES', 'bicgstab': 'BiCGStab'}
+
+
+def defaults() -> dict:
+  """The settings of configs/default.py that the notebooks' text describes,
+  in words, so the text follows the defaults when they change."""
+  from configs import default  # pylint: disable=g-import-not-at-top
+  c = default.get_config()
+  d = c.dear
+  residual = 'relative residual' if d.tol_mode == 'rel' else 'residual'
+  penalty = (f'a Jacobian penalty of weight {d.jac_reg_weight:g} (which makes '
+             'the trained map contract, so the answer is its fixed point)'
+             if d.jac_reg_weight else 'no Jacobian penalty')
+  return dict(
+      hidden=c.model.hidden, steps=c.train.steps, batch=c.data.batch_size,
+      sizes=f'{min(c.data.train_sizes)} to {max(c.data.train_sizes)}',
+      eval_every=c.train.eval_every, val_length=c.data.val_length,
+      test_length=c.data.test_length, tol=f'{d.tol:g}',
+      solve=(f'{SOLVER_WORDS.get(d.method, d.method)} to a {residual} of '
+             f'{d.tol:g} (at most {d.max_iter_train} iterations in training, '
+             f'{d.max_iter_eval} in evaluation)'),
+      grad=GRAD_WORDS.get(d.grad, f'the `{d.grad}` gradient'),
+      grad_key=d.grad, penalty=penalty,
+      backward=BACKWARD_WORDS.get(d.backward_solver, d.backward_solver))
+
+
 def md(text: str):
   return nbformat.v4.new_markdown_cell(textwrap.dedent(text).strip())
 
@@ -48,36 +86,48 @@ def code(*parts: str, figure: bool = False):
 
 
 SETUP = code(f"""
-    # Setup. On Colab: clone the repository, install its pinned requirements
-    # (jax with CUDA on a GPU runtime) and the package. Elsewhere: nothing is
-    # installed; the checkout this notebook sits in is put on sys.path.
-    import os, shutil, subprocess, sys
+    # Setup. Opened from a clone of the repository, the checkout is put on
+    # sys.path. On Colab the repository is cloned first unless the notebook
+    # sits in a clone, then its pinned requirements (jax with CUDA on a GPU
+    # runtime) and the package are installed; elsewhere nothing is installed.
+    import importlib.util, os, shutil, subprocess, sys
 
-    GITHUB_REPO = '{GITHUB_REPO}'  # placeholder: the repository's owner/name
+    GITHUB_REPO = '{GITHUB_REPO}'  # the repository's GitHub owner/name
     SMOKE = os.environ.get('DEAR_JAX_NOTEBOOK_SMOKE') == '1'  # CI's tiny budget
 
+    here = os.path.abspath(os.getcwd())
+    # The checkout this notebook sits in, if it was opened from a clone.
+    REPO_DIR = next((d for d in (here, os.path.dirname(here))
+                     if os.path.isfile(os.path.join(d, 'dear_jax', '__init__.py'))), None)
     if 'google.colab' in sys.modules:
-        REPO_DIR = '/content/dear_jax_repo'
-        if not os.path.isdir(REPO_DIR):
-            subprocess.run(['git', 'clone', '--depth=1',
-                            f'https://github.com/{{GITHUB_REPO}}', REPO_DIR], check=True)
-        with open(os.path.join(REPO_DIR, 'requirements.txt')) as f:
-            pins = [line.split('#')[0].strip() for line in f]
-        # Colab keeps its own Jupyter kernel: skip the tools only our tests use.
-        pins = [p for p in pins if p and not p.startswith(
-            ('ipykernel', 'nbclient', 'nbformat', 'pytest'))]
-        if shutil.which('nvidia-smi') and subprocess.run(
-                ['nvidia-smi'], capture_output=True).returncode == 0:
-            pins = ['jax[cuda12]' + p[3:] if p.startswith('jax==') else p for p in pins]
-        subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', *pins], check=True)
-        subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', '--no-deps', REPO_DIR],
-                       check=True)
-    else:
-        here = os.path.abspath(os.getcwd())
-        REPO_DIR = next((d for d in (here, os.path.dirname(here))
-                         if os.path.isfile(os.path.join(d, 'dear_jax', '__init__.py'))), None)
-        if REPO_DIR and REPO_DIR not in sys.path:
-            sys.path.insert(0, REPO_DIR)  # else: an installed dear_jax (pip install .)
+        if REPO_DIR is None:
+            REPO_DIR = '/content/dear_jax_repo'
+            if not os.path.isdir(REPO_DIR):
+                url = f'https://github.com/{{GITHUB_REPO}}'
+                cloned = subprocess.run(['git', 'clone', '--depth=1', url, REPO_DIR],
+                                        capture_output=True, check=False,
+                                        env=dict(os.environ, GIT_TERMINAL_PROMPT='0'))
+                if cloned.returncode != 0:
+                    print(f'Could not clone {{url}}: set GITHUB_REPO above to the '
+                          'repository owner/name, or open this notebook from a clone.')
+        if os.path.isfile(os.path.join(REPO_DIR, 'requirements.txt')):
+            with open(os.path.join(REPO_DIR, 'requirements.txt')) as f:
+                pins = [line.split('#')[0].strip() for line in f]
+            # Colab keeps its own Jupyter kernel: skip the tools only our tests use.
+            pins = [p for p in pins if p and not p.startswith(
+                ('ipykernel', 'nbclient', 'nbformat', 'pytest'))]
+            if shutil.which('nvidia-smi') and subprocess.run(
+                    ['nvidia-smi'], capture_output=True).returncode == 0:
+                pins = ['jax[cuda12]' + p[3:] if p.startswith('jax==') else p for p in pins]
+            subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', *pins], check=True)
+            subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', '--no-deps', REPO_DIR],
+                           check=True)
+    if REPO_DIR and os.path.isdir(os.path.join(REPO_DIR, 'dear_jax')):
+        if REPO_DIR not in sys.path:
+            sys.path.insert(0, REPO_DIR)
+    elif importlib.util.find_spec('dear_jax') is None:
+        print('dear_jax not found: open this notebook from a clone of the repository, '
+              'or pip install it.')
 
     import jax
     print('jax', jax.__version__, jax.devices(), '| smoke budget' if SMOKE else '')
@@ -129,6 +179,7 @@ SMOKE_COMPARE = """
 
 
 def quickstart():
+  d = defaults()
   return [
       md(f"""
           {badge('quickstart')}
@@ -151,16 +202,17 @@ def quickstart():
           """),
       SETUP,
       BUDGET,
-      md("""
+      md(f"""
           ## 1. Train
 
-          `configs/default.py` is the CPU-sized preset: hidden size 128, 500
-          steps of batches of 32 graphs of 4 to 16 nodes, Anderson acceleration
-          to a relative residual of 0.1 (at most 40 iterations), DEAR's 1-step
-          gradient. `train_and_evaluate` validates every 50 steps on graphs of
-          16 nodes and tests the best parameters on the official CLRS test
-          split: 32 graphs of **64** nodes, four times the largest training
-          size. It writes `results.json` and orbax checkpoints to `workdir`.
+          `configs/default.py` is the CPU-sized preset: hidden size {d['hidden']},
+          {d['steps']} steps of batches of {d['batch']} graphs of {d['sizes']}
+          nodes; the solve is {d['solve']}; the gradient is {d['grad']}, with
+          {d['penalty']}. `train_and_evaluate` validates every
+          {d['eval_every']} steps on graphs of {d['val_length']} nodes and tests
+          the best parameters on the official CLRS test split: graphs of
+          **{d['test_length']}** nodes, four times the largest training size.
+          It writes `results.json` and orbax checkpoints to `workdir`.
           """),
       code("""
           import json
@@ -586,6 +638,7 @@ def dear_vs_stepwise():
 
 
 def implicit_gradients():
+  d = defaults()
   return [
       md(f"""
           {badge('implicit_gradients')}
@@ -597,12 +650,16 @@ def implicit_gradients():
           (`dear.grad`):
 
           - `ift`: the implicit function theorem, dH\\*/dθ = (I − ∂f/∂h)⁻¹ ∂f/∂θ,
-            with the adjoint linear system solved by GMRES: exact at a true fixed
-            point, memory independent of the iteration count;
+            with the adjoint linear system solved by {d['backward']}
+            (`dear.backward_solver`): exact at a true fixed point, memory
+            independent of the iteration count;
           - `phantom`: backpropagation through a few damped steps
             h ← (1 − τ) h + τ f(h) from H\\* (5 steps, τ = 0.5);
           - `jfb`: the 1-step (Jacobian-free) gradient: only the last
-            application of f is differentiated, H\\* is a constant (DEAR's default).
+            application of f is differentiated, H\\* is a constant (DEAR's own).
+
+          This project's default (`configs/default.py`) is `{d['grad_key']}`,
+          with {d['penalty']}.
 
           This notebook
 
@@ -846,17 +903,17 @@ def implicit_gradients():
           ax.legend(fontsize=8)
           plt.show()
           """, figure=True),
-      md("""
+      md(f"""
           ## 3. What the tolerance does to the score and the time
 
           The same trained parameters, evaluated on the whole test split with
           the solver stopped at different relative tolerances (cap raised to
-          200 evaluations). Training used 0.1.
+          200 evaluations). Training used {d['tol']}, the default.
 
           What to look at: if the score **changes** when the tolerance tightens,
           the model's answers depend on where the solver stops, i.e. training
-          found a useful early iterate rather than a fixed point (the README's
-          stopping-tolerance finding); the time per graph follows the iteration
+          found a useful early iterate rather than a fixed point
+          (docs/equilibrium.md); the time per graph follows the iteration
           count. Graphs that hit the cap are counted as not converged.
           """),
       code("""

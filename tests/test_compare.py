@@ -326,21 +326,28 @@ def test_a_second_machine_is_named_beside_the_first(finished, tmp_path,
   assert f'- {first[0]}: 2 run(s)' in md and '- machine B: 1 run(s)' in md
 
 
-def test_head_to_head_pairs_only_shared_seeds():
-  """DEAR against a baseline over the seeds both finished (hand-computed)."""
+def test_head_to_head_pairs_seeds_with_intervals():
+  """DEAR against a baseline over the seeds both finished, paired by seed;
+  figures hand-computed (t_{0.975, 2} = 4.303 from a t table)."""
   row = lambda a, m, s, score: dict(algorithm=a, model=m, seed=s,
                                     test_score=score)
   rows = [row('bfs', 'dear', 0, 0.9), row('bfs', 'dear', 1, 0.7),
-          row('bfs', 'nar_nohint', 0, 0.8),  # seed 1 missing
+          row('bfs', 'nar_nohint', 0, 0.8),  # seed 1 missing: one pair
           row('dfs', 'dear', 0, 0.2),  # no baseline on dfs
           row('mst_prim', 'dear', 2, 0.5), row('mst_prim', 'nar_nohint', 2,
                                                ''),  # unfinished value
-          row('sort', 'dear', 0, 0.6), row('sort', 'dear', 1, 0.4),
-          row('sort', 'nar_nohint', 0, 0.3), row('sort', 'nar_nohint', 1,
-                                                 0.9)]
-  got = report.head_to_head(rows, 'dear', 'nar_nohint')
-  assert [(a, round(x, 9), round(y, 9), n) for a, x, y, n in got] == [
-      ('bfs', 0.9, 0.8, 1), ('sort', 0.5, 0.6, 2)]
+          # differences 0.1, 0.2, 0.3: mean 0.2, sd 0.1, half-width
+          # 4.303 * 0.1 / sqrt(3) = 0.248
+          row('sort', 'dear', 0, 0.6), row('sort', 'dear', 1, 0.7),
+          row('sort', 'dear', 2, 0.8), row('sort', 'nar_nohint', 0, 0.5),
+          row('sort', 'nar_nohint', 1, 0.5), row('sort', 'nar_nohint', 2,
+                                                 0.5)]
+  lines = report._head_to_head_lines(rows, ['dear', 'nar_nohint'])
+  per = {l.split(' | ')[0].strip('| '): l for l in lines if l.startswith('| ')}
+  assert per['bfs'] == '| bfs | +10.0 (n=1, one seed) |'
+  assert per['sort'] == '| sort | +20.0 [-4.8, +44.8] (n=3, indistinguishable) |'
+  assert 'dfs' not in per and 'mst_prim' not in per
+  assert 'indistinguishable on 1, one seed on 1' in per['`dear`']
 
 
 def test_parts_table_compares_each_part_with_plain_dear_on_shared_seeds():

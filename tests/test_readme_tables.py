@@ -1,9 +1,10 @@
-"""README's DEAR-10 tables (and the penalty folder's) are written by hand;
-every figure in them must be the committed results.csv's of the seed the
-table names, rounded as shown, so the text cannot drift from the data when
-runs are added or re-run."""
+"""The DEAR-10 tables of docs/dear10-cpu.md (and the penalty folder's README)
+are written by hand; every figure in them must be the committed results.csv's
+of the seed the table names, rounded as shown, so the text cannot drift from
+the data when runs are added or re-run."""
 
 import csv
+import json
 import os
 
 import pytest
@@ -14,6 +15,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWEEP = 'results/dear10-cpu'
 PENALTY = 'results/dear10-cpu-penalty/jac0.1'
 NO_RUN = '–'
+DOC = 'docs/dear10-cpu.md'
 
 
 def _rows(folder: str, seed: str = '0') -> dict:
@@ -23,18 +25,18 @@ def _rows(folder: str, seed: str = '0') -> dict:
             if r['seed'] == seed}
 
 
-def _readme_table(header_start: str, readme: str = 'README.md') -> list:
+def _readme_table(header_start: str, readme: str = DOC) -> list:
   """The body rows of the table whose header begins so, as cell lists."""
   with open(os.path.join(REPO, readme)) as f:
     lines = [l.strip() for l in f]
   starts = [i for i, l in enumerate(lines) if l.startswith(header_start)]
-  assert len(starts) == 1, f'README has {len(starts)} tables "{header_start}"'
+  assert len(starts) == 1, f'{readme} has {len(starts)} tables "{header_start}"'
   rows = []
   for line in lines[starts[0] + 2:]:
     if not line.startswith('|'):
       break
     rows.append([c.strip().strip('*') for c in line.strip('|').split('|')])
-  assert rows, f'README table "{header_start}" has no rows'
+  assert rows, f'{readme} table "{header_start}" has no rows'
   return rows
 
 
@@ -57,7 +59,7 @@ def test_test_score_table_is_the_committed_seed0_scores():
     want = [_score(rows_.get((algorithm, model))) for rows_, model in columns]
     want.append(f'{report.PUBLISHED_TRIPLET_GMPNN[algorithm][0]:.1f}')
     if cells != want:
-      wrong.append(f'{algorithm}: README {cells}, results {want}')
+      wrong.append(f'{algorithm}: table {cells}, results {want}')
   assert not wrong, '\n'.join(wrong)
 
 
@@ -78,7 +80,7 @@ def test_answer_and_time_table_is_the_committed_seed0_runs():
                    f'{1000 * float(row["eval_seconds_per_graph"]):.0f}')
     want = [want_iters, want_conv, want_dist, ' / '.join(times)]
     if [iters, converged, distance, ms] != want:
-      wrong.append(f'{algorithm}: README {[iters, converged, distance, ms]}, '
+      wrong.append(f'{algorithm}: table {[iters, converged, distance, ms]}, '
                    f'results {want}')
   assert not wrong, '\n'.join(wrong)
 
@@ -94,7 +96,7 @@ def test_cgp_table_is_the_committed_seed0_runs():
             f'{float(dear["solver_iters_mean"]):.1f} → '
             f'{float(cgp["solver_iters_mean"]):.1f}']
     if [scores.replace('*', ''), nohint, iters] != want:
-      wrong.append(f'{algorithm}: README {[scores, nohint, iters]}, '
+      wrong.append(f'{algorithm}: table {[scores, nohint, iters]}, '
                    f'results {want}')
   assert not wrong, '\n'.join(wrong)
 
@@ -122,5 +124,90 @@ def test_penalty_readme_tables_are_the_committed_runs(seed, first_column):
             f'({float(a["algo_steps_mean"]):.1f})']
     got = [low, high, nohint, converged, distance, rho, iters]
     if got != want:
-      wrong.append(f'{algorithm}: README {got}, results {want}')
+      wrong.append(f'{algorithm}: table {got}, results {want}')
   assert not wrong, '\n'.join(wrong)
+
+
+# README's generated blocks (baselines/report.py, `--readme`).
+
+
+def _readme() -> str:
+  with open(os.path.join(REPO, 'README.md')) as f:
+    return f.read()
+
+
+def _block(name: str) -> str:
+  text = _readme()
+  start, end = f'<!-- {name}:start -->', f'<!-- {name}:end -->'
+  assert text.count(start) == 1 and text.count(end) == 1, name
+  return text.split(start)[1].split(end)[0]
+
+
+def test_readme_generated_blocks_are_current():
+  """README's blocks are what `python -m baselines.report --readme` writes
+  from the committed results: rerun it after the results change."""
+  text = _readme()
+  assert report.render_readme(text, report.readme_blocks(REPO)) == text, (
+      'README.md is stale: run python -m baselines.report --readme')
+
+
+def test_readme_summary_is_the_paired_t_intervals_of_results_csv():
+  """Every row of the summary against scipy's paired t-test on the committed
+  results.csv (an independent computation of the same intervals)."""
+  from scipy import stats as scipy_stats  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(REPO, SWEEP, 'results.csv')) as f:
+    rows = list(csv.DictReader(f))
+  score = {}
+  for r in rows:
+    score.setdefault((r['algorithm'], r['model']), {})[r['seed']] = (
+        100 * float(r['test_score']))
+  lines = [l for l in _block('summary').splitlines()
+           if l.startswith('| ') and not l.startswith(('| algorithm',
+                                                       '| mean'))]
+  algorithms = sorted({r['algorithm'] for r in rows})
+  assert [l.split('|')[1].strip() for l in lines] == algorithms
+  verdicts = []
+  for line in lines:
+    a, seeds, dear, nar, diff, verdict = [c.strip() for c in
+                                          line.strip('|').split('|')]
+    x, y = score[a, 'dear'], score[a, 'nar_nohint']
+    shared = sorted(set(x) & set(y))
+    dx, dy = [x[s] for s in shared], [y[s] for s in shared]
+    ci = scipy_stats.ttest_rel(dx, dy).confidence_interval(0.95)
+    mean = sum(dx) / len(dx) - sum(dy) / len(dy)
+    want = [str(len(shared)), f'{sum(dx) / len(dx):.1f}',
+            f'{sum(dy) / len(dy):.1f}',
+            f'{mean:+.1f} [{ci.low:+.1f}, {ci.high:+.1f}]',
+            'indistinguishable' if ci.low <= 0 <= ci.high
+            else ('better' if ci.low > 0 else 'worse')]
+    assert [seeds, dear, nar, diff, verdict] == want, a
+    verdicts.append(want[-1])
+  same = verdicts.count('indistinguishable')
+  assert f'cannot be told apart on {same} of {len(lines)} algorithms' in (
+      _block('summary'))
+  protocol = os.path.join(REPO, SWEEP, 'protocol.json')
+  with open(protocol) as f:
+    weight = json.load(f)['protocol']['models']['dear']['dear'][
+        'jac_reg_weight']
+  assert f'dear.jac_reg_weight={weight:g}' in _block('summary')
+
+
+def test_readme_quickstart_figures_are_the_recorded_run():
+  with open(os.path.join(REPO, report.QUICKSTART_RUN)) as f:
+    run = json.load(f)
+  block = _block('quickstart')
+  assert f'test score **{run["test_score"]:.3f}**' in block
+  assert f'Its {run["train_steps"]} training steps took ' \
+         f'{run["train_seconds"] / 60:.1f} min' in block
+  assert 'a 2-core CPU' in block  # the run's hardware line names 2 cores
+  assert 'Xeon' not in block and 'EPYC' not in block
+
+
+def test_render_readme_refuses_a_readme_without_markers(tmp_path, capsys):
+  with pytest.raises(ValueError, match='summary:start'):
+    report.render_readme('# no blocks\n', {'summary': ['x']})
+  (tmp_path / 'README.md').write_text('# no blocks\n')
+  assert report.main(['--readme', str(tmp_path)]) == 2
+  assert (tmp_path / 'README.md').read_text() == '# no blocks\n'
+  assert capsys.readouterr().err.startswith('error: ')
+  assert report.main(['--bogus']) == 2
