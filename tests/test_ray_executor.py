@@ -76,10 +76,11 @@ def test_ray_sweep_equals_local_sweep(sweeps, model):
   # The same run folder: metrics and checkpoints travelled back too.
   for out in sweeps:
     run = out / 'runs' / 'bfs' / model / 's0'
-    assert sorted(os.listdir(run)) == ['checkpoints', 'metrics.jsonl',
-                                       'results.json']
-  assert ((local / 'runs/bfs' / model / 's0/metrics.jsonl').read_text() ==
-          (on_ray / 'runs/bfs' / model / 's0/metrics.jsonl').read_text())
+    assert sorted(os.listdir(run)) == ['checkpoints', 'config.json',
+                                       'metrics.jsonl', 'results.json']
+  for name in ('metrics.jsonl', 'config.json'):
+    assert ((local / 'runs/bfs' / model / 's0' / name).read_text() ==
+            (on_ray / 'runs/bfs' / model / 's0' / name).read_text())
   assert (sorted(os.listdir(local / 'runs/bfs' / model / 's0/checkpoints')) ==
           sorted(os.listdir(on_ray / 'runs/bfs' / model / 's0/checkpoints')))
 
@@ -277,7 +278,8 @@ def test_stack_seeds_real_stacked_run_on_ray(sweeps, tmp_path, cache_dir,
   assert compare.main(argv) == 0
   for s in (0, 1):
     run = tmp_path / 'runs' / 'bfs' / 'nar' / f's{s}'
-    assert sorted(os.listdir(run)) == ['checkpoints', 'metrics.jsonl',
+    assert sorted(os.listdir(run)) == ['checkpoints', 'config.json',
+                                       'metrics.jsonl',
                                        'results.json'] + ['stacked'] * (s == 0)
     assert _results(tmp_path, 'nar', s)['seed'] == s
   assert (tmp_path / 'runs/bfs/nar/s0/stacked').read_text() == '[0, 1]'
