@@ -262,10 +262,11 @@ def test_markdown_states_the_fixed_point_goals_of_each_dear_run(finished):
   assert cells[7] == str(len(r['fixed_point_distance']))  # graphs checked
   assert cells[8] == ('yes' if all(ok) else 'no')
   # ... and DEAR against each stepwise model that ran (nar, clrs_official).
-  (summary,) = [l for l in md.splitlines() if l.startswith('| `dear` | ≥ on')]
-  for m in ('nar', 'clrs_official'):
+  (summary,) = [l for l in md.splitlines() if l.startswith('| `dear` | 1 ')]
+  cells = [c.strip() for c in summary.strip('|').split('|')][1:]
+  for m, cell in zip(('nar_nohint', 'nar', 'clrs_official'), cells):
     d = 100 * (r['test_score'] - _results(out, m)['test_score'])
-    assert f'({d:+.1f})' in summary
+    assert cell == f'1 algorithms: one seed on 1; mean {d:+.1f}', cell
 
 
 def test_report_only_rewrites_the_reports_and_trains_nothing(finished,
@@ -449,7 +450,8 @@ def test_unknown_model_is_one_line_exit_2(tmp_path):
   lines = proc.stderr.strip().splitlines()
   assert len(lines) == 1 and 'Traceback' not in proc.stderr
   assert "'transformer'" in lines[0]
-  assert ('dear, dear_cgp, dear_align, nar, nar_nohint, clrs_official'
+  assert ('dear, dear_cgp, dear_align, dear_paper, nar, nar_nohint, nar_lt, '
+          'clrs_official'
           in lines[0])
   assert not os.listdir(tmp_path)
 
