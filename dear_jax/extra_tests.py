@@ -25,7 +25,7 @@ _KEPT = ('solver_iters_mean', 'solver_iters_p95', 'nonconverged_fraction',
          'nonfinite_graphs', 'iterations', 'nar_steps_mean',
          'nar_true_steps_mean', 'nar_stopped_early_fraction',
          'nar_stopped_exact_fraction', 'nar_stopped_late_fraction',
-         'nar_step_cap', 'nar_cap_hit_fraction', 'nar_steps')
+         'nar_step_cap', 'nar_cap_hit_fraction', 'nar_steps', 'graph_scores')
 
 
 def evaluate_sizes(learner, params, algorithm: str, dcfg,

@@ -173,6 +173,18 @@ def setup(config, spec: dict, sample_batch: dict, key, donate: bool = True):
           optimizer.init(params))
 
 
+def graph_scores(evalset, preds: dict) -> list:
+  """`clrs.evaluate`'s score of each graph alone: what intervals over the
+  test graphs are computed from (the split's 'score' pools the graphs)."""
+  clrs = clrs_lib.clrs()
+  one = lambda tree, i: {k: v[i:i + 1] for k, v in tree.items()}
+  return [float(clrs.evaluate(
+      clrs_lib.datapoints(one(evalset.outputs, i), evalset.spec),
+      {dp.name: dp for dp in clrs_lib.datapoints(one(preds, i),
+                                                 evalset.spec)})['score'])
+          for i in range(evalset.num_samples)]
+
+
 def evaluate(model, predict_fn, params, evalset) -> dict:
   """Scores a split with `clrs.evaluate` (pooled over the whole split), for
   every model: `predict_fn(params, batch)` -> (hard output arrays, aux).
@@ -192,7 +204,8 @@ def evaluate(model, predict_fn, params, evalset) -> dict:
                          {dp.name: dp for dp in
                           clrs_lib.datapoints(preds, evalset.spec)})
   result = {'score': float(scores['score']),
-            'scores': {k: float(v) for k, v in scores.items()}}
+            'scores': {k: float(v) for k, v in scores.items()},
+            'graph_scores': graph_scores(evalset, preds)}
   if stats:
     iters = np.concatenate([s.iterations for s in stats])[:n]
     result.update(
@@ -481,7 +494,7 @@ class FlaxLearner(loop.Learner):
     if config.model_kind == 'nar':
       results['hint_mode'] = config.nar.hint_mode
     for k, v in test.items():
-      if k not in ('score', 'scores'):
+      if k not in ('score', 'scores', 'graph_scores'):
         results[k if k != 'iterations' else 'solver_iterations'] = v
     if 'iterations' in test:
       results['test_algo_steps'] = (test_set.lengths - 1).tolist()

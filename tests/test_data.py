@@ -297,3 +297,22 @@ def test_default_split_sizes_are_dm_clrs_official_counts(algorithm, clrs):
     assert got['num_samples'] == want[split]
     assert clrs_lib.protocol_key(got) == clrs_lib.protocol_key(
         splits._split_protocol(algorithm, split, explicit, 0))  # pylint: disable=protected-access
+
+
+def test_graph_scores_are_each_graphs_own_score(data_cfg):
+  """train.evaluate's graph_scores: a pointer output scores the share of a
+  graph's nodes whose pointer is right (numpy transcription), graph by graph,
+  whatever its batchmates got wrong."""
+  from dear_jax import train  # pylint: disable=g-import-not-at-top
+  test = splits.load_split('bfs', 'test', data_cfg)
+  truth = test.outputs['pi']
+  n = truth.shape[1]
+  pred = truth.copy()
+  pred[0, :2] = (truth[0, :2] + 1) % n       # graph 0: two nodes wrong
+  pred[1] = (truth[1] + 1) % n                # graph 1: every node wrong
+  got = train.graph_scores(test, {'pi': pred})
+  want = [float(np.mean(p == t)) for p, t in zip(pred, truth)]
+  assert len(got) == test.num_samples
+  np.testing.assert_allclose(got, want)
+  assert got[0] == pytest.approx(1 - 2 / n) and got[1] == 0.0
+  assert all(g == 1.0 for g in got[2:])
