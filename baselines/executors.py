@@ -28,14 +28,10 @@ import tempfile
 import time
 import warnings
 
-from baselines.plan import MODEL_SETTINGS, TEACHERS, CompareError, Plan
+from baselines.plan import MODEL_SETTINGS, TEACHERS, CompareError, Plan, run_dir
 
 # Set in every Ray worker (start_ray); _task_options adds per-task ones.
 _WORKER_ENV = {'TF_CPP_MIN_LOG_LEVEL': '3'}
-
-
-def run_dir(out: str, algorithm: str, model: str, seed: int) -> str:
-  return os.path.join(out, 'runs', algorithm, model, f's{seed}')
 
 
 def train_one(plan: Plan, algorithm: str, model: str, seed: int) -> dict:

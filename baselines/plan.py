@@ -85,6 +85,11 @@ _OWN_FLAGS = {'train.steps': '--train_steps', 'train.seed': '--seeds',
               'data.cache_dir': '--cache_dir'}
 
 
+def run_dir(out: str, algorithm: str, model: str, seed: int) -> str:
+  """One run's folder in a compare --out."""
+  return os.path.join(out, 'runs', algorithm, model, f's{seed}')
+
+
 class CompareError(Exception):
   """A problem the user can fix: one line on stderr, exit code 2."""
 
@@ -150,7 +155,7 @@ def resolve(args) -> Plan:
     raise CompareError(f'--seeds must be >= 1, got {seeds}')
 
   from dear_jax import clrs_lib  # pylint: disable=g-import-not-at-top
-  from dear_jax import train, validation  # pylint: disable=g-import-not-at-top
+  from dear_jax import run_config, train  # pylint: disable=g-import-not-at-top
   _check_names('algorithm', algorithms, clrs_lib.algorithm_names())
 
   base = {'dear': load_config_file(pick(args.dear_config, 'dear_config')),
@@ -199,7 +204,7 @@ def resolve(args) -> Plan:
     if model in TEACHERS:  # the teacher's run is checked when it exists
       checked.dear.align_weight = 0.0
     try:
-      validation.check_config(checked)
+      run_config.check_config(checked)
     except ValueError as e:
       raise CompareError(f'{model} config: {str(e).splitlines()[0]}') from None
     configs[model] = config

@@ -25,7 +25,8 @@ params['processor'] under CGP_KEYS, so every solver and diagnostic that
 passes the processor's parameters explicitly passes them too.
 
 Alignment (`dear.align_weight` > 0, training only): dear_jax/alignment.py,
-with the frozen teacher loaded from `dear.align_teacher` (or passed in).
+with the frozen teacher passed in (factory.build_model loads
+`dear.align_teacher`).
 """
 
 from __future__ import annotations
@@ -79,8 +80,14 @@ class DearConfig(sections.Section):
     prefix = cls.PREFIX if prefix is None else prefix
     solver_keys = solver.SolverConfig.__dataclass_fields__
     own = {k: v for k, v in section.items() if k not in solver_keys}
-    own['solver'] = solver.config_from_section(section, prefix)
-    return super().from_section(own, prefix)
+    own['solver'] = solver.SolverConfig(
+        **{k: v for k, v in section.items() if k in solver_keys})
+    return super().from_section(own, prefix)  # `check` validates the solver
+
+  def to_dict(self) -> dict:
+    """Flat, as the config's `dear` section: the solver's keys first."""
+    own = super().to_dict()
+    return {**dataclasses.asdict(own.pop('solver')), **own}
 
   @classmethod
   def check(cls, v, prefix: str) -> None:
@@ -119,8 +126,8 @@ class EquilibriumReasoner(Reasoner):
   def __init__(self, spec, sample_batch, model_cfg, dear_cfg, teacher=None):
     """model_cfg, dear_cfg: a ModelConfig and a DearConfig (or the `model`
     and `dear` sections). teacher: (StepwiseNAR, params) for the alignment
-    loss; by default loaded from dear_cfg.align_teacher when
-    dear_cfg.align_weight > 0."""
+    loss, needed when dear_cfg.align_weight > 0 (factory.build_model loads it
+    from dear_cfg.align_teacher)."""
     model_cfg = ModelConfig.coerce(model_cfg)
     dear_cfg = DearConfig.coerce(dear_cfg)
     check_cgp_processor(dear_cfg, model_cfg)
@@ -141,8 +148,9 @@ class EquilibriumReasoner(Reasoner):
     self.align_weight = float(dear_cfg.align_weight)
     self.align_samples = int(dear_cfg.align_samples)
     if self.align_weight > 0 and teacher is None:
-      teacher = alignment.load_teacher(dear_cfg.align_teacher, spec,
-                                       sample_batch, model_cfg)
+      raise ValueError('dear.align_weight > 0 needs the teacher: build the '
+                       'model with dear_jax.factory.build_model, which loads '
+                       'dear.align_teacher')
     self.teacher = teacher if self.align_weight > 0 else None
 
   def with_solver(self, **changes) -> 'EquilibriumReasoner':

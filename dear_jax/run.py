@@ -15,7 +15,12 @@ from absl import flags
 from ml_collections import config_flags
 
 from dear_jax import MODEL_KINDS
+from dear_jax import clrs_lib
 from dear_jax import compile_cache
+from dear_jax import nar
+from dear_jax import run_config
+from dear_jax import train
+from dear_jax import validation
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -78,10 +83,10 @@ def last_overrides(args) -> list:
       a.startswith('--config.') and '=' in a and last[a.split('=', 1)[0]] != i)]
 
 
-def resolve_config(fv, argv=()):
-  """The config with command-line overrides applied, validated; `argv`, the
-  command line, to refuse a flag and its config key set to different values."""
-  from dear_jax import nar, validation  # pylint: disable=g-import-not-at-top
+def resolve_config(fv, argv=()) -> run_config.RunConfig:
+  """The config with command-line overrides applied, as the run's one typed,
+  checked RunConfig; `argv`, the command line, to refuse a flag and its
+  config key set to different values."""
   config = fv.config
   given = {a[len('--config.'):].split('=', 1)[0] for a in argv
            if a.startswith('--config.')}
@@ -105,12 +110,12 @@ def resolve_config(fv, argv=()):
                          'uses no hints)')
       nar.hint_flags(fv.hint_mode, '--hint_mode')  # named as typed
       config.nar.hint_mode = fv.hint_mode
-  validation.check_config(config)
+  run = run_config.check_config(config)
   for flag, value in typed_keys.items():
     if value != fv[flag].value:
       raise ValueError(f'--{flag}={fv[flag].value} and --config.'
                        f'{_FLAG_KEYS[flag]}={value} disagree; give one of them')
-  return config
+  return run
 
 
 USAGE = """Train and test DEAR (or the stepwise NAR) on one CLRS-30 algorithm.
@@ -186,7 +191,6 @@ def main(argv=None) -> int:
   if config_file is not None and not os.path.isfile(config_file):
     _fail(f'config file {config_file!r} not found; use one of '
           f'{", ".join(sorted(f"configs/{f}" for f in os.listdir(os.path.join(_REPO, "configs")) if f.endswith(".py") and not f.startswith("_")))}')
-  from dear_jax import validation  # pylint: disable=g-import-not-at-top
   try:
     if config_file is not None:  # each way a config file fails, in one line
       validation.load_config_file(config_file)
@@ -208,7 +212,6 @@ def main(argv=None) -> int:
     _fail(str(e).strip().splitlines()[0])
 
   compile_cache.enable(fv.jax_cache)
-  from dear_jax import clrs_lib, train  # pylint: disable=g-import-not-at-top
   try:
     clrs_lib.check_algorithm(fv.algorithm)
     if seeds is None:

@@ -43,6 +43,10 @@ class Section:
     cls.check(types.SimpleNamespace(**{**defaults, **values}), prefix)
     return cls(**values)
 
+  def to_dict(self) -> dict:
+    """The section as the config file writes it (key: value)."""
+    return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
   @classmethod
   def coerce(cls, cfg):
     """`cfg` if it is already this type, else `from_section(cfg)`."""

@@ -273,7 +273,7 @@ def test_gated_max_mpnn_matches_dear_mpnn_layer():
 @pytest.mark.parametrize('kind', ['dear', 'nar'])
 @x64
 def test_models_built_with_gmpnn_message_along_input_edges(kind, data_cfg):
-  """model.processor=gmpnn through train.build_model: the processor is DEAR's
+  """model.processor=gmpnn through factory.build_model: the processor is DEAR's
   layer, it runs on the input graph's edges (BFS `adj`), and a train step's
   gradient reaches it."""
   config = tiny_config(data_cfg.cache_dir, kind)
