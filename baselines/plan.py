@@ -103,7 +103,7 @@ class Plan:
   seeds: tuple
   train_steps: int
   eval_every: int
-  configs: dict        # model name -> ConfigDict (dear/nar kinds)
+  configs: dict        # model name -> its RunConfig (dear/nar kinds)
   official_data: object = None  # DataConfig of clrs_official (nar config's)
   progress: bool = True
   memory: bool = True
@@ -200,14 +200,13 @@ def resolve(args) -> Plan:
     for key, value in MODEL_OVERRIDES.get(model, {}).items():
       section, name = key.split('.')
       config[section][name] = value
-    checked = copy.deepcopy(config)
-    if model in TEACHERS:  # the teacher's run is checked when it exists
-      checked.dear.align_weight = 0.0
-    try:
-      run_config.check_config(checked)
+    try:  # the model's one typed config, which its runs take
+      configs[model] = run_config.typed(config)
+      # the teacher's run is checked when it exists
+      run_config.check_config(configs[model].with_values(
+          {'dear.align_weight': 0.0}) if model in TEACHERS else configs[model])
     except ValueError as e:
       raise CompareError(f'{model} config: {str(e).splitlines()[0]}') from None
-    configs[model] = config
   return Plan(out=args.out, preset=args.preset, algorithms=tuple(algorithms),
               models=tuple(models), seeds=tuple(range(seeds)),
               train_steps=train_steps, eval_every=eval_every, configs=configs,

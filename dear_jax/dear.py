@@ -84,6 +84,12 @@ class DearConfig(sections.Section):
         **{k: v for k, v in section.items() if k in solver_keys})
     return super().from_section(own, prefix)  # `check` validates the solver
 
+  def __getattr__(self, name):
+    """The solver's keys read as the flat section's (`dear.tol`)."""
+    if name != 'solver' and name in solver.SolverConfig.__dataclass_fields__:
+      return getattr(self.solver, name)
+    raise AttributeError(name)
+
   def to_dict(self) -> dict:
     """Flat, as the config's `dear` section: the solver's keys first."""
     own = super().to_dict()

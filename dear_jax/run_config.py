@@ -69,9 +69,25 @@ class RunConfig:
         f.name: getattr(self, f.name).to_dict()
         for f in dataclasses.fields(self) if f.name != 'model_kind'})
 
+  def with_values(self, values: dict) -> RunConfig:
+    """A copy with {'section.key': value} set (each section checked again)."""
+    sections_ = {}
+    for key, value in values.items():
+      section, name = key.split('.')
+      sections_.setdefault(section, {})[name] = value
+    changed = {}
+    for section, changes in sections_.items():
+      part = getattr(self, section)
+      if section == 'dear':
+        solver_keys = {k: changes.pop(k) for k in list(changes)
+                       if k in type(part.solver).__dataclass_fields__}
+        if solver_keys:
+          changes['solver'] = dataclasses.replace(part.solver, **solver_keys)
+      changed[section] = dataclasses.replace(part, **changes)
+    return dataclasses.replace(self, **changed)
+
   def with_seed(self, seed: int) -> RunConfig:
-    return dataclasses.replace(
-        self, train=dataclasses.replace(self.train, seed=int(seed)))
+    return self.with_values({'train.seed': int(seed)})
 
 
 def typed(config) -> RunConfig:

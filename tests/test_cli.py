@@ -65,3 +65,24 @@ def test_rerun_of_a_finished_workdir_says_so_and_changes_nothing(
   assert f'resuming from step {config.train.steps}' in out
   assert json.loads((workdir / 'results.json').read_text())['test_score'] == \
       done.results['test_score']
+
+
+def test_a_run_types_its_config_once(cache_dir, tmp_path, monkeypatch):
+  """The CLI turns the ConfigDict into one RunConfig and passes it down:
+  training, the model factory and results.json never type it again."""
+  from conftest import tiny_config  # pylint: disable=g-import-not-at-top
+  from dear_jax import run_config  # pylint: disable=g-import-not-at-top
+  built = []
+  from_config = run_config.RunConfig.from_config.__func__
+
+  def counted(cls, config):
+    built.append(config)
+    return from_config(cls, config)
+
+  monkeypatch.setattr(run_config.RunConfig, 'from_config',
+                      classmethod(counted))
+  config = tiny_config(cache_dir, 'nar', steps=2)
+  assert run.main(cli_args(config, tmp_path / 'w')) == 0
+  assert len(built) == 1
+  stored = json.loads((tmp_path / 'w' / 'results.json').read_text())['config']
+  assert stored['train']['steps'] == 2 and stored['model']['hidden'] == 16

@@ -60,7 +60,7 @@ RELEASE = {'model.processor': 'gmpnn', 'dear.tol': 0.1, 'dear.tol_mode': 'rel',
 
 def _get(config, key):
   section, name = key.split('.')
-  return config[section][name]
+  return getattr(getattr(config, section), name)
 
 
 def test_dear_paper_beside_dear_in_one_sweep():
