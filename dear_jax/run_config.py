@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import ml_collections
+
 from dear_jax import MODEL_KINDS
 from dear_jax import alignment
 from dear_jax import sections
@@ -32,7 +34,10 @@ class TrainConfig(sections.Section):
   grad_clip: float = 1.0
   eval_every: int = 50
   seed: int = 0
-  data_parallel: bool = False  # batches split over the local devices
+  # Split every training batch over all local devices (jax.sharding mesh;
+  # batch_size must be a multiple of the device count). Same results to
+  # float tolerance, so a finished run stays finished when it changes.
+  data_parallel: bool = False
 
   @classmethod
   def check(cls, v, prefix: str) -> None:
@@ -45,13 +50,15 @@ class TrainConfig(sections.Section):
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-  """The command line's ConfigDict as typed, checked sections."""
-  model_kind: str
-  data: DataConfig
-  model: ModelConfig
-  nar: NarConfig
-  dear: DearConfig
-  train: TrainConfig
+  """The command line's ConfigDict as typed, checked sections; its defaults
+  (`RunConfig()`) are the project's, and configs/default.py is built from
+  them (`to_config_dict`)."""
+  model_kind: str = 'dear'  # MODEL_KINDS; --model sets it
+  data: DataConfig = DataConfig()
+  model: ModelConfig = ModelConfig()
+  nar: NarConfig = NarConfig()
+  dear: DearConfig = DearConfig()
+  train: TrainConfig = TrainConfig()
 
   @classmethod
   def from_config(cls, config) -> RunConfig:
@@ -68,6 +75,13 @@ class RunConfig:
     return dict(model_kind=self.model_kind, **{
         f.name: getattr(self, f.name).to_dict()
         for f in dataclasses.fields(self) if f.name != 'model_kind'})
+
+  def to_config_dict(self):
+    """As the command line's ConfigDict (keys that may be None are typed
+    placeholders, so that --config.data.val_num_samples=64 parses)."""
+    return ml_collections.ConfigDict(dict(model_kind=self.model_kind, **{
+        f.name: getattr(self, f.name).to_config_dict()
+        for f in dataclasses.fields(self) if f.name != 'model_kind'}))
 
   def with_values(self, values: dict) -> RunConfig:
     """A copy with {'section.key': value} set (each section checked again)."""
