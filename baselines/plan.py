@@ -118,11 +118,15 @@ def _check_names(kind: str, names, valid) -> None:
 
 
 def load_config_file(path: str):
-  """get_config() of a configs/*.py file (path absolute or repo-relative)."""
+  """get_config() of a config file (path absolute or repo-relative), or of a
+  preset by name (`dear_paper`)."""
+  from dear_jax import validation  # pylint: disable=g-import-not-at-top
   full = path if os.path.isabs(path) else os.path.join(REPO, path)
   if not os.path.isfile(full):
-    raise CompareError(f'config file {path!r} not found')
-  from dear_jax import validation  # pylint: disable=g-import-not-at-top
+    full = validation.preset_path(path)
+  if full is None:
+    raise CompareError(f'config file {path!r} not found; use a path or a '
+                       f'preset: {", ".join(validation.presets())}')
   try:
     return validation.load_config_file(full)
   except ValueError as e:

@@ -56,7 +56,8 @@ def _define_flags(fv: flags.FlagValues, argv):
                     'this flag).', flag_values=fv)
   config_flags.DEFINE_config_file(
       'config', os.path.join(_REPO, 'configs', 'default.py'),
-      'Config file (configs/*.py); override keys with --config.KEY=VALUE.',
+      'Config file, or a preset by name from any folder (dear_paper: '
+      'configs/dear_paper.py); override keys with --config.KEY=VALUE.',
       flag_values=fv, lock_config=True, sys_argv=argv)
 
 
@@ -121,7 +122,7 @@ def resolve_config(fv, argv=()) -> run_config.RunConfig:
 USAGE = """Train and test DEAR (or the stepwise NAR) on one CLRS-30 algorithm.
 
 usage: python -m dear_jax.run --algorithm=ALG [--model=dear|nar] [--train_steps=N]
-         [--seed=S | --seeds=S1,S2,...] [--workdir=DIR] [--config=configs/FILE.py]
+         [--seed=S | --seeds=S1,S2,...] [--workdir=DIR] [--config=PRESET|FILE.py]
          [--config.SECTION.KEY=VALUE ...] [--hint_mode=MODE] [--noprogress]
          [--reevaluate] [--extend]
 
@@ -189,8 +190,13 @@ def main(argv=None) -> int:
   config_file = next((a.split('=', 1)[1] for a in argv[1:]
                       if a.startswith('--config=')), None)
   if config_file is not None and not os.path.isfile(config_file):
-    _fail(f'config file {config_file!r} not found; use one of '
-          f'{", ".join(sorted(f"configs/{f}" for f in os.listdir(os.path.join(_REPO, "configs")) if f.endswith(".py") and not f.startswith("_")))}')
+    preset = validation.preset_path(config_file)  # a preset, from anywhere
+    if preset is None:
+      _fail(f'config file {config_file!r} not found; use one of '
+            f'{", ".join(validation.presets())}')
+    argv = [f'--config={preset}' if a.startswith('--config=') else a
+            for a in argv]
+    config_file = preset
   try:
     if config_file is not None:  # each way a config file fails, in one line
       validation.load_config_file(config_file)

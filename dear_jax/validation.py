@@ -9,6 +9,29 @@ import os
 import re
 import tempfile
 
+# The presets: configs/NAME.py beside the package (in a checkout and installed).
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__))), 'configs')
+
+
+def presets() -> list:
+  """The preset files, as configs/NAME.py."""
+  return sorted(f'configs/{f}' for f in os.listdir(CONFIGS)
+                if f.endswith('.py') and not f.startswith('_'))
+
+
+def preset_path(name: str) -> str | None:
+  """The file of a preset given by name (`dear_paper`) or as
+  `configs/dear_paper.py`, from any working directory; None for neither."""
+  if name.endswith('.py'):
+    rel = os.path.normpath(name)
+  else:
+    rel = os.path.join('configs', name + '.py')
+  if rel not in [os.path.normpath(p) for p in presets()]:
+    return None
+  return os.path.join(os.path.dirname(CONFIGS), rel)
+
+
 def check_seeds(seeds) -> list:
   """--seeds: distinct integers in numpy's seed range, as ints."""
   try:

@@ -2,12 +2,15 @@
 keys named as typed, and what a rerun of a finished workdir says."""
 
 import json
+import os
 import shutil
 
 import pytest
 
 from conftest import cli_args
 from dear_jax import run
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_help_lists_flags_and_exits_0(capsys):
@@ -86,3 +89,24 @@ def test_a_run_types_its_config_once(cache_dir, tmp_path, monkeypatch):
   assert len(built) == 1
   stored = json.loads((tmp_path / 'w' / 'results.json').read_text())['config']
   assert stored['train']['steps'] == 2 and stored['model']['hidden'] == 16
+
+
+@pytest.mark.parametrize('name', ['dear_paper', 'configs/dear_paper.py'])
+def test_a_preset_by_name_from_any_folder(tmp_path, monkeypatch, name):
+  """--config=dear_paper (or configs/dear_paper.py) is the package's preset
+  from any working directory: the run gets that file's config."""
+  from dear_jax import run_config, train, validation  # pylint: disable=g-import-not-at-top
+  want = run_config.typed(validation.load_config_file(
+      os.path.join(REPO, 'configs', 'dear_paper.py')))
+  got = []
+
+  def captured(config, *args, **kwargs):
+    got.append(config)
+    raise ValueError('stopped before training')
+
+  monkeypatch.setattr(train, 'train_seeds', captured)
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(SystemExit) as e:
+    run.main(['run', '--algorithm=bfs', f'--config={name}'])
+  assert e.value.code == 2 and got == [want]
+  assert (want.dear.grad, want.model.processor) == ('jfb', 'gmpnn')

@@ -709,3 +709,18 @@ def test_sweeps_started_together_on_one_dir_take_turns(tmp_path):
   assert set(stored['protocol']['algorithms']) == {'bfs', 'dfs'}
   assert sorted(p.name for p in tmp_path.iterdir()) == [
       'protocol.json', 'protocol.json.lock']
+
+
+def test_dear_config_takes_a_preset_by_name_from_any_folder(tmp_path,
+                                                            monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  args = compare.parse_args([f'--out={tmp_path / "out"}', '--models=dear,nar',
+                             '--dear_config=dear_paper'])
+  p = plan_lib.resolve(args)
+  paper = plan_lib.load_config_file(os.path.join(plan_lib.REPO, 'configs',
+                                                 'dear_paper.py'))
+  assert p.configs['dear'].dear.grad == paper.dear.grad == 'jfb'
+  assert p.configs['dear'].model.processor == paper.model.processor == 'gmpnn'
+  assert p.configs['nar'].model.processor == 'triplet_gmpnn'
+  with pytest.raises(plan_lib.CompareError, match='not found; use a path or'):
+    plan_lib.load_config_file('nope')
