@@ -194,7 +194,7 @@ def inference(settings: dict, cache_dir: str, log, trained=None) -> list:
 
 
 def memory(settings: dict, cache_dir: str, log) -> list:
-  from dear_jax.profiling import train_step_mb  # pylint: disable=g-import-not-at-top
+  from dear_jax.train import train_step_mb  # pylint: disable=g-import-not-at-top
   from dear_jax import batches as batch_lib  # pylint: disable=g-import-not-at-top
   from dear_jax import clrs_lib  # pylint: disable=g-import-not-at-top
   dear_cfg, nar_cfg = _configs()

@@ -133,7 +133,7 @@ def test_train_step_mb_uses_largest_training_size(tmp_path, cache_dir,
                  bool(batch['hints'])))
     return dict(total=12.5)
 
-  monkeypatch.setattr(profiling, 'train_step_mb', fake_step_mb)
+  monkeypatch.setattr(train, 'train_step_mb', fake_step_mb)
   assert memory.train_step_mb(_plan(tmp_path, cache_dir), 'bfs', 'nar') == 12.5
   assert seen == [(6, 2, True)]  # n = max(4, 6), batch 2, hints (nar)
 
