@@ -96,7 +96,8 @@ def parse_args(argv):
   p.add_argument('--seeds', type=int, default=None, help='K: seeds 0..K-1')
   p.add_argument('--train_steps', type=int, default=None)
   p.add_argument('--eval_every', type=int, default=None)
-  p.add_argument('--dear_config', default=None, help='config file for dear')
+  p.add_argument('--dear_config', default=None, help='config file for dear, '
+                 'or a preset by name (dear_paper)')
   p.add_argument('--nar_config', default=None,
                  help='config file for nar, nar_nohint (and the data of '
                       'clrs_official)')

@@ -17,7 +17,7 @@ def trace(workdir: str) -> dict:
   import numpy as np  # pylint: disable=g-import-not-at-top
   from dear_jax import batches as batch_lib  # pylint: disable=g-import-not-at-top
   from dear_jax import clrs_lib, splits  # pylint: disable=g-import-not-at-top
-  from dear_jax import solver, train  # pylint: disable=g-import-not-at-top
+  from dear_jax import checkpoints, factory, solver, train  # pylint: disable=g-import-not-at-top
 
   with open(os.path.join(workdir, 'results.json')) as f:
     results = json.load(f)
@@ -26,8 +26,8 @@ def trace(workdir: str) -> dict:
   test = splits.load_split(algorithm, 'test', train.data_config(config),
                            keep_hints=False)
   batch = test.batches[0]
-  model = train.build_model(config, clrs_lib.processed_spec(algorithm), batch)
-  params = train.load_best_params(workdir)
+  model = factory.build_model(config, clrs_lib.processed_spec(algorithm), batch)
+  params = checkpoints.load_best_params(workdir)
   cap = model.solver_cfg.max_iter_eval
   picard = dataclasses.replace(model.solver_cfg, method='fixed_point',
                                damping=1.0)

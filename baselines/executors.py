@@ -16,7 +16,6 @@ files). `import ray` happens only here, inside `run_ray`.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import importlib.util
 import json
@@ -28,14 +27,10 @@ import tempfile
 import time
 import warnings
 
-from baselines.plan import MODEL_SETTINGS, TEACHERS, CompareError, Plan
+from baselines.plan import MODEL_SETTINGS, TEACHERS, CompareError, Plan, run_dir
 
 # Set in every Ray worker (start_ray); _task_options adds per-task ones.
 _WORKER_ENV = {'TF_CPP_MIN_LOG_LEVEL': '3'}
-
-
-def run_dir(out: str, algorithm: str, model: str, seed: int) -> str:
-  return os.path.join(out, 'runs', algorithm, model, f's{seed}')
 
 
 def train_one(plan: Plan, algorithm: str, model: str, seed: int) -> dict:
@@ -46,12 +41,11 @@ def train_one(plan: Plan, algorithm: str, model: str, seed: int) -> dict:
         algorithm, seed=seed, train_steps=plan.train_steps,
         hint_mode=MODEL_SETTINGS[model][1], data_cfg=plan.official_data,
         workdir=workdir, eval_every=plan.eval_every, progress=plan.progress)
-  from dear_jax import train  # pylint: disable=g-import-not-at-top
-  config = copy.deepcopy(plan.configs[model])
-  config.train.seed = seed
+  from dear_jax import run_config, train  # pylint: disable=g-import-not-at-top
+  config = run_config.typed(plan.configs[model]).with_seed(seed)
   if model in TEACHERS:  # this sweep's run of the teacher, same seed
-    config.dear.align_teacher = os.path.abspath(
-        run_dir(plan.out, algorithm, TEACHERS[model], seed))
+    config = config.with_values({'dear.align_teacher': os.path.abspath(
+        run_dir(plan.out, algorithm, TEACHERS[model], seed))})
   return train.train_and_evaluate(config, workdir, algorithm,
                                   progress=plan.progress, label=model)
 
@@ -104,7 +98,7 @@ def _group_name(algorithm: str, model: str, seeds: list) -> str:
 def _train_stack(plan: Plan, algorithm: str, model: str, seeds: list) -> list:
   from dear_jax import train  # pylint: disable=g-import-not-at-top
   return train.train_seeds(
-      copy.deepcopy(plan.configs[model]), seeds,
+      plan.configs[model], seeds,
       [run_dir(plan.out, algorithm, model, s) for s in seeds], algorithm,
       progress=plan.progress, label=model)
 

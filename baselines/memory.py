@@ -7,7 +7,7 @@ import dataclasses
 import json
 import os
 
-from baselines.plan import MODEL_SETTINGS, TEACHERS, Plan
+from baselines.plan import MODEL_SETTINGS, TEACHERS, Plan, run_dir
 from dear_jax import profiling
 
 
@@ -37,7 +37,7 @@ def train_step_mb(plan: Plan, algorithm: str, model: str) -> float | None:
   """Total compiled MB of `model`'s step on a batch of the largest training
   size of its data config."""
   from dear_jax import clrs_lib  # pylint: disable=g-import-not-at-top
-  from dear_jax import train  # pylint: disable=g-import-not-at-top
+  from dear_jax import factory, run_config, train  # pylint: disable=g-import-not-at-top
   spec = clrs_lib.processed_spec(algorithm)
   if model == 'clrs_official':
     batch = _largest_train_batch(algorithm, plan.official_data, True)
@@ -45,13 +45,12 @@ def train_step_mb(plan: Plan, algorithm: str, model: str) -> float | None:
   else:
     config = plan.configs[model]
     if model in TEACHERS:  # the step includes the teacher: the sweep's own
-      from baselines.executors import run_dir  # pylint: disable=g-import-not-at-top
-      config = config.copy_and_resolve_references()
-      config.dear.align_teacher = os.path.abspath(run_dir(
-          plan.out, algorithm, TEACHERS[model], plan.seeds[0]))
+      config = run_config.typed(config).with_values({
+          'dear.align_teacher': os.path.abspath(run_dir(
+              plan.out, algorithm, TEACHERS[model], plan.seeds[0]))})
     batch = _largest_train_batch(algorithm, train.data_config(config),
-                                 train.uses_hints(config))
-    mb = profiling.train_step_mb(config, spec, batch, batch)
+                                 factory.uses_hints(config))
+    mb = train.train_step_mb(config, spec, batch, batch)
   return None if mb is None else mb['total']
 
 

@@ -85,6 +85,11 @@ _OWN_FLAGS = {'train.steps': '--train_steps', 'train.seed': '--seeds',
               'data.cache_dir': '--cache_dir'}
 
 
+def run_dir(out: str, algorithm: str, model: str, seed: int) -> str:
+  """One run's folder in a compare --out."""
+  return os.path.join(out, 'runs', algorithm, model, f's{seed}')
+
+
 class CompareError(Exception):
   """A problem the user can fix: one line on stderr, exit code 2."""
 
@@ -98,7 +103,7 @@ class Plan:
   seeds: tuple
   train_steps: int
   eval_every: int
-  configs: dict        # model name -> ConfigDict (dear/nar kinds)
+  configs: dict        # model name -> its RunConfig (dear/nar kinds)
   official_data: object = None  # DataConfig of clrs_official (nar config's)
   progress: bool = True
   memory: bool = True
@@ -113,11 +118,15 @@ def _check_names(kind: str, names, valid) -> None:
 
 
 def load_config_file(path: str):
-  """get_config() of a configs/*.py file (path absolute or repo-relative)."""
+  """get_config() of a config file (path absolute or repo-relative), or of a
+  preset by name (`dear_paper`)."""
+  from dear_jax import validation  # pylint: disable=g-import-not-at-top
   full = path if os.path.isabs(path) else os.path.join(REPO, path)
   if not os.path.isfile(full):
-    raise CompareError(f'config file {path!r} not found')
-  from dear_jax import validation  # pylint: disable=g-import-not-at-top
+    full = validation.preset_path(path)
+  if full is None:
+    raise CompareError(f'config file {path!r} not found; use a path or a '
+                       f'preset: {", ".join(validation.presets())}')
   try:
     return validation.load_config_file(full)
   except ValueError as e:
@@ -150,7 +159,7 @@ def resolve(args) -> Plan:
     raise CompareError(f'--seeds must be >= 1, got {seeds}')
 
   from dear_jax import clrs_lib  # pylint: disable=g-import-not-at-top
-  from dear_jax import train, validation  # pylint: disable=g-import-not-at-top
+  from dear_jax import run_config, train  # pylint: disable=g-import-not-at-top
   _check_names('algorithm', algorithms, clrs_lib.algorithm_names())
 
   base = {'dear': load_config_file(pick(args.dear_config, 'dear_config')),
@@ -195,14 +204,13 @@ def resolve(args) -> Plan:
     for key, value in MODEL_OVERRIDES.get(model, {}).items():
       section, name = key.split('.')
       config[section][name] = value
-    checked = copy.deepcopy(config)
-    if model in TEACHERS:  # the teacher's run is checked when it exists
-      checked.dear.align_weight = 0.0
-    try:
-      validation.check_config(checked)
+    try:  # the model's one typed config, which its runs take
+      configs[model] = run_config.typed(config)
+      # the teacher's run is checked when it exists
+      run_config.check_config(configs[model].with_values(
+          {'dear.align_weight': 0.0}) if model in TEACHERS else configs[model])
     except ValueError as e:
       raise CompareError(f'{model} config: {str(e).splitlines()[0]}') from None
-    configs[model] = config
   return Plan(out=args.out, preset=args.preset, algorithms=tuple(algorithms),
               models=tuple(models), seeds=tuple(range(seeds)),
               train_steps=train_steps, eval_every=eval_every, configs=configs,

@@ -33,7 +33,7 @@ MODELS = ('dear', 'dear_paper', 'dear_paper_dense', 'nar', 'nar_nohint',
 
 def _config(model: str, n: int, hidden: int, graphs: int, cache_dir: str):
   from baselines import plan  # pylint: disable=g-import-not-at-top
-  from dear_jax import splits, train  # pylint: disable=g-import-not-at-top
+  from dear_jax import factory, splits, train  # pylint: disable=g-import-not-at-top
   c = plan.load_config_file('configs/dear_paper.py' if
                             model.startswith('dear_paper') else
                             'configs/default.py')
@@ -56,11 +56,11 @@ def measure(model: str, algorithm: str, n: int, hidden: int, graphs: int,
             cache_dir: str) -> dict:
   """One evaluation, in this process: its numbers and peak RSS."""
   import jax  # pylint: disable=g-import-not-at-top
-  from dear_jax import clrs_lib, profiling, splits, train  # pylint: disable=g-import-not-at-top
+  from dear_jax import clrs_lib, factory, profiling, splits, train  # pylint: disable=g-import-not-at-top
   config = _config(model, n, hidden, graphs, cache_dir)
   dcfg = train.data_config(config)
   evalset = splits.load_extra_test(algorithm, n, dcfg,
-                                   keep_hints=train.uses_hints(config))
+                                   keep_hints=factory.uses_hints(config))
   lists = [b.get('senders') for b in evalset.batches]
   if model.endswith('_dense'):  # the gated max-MPNN over all node pairs
     for b in evalset.batches:
@@ -69,8 +69,8 @@ def measure(model: str, algorithm: str, n: int, hidden: int, graphs: int,
   # Parameters as a run makes them, on a validation batch (n=16): an eager
   # init at n=512 would materialise what the compiled model never does.
   small = splits.load_split(algorithm, 'val', dcfg,
-                            keep_hints=train.uses_hints(config)).batches[0]
-  net = train.build_model(config, clrs_lib.processed_spec(algorithm), small)
+                            keep_hints=factory.uses_hints(config)).batches[0]
+  net = factory.build_model(config, clrs_lib.processed_spec(algorithm), small)
   params = net.init(jax.random.PRNGKey(0), small)
   predict = jax.jit(net.predict)
   t0 = time.perf_counter()

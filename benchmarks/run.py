@@ -113,7 +113,7 @@ def trained_runs(folder: str, algorithm: str) -> dict:
   folder of runs, or compare's runs/ALG/MODEL/sSEED), that kept its
   checkpoints; lowest seed first, then path order (compare's `dear` before
   `dear_align`). The run name is its path relative to `folder`."""
-  from dear_jax import train  # pylint: disable=g-import-not-at-top
+  from dear_jax import checkpoints, factory, train  # pylint: disable=g-import-not-at-top
   found = {}
   candidates = []
   for root, dirs, files in os.walk(folder, followlinks=True):
@@ -130,7 +130,7 @@ def trained_runs(folder: str, algorithm: str) -> dict:
     if kind in found or kind not in TRAINED_KINDS:  # e.g. clrs_official
       continue
     config = train.stored_config(r['config'], os.path.join(folder, name))
-    params = train.load_best_params(os.path.join(folder, name))
+    params = checkpoints.load_best_params(os.path.join(folder, name))
     found[kind] = (config, params, name)
   missing = [k for k in TRAINED_KINDS if k not in found]
   if missing:
@@ -147,7 +147,7 @@ def inference(settings: dict, cache_dir: str, log, trained=None) -> list:
   import numpy as np  # pylint: disable=g-import-not-at-top
   from dear_jax import batches as batch_lib  # pylint: disable=g-import-not-at-top
   from dear_jax import clrs_lib  # pylint: disable=g-import-not-at-top
-  from dear_jax import train  # pylint: disable=g-import-not-at-top
+  from dear_jax import checkpoints, factory, train  # pylint: disable=g-import-not-at-top
   dear_cfg, nar_cfg = _configs()
   rows = []
   for algorithm in settings['algorithms']:
@@ -161,7 +161,7 @@ def inference(settings: dict, cache_dir: str, log, trained=None) -> list:
       if runs:
         cfg, params, _ = runs[name]
       b = small if name == 'nar' else dict(small, hints={})
-      model = train.build_model(cfg, spec, b)
+      model = factory.build_model(cfg, spec, b)
       # Parameters do not depend on n: initialised once, on the smallest size.
       if not runs:
         params = model.init(jax.random.PRNGKey(0), b)
@@ -194,7 +194,7 @@ def inference(settings: dict, cache_dir: str, log, trained=None) -> list:
 
 
 def memory(settings: dict, cache_dir: str, log) -> list:
-  from dear_jax.profiling import train_step_mb  # pylint: disable=g-import-not-at-top
+  from dear_jax.train import train_step_mb  # pylint: disable=g-import-not-at-top
   from dear_jax import batches as batch_lib  # pylint: disable=g-import-not-at-top
   from dear_jax import clrs_lib  # pylint: disable=g-import-not-at-top
   dear_cfg, nar_cfg = _configs()
@@ -253,7 +253,7 @@ def training(settings: dict, cache_dir: str, log) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   from baselines import clrs_official  # pylint: disable=g-import-not-at-top
   from dear_jax import clrs_lib  # pylint: disable=g-import-not-at-top
-  from dear_jax import train  # pylint: disable=g-import-not-at-top
+  from dear_jax import checkpoints, factory, train  # pylint: disable=g-import-not-at-top
   algorithm = settings['train_algorithm']
   spec = clrs_lib.processed_spec(algorithm)
   batches, padded_steps, drawn = _training_batches(settings, cache_dir)

@@ -71,7 +71,7 @@ def _config(s: dict, cache_dir: str):
 def _trained_dear(folder: str, algorithm: str):
   """(config, best params, run path) of the first finished DEAR run of
   `algorithm` under `folder` (any depth) that kept its checkpoints."""
-  from dear_jax import train  # pylint: disable=g-import-not-at-top
+  from dear_jax import checkpoints, train  # pylint: disable=g-import-not-at-top
   for root, dirs, files in os.walk(folder, followlinks=True):
     dirs.sort()
     if 'results.json' in files and 'checkpoints' in dirs:
@@ -79,7 +79,7 @@ def _trained_dear(folder: str, algorithm: str):
         r = json.load(f)
       if r.get('algorithm') == algorithm and r.get('model') == 'dear':
         return (train.stored_config(r['config'], root),
-                train.load_best_params(root), root)
+                checkpoints.load_best_params(root), root)
   raise CostError(f'--trained={folder}: no finished dear run of {algorithm} '
                   'with checkpoints')
 
@@ -125,7 +125,7 @@ def measure(algorithm: str, s: dict, cache_dir: str, log, trained=None) -> dict:
   import numpy as np  # pylint: disable=g-import-not-at-top
   from benchmarks import old_checks  # pylint: disable=g-import-not-at-top
   from dear_jax import batches as batch_lib  # pylint: disable=g-import-not-at-top
-  from dear_jax import clrs_lib, diagnostics, splits, train  # pylint: disable=g-import-not-at-top
+  from dear_jax import clrs_lib, diagnostics, factory, splits, train  # pylint: disable=g-import-not-at-top
   if trained:
     config, params, source = _trained_dear(trained, algorithm)
     config.data.cache_dir = cache_dir
@@ -137,7 +137,7 @@ def measure(algorithm: str, s: dict, cache_dir: str, log, trained=None) -> dict:
     source = f'{s["steps"]} steps here ({time.perf_counter() - t0:.0f} s)'
   test = splits.load_split(algorithm, 'test', train.data_config(config),
                            keep_hints=False).head(s['test_graphs'])
-  model = train.build_model(config, clrs_lib.processed_spec(algorithm),
+  model = factory.build_model(config, clrs_lib.processed_spec(algorithm),
                             test.batches[0])
   dear = config.dear
   seconds, results = {}, {}

@@ -32,7 +32,7 @@ def same_shape_batches(algorithm: str, config, count: int) -> list:
   """`count` TrainStream batches of the config's first size, all of its most
   common shape (hint steps included)."""
   from dear_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  from dear_jax import train  # pylint: disable=g-import-not-at-top
+  from dear_jax import factory, train  # pylint: disable=g-import-not-at-top
   return input_pipeline.same_shape_batches(input_pipeline.TrainStream(
       algorithm, train.data_config(config), seed=0, keep_hints=True), count)
 
@@ -44,8 +44,8 @@ class Stacks:
   def __init__(self, config, algorithm: str, batches: list):
     import jax  # pylint: disable=g-import-not-at-top
     from dear_jax import clrs_lib  # pylint: disable=g-import-not-at-top
-    from dear_jax import train  # pylint: disable=g-import-not-at-top
-    self.batches = [b if train.uses_hints(config) else dict(b, hints={})
+    from dear_jax import factory, train  # pylint: disable=g-import-not-at-top
+    self.batches = [b if factory.uses_hints(config) else dict(b, hints={})
                     for b in batches]
     spec = clrs_lib.processed_spec(algorithm)
     self.model, self.single_step, _, _ = train.setup(

@@ -6,5 +6,5 @@ first needed.
 
 __version__ = '0.1.0'
 
-# config.model_kind / --model: the reasoners train.build_model builds.
+# config.model_kind / --model: the reasoners factory.build_model builds.
 MODEL_KINDS = ('dear', 'nar')

@@ -41,38 +41,6 @@ BIG = 1e9
 
 # --- the teacher ---------------------------------------------------------------
 
-def load_teacher(workdir: str, spec: dict, sample_batch: dict, model_cfg):
-  """(StepwiseNAR, its best parameters) from a finished no-hint NAR run.
-
-  Raises ValueError (one line) when the workdir is missing, not such a run,
-  trained on another algorithm or with another hidden size."""
-  from dear_jax import clrs_lib  # pylint: disable=g-import-not-at-top
-  from dear_jax import train  # pylint: disable=g-import-not-at-top
-  from dear_jax.model import ModelConfig  # pylint: disable=g-import-not-at-top
-  from dear_jax.nar import StepwiseNAR  # pylint: disable=g-import-not-at-top
-  results = read_teacher_results(workdir)
-  teacher_spec = clrs_lib.processed_spec(results['algorithm'])
-  if _spec_signature(teacher_spec) != _spec_signature(spec):
-    raise ValueError(f'dear.align_teacher {workdir!r} was trained on '
-                     f'{results["algorithm"]}, not on this run\'s algorithm')
-  cfg = ModelConfig.from_section(results['config']['model'],
-                                 f'{workdir}: model.')
-  if int(cfg.hidden) != int(model_cfg.hidden):
-    raise ValueError(f'dear.align_teacher {workdir!r} has hidden size '
-                     f'{cfg.hidden}; this run has {model_cfg.hidden} (states '
-                     'are compared, so they must match)')
-  teacher = StepwiseNAR(spec, sample_batch, cfg, 'none')
-  params = train.load_best_params(workdir)
-  want = jax.eval_shape(teacher.init, jax.random.PRNGKey(0), sample_batch)
-  same = jax.tree_util.tree_structure(want) == jax.tree_util.tree_structure(
-      params) and all(np.shape(a) == b.shape for a, b in zip(
-          jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(want)))
-  if not same:
-    raise ValueError(f'dear.align_teacher {workdir!r}: its parameters do not '
-                     'fit a no-hint NAR of this algorithm and model section')
-  return teacher, jax.tree_util.tree_map(jnp.asarray, params)
-
-
 def read_teacher_results(workdir: str) -> dict:
   """The teacher run's results.json, checked to be a finished no-hint NAR."""
   if not workdir:
@@ -92,10 +60,6 @@ def read_teacher_results(workdir: str) -> dict:
                      f'{results.get("hint_mode")}; it must be --model=nar '
                      '--hint_mode=none')
   return results
-
-
-def _spec_signature(spec: dict) -> tuple:
-  return tuple(sorted((k, tuple(v)) for k, v in spec.items()))
 
 
 def teacher_states(teacher, params, batch):

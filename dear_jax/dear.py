@@ -25,7 +25,8 @@ params['processor'] under CGP_KEYS, so every solver and diagnostic that
 passes the processor's parameters explicitly passes them too.
 
 Alignment (`dear.align_weight` > 0, training only): dear_jax/alignment.py,
-with the frozen teacher loaded from `dear.align_teacher` (or passed in).
+with the frozen teacher passed in (factory.build_model loads
+`dear.align_teacher`).
 """
 
 from __future__ import annotations
@@ -55,23 +56,43 @@ class DearConfig(sections.Section):
   each does)."""
   PREFIX = 'dear.'
   solver: solver.SolverConfig = solver.SolverConfig()
-  jac_reg_weight: float = 0.0
-  state_noise: float = 0.0
-  init_state_std: float = 0.0
-  gate_bias: float = 0.0
-  spectral_norm: bool = False
-  stochastic_alpha: float = 0.0  # 0: off
+  # Hutchinson ||J||_F^2 penalty: makes the trained map contract. On the
+  # five-algorithm panel (live stream, seeds 0 and 1) 0.1 converged every
+  # test graph (0.01 left 3-13 % of MST-Prim's unconverged, 15 % from H*),
+  # at mean scores equal within seed noise (docs/equilibrium.md). DEAR: 1e-4.
+  jac_reg_weight: float = 0.1
+  state_noise: float = 0.0     # std of a Gaussian perturbation of f (training)
+  init_state_std: float = 0.0  # training solves start from N(0, std^2), not 0
+  gate_bias: float = 0.0       # initial update-gate bias (CLRS's NAR: -3)
+  spectral_norm: bool = False  # processor kernels W / max(1, sigma_max(W))
+  # DEAR's stochastic extra iterations (training only): past the answer, K
+  # more f steps with gradient, P(K >= k) = alpha^k, K <= max_steps; alpha =
+  # stochastic_alpha * stochastic_decay^step. 0: off (DEAR: 0.1).
+  stochastic_alpha: float = 0.0
   stochastic_decay: float = 0.998
   stochastic_max_steps: int = 9
+  # CGP: a second pass over the smallest SL(2, Z_p) Cayley graph with >= n
+  # nodes (virtual nodes appended) inside every f evaluation. Shared weights
+  # reuse the processor (model.processor='gmpnn' only); else a separate gated
+  # max-MPNN (DEAR's deq_cgp.yaml shares, config.yaml not).
   cgp: bool = False
   cgp_shared_weights: bool = False
-  align_weight: float = 0.0  # 0: off
+  # DEAR's alignment loss (training only): the solver's trajectory and answer
+  # pulled towards a frozen teacher's per-step states, times align_weight
+  # (DEAR: 0.01; 0: off). align_teacher: the workdir of a finished
+  # --model=nar --hint_mode=none run of the same algorithm and hidden size.
+  # align_samples: trajectory states aligned per graph.
+  align_weight: float = 0.0
   align_teacher: str | None = None
   align_samples: int = 1
+  # After the test: is the answer a fixed point? (dear_jax/diagnostics.py)
   diagnostics: bool = True
-  check_tol: float = 1e-5
-  check_max_iter: int = 1000
-  check_graphs: int = 0  # 0: all test graphs
+  check_tol: float = 1e-5      # reference: the solve continued to this rel tol
+  check_max_iter: int = 1000   # ... within this many evaluations from H0
+  # Checks on the first K test graphs (0: all). The checks cost up to
+  # check_max_iter iterations per batch: on the 2048-graph test sets
+  # (binary_search, minimum, sorting) a CPU may take hours.
+  check_graphs: int = 0
 
   @classmethod
   def from_section(cls, section, prefix=None):
@@ -79,8 +100,20 @@ class DearConfig(sections.Section):
     prefix = cls.PREFIX if prefix is None else prefix
     solver_keys = solver.SolverConfig.__dataclass_fields__
     own = {k: v for k, v in section.items() if k not in solver_keys}
-    own['solver'] = solver.config_from_section(section, prefix)
-    return super().from_section(own, prefix)
+    own['solver'] = solver.SolverConfig(
+        **{k: v for k, v in section.items() if k in solver_keys})
+    return super().from_section(own, prefix)  # `check` validates the solver
+
+  def __getattr__(self, name):
+    """The solver's keys read as the flat section's (`dear.tol`)."""
+    if name != 'solver' and name in solver.SolverConfig.__dataclass_fields__:
+      return getattr(self.solver, name)
+    raise AttributeError(name)
+
+  def to_dict(self) -> dict:
+    """Flat, as the config's `dear` section: the solver's keys first."""
+    own = super().to_dict()
+    return {**dataclasses.asdict(own.pop('solver')), **own}
 
   @classmethod
   def check(cls, v, prefix: str) -> None:
@@ -119,8 +152,8 @@ class EquilibriumReasoner(Reasoner):
   def __init__(self, spec, sample_batch, model_cfg, dear_cfg, teacher=None):
     """model_cfg, dear_cfg: a ModelConfig and a DearConfig (or the `model`
     and `dear` sections). teacher: (StepwiseNAR, params) for the alignment
-    loss; by default loaded from dear_cfg.align_teacher when
-    dear_cfg.align_weight > 0."""
+    loss, needed when dear_cfg.align_weight > 0 (factory.build_model loads it
+    from dear_cfg.align_teacher)."""
     model_cfg = ModelConfig.coerce(model_cfg)
     dear_cfg = DearConfig.coerce(dear_cfg)
     check_cgp_processor(dear_cfg, model_cfg)
@@ -141,8 +174,9 @@ class EquilibriumReasoner(Reasoner):
     self.align_weight = float(dear_cfg.align_weight)
     self.align_samples = int(dear_cfg.align_samples)
     if self.align_weight > 0 and teacher is None:
-      teacher = alignment.load_teacher(dear_cfg.align_teacher, spec,
-                                       sample_batch, model_cfg)
+      raise ValueError('dear.align_weight > 0 needs the teacher: build the '
+                       'model with dear_jax.factory.build_model, which loads '
+                       'dear.align_teacher')
     self.teacher = teacher if self.align_weight > 0 else None
 
   def with_solver(self, **changes) -> 'EquilibriumReasoner':

@@ -30,8 +30,8 @@ SIZE_SCHEDULES = ('cycle', 'uniform')  # run.py's round-robin | DEAR's draw
 class DataConfig(sections.Section):
   """What data a run sees: the `data` config section, checked."""
   PREFIX = 'data.'
-  train_sizes: tuple = (4, 7, 11, 13, 16)
-  size_schedule: str = 'cycle'  # SIZE_SCHEDULES
+  train_sizes: tuple = (4, 7, 11, 13, 16)  # CLRS run.py's mixture
+  size_schedule: str = 'cycle'  # SIZE_SCHEDULES: run.py's cycle | DEAR's uniform
   batch_size: int = 32
   val_length: int = 16
   test_length: int = 64
@@ -40,9 +40,16 @@ class DataConfig(sections.Section):
   test_num_samples: int | None = None
   eval_batch_size: int = 32
   cache_dir: str = '~/.cache/dear_jax/datasets'
-  recorded_stream: bool = False  # replay training batches recorded on disk
-  better_search: bool = False  # binary_search: DEAR's BetterSearchSampler
-  # Tests after the official one (splits.load_extra_test): sizes, graphs each.
+  # Record the training batches under cache_dir once and replay them: runs
+  # with the same data settings and seed then see identical batches.
+  recorded_stream: bool = False
+  # binary_search only: DEAR's BetterSearchSampler, no target above every
+  # element (CLRS clamps that answer to n-1). Changes train, val and test
+  # data and their cache keys; the test split is then no longer CLRS's.
+  better_search: bool = False
+  # After the official test: the best parameters on fresh CLRS test sets of
+  # these sizes (DEAR: 128,256,512), extra_test_num_samples graphs each;
+  # results.json 'extra_tests'. Evaluation batches shrink with n.
   extra_test_lengths: tuple = ()
   extra_test_num_samples: int = 100
 

@@ -39,6 +39,7 @@ import tqdm
 
 from dear_jax import batches as batch_lib
 from dear_jax import compile_cache
+from dear_jax import extra_tests
 from dear_jax import input_pipeline
 from dear_jax import profiling
 from dear_jax import seeds as seeds_lib
@@ -413,7 +414,6 @@ def _results(learner: Learner, run: Run, test_set, steps: int,
     learner.results(results, run, best_params, test, test_set)
   with _Phase(clock, [run], 'extra_tests_seconds'):
     if getattr(run.dcfg, 'extra_test_lengths', ()):
-      from dear_jax import extra_tests  # pylint: disable=g-import-not-at-top
       results['extra_tests'] = extra_tests.evaluate_sizes(
           learner, best_params, algorithm, run.dcfg,
           keep_hints=bool(test_set.batches[0]['hints']))

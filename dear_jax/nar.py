@@ -57,8 +57,12 @@ class NarConfig(sections.Section):
   """The `nar` section, checked."""
   PREFIX = 'nar.'
   hint_mode: str = 'encoded_decoded'  # HINT_MODES
-  learn_termination: bool = False     # DEAR's NAR (LT); hint_mode 'none'
-  max_steps_factor: float = 6.0       # LT's cap: ceil(factor * n) steps
+  # DEAR's NAR (LT) (hint_mode 'none' only): a head learns when to stop;
+  # tests run until it says stop, told no step count, capped at
+  # ceil(max_steps_factor * n) steps (6: above every DEAR algorithm's true
+  # count, SCC's ~6n the longest). results.json reports the steps.
+  learn_termination: bool = False
+  max_steps_factor: float = 6.0
 
   @classmethod
   def check(cls, v, prefix: str) -> None:

@@ -1,5 +1,6 @@
 """What a run cost, for compare's table and benchmarks/: XLA's compiled
-memory of a train step and the hardware line every figure is quoted with.
+memory of a step (`compiled_mb`; train.train_step_mb for dear_jax's own) and
+the hardware line every figure is quoted with.
 
 Compiled, not measured: `memory_analysis()` of the jitted update is exact for
 a given batch shape, the same on every run, and needs no GPU allocator.
@@ -24,17 +25,6 @@ def compiled_mb(compiled) -> dict | None:
                argument=m.argument_size_in_bytes / MB,
                output=m.output_size_in_bytes / MB)
   return dict(parts, total=sum(parts.values()) - m.alias_size_in_bytes / MB)
-
-
-def train_step_mb(config, spec: dict, init_batch: dict, batch: dict):
-  """compiled_mb of dear_jax's own train step (train.make_train_step) on
-  `batch`; parameters come from `init_batch` (they do not depend on n)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from dear_jax import train  # pylint: disable=g-import-not-at-top
-  _, step, params, opt_state = train.setup(config, spec, init_batch,
-                                           jax.random.PRNGKey(0))
-  return compiled_mb(step.lower(params, opt_state, batch,
-                                jax.random.PRNGKey(1)).compile())
 
 
 def _cpuinfo() -> dict:

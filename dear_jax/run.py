@@ -15,7 +15,12 @@ from absl import flags
 from ml_collections import config_flags
 
 from dear_jax import MODEL_KINDS
+from dear_jax import clrs_lib
 from dear_jax import compile_cache
+from dear_jax import nar
+from dear_jax import run_config
+from dear_jax import train
+from dear_jax import validation
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -51,7 +56,8 @@ def _define_flags(fv: flags.FlagValues, argv):
                     'this flag).', flag_values=fv)
   config_flags.DEFINE_config_file(
       'config', os.path.join(_REPO, 'configs', 'default.py'),
-      'Config file (configs/*.py); override keys with --config.KEY=VALUE.',
+      'Config file, or a preset by name from any folder (dear_paper: '
+      'configs/dear_paper.py); override keys with --config.KEY=VALUE.',
       flag_values=fv, lock_config=True, sys_argv=argv)
 
 
@@ -78,10 +84,10 @@ def last_overrides(args) -> list:
       a.startswith('--config.') and '=' in a and last[a.split('=', 1)[0]] != i)]
 
 
-def resolve_config(fv, argv=()):
-  """The config with command-line overrides applied, validated; `argv`, the
-  command line, to refuse a flag and its config key set to different values."""
-  from dear_jax import nar, validation  # pylint: disable=g-import-not-at-top
+def resolve_config(fv, argv=()) -> run_config.RunConfig:
+  """The config with command-line overrides applied, as the run's one typed,
+  checked RunConfig; `argv`, the command line, to refuse a flag and its
+  config key set to different values."""
   config = fv.config
   given = {a[len('--config.'):].split('=', 1)[0] for a in argv
            if a.startswith('--config.')}
@@ -105,18 +111,18 @@ def resolve_config(fv, argv=()):
                          'uses no hints)')
       nar.hint_flags(fv.hint_mode, '--hint_mode')  # named as typed
       config.nar.hint_mode = fv.hint_mode
-  validation.check_config(config)
+  run = run_config.check_config(config)
   for flag, value in typed_keys.items():
     if value != fv[flag].value:
       raise ValueError(f'--{flag}={fv[flag].value} and --config.'
                        f'{_FLAG_KEYS[flag]}={value} disagree; give one of them')
-  return config
+  return run
 
 
 USAGE = """Train and test DEAR (or the stepwise NAR) on one CLRS-30 algorithm.
 
 usage: python -m dear_jax.run --algorithm=ALG [--model=dear|nar] [--train_steps=N]
-         [--seed=S | --seeds=S1,S2,...] [--workdir=DIR] [--config=configs/FILE.py]
+         [--seed=S | --seeds=S1,S2,...] [--workdir=DIR] [--config=PRESET|FILE.py]
          [--config.SECTION.KEY=VALUE ...] [--hint_mode=MODE] [--noprogress]
          [--reevaluate] [--extend]
 
@@ -184,9 +190,13 @@ def main(argv=None) -> int:
   config_file = next((a.split('=', 1)[1] for a in argv[1:]
                       if a.startswith('--config=')), None)
   if config_file is not None and not os.path.isfile(config_file):
-    _fail(f'config file {config_file!r} not found; use one of '
-          f'{", ".join(sorted(f"configs/{f}" for f in os.listdir(os.path.join(_REPO, "configs")) if f.endswith(".py") and not f.startswith("_")))}')
-  from dear_jax import validation  # pylint: disable=g-import-not-at-top
+    preset = validation.preset_path(config_file)  # a preset, from anywhere
+    if preset is None:
+      _fail(f'config file {config_file!r} not found; use one of '
+            f'{", ".join(validation.presets())}')
+    argv = [f'--config={preset}' if a.startswith('--config=') else a
+            for a in argv]
+    config_file = preset
   try:
     if config_file is not None:  # each way a config file fails, in one line
       validation.load_config_file(config_file)
@@ -208,7 +218,6 @@ def main(argv=None) -> int:
     _fail(str(e).strip().splitlines()[0])
 
   compile_cache.enable(fv.jax_cache)
-  from dear_jax import clrs_lib, train  # pylint: disable=g-import-not-at-top
   try:
     clrs_lib.check_algorithm(fv.algorithm)
     if seeds is None:

@@ -14,6 +14,10 @@ import dataclasses
 import math
 import numbers
 import types
+import typing
+
+import ml_collections
+from ml_collections import config_dict
 
 
 class Section:
@@ -42,6 +46,22 @@ class Section:
                 if f.default is not dataclasses.MISSING}
     cls.check(types.SimpleNamespace(**{**defaults, **values}), prefix)
     return cls(**values)
+
+  def to_dict(self) -> dict:
+    """The section as the config file writes it (key: value)."""
+    return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+  def to_config_dict(self):
+    """`to_dict` as a ConfigDict section; a None value is a placeholder of
+    its field's type."""
+    hints = typing.get_type_hints(type(self))
+    values = {}
+    for key, value in self.to_dict().items():
+      if value is None:
+        kind, = [a for a in typing.get_args(hints[key]) if a is not type(None)]
+        value = config_dict.placeholder(kind)
+      values[key] = value
+    return ml_collections.ConfigDict(values)
 
   @classmethod
   def coerce(cls, cfg):

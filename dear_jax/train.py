@@ -12,7 +12,6 @@ uninterrupted one.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import os
 
@@ -23,41 +22,17 @@ import optax
 
 from dear_jax import clrs_lib
 from dear_jax import input_pipeline
+from dear_jax import diagnostics
+from dear_jax import factory
 from dear_jax import loop
-from dear_jax import sections
+from dear_jax import nar
+from dear_jax import profiling
+from dear_jax import run_config
 from dear_jax import seeds as seeds_lib
 from dear_jax import splits
-from dear_jax.checkpoints import RunError, load_best_params  # noqa: F401  (re-exported)
+from dear_jax.checkpoints import RunError
 from dear_jax.model import count_params
-from dear_jax.results import summary_table
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig(sections.Section):
-  """The `train` section, checked."""
-  PREFIX = 'train.'
-  steps: int = 500
-  learning_rate: float = 1e-3
-  grad_clip: float = 1.0
-  eval_every: int = 50
-  seed: int = 0
-  data_parallel: bool = False  # batches split over the local devices
-
-  @classmethod
-  def check(cls, v, prefix: str) -> None:
-    for name in ('steps', 'eval_every', 'learning_rate', 'grad_clip'):
-      sections.positive(prefix + name, getattr(v, name))
-    sections.int_at_least(prefix + 'seed', v.seed, 0)  # numpy's seed range
-    if v.seed >= 2**32:
-      raise ValueError(f'{prefix}seed must be < 2**32, got {v.seed}')
-
-
-def typed(config):
-  """config (a ConfigDict or validation.RunConfig) as a RunConfig."""
-  from dear_jax import validation  # pylint: disable=g-import-not-at-top
-  if isinstance(config, validation.RunConfig):
-    return config
-  return validation.typed(config)
+from dear_jax.results import REQUIRED_KEYS, read_json, summary_table, write_results
 
 
 def data_config(config) -> input_pipeline.DataConfig:
@@ -118,24 +93,6 @@ def stored_config(config_dict: dict, workdir: str | None = None):
   return config
 
 
-def build_model(config, spec: dict, sample_batch: dict):
-  """The config's model_kind, given its typed sections (`typed`)."""
-  run = typed(config)
-  if run.model_kind == 'nar':
-    from dear_jax.nar import StepwiseNAR  # pylint: disable=g-import-not-at-top
-    return StepwiseNAR(spec, sample_batch, run.model, run.nar.hint_mode,
-                       run.nar.learn_termination, run.nar.max_steps_factor)
-  from dear_jax.dear import EquilibriumReasoner  # pylint: disable=g-import-not-at-top
-  return EquilibriumReasoner(spec, sample_batch, run.model, run.dear)
-
-
-def uses_hints(config) -> bool:
-  """Training batches keep hints for the NAR, and for DEAR's alignment
-  (they give the teacher its step count)."""
-  return config.model_kind == 'nar' or (config.model_kind == 'dear' and
-                                        config.dear.align_weight > 0)
-
-
 def make_optimizer(config):
   return optax.chain(optax.clip_by_global_norm(config.train.grad_clip),
                      optax.adam(config.train.learning_rate))
@@ -166,11 +123,20 @@ def make_train_step(model, optimizer, donate: bool = False):
 def setup(config, spec: dict, sample_batch: dict, key, donate: bool = True):
   """(model, jitted train step, fresh params, fresh optimiser state); the
   step donates its inputs (`make_train_step`) unless `donate` is False."""
-  model = build_model(config, spec, sample_batch)
+  model = factory.build_model(config, spec, sample_batch)
   optimizer = make_optimizer(config)
   params = model.init(key, sample_batch)
   return (model, make_train_step(model, optimizer, donate), params,
           optimizer.init(params))
+
+
+def train_step_mb(config, spec: dict, init_batch: dict, batch: dict):
+  """profiling.compiled_mb of the train step (`make_train_step`) on `batch`;
+  parameters come from `init_batch` (they do not depend on n)."""
+  _, step, params, opt_state = setup(config, spec, init_batch,
+                                     jax.random.PRNGKey(0))
+  return profiling.compiled_mb(step.lower(params, opt_state, batch,
+                                          jax.random.PRNGKey(1)).compile())
 
 
 def graph_scores(evalset, preds: dict) -> list:
@@ -219,7 +185,6 @@ def evaluate(model, predict_fn, params, evalset) -> dict:
             (np.concatenate([s.nonfinite for s in stats])[:n] > 0).sum()),
         iterations=iters.tolist())
   if stops:
-    from dear_jax import nar  # pylint: disable=g-import-not-at-top
     result.update(nar.termination_summary(
         np.concatenate([s['nar_steps'] for s in stops])[:n],
         np.concatenate([s['nar_capped'] for s in stops])[:n],
@@ -292,7 +257,6 @@ def _check_folder(config, workdir: str, reevaluate: bool, extend: bool,
   as it was. More train.steps needs `extend`; other EVALUATION_KEYS on a
   finished folder need `reevaluate`. A folder of an earlier version with
   checkpoints but neither file resumes unchecked, as it always did."""
-  from dear_jax.results import REQUIRED_KEYS, read_json  # pylint: disable=g-import-not-at-top
   new = config_to_store(config, workdir)
   hint = ('move it away (the run resumes from its last checkpoint) or use '
           'another --workdir')
@@ -370,12 +334,6 @@ def out_of_memory(e: BaseException) -> str | None:
           'data.eval_batch_size)')
 
 
-def with_seed(config, seed: int):
-  config = copy.deepcopy(config)
-  config.train.seed = int(seed)
-  return config
-
-
 def train_and_evaluate(config, workdir: str, algorithm: str,
                        progress: bool = True, reevaluate: bool = False,
                        label: str | None = None, extend: bool = False) -> dict:
@@ -398,10 +356,8 @@ def train_seeds(config, seeds, workdirs, algorithm: str, progress: bool = True,
   Finished workdirs are answered from results.json and left out of the stack.
   A seed whose loss diverges leaves the stack; the others finish, then the
   divergence is raised."""
-  from dear_jax import validation  # pylint: disable=g-import-not-at-top
-  from dear_jax.results import write_results  # pylint: disable=g-import-not-at-top
-  validation.check_config(config)  # what the CLI checks, for every caller
-  configs = [with_seed(config, s) for s in seeds]
+  run = run_config.check_config(config)  # typed once, unless it already is
+  configs = [run.with_seed(s) for s in seeds]
   checked = [_check_folder(c, w, reevaluate, extend, progress)
              for c, w in zip(configs, workdirs)]
   results = [done for done, _, _ in checked]
@@ -429,20 +385,13 @@ def train_seeds(config, seeds, workdirs, algorithm: str, progress: bool = True,
   return results
 
 
-def model_label(config) -> str:
-  """The model as compare names it, for the progress bar."""
-  if config.model_kind == 'nar' and config.nar.hint_mode == 'none':
-    return 'nar_lt' if config.nar.learn_termination else 'nar_nohint'
-  return config.model_kind
-
-
 class FlaxLearner(loop.Learner):
   """The Flax models for `dear_jax.loop`: seeds stacked in one vmapped step
   (`seeds.SeedStack`), orbax checkpoints, resume."""
 
   def __init__(self, config, spec: dict, label: str | None = None):
     self.config, self.spec = config, spec
-    self.name = label or model_label(config)
+    self.name = label or factory.model_label(config)
     self.model = config.model_kind
     self.net = self.predict = self.stack = None
 
@@ -499,7 +448,6 @@ class FlaxLearner(loop.Learner):
     if 'iterations' in test:
       results['test_algo_steps'] = (test_set.lengths - 1).tolist()
     if config.model_kind == 'dear' and config.dear.diagnostics:
-      from dear_jax import diagnostics  # pylint: disable=g-import-not-at-top
       checked = test_set.head(config.dear.check_graphs)
       results.update(diagnostics.checks(
           self.net, best_params, checked, evaluate,
@@ -512,9 +460,9 @@ class FlaxLearner(loop.Learner):
 def _train(configs, workdirs, algorithm: str, progress: bool,
            label: str | None = None) -> list:
   """`loop.train` with a FlaxLearner on the unfinished seeds."""
-  config = typed(configs[0])  # the seeds differ in train.seed only
+  config = configs[0]  # the seeds differ in train.seed only
   dcfg = config.data
-  hints = uses_hints(config)
+  hints = factory.uses_hints(config)
   test_set = splits.load_split(algorithm, 'test', dcfg, keep_hints=hints)
   runs = [loop.Run(w, c.train.seed, algorithm, dcfg, hints, test_set.key,
                    config=c) for c, w in zip(configs, workdirs)]

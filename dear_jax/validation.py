@@ -1,59 +1,35 @@
-"""Checks of user input, each failing with one line that says what is allowed.
-
-The config's sections check themselves (dear_jax/sections.py); `typed`
-composes them into a RunConfig, `check_config` adds what spans sections.
-"""
+"""Checks of user input beyond the config's sections (those check
+themselves, dear_jax/run_config.py), each failing with one line that says
+what is allowed."""
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import os
 import re
 import tempfile
 
-from dear_jax import MODEL_KINDS
-from dear_jax import sections
-from dear_jax.dear import DearConfig, check_cgp_processor
-from dear_jax.input_pipeline import DataConfig
-from dear_jax.model import ModelConfig
-from dear_jax.nar import NarConfig
-from dear_jax.train import TrainConfig
+# The presets: configs/NAME.py beside the package (in a checkout and installed).
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__))), 'configs')
 
 
-@dataclasses.dataclass(frozen=True)
-class RunConfig:
-  """The command line's ConfigDict as typed, checked sections."""
-  model_kind: str
-  data: DataConfig
-  model: ModelConfig
-  nar: NarConfig
-  dear: DearConfig
-  train: TrainConfig
+def presets() -> list:
+  """The preset files, as configs/NAME.py."""
+  return sorted(f'configs/{f}' for f in os.listdir(CONFIGS)
+                if f.endswith('.py') and not f.startswith('_'))
 
 
-def typed(config) -> RunConfig:
-  """Each section through its own checks; the first bad key fails."""
-  sections.one_of('model_kind', config.model_kind, MODEL_KINDS)
-  return RunConfig(config.model_kind, DataConfig.from_section(config.data),
-                   ModelConfig.from_section(config.model),
-                   NarConfig.from_section(config.nar),
-                   DearConfig.from_section(config.dear),
-                   TrainConfig.from_section(config.train))
-
-
-def check_config(config) -> RunConfig:
-  """`typed`, then what spans sections or reads files."""
-  run = typed(config)
-  check_cgp_processor(run.dear, run.model)
-  check_writable_dir(run.data.cache_dir, 'data.cache_dir')
-  if run.model_kind == 'dear' and run.dear.align_weight > 0:
-    from dear_jax import alignment  # pylint: disable=g-import-not-at-top
-    alignment.read_teacher_results(run.dear.align_teacher)
-  if run.train.data_parallel:
-    from dear_jax import seeds  # pylint: disable=g-import-not-at-top
-    seeds.check_divisible(run.data.batch_size)
-  return run
+def preset_path(name: str) -> str | None:
+  """The file of a preset given by name (`dear_paper`) or as
+  `configs/dear_paper.py`, from any working directory; None for neither."""
+  if name.endswith('.py'):
+    rel = os.path.normpath(name)
+  else:
+    rel = os.path.join('configs', name + '.py')
+  if rel not in [os.path.normpath(p) for p in presets()]:
+    return None
+  return os.path.join(os.path.dirname(CONFIGS), rel)
 
 
 def check_seeds(seeds) -> list:

@@ -89,9 +89,9 @@ def _config(overrides_):
 
 def train_one(workdir, algorithm, overrides_):
   """In-process: one training run (used by the subprocess entry point)."""
-  from dear_jax import train, validation  # pylint: disable=g-import-not-at-top
+  from dear_jax import run_config, train  # pylint: disable=g-import-not-at-top
   config = _config(overrides_)
-  validation.check_config(config)
+  run_config.check_config(config)
   train.train_and_evaluate(config, workdir, algorithm, progress=True)
 
 

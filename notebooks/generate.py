@@ -219,7 +219,7 @@ def quickstart():
           import numpy as np
           import matplotlib.pyplot as plt
           from configs import default
-          from dear_jax import batches as batch_lib, clrs_lib, splits, train
+          from dear_jax import batches as batch_lib, checkpoints, clrs_lib, factory, splits, train
           from dear_jax.results import summary_table
 
           ALGORITHM = 'bfs'
@@ -282,8 +282,8 @@ def quickstart():
           test_set = splits.load_split(ALGORITHM, 'test', dcfg, keep_hints=False)
           batch = test_set.batches[0]
           graphs = min(test_set.num_samples, len(batch['lengths']))
-          model = train.build_model(config, clrs_lib.processed_spec(ALGORITHM), batch)
-          params = train.load_best_params(workdir)
+          model = factory.build_model(config, clrs_lib.processed_spec(ALGORITHM), batch)
+          params = checkpoints.load_best_params(workdir)
           EVALUATIONS = 12 if SMOKE else 60
           RESIDUAL = dict(rel='relative residual ‖f(h) − h‖ / ‖f(h)‖', abs='residual ‖f(h) − h‖')
 
@@ -560,7 +560,7 @@ def dear_vs_stepwise():
           import functools
           import matplotlib.ticker
           import ml_collections
-          from dear_jax import clrs_lib, input_pipeline, splits, train
+          from dear_jax import checkpoints, clrs_lib, factory, input_pipeline, splits, train
 
           SIZES = (8, 16) if SMOKE else (16, 32, 64, 128)
           GRAPHS, REPEATS = (2, 1) if SMOKE else (8, 3)
@@ -571,17 +571,17 @@ def dear_vs_stepwise():
                   workdir = compare.run_dir(OUT, algorithm, name, 0)
                   with open(os.path.join(workdir, 'results.json')) as f:
                       config = ml_collections.ConfigDict(json.load(f)['config'])
-                  params = train.load_best_params(workdir)
+                  params = checkpoints.load_best_params(workdir)
                   model = forward = None
                   for n in SIZES:
                       cfg = input_pipeline.DataConfig(test_length=n, test_num_samples=GRAPHS,
                                                       eval_batch_size=GRAPHS,
                                                       cache_dir=config.data.cache_dir)
                       split = splits.load_split(algorithm, 'test', cfg,
-                                                keep_hints=train.uses_hints(config))
+                                                keep_hints=factory.uses_hints(config))
                       batch = split.batches[0]
                       if model is None:  # parameters do not depend on n
-                          model = train.build_model(config, spec, batch)
+                          model = factory.build_model(config, spec, batch)
                           forward = jax.jit(functools.partial(model.forward, training=False,
                                                               key=jax.random.PRNGKey(0)))
                       _, _, aux = jax.block_until_ready(forward(params, batch))  # compiles
@@ -707,8 +707,8 @@ def implicit_gradients():
           import matplotlib.pyplot as plt
           from IPython.display import Markdown, display
           from configs import default
-          from dear_jax import (batches as batch_lib, clrs_lib, input_pipeline,
-                                losses, solver, splits, train)
+          from dear_jax import (batches as batch_lib, checkpoints, clrs_lib, factory,
+                                input_pipeline, losses, solver, splits, train)
 
           config = default.get_config()
           config.model.hidden = 16 if SMOKE else 32
@@ -729,7 +729,7 @@ def implicit_gradients():
                                  max_iter_train=300, max_iter_eval=300, backward_tol=1e-8,
                                  backward_max_iter=80, phantom_steps=5, phantom_tau=0.5,
                                  jac_reg_weight=0.0))   # the references have no penalty
-              return train.build_model(c, spec, batch)
+              return factory.build_model(c, spec, batch)
 
 
           models = {g: model_with(g) for g in GRADS}
@@ -869,8 +869,8 @@ def implicit_gradients():
                                        keep_hints=False)
           test_batch = test_set.batches[0]
           graphs = min(test_set.num_samples, len(test_batch['lengths']))
-          trained = train.build_model(train_config, spec, test_batch)
-          params = train.load_best_params(workdir)
+          trained = factory.build_model(train_config, spec, test_batch)
+          params = checkpoints.load_best_params(workdir)
           EVALUATIONS = 12 if SMOKE else 80
 
 
@@ -923,7 +923,7 @@ def implicit_gradients():
           for tol in TOLS:
               c = train_config.copy_and_resolve_references()
               c.dear.tol, c.dear.max_iter_eval = tol, CAP
-              m = train.build_model(c, spec, test_batch)
+              m = factory.build_model(c, spec, test_batch)
               predict = jax.jit(m.predict)
               jax.block_until_ready(predict(params, test_batch))  # compile outside the timing
               t0 = time.perf_counter()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from dear_jax import alignment, clrs_lib, input_pipeline, run, solver, train
+from dear_jax import alignment, clrs_lib, factory, input_pipeline, run, solver, train
 from dear_jax.dear import EquilibriumReasoner
 from dear_jax.nar import StepwiseNAR
 
@@ -193,7 +193,7 @@ def test_teacher_mismatch_is_one_line(bfs, tmp_path, bad, message):
   workdir = (str(tmp_path / 'missing') if bad is None
              else _write(tmp_path / 'w', **bad))
   with pytest.raises(ValueError, match=message) as e:
-    alignment.load_teacher(workdir, spec, batch, config.model)
+    factory.load_teacher(workdir, spec, batch, config.model)
   assert '\n' not in str(e.value)
 
 
@@ -218,7 +218,7 @@ def test_alignment_trains_end_to_end_with_a_trained_teacher(tmp_path):
   student = tiny_config(tmp_path / 'cache', 'dear', steps=2)
   student.dear.update(align_weight=0.5, align_teacher=teacher_dir,
                       stochastic_alpha=0.5, diagnostics=False)
-  assert train.uses_hints(student)
+  assert factory.uses_hints(student)
   r = train.train_and_evaluate(student, str(tmp_path / 'student'), 'bfs',
                                progress=False)
   assert r['train_steps'] == 2 and np.isfinite(r['loss_curve'][-1][1])

@@ -16,7 +16,9 @@ from baselines import memory
 from baselines.plan import Plan
 from conftest import tiny_config
 from dear_jax import batches as batch_lib
+from dear_jax import checkpoints
 from dear_jax import clrs_lib
+from dear_jax import factory
 from dear_jax import input_pipeline
 from dear_jax import profiling
 from dear_jax import train
@@ -100,7 +102,7 @@ def test_train_step_mb_arguments_are_the_step_inputs(cache_dir):
   config = tiny_config(cache_dir, 'nar')
   stream = input_pipeline.TrainStream('bfs', train.data_config(config), seed=0)
   batch = next(stream)
-  mb = profiling.train_step_mb(config, clrs_lib.processed_spec('bfs'), batch,
+  mb = train.train_step_mb(config, clrs_lib.processed_spec('bfs'), batch,
                                batch)
   _, _, params, opt_state = train.setup(config, clrs_lib.processed_spec('bfs'),
                                         batch, jax.random.PRNGKey(0))
@@ -131,7 +133,7 @@ def test_train_step_mb_uses_largest_training_size(tmp_path, cache_dir,
                  bool(batch['hints'])))
     return dict(total=12.5)
 
-  monkeypatch.setattr(profiling, 'train_step_mb', fake_step_mb)
+  monkeypatch.setattr(train, 'train_step_mb', fake_step_mb)
   assert memory.train_step_mb(_plan(tmp_path, cache_dir), 'bfs', 'nar') == 12.5
   assert seen == [(6, 2, True)]  # n = max(4, 6), batch 2, hints (nar)
 
@@ -243,8 +245,8 @@ def test_benchmarks_time_trained_runs(bench, tmp_path, cache_dir, monkeypatch,
   assert done['config']['model']['hidden'] == config.model.hidden
   batch, _ = bench._eval_batch('bfs', 5, 2, cache_dir)  # pylint: disable=protected-access
   batch = dict(batch, hints={})
-  model = train.build_model(config, clrs_lib.processed_spec('bfs'), batch)
-  _, aux = model.predict(train.load_best_params(str(runs / 'bfs_dear')), batch)
+  model = factory.build_model(config, clrs_lib.processed_spec('bfs'), batch)
+  _, aux = model.predict(checkpoints.load_best_params(str(runs / 'bfs_dear')), batch)
   assert row['dear_iterations_mean'] == pytest.approx(
       float(np.mean(aux['solver'].iterations)))
   assert 'Trained parameters' in (out / 'results.md').read_text()

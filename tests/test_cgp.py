@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from conftest import tiny_config
-from dear_jax import cgp, clrs_lib, input_pipeline, processors, train
+from dear_jax import cgp, clrs_lib, factory, input_pipeline, processors, train
 
 
 def _brute_force_group(p):
@@ -118,7 +118,7 @@ def _model(config, batch, processor='triplet_gmpnn', **dear):
   config = config.copy_and_resolve_references()
   config.model.processor = processor
   config.dear.update(dear)
-  return train.build_model(config, clrs_lib.processed_spec('bfs'), batch)
+  return factory.build_model(config, clrs_lib.processed_spec('bfs'), batch)
 
 
 @pytest.mark.parametrize('shared', [False, True])

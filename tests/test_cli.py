@@ -2,12 +2,15 @@
 keys named as typed, and what a rerun of a finished workdir says."""
 
 import json
+import os
 import shutil
 
 import pytest
 
 from conftest import cli_args
 from dear_jax import run
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_help_lists_flags_and_exits_0(capsys):
@@ -65,3 +68,45 @@ def test_rerun_of_a_finished_workdir_says_so_and_changes_nothing(
   assert f'resuming from step {config.train.steps}' in out
   assert json.loads((workdir / 'results.json').read_text())['test_score'] == \
       done.results['test_score']
+
+
+def test_a_run_types_its_config_once(cache_dir, tmp_path, monkeypatch):
+  """The CLI turns the ConfigDict into one RunConfig and passes it down:
+  training, the model factory and results.json never type it again."""
+  from conftest import tiny_config  # pylint: disable=g-import-not-at-top
+  from dear_jax import run_config  # pylint: disable=g-import-not-at-top
+  built = []
+  from_config = run_config.RunConfig.from_config.__func__
+
+  def counted(cls, config):
+    built.append(config)
+    return from_config(cls, config)
+
+  monkeypatch.setattr(run_config.RunConfig, 'from_config',
+                      classmethod(counted))
+  config = tiny_config(cache_dir, 'nar', steps=2)
+  assert run.main(cli_args(config, tmp_path / 'w')) == 0
+  assert len(built) == 1
+  stored = json.loads((tmp_path / 'w' / 'results.json').read_text())['config']
+  assert stored['train']['steps'] == 2 and stored['model']['hidden'] == 16
+
+
+@pytest.mark.parametrize('name', ['dear_paper', 'configs/dear_paper.py'])
+def test_a_preset_by_name_from_any_folder(tmp_path, monkeypatch, name):
+  """--config=dear_paper (or configs/dear_paper.py) is the package's preset
+  from any working directory: the run gets that file's config."""
+  from dear_jax import run_config, train, validation  # pylint: disable=g-import-not-at-top
+  want = run_config.typed(validation.load_config_file(
+      os.path.join(REPO, 'configs', 'dear_paper.py')))
+  got = []
+
+  def captured(config, *args, **kwargs):
+    got.append(config)
+    raise ValueError('stopped before training')
+
+  monkeypatch.setattr(train, 'train_seeds', captured)
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(SystemExit) as e:
+    run.main(['run', '--algorithm=bfs', f'--config={name}'])
+  assert e.value.code == 2 and got == [want]
+  assert (want.dear.grad, want.model.processor) == ('jfb', 'gmpnn')

@@ -23,7 +23,7 @@ import tqdm
 from baselines import compare, convergence, protocol, report
 from baselines import plan as plan_lib
 from conftest import tiny_config
-from dear_jax import loop, profiling
+from dear_jax import loop, profiling, run_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = ('dear', 'nar', 'clrs_official')
@@ -93,7 +93,7 @@ def _figure_data(fig, dpi):
 
 # What `finished`'s runs did inside dear_jax.loop: its calls (learner class,
 # learner name, seeds) and every progress bar's desc and postfixes.
-LOOP = dict(calls=[], bars=[])
+LOOP = dict(calls=[], bars=[], events=[])
 
 
 class _RecordingBar(tqdm.tqdm):
@@ -119,7 +119,14 @@ def finished(tmp_path_factory, cache_dir):
   def spy_train(learner, runs, *args, **kwargs):
     LOOP['calls'].append((type(learner).__name__, learner.name,
                           [r.seed for r in runs]))
+    LOOP['events'].append('train')
     return real_train(learner, runs, *args, **kwargs)
+
+  from_config = run_config.RunConfig.from_config.__func__
+
+  def spy_typed(cls, config):
+    LOOP['events'].append('typed')
+    return from_config(cls, config)
 
   def recording_savefig(fig, path, *args, **kwargs):
     figures[os.path.basename(str(path))] = _figure_data(
@@ -130,6 +137,7 @@ def finished(tmp_path_factory, cache_dir):
     _guard_environ(mp)
     mp.setattr(matplotlib.figure.Figure, 'savefig', recording_savefig)
     mp.setattr(loop, 'train', spy_train)
+    mp.setattr(run_config.RunConfig, 'from_config', classmethod(spy_typed))
     mp.setattr(loop, 'tqdm', type('tqdm', (), {'tqdm': _RecordingBar}))
     assert compare.main(argv) == 0
   return out, argv, figures
@@ -184,6 +192,14 @@ def test_every_model_trains_in_the_one_loop(finished):
     assert r['val_score'] == max(v for _, v in r['val_curve'])
     (bar,) = [b for b in LOOP['bars'] if b['desc'] == f'{m} bfs']
     assert bar['postfixes'] == []
+
+
+def test_each_models_config_is_typed_once_and_passed_to_its_runs(finished):
+  """compare types the dear and nar configs once, when it plans the sweep;
+  their runs take those RunConfigs as they are."""
+  events = LOOP['events']
+  last = len(events) - events[::-1].index('train')
+  assert events[:last] == ['typed'] * 2 + ['train'] * 3
 
 
 PLOTS = ('scores', 'iterations_vs_steps', 'convergence', 'training_curves',
@@ -697,3 +713,18 @@ def test_sweeps_started_together_on_one_dir_take_turns(tmp_path):
   assert set(stored['protocol']['algorithms']) == {'bfs', 'dfs'}
   assert sorted(p.name for p in tmp_path.iterdir()) == [
       'protocol.json', 'protocol.json.lock']
+
+
+def test_dear_config_takes_a_preset_by_name_from_any_folder(tmp_path,
+                                                            monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  args = compare.parse_args([f'--out={tmp_path / "out"}', '--models=dear,nar',
+                             '--dear_config=dear_paper'])
+  p = plan_lib.resolve(args)
+  paper = plan_lib.load_config_file(os.path.join(plan_lib.REPO, 'configs',
+                                                 'dear_paper.py'))
+  assert p.configs['dear'].dear.grad == paper.dear.grad == 'jfb'
+  assert p.configs['dear'].model.processor == paper.model.processor == 'gmpnn'
+  assert p.configs['nar'].model.processor == 'triplet_gmpnn'
+  with pytest.raises(plan_lib.CompareError, match='not found; use a path or'):
+    plan_lib.load_config_file('nope')

@@ -9,8 +9,8 @@ import pytest
 
 from conftest import tiny_config
 from dear_jax import batches as batch_lib
-from dear_jax import (clrs_lib, diagnostics, input_pipeline, losses, solver,
-                      splits, train)
+from dear_jax import (clrs_lib, diagnostics, factory, input_pipeline, losses,
+                      solver, splits, train)
 
 
 @pytest.fixture(scope='module')
@@ -26,7 +26,7 @@ def _model(config, batch, **dear):
   config.model.hidden = 8
   for k, v in dear.items():
     config.dear[k] = v
-  return train.build_model(config, clrs_lib.processed_spec('bfs'), batch)
+  return factory.build_model(config, clrs_lib.processed_spec('bfs'), batch)
 
 
 def test_ift_gradient_of_whole_model_matches_unrolled(bfs_batch):
@@ -248,7 +248,7 @@ def test_checks_on_the_first_graphs_are_those_graphs_checks(tmp_path):
   for k, v in head.outputs.items():
     np.testing.assert_array_equal(v, test.outputs[k][:6])
   assert test.head(0) is test and test.head(10) is test
-  model = train.build_model(config, test.spec, test.batches[0])
+  model = factory.build_model(config, test.spec, test.batches[0])
   params = model.init(jax.random.PRNGKey(0), test.batches[0])
   settings = diagnostics.CheckSettings(ref_cap=50, power_iters=3)
   full = diagnostics.checks(model, params, test, train.evaluate,

@@ -6,7 +6,9 @@ import json
 import numpy as np
 import pytest
 
+from dear_jax import checkpoints
 from dear_jax import clrs_lib
+from dear_jax import factory
 from dear_jax import splits
 from dear_jax import train
 from tests.conftest import tiny_config, tiny_data_config
@@ -80,13 +82,13 @@ def test_run_writes_each_size_scored_as_evaluate_scores_it(tmp_path):
   assert stored['extra_tests'] == json.loads(json.dumps(
       results['extra_tests']))
   assert set(results['extra_tests']) == {'6', '12'}
-  params = train.load_best_params(str(tmp_path / 'w'))
+  params = checkpoints.load_best_params(str(tmp_path / 'w'))
   spec = clrs_lib.processed_spec('bfs')
   dcfg = train.data_config(config)
   for n in (6, 12):
     got = results['extra_tests'][str(n)]
     evalset = splits.load_extra_test('bfs', n, dcfg, keep_hints=False)
-    model = train.build_model(config, spec, evalset.batches[0])
+    model = factory.build_model(config, spec, evalset.batches[0])
     want = train.evaluate(model, model.predict, params, evalset)
     assert got['score'] == pytest.approx(want['score'])
     assert got['graphs'] == 3 and got['nodes'] == n
@@ -232,7 +234,7 @@ def test_models_on_sender_lists_predict_as_on_the_dense_graph(kind, tmp_path):
   batch = evalset.batches[0]
   assert batch['senders'].shape[-1] < 24
   dense = {k: v for k, v in batch.items() if k != 'senders'}
-  model = train.build_model(config, spec, dense)
+  model = factory.build_model(config, spec, dense)
   params = model.init(jax.random.PRNGKey(0), dense)
   fwd = lambda b: model.forward(params, b, training=False,
                                 key=jax.random.PRNGKey(0))

@@ -13,6 +13,7 @@ import tqdm
 
 from conftest import tiny_config
 from dear_jax import clrs_lib, compile_cache, input_pipeline, loop, splits
+from dear_jax import factory
 from dear_jax import train
 
 # As tests/test_train.py's runs: the reference below compiles the same way.
@@ -118,7 +119,7 @@ def test_losses_and_checkpoints_match_stepping_by_hand(cache_dir, tmp_path,
 
   dcfg = train.data_config(config)
   seed = config.train.seed
-  hints = train.uses_hints(config)
+  hints = factory.uses_hints(config)
   val_set = splits.load_split('bfs', 'val', dcfg, seed, keep_hints=hints)
   _, step_fn, params, opt_state = train.setup(
       config, clrs_lib.processed_spec('bfs'), val_set.batches[0],

@@ -25,7 +25,7 @@ from dear_jax.encoders import Encoders
 from dear_jax.decoders import Decoders
 from dear_jax.model import count_params
 from dear_jax.nar import StepwiseNAR
-from dear_jax import train as train_lib
+from dear_jax import factory
 from dear_jax.processors import GatedMaxMPNN, TripletGMPNN
 from dear_jax.train import evaluate
 
@@ -273,15 +273,15 @@ def test_gated_max_mpnn_matches_dear_mpnn_layer():
 @pytest.mark.parametrize('kind', ['dear', 'nar'])
 @x64
 def test_models_built_with_gmpnn_message_along_input_edges(kind, data_cfg):
-  """model.processor=gmpnn through train.build_model: the processor is DEAR's
+  """model.processor=gmpnn through factory.build_model: the processor is DEAR's
   layer, it runs on the input graph's edges (BFS `adj`), and a train step's
   gradient reaches it."""
   config = tiny_config(data_cfg.cache_dir, kind)
   config.model.processor = 'gmpnn'
   config.nar.hint_mode = 'none'
   batch = next(input_pipeline.TrainStream('bfs', data_cfg, seed=2,
-                                          keep_hints=train_lib.uses_hints(config)))
-  model = train_lib.build_model(config, clrs_lib.processed_spec('bfs'), batch)
+                                          keep_hints=factory.uses_hints(config)))
+  model = factory.build_model(config, clrs_lib.processed_spec('bfs'), batch)
   assert isinstance(model.processor, GatedMaxMPNN)
   params = _float64(model.init(jax.random.PRNGKey(0), batch))
   assert set(params['processor']) == set(GMPNN_NAMES.values())

@@ -61,7 +61,7 @@ def installed(tmp_path_factory):
 
 def test_installed_package_imports_from_another_directory(installed, tmp_path):
   script = textwrap.dedent("""
-      import json, os, sys
+      import json, os, sys, types
       import dear_jax, dear_jax.train, dear_jax.solver, dear_jax.dear
       import baselines, baselines.compare, baselines.plan
       import configs.default, configs.dear_paper
@@ -71,6 +71,10 @@ def test_installed_package_imports_from_another_directory(installed, tmp_path):
       # compare's --dear_config=configs/... resolves next to the package.
       path = baselines.plan.REPO
       cfg = baselines.plan.load_config_file('configs/dear_paper.py')
+      # --config=dear_paper: the installed preset, by name.
+      from dear_jax import validation
+      preset = validation.preset_path('dear_paper')
+      mods.append(types.SimpleNamespace(__file__=preset))
       print(json.dumps(dict(files=[m.__file__ for m in mods], plan_repo=path,
                             steps=cfg.train.steps,
                             hidden=configs.default.get_config().model.hidden)))

@@ -60,7 +60,7 @@ RELEASE = {'model.processor': 'gmpnn', 'dear.tol': 0.1, 'dear.tol_mode': 'rel',
 
 def _get(config, key):
   section, name = key.split('.')
-  return config[section][name]
+  return getattr(getattr(config, section), name)
 
 
 def test_dear_paper_beside_dear_in_one_sweep():
@@ -92,7 +92,7 @@ def test_dear_paper_takes_the_sweeps_overrides():
     ('configs/dear_paper.py', 31250, tuple(range(8, 17))),
     ('configs/dear_paper_cpu.py', 1000, (4, 7, 11, 13, 16))])
 def test_dear_paper_presets_build_a_gated_max_mpnn_dear(path, steps, sizes):
-  from dear_jax import clrs_lib, processors, splits, train  # pylint: disable=g-import-not-at-top
+  from dear_jax import clrs_lib, factory, processors, splits, train  # pylint: disable=g-import-not-at-top
   from tests.conftest import tiny_data_config  # pylint: disable=g-import-not-at-top
   config = plan.load_config_file(path)
   for key, value in RELEASE.items():
@@ -102,7 +102,7 @@ def test_dear_paper_presets_build_a_gated_max_mpnn_dear(path, steps, sizes):
   import tempfile  # pylint: disable=g-import-not-at-top
   with tempfile.TemporaryDirectory() as d:
     batch = splits.load_split('bfs', 'val', tiny_data_config(d)).batches[0]
-  model = train.build_model(config, clrs_lib.processed_spec('bfs'), batch)
+  model = factory.build_model(config, clrs_lib.processed_spec('bfs'), batch)
   assert isinstance(model.processor, processors.GatedMaxMPNN)
   assert model.processor.gate_bias == 0.0
   s = model.solver_cfg

@@ -8,7 +8,7 @@ import types
 import pytest
 
 from configs import default
-from dear_jax import input_pipeline, run, solver, train, validation
+from dear_jax import input_pipeline, run, run_config, solver, train
 from dear_jax.dear import DearConfig, EquilibriumReasoner
 from dear_jax.model import ModelConfig
 from dear_jax.nar import NarConfig, StepwiseNAR
@@ -56,7 +56,7 @@ def test_bad_value_of_each_section_is_one_line_naming_the_key(
     (ModelConfig, 'hidden', -1, 'model.hidden'),
     (NarConfig, 'hint_mode', 'sometimes', 'nar.hint_mode'),
     (DearConfig, 'align_samples', 0, 'dear.align_samples'),
-    (train.TrainConfig, 'steps', 0, 'train.steps'),
+    (run_config.TrainConfig, 'steps', 0, 'train.steps'),
 ])
 def test_sections_check_themselves_when_built(cls, field, value, key):
   cls()  # the defaults are valid
@@ -71,7 +71,7 @@ def test_sections_check_themselves_when_built(cls, field, value, key):
 
 def test_typed_default_config_holds_the_defaults():
   config = default.get_config()
-  typed = validation.check_config(config)
+  typed = run_config.check_config(config)
   assert typed.data == train.data_config(config)
   assert typed.data.val_num_samples is None  # the official count
   assert typed.model == ModelConfig.from_section(config.model)

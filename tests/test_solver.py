@@ -85,7 +85,7 @@ def grad_of(problem):
                                              ('anderson', 'anderson')])
 def test_ift_matches_unrolled(grad_of, unrolled_grad, method, backward):
   _, g = grad_of(SolverConfig(method=method, grad='ift', backward_solver=backward,
-                              backward_max_iter=60, **TIGHT))
+                              backward_tol=1e-6, backward_max_iter=60, **TIGHT))
   assert rel_err(g[0], unrolled_grad[0]) < 1e-3   # params (measured ~1e-6)
   assert rel_err(g[1], unrolled_grad[1]) < 1e-3   # inputs
 
@@ -326,7 +326,7 @@ def test_rel_and_abs_tolerance_definitions():
   its = {}
   for mode in ('rel', 'abs'):
     h, st = jsolve(f, jnp.zeros((1, N, H)), None, (c,), training=True,
-                  config=SolverConfig(method='fixed_point', tol_mode=mode))
+                  config=SolverConfig(method='fixed_point', tol=0.1, tol_mode=mode))
     its[mode] = int(st.iterations[0])
     np.testing.assert_allclose(h[0], 100 * (1 - 0.5 ** (its[mode] - 1)), rtol=1e-6)
   assert its == {'rel': 4, 'abs': 13}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from dear_jax import clrs_lib, input_pipeline, train
+from dear_jax import clrs_lib, factory, input_pipeline, train
 from dear_jax.dear import extra_steps
 
 
@@ -49,7 +49,7 @@ def bfs(tmp_path_factory):
 def _model(config, batch, **dear):
   config = config.copy_and_resolve_references()
   config.dear.update(dear)
-  return train.build_model(config, clrs_lib.processed_spec('bfs'), batch)
+  return factory.build_model(config, clrs_lib.processed_spec('bfs'), batch)
 
 
 def test_training_differs_evaluation_does_not(bfs):

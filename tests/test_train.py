@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import cli_args, config_flags, tiny_config
-from dear_jax import clrs_lib, input_pipeline, run, splits, train, validation
+from dear_jax import checkpoints, clrs_lib, factory, input_pipeline, run, run_config, splits, train
 from dear_jax.results import REQUIRED_KEYS, SOLVER_KEYS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -112,10 +112,10 @@ def test_loss_and_validation_cadence(finished_run, kind):
 
 def test_progress_label_names_the_model(cache_dir):
   config = tiny_config(cache_dir, 'nar')
-  assert train.model_label(config) == 'nar'
+  assert factory.model_label(config) == 'nar'
   config.nar.hint_mode = 'none'
-  assert train.model_label(config) == 'nar_nohint'
-  assert train.model_label(tiny_config(cache_dir, 'dear')) == 'dear'
+  assert factory.model_label(config) == 'nar_nohint'
+  assert factory.model_label(tiny_config(cache_dir, 'dear')) == 'dear'
 
 
 def test_compile_steps_counts_train_step_traces(finished_run):
@@ -187,7 +187,7 @@ def test_compile_count_stops_growing(cache_dir, kind):
   stream = input_pipeline.TrainStream('bfs', train.data_config(config), seed=0,
                                       keep_hints=kind == 'nar')
   first = next(stream)
-  model = train.build_model(config, clrs_lib.processed_spec('bfs'), first)
+  model = factory.build_model(config, clrs_lib.processed_spec('bfs'), first)
   traces = []
   loss = model.loss
 
@@ -232,7 +232,7 @@ def test_padded_last_eval_batch_scores_like_unpadded(cache_dir):
   assert padded.num_samples == whole.num_samples == 3
   assert len(padded.batches) == 2 and len(whole.batches) == 1
   assert len(padded.batches[1]['lengths']) == 2  # one repeated graph
-  model = train.build_model(config, clrs_lib.processed_spec('bfs'),
+  model = factory.build_model(config, clrs_lib.processed_spec('bfs'),
                             whole.batches[0])
   params = model.init(jax.random.PRNGKey(0), whole.batches[0])
   predict = jax.jit(model.predict)
@@ -269,7 +269,7 @@ def test_test_score_uses_best_validation_parameters(cache_dir, tmp_path,
   for params, _ in test_calls:
     assert _tree_equal(params, val_params[1])
   assert results['test_score'] == test_calls[0][1]
-  assert _tree_equal(train.load_best_params(str(tmp_path / 'w')),
+  assert _tree_equal(checkpoints.load_best_params(str(tmp_path / 'w')),
                      val_params[1])
 
 
@@ -284,7 +284,7 @@ def _resolve(argv):
 
 def test_dear_paper_config_passes_check_config():
   config = _resolve(['run', f'--config={REPO}/configs/dear_paper.py'])
-  validation.check_config(config)
+  run_config.check_config(config)
   assert config.model_kind == 'dear'
   assert config.data.size_schedule == 'uniform'
   assert config.data.train_sizes == tuple(range(8, 17))
@@ -315,9 +315,9 @@ def test_stored_config_of_an_old_run_builds_and_checks():
   old['data'].update(val_num_samples=0, test_num_samples=0)
   old['dear']['align_teacher'] = ''
   with pytest.raises(ValueError, match='val_num_samples'):
-    validation.typed(ml_collections.ConfigDict(old))
+    run_config.typed(ml_collections.ConfigDict(old))
   config = train.stored_config(old)
-  typed = validation.typed(config)
+  typed = run_config.typed(config)
   assert typed.data.val_num_samples is None
   assert typed.data.test_num_samples is None
   assert typed.data.train_sizes == default.get_config().data.train_sizes
