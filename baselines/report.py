@@ -189,7 +189,7 @@ def _size_lines(rows: list, models: list) -> list:
     return []
   sizes = sorted({r['nodes'] for r in rows})
   lines = ['', '## Test score and time against n', '',
-           'The best parameters on the official test (n=64) and on test sets '
+           'The best parameters on the official test and on test sets '
            'of further sizes (data.extra_test_lengths; dm-clrs\'s samplers '
            'with the official test seed, the same graphs for every model). '
            'Each cell: score % / ms per graph / DEAR\'s solver iterations or '

@@ -115,13 +115,16 @@ def load(path: str) -> Batch:
   return batch
 
 
-def aggregation_senders(batch: Batch, spec: Spec) -> np.ndarray | None:
+def aggregation_senders(batch: Batch, spec: Spec,
+                        width: int | None = None) -> np.ndarray | None:
   """[B, N, K] int32: row j of graph b lists the nodes that send to j in the
   gated max-MPNN (itself, and i wherever the encoders' adjacency has (i, j):
   the symmetrised edge-mask inputs and node-pointer inputs), padded with j
   (a repeated sender leaves a max unchanged). K is the largest in-degree
-  rounded up to `time_bucket`'s grid (few distinct shapes), at most N. None
-  for algorithms without an `adj` input, whose graph is complete."""
+  rounded up to `time_bucket`'s grid (few distinct shapes), at most N, or
+  `width` where given (at least that degree: a split's batches then share
+  one shape). None for algorithms without an `adj` input, whose graph is
+  complete."""
   inputs = batch['inputs']
   if 'adj' not in inputs:
     return None
@@ -136,6 +139,10 @@ def aggregation_senders(batch: Batch, spec: Spec) -> np.ndarray | None:
       adj |= (data + np.swapaxes(data, 1, 2)) > 0
   adj |= np.eye(n, dtype=bool)[None]
   k = min(n, time_bucket(int(adj.sum(axis=1).max())))
+  if width is not None:
+    if width < int(adj.sum(axis=1).max()):
+      raise ValueError(f'width {width} is below the largest in-degree')
+    k = width
   out = np.broadcast_to(np.arange(n, dtype=np.int32)[None, :, None],
                         adj.shape[:2] + (k,)).copy()
   for b in range(adj.shape[0]):

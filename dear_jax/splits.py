@@ -177,14 +177,19 @@ def load_extra_test(algorithm: str, nb_nodes: int, cfg: DataConfig,
   """data.extra_test_num_samples graphs of size `nb_nodes`, drawn with the
   official test split's sampler and seed (DEAR tests at 128, 256, 512), in
   batches of `eval_batch_size(nb_nodes, cfg)`; cached like every split.
-  Where a batch's graphs are not complete, it also holds their sender lists
-  ('senders', `batches.aggregation_senders`), which the gated max-MPNN
-  aggregates over instead of all node pairs."""
+  Where the split's graphs are not complete, each batch also holds their
+  sender lists ('senders', `batches.aggregation_senders`, one width for the
+  whole split), which the gated max-MPNN aggregates over instead of all
+  node pairs."""
   evalset = load_split(algorithm, 'test', cfg, keep_hints=keep_hints,
                        length=nb_nodes, num_samples=cfg.extra_test_num_samples,
                        batch_size=eval_batch_size(nb_nodes, cfg))
-  for batch in evalset.batches:
-    senders = batch_lib.aggregation_senders(batch, evalset.spec)
-    if senders is not None and senders.shape[-1] < nb_nodes:
-      batch['senders'] = senders
+  widths = [batch_lib.aggregation_senders(b, evalset.spec)
+            for b in evalset.batches]
+  if widths[0] is not None:
+    width = max(w.shape[-1] for w in widths)  # one shape: one compile
+    if width < nb_nodes:
+      for batch in evalset.batches:
+        batch['senders'] = batch_lib.aggregation_senders(
+            batch, evalset.spec, width)
   return evalset

@@ -1,6 +1,7 @@
 """Tests at further sizes (data.extra_test_lengths): their splits, their
 batch sizes, and what a run writes for them."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -233,6 +234,12 @@ def test_models_on_sender_lists_predict_as_on_the_dense_graph(kind, tmp_path):
                                    keep_hints=True)
   batch = evalset.batches[0]
   assert batch['senders'].shape[-1] < 24
+  # one width for the split (the timed pass compiles once)
+  more = dataclasses.replace(train.data_config(config),
+                             extra_test_num_samples=9)
+  widths = {b['senders'].shape for b in
+            splits.load_extra_test('bfs', 24, more).batches}
+  assert len(widths) == 1
   dense = {k: v for k, v in batch.items() if k != 'senders'}
   model = factory.build_model(config, spec, dense)
   params = model.init(jax.random.PRNGKey(0), dense)
