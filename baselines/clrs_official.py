@@ -223,7 +223,7 @@ class OfficialLearner(loop.Learner):
     return {k: np.concatenate([np.asarray(p[k]) for p in parts])
             for k in parts[0]}, {}
 
-  def evaluate(self, params, evalset) -> dict:
+  def evaluate(self, params, evalset, per_graph: bool = False) -> dict:
     key, self.eval_key = jax.random.split(self.eval_key)
 
     def predict(p, batch):  # a key per batch, as run.py's collect_and_eval
@@ -231,7 +231,8 @@ class OfficialLearner(loop.Learner):
       sub, key = jax.random.split(key)
       return self._predict(p, batch, sub)
 
-    return train_lib.evaluate(None, predict, jax.device_put(params), evalset)
+    return train_lib.evaluate(None, predict, jax.device_put(params), evalset,
+                              per_graph)
 
   def warm(self, params, evalset) -> None:
     jax.block_until_ready(self._predict(jax.device_put(params),

@@ -38,7 +38,7 @@ def evaluate_sizes(learner, params, algorithm: str, dcfg,
     evalset = splits.load_extra_test(algorithm, n, dcfg, keep_hints)
     learner.warm(params, evalset)  # compile outside the timing
     t0 = time.perf_counter()
-    r = learner.evaluate(params, evalset)
+    r = learner.evaluate(params, evalset, per_graph=True)
     seconds = time.perf_counter() - t0
     entry = dict(
         score=r['score'], scores=r.get('scores'),

@@ -79,8 +79,9 @@ class Learner:
     run.meta['learner']; `start` reads it back after `run.restore`."""
     return {}
 
-  def evaluate(self, params, evalset) -> dict:
-    """`dear_jax.train.evaluate`'s dict (score, scores, solver statistics)."""
+  def evaluate(self, params, evalset, per_graph: bool = False) -> dict:
+    """`dear_jax.train.evaluate`'s dict (score, scores, solver statistics;
+    with `per_graph`, each graph's own score too: tests, not validation)."""
     raise NotImplementedError
 
   def warm(self, params, evalset) -> None:
@@ -389,7 +390,7 @@ def _results(learner: Learner, run: Run, test_set, steps: int,
   with _Phase(clock, [run], None):
     learner.warm(best_params, test_set)  # compile outside the timing
   with _Phase(clock, [run], 'test_seconds') as test_pass:
-    test = learner.evaluate(best_params, test_set)
+    test = learner.evaluate(best_params, test_set, per_graph=True)
   results = dict(
       algorithm=algorithm, model=learner.model, seed=run.seed,
       train_steps=int(steps), test_score=test['score'],

@@ -253,11 +253,13 @@ def test_test_score_uses_best_validation_parameters(cache_dir, tmp_path,
   val_params, test_calls = [], []
   real = train.evaluate
 
-  def fake_evaluate(model, predict_fn, params, evalset):
+  def fake_evaluate(model, predict_fn, params, evalset, per_graph=False):
     if evalset.key == test_key:
-      result = real(model, predict_fn, params, evalset)
+      assert per_graph  # the test's graphs are scored one by one too
+      result = real(model, predict_fn, params, evalset, per_graph)
       test_calls.append((params, result['score']))
       return result
+    assert not per_graph  # validation needs no per-graph scores
     val_params.append(params)
     return {'score': next(scripted)}
 
