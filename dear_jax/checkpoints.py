@@ -16,6 +16,7 @@ import os
 import shutil
 import sys
 import threading
+import time
 
 import orbax.checkpoint as ocp
 
@@ -50,6 +51,23 @@ def _quiet():
     if saved_fd is not None:
       os.dup2(saved_fd, 2)
       os.close(saved_fd)
+
+
+def join_thread(thread: threading.Thread, timeout: float) -> None:
+  """Waits for `thread`, also one that is started but not yet running.
+
+  threading.enumerate() lists threads whose start() has been called before
+  they run; join() raises on those, which would hide the save's own error.
+  """
+  deadline = time.monotonic() + timeout
+  while True:
+    try:
+      thread.join(timeout=max(0.0, deadline - time.monotonic()))
+      return
+    except RuntimeError:  # not yet running
+      if time.monotonic() >= deadline:
+        return
+      time.sleep(0.01)
 
 
 def _first_line(e: BaseException) -> str:
@@ -91,7 +109,7 @@ class Checkpoints:
         except Exception:
           # orbax's other writer threads end (and log) before output returns
           for thread in set(threading.enumerate()) - started:
-            thread.join(timeout=60)
+            join_thread(thread, timeout=60)
           raise
     except Exception as e:  # OSError (disk full), or orbax's wrapping of it
       for name in os.listdir(self.directory):  # the failed save's tmp folder

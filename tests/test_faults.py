@@ -312,6 +312,21 @@ def test_damaged_results_in_a_compare_folder_is_one_line(tmp_path, capsys,
 
 # --- checkpoints: disk full, a missing manifest ------------------------------------
 
+def test_waiting_for_a_thread_not_yet_running_does_not_raise():
+  """A writer thread listed before it runs must not replace the save's error."""
+  import threading  # pylint: disable=g-import-not-at-top
+  from dear_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  finished = []
+  late = threading.Thread(target=lambda: finished.append(True))
+  starter = threading.Timer(0.2, late.start)
+  starter.start()
+  with pytest.raises(RuntimeError):  # what Thread.join does with such a thread
+    late.join(timeout=0)
+  checkpoints.join_thread(late, timeout=30)
+  starter.join()
+  assert finished == [True]
+
+
 def test_disk_full_while_checkpointing_is_one_line_keeping_the_last(
     tmp_path, capfd, monkeypatch):
   from orbax.checkpoint._src.handlers import standard_checkpoint_handler  # pylint: disable=g-import-not-at-top
