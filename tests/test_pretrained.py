@@ -1,0 +1,131 @@
+"""Stored models: what the training run scored is what the stored copy scores."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from dear_jax import pretrained
+
+
+@pytest.fixture(scope='module')
+def stored(finished_run, tmp_path_factory):
+  done = finished_run('dear')
+  folder = tmp_path_factory.mktemp('stored') / 'bfs' / 'dear'
+  assert pretrained.main([f'--store={done.workdir}', f'--model={folder}',
+                          '--name=dear']) == 0
+  return done, folder
+
+
+def test_the_stored_model_scores_what_its_run_scored(stored):
+  """The run's own test and validation passes (training loop, checkpoint in
+  memory) against the stored copy read from params.npz."""
+  done, folder = stored
+  results = done.results
+  test = pretrained.evaluate(str(folder), 'test')
+  assert test['graphs'] == results['test_graphs']
+  assert test['score'] == results['test_score']
+  assert test['graph_scores'] == results['test_graph_scores']
+  val = pretrained.evaluate(str(folder), 'val')
+  assert val['score'] == results['val_score']  # the best-by-validation params
+  meta = json.loads((folder / pretrained.MODEL).read_text())
+  assert meta['algorithm'] == 'bfs' and meta['test_score'] == test['score']
+
+
+def test_the_stored_parameters_are_the_checkpoints_best(stored):
+  from dear_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  done, folder = stored
+  best = pretrained._flatten(checkpoints.load_best_params(str(done.workdir)))
+  _, _, params = pretrained.load(str(folder))
+  flat = pretrained._flatten(params)
+  assert sorted(flat) == sorted(best)
+  for k, v in best.items():
+    assert np.array_equal(flat[k], v), k
+
+
+def test_other_sizes_draw_the_requested_graphs(stored, capsys, tmp_path):
+  _, folder = stored
+  out = tmp_path / 'r.json'
+  assert pretrained.main([f'--model={folder}', '--n=7', '--graphs=3',
+                          f'--json={out}']) == 0
+  line = capsys.readouterr().out
+  r = json.loads(out.read_text())
+  assert (r['nodes'], r['graphs'], len(r['graph_scores'])) == (7, 3, 3)
+  assert 'n=7, 3 graphs' in line
+  assert r['score'] == pytest.approx(np.mean(r['graph_scores']), abs=0.35)
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--n=0'], '--n must be a positive integer'),
+    (['--split=val', '--n=8'], '--n and --graphs apply to --split=test'),
+])
+def test_bad_flags_are_one_line_exit_2(stored, capsys, args, message):
+  _, folder = stored
+  assert pretrained.main([f'--model={folder}'] + args) == 2
+  err = capsys.readouterr().err
+  assert err.startswith('error: ') and message in err and err.count('\n') == 1
+
+
+def test_a_damaged_or_missing_model_is_one_line(stored, tmp_path, capsys):
+  _, folder = stored
+  copy = tmp_path / 'copy'
+  shutil.copytree(folder, copy)
+  with open(copy / pretrained.PARAMS, 'r+b') as f:
+    f.seek(100)
+    f.write(b'\x00\x01\x02')
+  assert pretrained.main([f'--model={copy}']) == 2
+  assert 'does not match the checksum' in capsys.readouterr().err
+  os.remove(copy / pretrained.CONFIG)
+  assert pretrained.main([f'--model={copy}']) == 2
+  err = capsys.readouterr().err
+  assert 'missing config.json' in err and err.count('\n') == 1
+
+
+def test_storing_over_a_stored_model_is_refused(stored, capsys):
+  done, folder = stored
+  before = (folder / pretrained.PARAMS).read_bytes()
+  assert pretrained.main([f'--store={done.workdir}', f'--model={folder}',
+                          '--name=dear']) == 2
+  assert 'already holds a stored model' in capsys.readouterr().err
+  assert (folder / pretrained.PARAMS).read_bytes() == before
+
+
+# --- the models committed under pretrained/ ----------------------------------
+
+ROOT = os.path.join(os.path.dirname(__file__), '..', 'pretrained')
+STUDY = os.path.join(os.path.dirname(__file__), '..', 'results', 'dear10',
+                     'runs')
+
+
+def _committed():
+  return [d for d, _, files in sorted(os.walk(ROOT)) if pretrained.MODEL in files]
+
+
+def test_committed_models_are_their_study_runs_best_parameters():
+  folders = _committed()
+  assert folders, 'no stored model under pretrained/'
+  total = 0
+  for folder in folders:
+    meta = json.loads(open(os.path.join(folder, pretrained.MODEL)).read())
+    run = os.path.join(STUDY, meta['algorithm'], meta['name'],
+                       f's{meta["seed"]}', 'results.json')
+    results = json.loads(open(run).read())
+    for key in ('val_score', 'test_score', 'best_step', 'train_steps'):
+      assert meta[key] == results[key], (folder, key)
+    assert json.loads(open(os.path.join(folder, pretrained.CONFIG)).read()) \
+        == results['config']
+    assert meta['num_params'] == results['num_params']
+    _, _, params = pretrained.load(folder)  # checks the checksum
+    assert sum(v.size for v in pretrained._flatten(params).values()) == \
+        results['num_params']
+    total += os.path.getsize(os.path.join(folder, pretrained.PARAMS))
+  assert total <= 30e6
+
+
+def test_the_committed_index_is_generated_from_the_models():
+  with open(os.path.join(ROOT, 'README.md')) as f:
+    assert f.read() == pretrained.index_text(ROOT), (
+        'pretrained/README.md is out of date: run '
+        '`python -m dear_jax.pretrained --index=pretrained`')
