@@ -146,7 +146,7 @@ def write_csv(path: str, rows: list, columns=CSV_COLUMNS) -> None:
     for row in rows:
       w.writerow({k: ('' if _number(v) is None and k not in
                       ('algorithm', 'model', 'hardware') else v)
-                  for k, v in row.items()})
+                  for k, v in row.items() if k in columns})
 
 
 # results_by_size.csv: one row per run and test size, the official test
@@ -161,7 +161,8 @@ _SIZE_KEYS = ('solver_iters_mean', 'nonconverged_fraction', 'nar_steps_mean',
 
 def size_rows(runs: list) -> list:
   """Per run with results.json 'extra_tests': its official test and each
-  extra size as rows of SIZE_COLUMNS, by n."""
+  extra size as rows of SIZE_COLUMNS (and the per-graph scores, which the
+  CSV leaves out), by n."""
   out = []
   for run in runs:
     r = run['results']
@@ -173,10 +174,12 @@ def size_rows(runs: list) -> list:
     tests = [dict(nodes=r.get('test_nodes'), graphs=r.get('test_graphs'),
                   batch_size=None, test_score=r['test_score'],
                   eval_seconds_per_graph=r['eval_seconds_per_graph'],
+                  graph_scores=r.get('test_graph_scores'),
                   **{k: r.get(k) for k in _SIZE_KEYS})]
     tests += [dict(nodes=e['nodes'], graphs=e['graphs'],
                    batch_size=e.get('batch_size'), test_score=e['score'],
                    eval_seconds_per_graph=e['eval_seconds_per_graph'],
+                   graph_scores=e.get('graph_scores'),
                    **{k: e.get(k) for k in _SIZE_KEYS})
               for e in extra.values()]
     out += [dict(base, **t) for t in sorted(tests, key=lambda t: t['nodes'])]
@@ -220,6 +223,149 @@ def _size_lines(rows: list, models: list) -> list:
             + f' ({mean("algo_steps_mean"):.1f})'
             + (f', n={len(at)}' if len(at) != 1 else ''))
       lines.append(f'| {a} | `{m}` | ' + ' | '.join(cells) + ' |')
+  return lines
+
+
+def _size_interval_lines(rows: list, models: list) -> list:
+  """results.md: the test score at each n with its 95 % interval: over seeds
+  where a model has several, else over the one run's test graphs."""
+  if not rows:
+    return []
+  sizes = sorted({r['nodes'] for r in rows})
+  lines = ['', '## Test score at each n, with 95 % intervals', '',
+           'Mean [95 % t interval] in %: over seeds where the model has '
+           'several (n = seeds), else over the run\'s test graphs\' own '
+           'scores (g = graphs; a graph\'s score is the mean over its '
+           'outputs, so the mean of one run\'s graphs can differ a little '
+           'from its pooled score above).', '',
+           '| algorithm | model | ' + ' | '.join(f'n={n}' for n in sizes)
+           + ' |', '|' + '---|' * (len(sizes) + 2)]
+  for a in sorted({r['algorithm'] for r in rows}):
+    for m in models:
+      mine = [r for r in rows if r['algorithm'] == a and r['model'] == m]
+      if not mine:
+        continue
+      cells = []
+      for n in sizes:
+        at = [r for r in mine if r['nodes'] == n]
+        if len(at) > 1:
+          cell = stats.t_interval([_number(r['test_score']) for r in at])
+          cells.append(f'{cell.format(100)} (n={cell.n})')
+        elif at and at[0].get('graph_scores'):
+          cell = stats.t_interval(at[0]['graph_scores'])
+          cells.append(f'{cell.format(100)} (g={cell.n})')
+        elif at:
+          cells.append(f'{100 * at[0]["test_score"]:.1f} (n=1)')
+        else:
+          cells.append('–')
+      lines.append(f'| {a} | `{m}` | ' + ' | '.join(cells) + ' |')
+  return lines
+
+
+def _size_differences(rows: list, dear: str, base: str, n: int) -> dict:
+  """{algorithm: Interval of dear - base at n nodes, paired by seed}."""
+  out = {}
+  at = [r for r in rows if r['nodes'] == n]
+  for a in sorted({r['algorithm'] for r in at}):
+    got = stats.paired_difference(_by_seed(at, a, dear, 'test_score'),
+                                  _by_seed(at, a, base, 'test_score'))
+    if got is not None:
+      out[a] = got
+  return out
+
+
+def _size_head_to_head_lines(rows: list, models: list) -> list:
+  """DEAR minus each stepwise baseline at each n, as at the official size."""
+  dears = [m for m in DEAR_MODELS if m in models]
+  bases = [m for m in STEPWISE_MODELS if m in models]
+  sizes = sorted({r['nodes'] for r in rows})
+  pairs = [(d, b) for d in dears for b in bases]
+  table = {(d, b, n): _size_differences(rows, d, b, n)
+           for d, b in pairs for n in sizes}
+  pairs = [(d, b) for d, b in pairs if any(table[d, b, n] for n in sizes)]
+  if not pairs:
+    return []
+  lines = ['', '## DEAR against the stepwise baselines at each n', '',
+           'As the section above, at every test size: per algorithm the '
+           'difference in points paired by seed, mean [95 % t interval], '
+           'and its verdict; one shared seed gives none.', '']
+  for d, b in pairs:
+    lines += [f'`{d}` minus `{b}`:', '',
+              '| algorithm | ' + ' | '.join(f'n={n}' for n in sizes) + ' |',
+              '|' + '---|' * (len(sizes) + 1)]
+    algorithms = sorted({a for n in sizes for a in table[d, b, n]})
+    for a in algorithms:
+      cells = []
+      for n in sizes:
+        got = table[d, b, n].get(a)
+        cells.append('–' if got is None else
+                     f'{got.format(100, signed=True)} (n={got.n}, '
+                     f'{got.verdict()})')
+      lines.append(f'| {a} | ' + ' | '.join(cells) + ' |')
+    lines.append('')
+  return lines[:-1]
+
+
+# The study's goals (results/dear10/PROTOCOL.md): `dear` against `nar_lt`.
+GOAL_DEAR, GOAL_BASE = 'dear', 'nar_lt'
+GOAL_NOT_WORSE_AT, GOAL_NOT_WORSE = 64, 8
+GOAL_BETTER_AT, GOAL_BETTER = 256, 5
+GOAL_TIME_AT, GOAL_TIME_RATIO = 256, 1 / 3
+GOAL_ALGORITHMS = 10
+
+
+def _goal_lines(rows: list) -> list:
+  """Whether the study's goals are met, from the runs measured so far."""
+  if not rows or not any(r['model'] == GOAL_DEAR for r in rows):
+    return []
+  d, b = GOAL_DEAR, GOAL_BASE
+  lines = ['', f'## Goals: `{d}` against `{b}`', '',
+           'The goals fixed in the protocol, from the runs measured so far '
+           '(verdicts as above, seeds paired; an algorithm without two shared '
+           'seeds counts for neither side).', '']
+  not_worse = _size_differences(rows, d, b, GOAL_NOT_WORSE_AT)
+  ok = [a for a, got in not_worse.items()
+        if got.verdict() in (stats.BETTER, stats.SAME)]
+  better = _size_differences(rows, d, b, GOAL_BETTER_AT)
+  won = [a for a, got in better.items() if got.verdict() == stats.BETTER]
+
+  def status(count: int, goal: int, compared: int) -> str:
+    if count >= goal:
+      return 'met'
+    return 'not met' if count + GOAL_ALGORITHMS - compared < goal else 'open'
+
+  lines.append(f'- Not worse at n={GOAL_NOT_WORSE_AT} on at least '
+               f'{GOAL_NOT_WORSE} of {GOAL_ALGORITHMS}: {len(ok)} of '
+               f'{len(not_worse)} compared '
+               f'({status(len(ok), GOAL_NOT_WORSE, len(not_worse))})'
+               + (f': {", ".join(ok)}' if ok else '') + '.')
+  lines.append(f'- Better at n={GOAL_BETTER_AT} on at least {GOAL_BETTER} of '
+               f'{GOAL_ALGORITHMS}: {len(won)} of {len(better)} compared '
+               f'({status(len(won), GOAL_BETTER, len(better))})'
+               + (f': {", ".join(won)}' if won else '') + '.')
+  ratios = []
+  for a in sorted({r['algorithm'] for r in rows}):
+    mine = {m: [r for r in rows if r['algorithm'] == a and r['model'] == m]
+            for m in (d, b)}
+    small = [r for r in mine[d] if r['nodes'] == GOAL_NOT_WORSE_AT]
+    big = [r for r in mine[d] if r['nodes'] == GOAL_TIME_AT]
+    base_big = [r for r in mine[b] if r['nodes'] == GOAL_TIME_AT]
+    if not (small and big and base_big):
+      continue
+    steps_small = mean_std([r['algo_steps_mean'] for r in small])[0]
+    steps_big = mean_std([r['algo_steps_mean'] for r in big])[0]
+    if not steps_small or not steps_big or steps_big < 2 * steps_small:
+      continue  # steps that do not grow with n
+    ratio = (mean_std([r['eval_seconds_per_graph'] for r in big])[0] /
+             mean_std([r['eval_seconds_per_graph'] for r in base_big])[0])
+    ratios.append((a, ratio))
+  within = [a for a, ratio in ratios if ratio <= GOAL_TIME_RATIO]
+  lines.append(
+      f'- Time per graph at n={GOAL_TIME_AT} at most a third of `{b}`\'s, '
+      'on the algorithms whose true steps at least double from n='
+      f'{GOAL_NOT_WORSE_AT}: {len(within)} of {len(ratios)} measured'
+      + (': ' + ', '.join(f'{a} {r:.2f}×' for a, r in ratios) if ratios
+         else '') + '.')
   return lines
 
 
@@ -476,7 +622,10 @@ def write_markdown(path: str, rows: list, info: dict, protocol: dict,
   lines += _head_to_head_lines(rows, models)
   lines += _fixed_point_goal_lines(rows, models)
   lines += _parts_lines(rows, models)
+  lines += _goal_lines(list(sizes))
   lines += _size_lines(list(sizes), models)
+  lines += _size_interval_lines(list(sizes), models)
+  lines += _size_head_to_head_lines(list(sizes), models)
 
   def table(title, metric, scale, digits, note=''):
     t = cells(metric, scale, digits)

@@ -77,3 +77,75 @@ def test_format():
                                                           2: 0.5})
   assert got.format(100, signed=True) == '+20.0 [-4.8, +44.8]'
   assert stats.t_interval([0.25]).format(100) == '25.0'
+
+
+# --- results.md's sections at each test size and the study's goals -----------
+
+# t_{0.975, 2}: the 95 % two-sided quantile for three seeds (a t table).
+T_975_2 = 4.302652729911275
+
+
+def _size_row(algorithm, model, seed, nodes, score, seconds=0.01, steps=None,
+              graph_scores=None):
+  return dict(algorithm=algorithm, model=model, seed=seed, nodes=nodes,
+              test_score=score, eval_seconds_per_graph=seconds,
+              algo_steps_mean=nodes - 1 if steps is None else steps,
+              graph_scores=graph_scores, solver_iters_mean=None,
+              nar_steps_mean=None)
+
+
+def test_head_to_head_at_each_size_pairs_seeds_with_a_t_interval():
+  from baselines import report  # pylint: disable=g-import-not-at-top
+  dear = {0: 0.90, 1: 0.80, 2: 0.85}
+  base = {0: 0.70, 1: 0.62, 2: 0.66}
+  rows = [_size_row('bfs', 'dear', s, 256, v) for s, v in dear.items()]
+  rows += [_size_row('bfs', 'nar_lt', s, 256, v) for s, v in base.items()]
+  rows += [_size_row('bfs', 'nar_lt', 3, 256, 0.0)]  # no dear seed 3: unpaired
+  text = '\n'.join(report._size_head_to_head_lines(rows, ['dear', 'nar_lt']))
+  d = [100 * (dear[s] - base[s]) for s in range(3)]
+  mean, sd = sum(d) / 3, float(np.std(d, ddof=1))
+  half = T_975_2 * sd / math.sqrt(3)
+  assert (f'| bfs | {mean:+.1f} [{mean - half:+.1f}, {mean + half:+.1f}] '
+          '(n=3, better) |') in text
+
+
+def test_one_run_at_a_size_gets_its_graphs_interval():
+  from baselines import report  # pylint: disable=g-import-not-at-top
+  graphs = [1.0, 0.5, 0.75, 1.0]
+  rows = [_size_row('bfs', 'dear', 0, 128, 0.81, graph_scores=graphs)]
+  text = '\n'.join(report._size_interval_lines(rows, ['dear']))
+  half = 3.182446305284263 * float(np.std(graphs, ddof=1)) / 2  # t_{.975,3}
+  m = 100 * np.mean(graphs)
+  assert (f'| bfs | `dear` | {m:.1f} [{m - 100 * half:.1f}, '
+          f'{m + 100 * half:.1f}] (g=4) |') in text
+
+
+def test_goals_count_verdicts_and_time_ratios():
+  from baselines import report  # pylint: disable=g-import-not-at-top
+  rows = []
+  for i in range(10):
+    a = f'alg{i}'
+    for s in range(3):
+      wobble = 0.01 * s
+      # n=64: dear 5 points below on alg0..alg2 (worse), level elsewhere.
+      gap64 = -0.05 if i < 3 else 0.0
+      rows += [_size_row(a, 'dear', s, 64, 0.8 + gap64 + wobble, 0.01),
+               _size_row(a, 'nar_lt', s, 64, 0.8 + wobble * 1.5, 0.01)]
+      # n=256: dear 10 points above on alg0..alg5; alg0's steps stay flat.
+      gap = 0.1 if i < 6 else 0.0
+      steps = 3 if i == 0 else None
+      rows += [_size_row(a, 'dear', s, 256, 0.5 + gap + wobble,
+                         0.2 if i < 4 else 1.0, steps),
+               _size_row(a, 'nar_lt', s, 256, 0.5 + wobble * 1.5, 1.0,
+                         steps)]
+  for r in rows:
+    if r['algorithm'] == 'alg0' and r['nodes'] == 64:
+      r['algo_steps_mean'] = 3
+  text = '\n'.join(report._goal_lines(rows))
+  # alg0..2: n=64 differences -5 ± small noise, an interval below 0.
+  assert ('Not worse at n=64 on at least 8 of 10: 7 of 10 compared '
+          '(not met)') in text
+  assert ('Better at n=256 on at least 5 of 10: 6 of 10 compared (met): '
+          'alg0, alg1, alg2, alg3, alg4, alg5.') in text
+  # alg0's steps do not grow; alg1..3 at 0.2 s against 1.0 s.
+  assert 'at least double from n=64: 3 of 9 measured: alg1 0.20×' in text
