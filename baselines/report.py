@@ -159,14 +159,36 @@ _SIZE_KEYS = ('solver_iters_mean', 'nonconverged_fraction', 'nar_steps_mean',
               'nar_cap_hit_fraction', 'algo_steps_mean')
 
 
+# A run tested after training at a further size
+# (`python -m dear_jax.pretrained --model=RUN --n=N --json=RUN/tests/nN.json`).
+LATER_TESTS = 'tests'
+
+
+def later_tests(run_dir: str) -> list:
+  """The test entries in RUN/tests/*.json, by n."""
+  folder = os.path.join(run_dir, LATER_TESTS)
+  if not os.path.isdir(folder):
+    return []
+  out = [read_json(os.path.join(folder, f), ('nodes', 'graphs', 'score',
+                                             'eval_seconds_per_graph'),
+                   'test that size again to rewrite it')
+         for f in sorted(os.listdir(folder)) if f.endswith('.json')]
+  return sorted((e for e in out if e.get('split', 'test') == 'test'),
+                key=lambda e: e['nodes'])
+
+
 def size_rows(runs: list) -> list:
-  """Per run with results.json 'extra_tests': its official test and each
-  extra size as rows of SIZE_COLUMNS (and the per-graph scores, which the
-  CSV leaves out), by n."""
+  """Per run with results.json 'extra_tests' or later tests (`later_tests`):
+  its official test and each further size as rows of SIZE_COLUMNS (and the
+  per-graph scores, which the CSV leaves out), by n; a size the run tested
+  itself is not taken again from a later test."""
   out = []
   for run in runs:
     r = run['results']
-    extra = r.get('extra_tests')
+    extra = list(r.get('extra_tests', {}).values())
+    done = {e['nodes'] for e in extra} | {r.get('test_nodes')}
+    extra += [e for e in later_tests(run.get('run_dir', ''))
+              if e['nodes'] not in done]
     if not extra:
       continue
     base = dict(algorithm=run['algorithm'], model=run['model'],
@@ -180,8 +202,9 @@ def size_rows(runs: list) -> list:
                    batch_size=e.get('batch_size'), test_score=e['score'],
                    eval_seconds_per_graph=e['eval_seconds_per_graph'],
                    graph_scores=e.get('graph_scores'),
-                   **{k: e.get(k) for k in _SIZE_KEYS})
-              for e in extra.values()]
+                   **{k: e.get(k) for k in _SIZE_KEYS},
+                   **({'hardware': e['hardware']} if 'hardware' in e else {}))
+              for e in extra]
     out += [dict(base, **t) for t in sorted(tests, key=lambda t: t['nodes'])]
   return out
 

@@ -28,27 +28,32 @@ _KEPT = ('solver_iters_mean', 'solver_iters_p95', 'nonconverged_fraction',
          'nar_step_cap', 'nar_cap_hit_fraction', 'nar_steps', 'graph_scores')
 
 
+def score_set(learner, params, evalset) -> dict:
+  """One evaluation set scored and timed as every test size is: {score,
+  scores, graphs, nodes, batch_size, eval_seconds_per_graph, algo_steps_mean,
+  solver/steps keys} (`learner`: a dear_jax.loop.Learner)."""
+  learner.warm(params, evalset)  # compile outside the timing
+  t0 = time.perf_counter()
+  r = learner.evaluate(params, evalset, per_graph=True)
+  seconds = time.perf_counter() - t0
+  entry = dict(
+      score=r['score'], scores=r.get('scores'),
+      graphs=int(evalset.num_samples),
+      nodes=int(batch_lib.num_nodes(evalset.batches[0])),
+      batch_size=int(len(evalset.batches[0]['lengths'])),
+      eval_seconds_per_graph=seconds / evalset.num_samples,
+      algo_steps_mean=float(np.mean(evalset.lengths) - 1))
+  entry.update({k: r[k] for k in _KEPT if k in r})
+  if 'iterations' in entry:
+    entry['solver_iterations'] = entry.pop('iterations')
+  return entry
+
+
 def evaluate_sizes(learner, params, algorithm: str, dcfg,
                    keep_hints: bool) -> dict:
-  """{str(n): {score, scores, graphs, nodes, batch_size,
-  eval_seconds_per_graph, algo_steps_mean, solver/steps keys}} for every n of
+  """{str(n): `score_set` of that size} for every n of
   dcfg.extra_test_lengths (`learner`: a dear_jax.loop.Learner)."""
-  out = {}
-  for n in dcfg.extra_test_lengths:
-    evalset = splits.load_extra_test(algorithm, n, dcfg, keep_hints)
-    learner.warm(params, evalset)  # compile outside the timing
-    t0 = time.perf_counter()
-    r = learner.evaluate(params, evalset, per_graph=True)
-    seconds = time.perf_counter() - t0
-    entry = dict(
-        score=r['score'], scores=r.get('scores'),
-        graphs=int(evalset.num_samples),
-        nodes=int(batch_lib.num_nodes(evalset.batches[0])),
-        batch_size=int(len(evalset.batches[0]['lengths'])),
-        eval_seconds_per_graph=seconds / evalset.num_samples,
-        algo_steps_mean=float(np.mean(evalset.lengths) - 1))
-    entry.update({k: r[k] for k in _KEPT if k in r})
-    if 'iterations' in entry:
-      entry['solver_iterations'] = entry.pop('iterations')
-    out[str(n)] = entry
-  return out
+  return {str(n): score_set(learner, params,
+                            splits.load_extra_test(algorithm, n, dcfg,
+                                                   keep_hints))
+          for n in dcfg.extra_test_lengths}

@@ -5,11 +5,14 @@ finished run (`params.npz`: float32 arrays, compressed, keyed by their path
 in the parameter tree), the run's config (`config.json`, as results.json
 stores it) and `model.json` (algorithm, name, seed, the run's own scores and
 the checksum of params.npz). Nothing else of the run is kept: no optimiser
-state, no checkpoints.
+state, no checkpoints. A finished run folder evaluates the same way (its
+best parameters); a study tests its runs at a further size with
+`--json=RUN/tests/nN.json`, which the reports read beside results.json.
 
     python -m dear_jax.pretrained --model=pretrained/bfs/dear --n=256
     python -m dear_jax.pretrained --model=pretrained/bfs/dear --split=val
-    python -m dear_jax.pretrained --store=RUN_FOLDER --model=FOLDER --name=dear
+    python -m dear_jax.pretrained --model=RUN --n=512 --json=RUN/tests/n512.json
+    python -m dear_jax.pretrained --store=RUN --model=FOLDER --name=dear
 
 Test sets of any size are drawn as the official test split is (its sampler
 and seed), so every model is scored on the same graphs; n=64 with no
@@ -23,7 +26,6 @@ import hashlib
 import json
 import os
 import sys
-import time
 
 import numpy as np
 
@@ -103,29 +105,60 @@ def store(workdir: str, dest: str, name: str) -> dict:
   return meta
 
 
+def is_run_folder(folder: str) -> bool:
+  """A finished training run (results.json and its checkpoints)."""
+  return (os.path.isfile(os.path.join(folder, 'results.json')) and
+          os.path.isdir(os.path.join(folder, 'checkpoints')))
+
+
 def load(folder: str):
-  """(model.json, the run's config as a ConfigDict, parameters) of a stored
-  model; one-line StoredModelError when the folder is not a whole one."""
+  """(model.json's content, the run's config as a ConfigDict, parameters) of
+  a stored model, or of a finished run folder (its best parameters); one-line
+  StoredModelError when the folder is neither."""
+  from dear_jax import factory  # pylint: disable=g-import-not-at-top
   from dear_jax import train  # pylint: disable=g-import-not-at-top
-  missing = [f for f in (PARAMS, CONFIG, MODEL)
-             if not os.path.isfile(os.path.join(folder, f))]
-  if missing:
-    raise StoredModelError(
-        f'{folder} is not a stored model (missing {", ".join(missing)}); '
-        f'a stored model folder holds {PARAMS}, {CONFIG} and {MODEL}')
-  meta = results_lib.read_json(os.path.join(folder, MODEL))
-  config_dict = results_lib.read_json(os.path.join(folder, CONFIG))
-  if _sha256(os.path.join(folder, PARAMS)) != meta.get('params_sha256'):
-    raise StoredModelError(
-        f'{os.path.join(folder, PARAMS)} does not match the checksum in '
-        f'{MODEL}: the file is damaged or was replaced; restore it from git')
-  with np.load(os.path.join(folder, PARAMS), allow_pickle=False) as z:
-    params = _unflatten({k: z[k] for k in z.files})
-  config = train.stored_config(config_dict)
+  if is_run_folder(folder) and not os.path.isfile(os.path.join(folder, MODEL)):
+    results = results_lib.read_json(os.path.join(folder, 'results.json'),
+                                    required=('config', 'algorithm', 'seed'))
+    config = train.stored_config(results['config'], folder)
+    meta = dict(name=factory.model_label(config),
+                algorithm=results['algorithm'], seed=results['seed'])
+    params = checkpoints.load_best_params(folder)
+  else:
+    missing = [f for f in (PARAMS, CONFIG, MODEL)
+               if not os.path.isfile(os.path.join(folder, f))]
+    if missing:
+      raise StoredModelError(
+          f'{folder} is neither a stored model (missing {", ".join(missing)}) '
+          'nor a finished run folder (results.json and checkpoints/)')
+    meta = results_lib.read_json(os.path.join(folder, MODEL))
+    config_dict = results_lib.read_json(os.path.join(folder, CONFIG))
+    if _sha256(os.path.join(folder, PARAMS)) != meta.get('params_sha256'):
+      raise StoredModelError(
+          f'{os.path.join(folder, PARAMS)} does not match the checksum in '
+          f'{MODEL}: the file is damaged or was replaced; restore it from git')
+    with np.load(os.path.join(folder, PARAMS), allow_pickle=False) as z:
+      params = _unflatten({k: z[k] for k in z.files})
+    config = train.stored_config(config_dict)
   # The alignment teacher is used in training only.
   config.dear.align_weight = 0.0
   config.dear.align_teacher = None
   return meta, config, params
+
+
+class _Learner:
+  """The parts of a dear_jax.loop.Learner that evaluation uses."""
+
+  def __init__(self, net):
+    import jax  # pylint: disable=g-import-not-at-top
+    self.net, self.predict = net, jax.jit(net.predict)
+
+  def warm(self, params, evalset) -> None:
+    self.predict(params, evalset.batches[0])
+
+  def evaluate(self, params, evalset, per_graph: bool = False) -> dict:
+    from dear_jax import train  # pylint: disable=g-import-not-at-top
+    return train.evaluate(self.net, self.predict, params, evalset, per_graph)
 
 
 def _check_shapes(net, params, batch) -> None:
@@ -144,10 +177,13 @@ def _check_shapes(net, params, batch) -> None:
 
 def evaluate(folder: str, split: str = 'test', n: int | None = None,
              graphs: int | None = None, cache_dir: str | None = None) -> dict:
-  """Scores a stored model on its algorithm's validation split, or on a test
-  split of `n` nodes and `graphs` graphs (default: the official test)."""
-  import jax  # pylint: disable=g-import-not-at-top
+  """Scores a stored model (or a finished run's best parameters) on its
+  algorithm's validation split, or on a test split of `n` nodes and `graphs`
+  graphs (default: the official test), as the run scored its own tests
+  (`extra_tests.score_set`)."""
+  from dear_jax import extra_tests  # pylint: disable=g-import-not-at-top
   from dear_jax import factory  # pylint: disable=g-import-not-at-top
+  from dear_jax import profiling  # pylint: disable=g-import-not-at-top
   from dear_jax import splits  # pylint: disable=g-import-not-at-top
   from dear_jax import train  # pylint: disable=g-import-not-at-top
   meta, config, params = load(folder)
@@ -166,22 +202,13 @@ def evaluate(folder: str, split: str = 'test', n: int | None = None,
         dcfg, extra_test_num_samples=int(graphs or dcfg.extra_test_num_samples))
     evalset = splits.load_extra_test(algorithm, int(n or dcfg.test_length),
                                      dcfg, hints)
-  spec = clrs_lib.processed_spec(algorithm)
-  net = factory.build_model(config, spec, evalset.batches[0])
+  net = factory.build_model(config, clrs_lib.processed_spec(algorithm),
+                            evalset.batches[0])
   _check_shapes(net, params, evalset.batches[0])
-  predict = jax.jit(net.predict)
-  t0 = time.perf_counter()
-  r = train.evaluate(net, predict, params, evalset, per_graph=True)
-  seconds = time.perf_counter() - t0
-  out = dict(model=meta['name'], algorithm=algorithm, seed=meta['seed'],
-             split=split, nodes=_nodes(evalset),
-             graphs=int(evalset.num_samples), score=float(r['score']),
-             graph_scores=[float(s) for s in r.get('graph_scores', [])],
-             seconds_per_graph=seconds / evalset.num_samples)
-  if 'solver_iters_mean' in r:
-    out.update(solver_iters_mean=float(r['solver_iters_mean']),
-               nonconverged_fraction=float(r['nonconverged_fraction']))
-  return out
+  entry = extra_tests.score_set(_Learner(net), params, evalset)
+  return dict(model=meta['name'], algorithm=algorithm, seed=meta['seed'],
+              split=split, source=os.path.normpath(folder),
+              hardware=profiling.hardware_line(), **entry)
 
 
 def index_text(root: str) -> str:
@@ -213,24 +240,20 @@ def index_text(root: str) -> str:
       '|---|---|---|---|---|---|---|---|---|', *rows, ''])
 
 
-def _nodes(evalset) -> int:
-  from dear_jax import batches as batch_lib  # pylint: disable=g-import-not-at-top
-  return int(batch_lib.num_nodes(evalset.batches[0]))
-
-
 def _line(r: dict) -> str:
   g = np.asarray(r['graph_scores'])
   spread = ''
   if g.size > 1:
-    half = 1.96 * g.std(ddof=1) / np.sqrt(g.size)
-    spread = f' (graphs: mean {g.mean():.4f} ± {half:.4f}, normal 95 %)'
+    from scipy import stats  # pylint: disable=g-import-not-at-top
+    half = stats.t.ppf(0.975, g.size - 1) * g.std(ddof=1) / np.sqrt(g.size)
+    spread = f' (graphs: mean {g.mean():.4f} ± {half:.4f}, 95 % t interval)'
   extra = ''
   if 'solver_iters_mean' in r:
     extra = (f'; solver {r["solver_iters_mean"]:.1f} iterations, '
              f'{100 * r["nonconverged_fraction"]:.1f} % not converged')
   return (f'{r["model"]} on {r["algorithm"]} {r["split"]} n={r["nodes"]}, '
           f'{r["graphs"]} graphs: score {r["score"]:.4f}{spread}{extra}; '
-          f'{r["seconds_per_graph"]:.3f} s per graph')
+          f'{r["eval_seconds_per_graph"]:.3f} s per graph')
 
 
 def main(argv=None) -> int:
@@ -242,7 +265,8 @@ def main(argv=None) -> int:
                       help='write ROOT/README.md, the table of the stored '
                       'models under ROOT, and exit')
   parser.add_argument('--model', default=None,
-                      help='stored model folder (e.g. pretrained/bfs/dear)')
+                      help='stored model folder (e.g. pretrained/bfs/dear), '
+                      'or a finished run folder (its best parameters)')
   parser.add_argument('--split', default='test', choices=('test', 'val'))
   parser.add_argument('--n', type=int, default=None,
                       help='test graph size (default: the official 64)')
@@ -294,8 +318,11 @@ def main(argv=None) -> int:
     return 2
   print(_line(r))
   if args.json:
-    with open(args.json, 'w') as f:
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json + '.tmp', 'w') as f:
       json.dump(r, f, indent=2)
+      f.write('\n')
+    os.replace(args.json + '.tmp', args.json)
   return 0
 
 

@@ -100,6 +100,39 @@ def test_run_writes_each_size_scored_as_evaluate_scores_it(tmp_path):
         np.mean(evalset.lengths) - 1)
 
 
+
+def test_a_later_test_of_a_run_folder_scores_as_the_run_did(tmp_path):
+  """`python -m dear_jax.pretrained --model=RUN --n=N --json=RUN/tests/..`
+  against the run's own test at that size; the reports take a later size
+  and leave a size the run tested itself to results.json."""
+  from baselines import report  # pylint: disable=g-import-not-at-top
+  from dear_jax import pretrained  # pylint: disable=g-import-not-at-top
+  config = tiny_config(tmp_path / 'data', kind='dear', steps=2)
+  config.model.processor = 'gmpnn'
+  config.model.hidden = 8
+  config.dear.diagnostics = False
+  config.data.extra_test_lengths = (6,)
+  config.data.extra_test_num_samples = 3
+  workdir = tmp_path / 'w'
+  results = train.train_and_evaluate(config, str(workdir), 'bfs',
+                                     progress=False)
+  tests = workdir / report.LATER_TESTS
+  for n in (6, 12):
+    assert pretrained.main([f'--model={workdir}', f'--n={n}', '--graphs=3',
+                            f'--json={tests}/n{n}.json']) == 0
+  own, later = results['extra_tests']['6'], json.loads(
+      (tests / 'n6.json').read_text())
+  for key in ('score', 'graphs', 'nodes', 'batch_size', 'solver_iterations',
+              'graph_scores', 'algo_steps_mean'):
+    assert later[key] == own[key], key
+  run = dict(algorithm='bfs', model='dear', seed=0, run_dir=str(workdir),
+             results=json.loads((workdir / 'results.json').read_text()))
+  rows = report.size_rows([run])
+  assert [r['nodes'] for r in rows] == [5, 6, 12]
+  at12 = json.loads((tests / 'n12.json').read_text())
+  assert rows[2]['test_score'] == at12['score'] and at12['graphs'] == 3
+  assert rows[1]['test_score'] == own['score']
+
 def _run(model, seed, score, extra=None, **keys):
   results = dict(test_score=score, test_nodes=64, test_graphs=32,
                  eval_seconds_per_graph=0.002, algo_steps_mean=3.0,
