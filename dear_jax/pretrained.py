@@ -207,7 +207,7 @@ def evaluate(folder: str, split: str = 'test', n: int | None = None,
   _check_shapes(net, params, evalset.batches[0])
   entry = extra_tests.score_set(_Learner(net), params, evalset)
   return dict(model=meta['name'], algorithm=algorithm, seed=meta['seed'],
-              split=split, source=os.path.normpath(folder),
+              split=split,
               hardware=profiling.hardware_line(), **entry)
 
 

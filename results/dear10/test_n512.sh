@@ -2,14 +2,17 @@
 # The DEAR-10 study's n=512 tests (PROTOCOL.md, amendment of 2026-12-06):
 # each finished seed-0 run of the four algorithms, from its best parameters.
 # Resumable: a size already written is skipped; runs not finished yet wait.
+# RUNS: where the finished runs' checkpoints are (the sweep's own folder, as
+# the repository keeps no checkpoints); the results go to this repository.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 graphs=${GRAPHS:-16}
+runs=${RUNS:-results/dear10/runs}
 for alg in minimum bellman_ford bfs mst_prim; do
   for model in dear dear_paper nar_nohint nar_lt nar; do
-    run=results/dear10/runs/$alg/$model/s0
-    out=$run/tests/n512.json
-    if [[ -f $run/results.json && ! -f $out ]]; then
+    run=$runs/$alg/$model/s0
+    out=results/dear10/runs/$alg/$model/s0/tests/n512.json
+    if [[ -f $run/results.json && -d $run/checkpoints && ! -f $out ]]; then
       python -m dear_jax.pretrained --model="$run" --n=512 \
           --graphs="$graphs" --json="$out"
     fi
