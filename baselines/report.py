@@ -9,9 +9,9 @@ import os
 import statistics
 import sys
 
-from baselines.plan import MODELS
-from baselines import stats
-from baselines.protocol import hardware_lines
+from .plan import MODELS
+from . import stats
+from .protocol import hardware_lines
 from dear_jax.results import REQUIRED_KEYS, read_json
 
 # Published single-task Triplet-GMPNN OOD test scores (%, n=64, 10 seeds):

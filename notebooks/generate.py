@@ -13,16 +13,19 @@ from __future__ import annotations
 import os
 import sys
 import textwrap
+import tomllib
 
 import nbformat
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 if os.path.dirname(HERE) not in sys.path:
   sys.path.insert(0, os.path.dirname(HERE))  # configs/, read for the text
-# The repository's GitHub owner/name: the one place it is written (the
-# badges, the setup cell's clone and README's badges, which a test checks,
-# follow it). 'OWNER/dear_jax' is a placeholder until it is published.
-GITHUB_REPO = 'OWNER/dear_jax'
+# The repository's GitHub owner/name, from pyproject.toml's Repository URL
+# (the one place it is written; a fork sets its own there and reruns this
+# script): the badges, the setup cell's clone and README's badges follow it.
+with open(os.path.join(os.path.dirname(HERE), 'pyproject.toml'), 'rb') as _f:
+  GITHUB_REPO = tomllib.load(_f)['project']['urls']['Repository'].removeprefix(
+      'https://github.com/')
 BRANCH = 'main'
 # Cells whose output must hold a figure carry this tag (tests check it).
 FIGURE = 'figure'
