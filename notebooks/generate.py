@@ -91,8 +91,8 @@ def code(*parts: str, figure: bool = False):
 SETUP = code(f"""
     # Setup. Opened from a clone of the repository, the checkout is put on
     # sys.path. On Colab the repository is cloned first unless the notebook
-    # sits in a clone, then its pinned requirements (jax with CUDA on a GPU
-    # runtime) and the package are installed; elsewhere nothing is installed.
+    # sits in a clone, then the package with its pinned dependencies (jax with
+    # CUDA on a GPU runtime) is installed; elsewhere nothing is installed.
     import importlib.util, os, shutil, subprocess, sys
 
     GITHUB_REPO = '{GITHUB_REPO}'  # the repository's GitHub owner/name
@@ -113,12 +113,12 @@ SETUP = code(f"""
                 if cloned.returncode != 0:
                     print(f'Could not clone {{url}}: set GITHUB_REPO above to the '
                           'repository owner/name, or open this notebook from a clone.')
-        if os.path.isfile(os.path.join(REPO_DIR, 'requirements.txt')):
-            with open(os.path.join(REPO_DIR, 'requirements.txt')) as f:
-                pins = [line.split('#')[0].strip() for line in f]
-            # Colab keeps its own Jupyter kernel: skip the tools only our tests use.
-            pins = [p for p in pins if p and not p.startswith(
-                ('ipykernel', 'nbclient', 'nbformat', 'pytest'))]
+        if os.path.isfile(os.path.join(REPO_DIR, 'pyproject.toml')):
+            import tomllib
+            # pyproject's runtime pins, not its extras (test, notebook, ray):
+            # Colab keeps its own Jupyter kernel.
+            with open(os.path.join(REPO_DIR, 'pyproject.toml'), 'rb') as f:
+                pins = tomllib.load(f)['project']['dependencies']
             if shutil.which('nvidia-smi') and subprocess.run(
                     ['nvidia-smi'], capture_output=True).returncode == 0:
                 pins = ['jax[cuda12]' + p[3:] if p.startswith('jax==') else p for p in pins]
