@@ -18,12 +18,11 @@ import matplotlib.figure
 import matplotlib.image
 import numpy as np
 import pytest
-import tqdm
 
 from baselines import compare, convergence, protocol, report
 from baselines import plan as plan_lib
 from conftest import tiny_config
-from dear_jax import loop, profiling, run_config
+from dear_jax import loop, profiling, progress, run_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = ('dear', 'nar', 'clrs_official')
@@ -96,7 +95,7 @@ def _figure_data(fig, dpi):
 LOOP = dict(calls=[], bars=[], events=[])
 
 
-class _RecordingBar(tqdm.tqdm):
+class _RecordingBar(progress.ProgressBar):
 
   def __init__(self, *args, **kwargs):
     super().__init__(*args, **kwargs)
@@ -138,7 +137,7 @@ def finished(tmp_path_factory, cache_dir):
     mp.setattr(matplotlib.figure.Figure, 'savefig', recording_savefig)
     mp.setattr(loop, 'train', spy_train)
     mp.setattr(run_config.RunConfig, 'from_config', classmethod(spy_typed))
-    mp.setattr(loop, 'tqdm', type('tqdm', (), {'tqdm': _RecordingBar}))
+    mp.setattr(loop.progress_lib, 'ProgressBar', _RecordingBar)
     assert compare.main(argv) == 0
   return out, argv, figures
 

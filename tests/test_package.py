@@ -106,11 +106,14 @@ def test_wheel_has_one_top_level_name(wheel):
   top = {n.split('/')[0] for n in names}
   (dist,) = top - {'dear_jax'}
   assert dist.endswith('.dist-info')
-  for folder, package in (('baselines', 'baselines'), ('configs', 'configs'),
-                          ('dear_jax', '')):
-    for f in os.listdir(os.path.join(REPO, folder)):
-      if f.endswith('.py'):
-        assert '/'.join(p for p in ('dear_jax', package, f) if p) in names
+  for folder, package in (('dear_jax', 'dear_jax'),
+                          ('baselines', 'dear_jax/baselines'),
+                          ('configs', 'dear_jax/configs')):
+    for root, _, files in os.walk(os.path.join(REPO, folder)):
+      rel = os.path.relpath(root, os.path.join(REPO, folder))
+      for f in files:
+        if f.endswith('.py'):
+          assert os.path.normpath(os.path.join(package, rel, f)) in names, f
 
 
 def test_installed_copy_runs_from_another_folder(installed, elsewhere):
