@@ -11,6 +11,7 @@ and run end to end in a Jupyter kernel with DEAR_JAX_NOTEBOOK_SMOKE=1.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import textwrap
 import tomllib
@@ -22,7 +23,8 @@ if os.path.dirname(HERE) not in sys.path:
   sys.path.insert(0, os.path.dirname(HERE))  # configs/, read for the text
 # The repository's GitHub owner/name, from pyproject.toml's Repository URL
 # (the one place it is written; a fork sets its own there and reruns this
-# script): the badges, the setup cell's clone and README's badges follow it.
+# script, which writes the notebooks' badges and setup cell and README's
+# badges).
 with open(os.path.join(os.path.dirname(HERE), 'pyproject.toml'), 'rb') as _f:
   GITHUB_REPO = tomllib.load(_f)['project']['urls']['Repository'].removeprefix(
       'https://github.com/')
@@ -1203,6 +1205,12 @@ def build(name: str):
   return nb
 
 
+def readme_badges(text: str) -> str:
+  """README.md's text with its Colab badges pointing at GITHUB_REPO."""
+  return re.sub(r'(colab\.research\.google\.com/github/)[\w.-]+/[\w.-]+/',
+                lambda m: f'{m[1]}{GITHUB_REPO}/', text)
+
+
 def main(argv) -> int:
   names = argv[1:] or list(NOTEBOOKS)
   for name in names:
@@ -1210,6 +1218,13 @@ def main(argv) -> int:
     with open(path, 'w') as f:
       nbformat.write(build(name), f)
     print(path)
+  readme = os.path.join(os.path.dirname(HERE), 'README.md')
+  with open(readme) as f:
+    text = f.read()
+  if readme_badges(text) != text:
+    with open(readme, 'w') as f:
+      f.write(readme_badges(text))
+    print(readme)
   return 0
 
 

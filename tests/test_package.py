@@ -210,7 +210,7 @@ def test_dependencies_are_the_requirements_pins_split_into_extras(installed):
 
 def test_repository_url_is_written_once():
   """pyproject's Repository URL is the address of the notebooks' Colab badges
-  and clone (and README's badges, tests/test_notebooks.py)."""
+  and clone and of README's badges."""
   with open(os.path.join(REPO, 'pyproject.toml'), 'rb') as f:
     url = tomllib.load(f)['project']['urls']['Repository']
   name = 'dear_jax_notebooks_generate'  # as tests/test_notebooks.py loads it
@@ -219,7 +219,17 @@ def test_repository_url_is_written_once():
         name, os.path.join(REPO, 'notebooks', 'generate.py'))
     sys.modules[name] = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(sys.modules[name])
-  assert f'https://github.com/{sys.modules[name].GITHUB_REPO}' == url
+  gen = sys.modules[name]
+  assert f'https://github.com/{gen.GITHUB_REPO}' == url
+  # generate.py writes README's badges from it, whatever they held before.
+  old = ('[![Open In Colab](https://colab.research.google.com/assets/colab-'
+         'badge.svg)](https://colab.research.google.com/github/a-b/c.d/blob/'
+         'main/notebooks/quickstart.ipynb)')
+  assert gen.readme_badges(old) == old.replace(
+      'github/a-b/c.d/', f'github/{url.split("github.com/")[1]}/')
+  with open(os.path.join(REPO, 'README.md')) as f:
+    readme = f.read()
+  assert gen.readme_badges(readme) == readme
 
 
 def _python(script: str, **kw) -> subprocess.CompletedProcess:
