@@ -44,14 +44,14 @@ import json
 import os
 import sys
 
-from baselines import executors
-from baselines import plan as plan_lib
-from baselines import protocol as protocol_lib
-from baselines import report
+from . import executors
+from . import plan as plan_lib
+from . import protocol as protocol_lib
+from . import report
 from dear_jax import compile_cache
 from dear_jax import profiling
-from baselines.executors import run_dir, train_one  # noqa: F401 (API)
-from baselines.plan import MODELS, PRESETS, CompareError, Plan
+from .executors import run_dir, train_one  # noqa: F401 (API)
+from .plan import MODELS, PRESETS, CompareError, Plan
 
 
 class _Parser(argparse.ArgumentParser):
@@ -80,7 +80,7 @@ def _presets_help() -> str:
 
 
 def parse_args(argv):
-  p = _Parser(prog='python -m baselines.compare',
+  p = _Parser(prog=f'python -m {__package__}.compare',
               description='Train and compare dear, nar, nar_nohint and '
                           'clrs_official on CLRS-30 algorithms.',
               epilog=_presets_help() + ' --config.SECTION.KEY=VALUE '
@@ -188,7 +188,7 @@ def write_tables(out: str, dest: str | None = None) -> tuple:
 
 def write_reports(out: str) -> None:
   """results.csv, results.md and plots/ over every finished run in OUT."""
-  from baselines import convergence, plots  # pylint: disable=g-import-not-at-top
+  from . import convergence, plots  # pylint: disable=g-import-not-at-top
   with protocol_lib.locked(out):  # another sweep on OUT may end now too
     runs, rows = write_tables(out)
     traces = convergence.cached_traces(out, runs) if runs else []
@@ -261,7 +261,7 @@ def main(argv=None) -> int:
   except CompareError as e:
     return _fail(str(e))
   if local and 'clrs_official' in plan.models:
-    from baselines import clrs_official  # pylint: disable=g-import-not-at-top
+    from . import clrs_official  # pylint: disable=g-import-not-at-top
     try:
       clrs_official.check_single_device()
     except RuntimeError as e:
@@ -273,7 +273,7 @@ def main(argv=None) -> int:
   if failures is None:
     return 2
   if plan.memory and local:  # Ray tasks measure it on their own devices
-    from baselines import memory  # pylint: disable=g-import-not-at-top
+    from . import memory  # pylint: disable=g-import-not-at-top
     for a in plan.algorithms:
       for m in plan.models:
         memory.cached_train_step_mb(plan, a, m)

@@ -27,7 +27,7 @@ import tempfile
 import time
 import warnings
 
-from baselines.plan import MODEL_SETTINGS, TEACHERS, CompareError, Plan, run_dir
+from .plan import MODEL_SETTINGS, TEACHERS, CompareError, Plan, run_dir
 
 # Set in every Ray worker (start_ray); _task_options adds per-task ones.
 _WORKER_ENV = {'TF_CPP_MIN_LOG_LEVEL': '3'}
@@ -36,7 +36,7 @@ _WORKER_ENV = {'TF_CPP_MIN_LOG_LEVEL': '3'}
 def train_one(plan: Plan, algorithm: str, model: str, seed: int) -> dict:
   workdir = run_dir(plan.out, algorithm, model, seed)
   if model == 'clrs_official':
-    from baselines import clrs_official  # pylint: disable=g-import-not-at-top
+    from . import clrs_official  # pylint: disable=g-import-not-at-top
     return clrs_official.train_official(
         algorithm, seed=seed, train_steps=plan.train_steps,
         hint_mode=MODEL_SETTINGS[model][1], data_cfg=plan.official_data,
@@ -164,7 +164,7 @@ def _rel(algorithm: str, model: str, seed: int) -> str:
 
 def _memory_files(local: Plan, algorithm: str, model: str) -> dict:
   """The model's memory.json, measured on this worker, as {path: bytes}."""
-  from baselines import memory as memory_lib  # pylint: disable=g-import-not-at-top
+  from . import memory as memory_lib  # pylint: disable=g-import-not-at-top
   memory_lib.cached_train_step_mb(local, algorithm, model)
   mem = os.path.join('runs', algorithm, model, 'memory.json')
   if not os.path.exists(os.path.join(local.out, mem)):
@@ -269,12 +269,15 @@ def _failure_line(e: BaseException) -> str:
 
 
 def _code_dirs() -> list:
-  """The packages a worker imports, shipped with the job (Ray py_modules)."""
-  import baselines  # pylint: disable=g-import-not-at-top
-  import configs  # pylint: disable=g-import-not-at-top
+  """The packages a worker imports, shipped with the job (Ray py_modules):
+  dear_jax, which holds the rest when installed (dear_jax.baselines), or in a
+  checkout dear_jax, baselines and the presets' folder."""
   import dear_jax  # pylint: disable=g-import-not-at-top
-  return [os.path.abspath(list(m.__path__)[0])  # configs: a namespace package
-          for m in (dear_jax, baselines, configs)]
+  from dear_jax import validation  # pylint: disable=g-import-not-at-top
+  dirs = [os.path.dirname(os.path.abspath(dear_jax.__file__))]
+  if '.' not in __package__:  # a checkout's top-level baselines
+    dirs += [os.path.dirname(os.path.abspath(__file__)), validation.CONFIGS]
+  return dirs
 
 
 # How long a --ray_address has to answer (TCP, then gRPC's HTTP/2 greeting).

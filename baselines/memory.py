@@ -7,14 +7,14 @@ import dataclasses
 import json
 import os
 
-from baselines.plan import MODEL_SETTINGS, TEACHERS, Plan, run_dir
+from .plan import MODEL_SETTINGS, TEACHERS, Plan, run_dir
 from dear_jax import profiling
 
 
 def official_step_mb(spec: dict, batch: dict, hint_mode: str):
   """compiled_mb of dm-clrs BaselineModel's jitted feedback step."""
   import jax  # pylint: disable=g-import-not-at-top
-  from baselines import clrs_official  # pylint: disable=g-import-not-at-top
+  from . import clrs_official  # pylint: disable=g-import-not-at-top
   from dear_jax import clrs_lib  # pylint: disable=g-import-not-at-top
   feedback = clrs_lib.to_feedback(batch, spec)
   m = clrs_official.build_model(spec, feedback, hint_mode=hint_mode)

@@ -15,12 +15,12 @@ import os
 
 import filelock
 
-from baselines.plan import MODEL_SETTINGS, CompareError, Plan
+from .plan import MODEL_SETTINGS, CompareError, Plan
 
 
 def _model_protocol(plan: Plan, model: str) -> dict:
   if model == 'clrs_official':
-    from baselines import clrs_official  # pylint: disable=g-import-not-at-top
+    from . import clrs_official  # pylint: disable=g-import-not-at-top
     d = dataclasses.asdict(plan.official_data)
     return dict(model=dict(clrs_official.RUN_PY_DEFAULTS),
                 hint_mode=MODEL_SETTINGS[model][1], data=d)

@@ -9,9 +9,9 @@ import os
 import statistics
 import sys
 
-from baselines.plan import MODELS
-from baselines import stats
-from baselines.protocol import hardware_lines
+from .plan import MODELS
+from . import stats
+from .protocol import hardware_lines
 from dear_jax.results import REQUIRED_KEYS, read_json
 
 # Published single-task Triplet-GMPNN OOD test scores (%, n=64, 10 seeds):
@@ -422,7 +422,8 @@ def _by_seed(rows: list, algorithm: str, model: str, metric: str) -> dict:
 def _verdict_counts(diffs: list) -> str:
   counts = {v: sum(d.verdict() == v for d in diffs)
             for v in (stats.BETTER, stats.WORSE, stats.SAME, stats.ONE_SEED)}
-  return ', '.join(f'{v} on {k}' for v, k in counts.items() if k)
+  words = {stats.ONE_SEED: 'one seed (cannot tell apart)'}
+  return ', '.join(f'{words.get(v, v)} on {k}' for v, k in counts.items() if k)
 
 
 def _head_to_head_lines(rows: list, models: list) -> list:
@@ -470,7 +471,9 @@ def _head_to_head_lines(rows: list, models: list) -> list:
           per_algorithm[a] = [x[s] - y[s] for s in shared]
       mean = stats.bootstrap_mean(per_algorithm)
       cells.append(f'{len(pairs)} algorithms: {_verdict_counts(pairs)}; '
-                   f'mean {mean.format(100, signed=True)}')
+                   f'mean {mean.format(100, signed=True)}'
+                   + ('' if mean.low is not None else
+                      ' (no interval: an algorithm has one seed)'))
     lines.append(f'| `{d}` | ' + ' | '.join(cells) + ' |')
   for d in dears:
     present = [a for a in algorithms if any((d, b, a) in diff for b in bases)]
@@ -521,19 +524,26 @@ def _parts_lines(rows: list, models: list) -> list:
         my = scale * sum(y[s] for s in shared) / len(shared)
         cells.append(f'{fmt.format(mx)} → {fmt.format(my)}')
       if seeds:
+        diff = stats.paired_difference(_by_seed(rows, a, part, 'test_score'),
+                                       _by_seed(rows, a, 'dear', 'test_score'))
+        cells.insert(1, f'{diff.format(100, signed=True)} (n={diff.n}, '
+                     f'{diff.verdict()})')
         out.append(f'| {a} | `{part}` | {len(seeds)} | ' + ' | '.join(cells)
                    + ' |')
   if not out:
     return []
+  headers = [h for _, h, _, _ in PART_METRICS]
+  headers.insert(1, 'test score difference (points)')  # after test score
   return ['', "## DEAR's own parts against plain DEAR", '',
-          '`dear` → the part, means over the seeds both finished. The '
-          'training loss is each run\'s own objective (median over the last '
+          '`dear` → the part, means over the seeds both finished; the test '
+          'score difference is the part minus `dear`, paired by seed, with '
+          'its 95 % t interval and verdict (one seed: no interval, and the '
+          'two cannot be told apart). The training loss is each run\'s own objective (median over the last '
           'tenth of the steps): both include the Jacobian penalty, and '
           '`dear_align`\'s also its alignment term (× align_weight); '
           'plots/training_curves.png shows the curves.', '',
-          '| algorithm | part | seeds | '
-          + ' | '.join(h for _, h, _, _ in PART_METRICS) + ' |',
-          '|' + '---|' * (len(PART_METRICS) + 3)] + out
+          '| algorithm | part | seeds | ' + ' | '.join(headers) + ' |',
+          '|' + '---|' * (len(headers) + 3)] + out
 
 
 def _fixed_point_goal_lines(rows: list, models: list) -> list:

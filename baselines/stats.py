@@ -9,7 +9,7 @@ models, so no comparison is reported without its interval:
   finished (seed s of every model trains on the same data stream), with its
   t interval; the verdict is 'better' or 'worse' when the interval excludes 0,
   else 'indistinguishable' ("cannot tell apart"); a single shared seed gives
-  no interval and the verdict 'one seed';
+  no interval and the verdict 'one seed: cannot tell apart';
 * the mean over algorithms: a bootstrap interval, seeds resampled with
   replacement within each algorithm (fixed generator, so a report is the same
   every time it is made); only where every algorithm has two seeds or more.
@@ -28,7 +28,8 @@ from scipy import stats as scipy_stats
 
 LEVEL = 0.95
 BOOTSTRAP_DRAWS = 10_000
-BETTER, WORSE, SAME, ONE_SEED = 'better', 'worse', 'indistinguishable', 'one seed'
+BETTER, WORSE, SAME = 'better', 'worse', 'indistinguishable'
+ONE_SEED = 'one seed: cannot tell apart'
 
 
 @dataclasses.dataclass(frozen=True)

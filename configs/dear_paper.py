@@ -16,11 +16,11 @@ decoders and its local SCC target (README, "Faithfulness").
 configs/dear_paper_cpu.py is the same model at the 2-core CPU study's budget.
 """
 
-from configs import default
+from dear_jax import validation
 
 
 def get_config():
-  c = default.get_config()
+  c = validation.preset('default')
   c.model_kind = 'dear'
   c.model.processor = 'gmpnn'     # DEAR's gated max-MPNN, not Triplet-GMPNN
   c.data.train_sizes = tuple(range(8, 17))

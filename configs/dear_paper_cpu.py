@@ -7,13 +7,12 @@ CLRS run.py's cycle), so it sits beside the other models of that sweep
 (compare's model `dear_paper` is this config under the sweep's settings).
 """
 
-from configs import dear_paper
-from configs import default
+from dear_jax import validation
 
 
 def get_config():
-  c = dear_paper.get_config()
-  c.data = default.get_config().data
+  c = validation.preset('dear_paper')
+  c.data = validation.preset('default').data
   c.train.steps = 1000
   c.train.eval_every = 100
   return c

@@ -23,7 +23,8 @@ comparison depends on, so that it is the same for all of them:
   validation with checkpoints, the test pass and `Learner.results` (the
   fixed-point checks).
 * the progress bar: the run's model name, loss, last and best validation,
-  updated at fetches only.
+  updated at fetches only; "compiling…" and no ETA until a step has run that
+  did not compile, the ETA from those steps (`progress.ProgressBar`).
 * results.json: the common keys here, the model's own from `Learner.results`.
 """
 
@@ -35,13 +36,13 @@ import time
 
 import jax
 import numpy as np
-import tqdm
 
 from dear_jax import batches as batch_lib
 from dear_jax import compile_cache
 from dear_jax import extra_tests
 from dear_jax import input_pipeline
 from dear_jax import profiling
+from dear_jax import progress as progress_lib
 from dear_jax import seeds as seeds_lib
 from dear_jax import splits
 from dear_jax.checkpoints import Checkpoints, RunError
@@ -280,8 +281,9 @@ def train(learner: Learner, runs: list, steps: int, eval_every: int,
     raise
   desc = f'{learner.name} {algorithm}' + (
       f' seeds {",".join(str(r.seed) for r in runs)}' if len(runs) > 1 else '')
-  bar = tqdm.tqdm(total=steps, initial=min(r.step for r in runs),
-                  disable=not progress, dynamic_ncols=True, desc=desc)
+  bar = progress_lib.ProgressBar(
+      total=steps, initial=min(r.step for r in runs), disable=not progress,
+      dynamic_ncols=True, desc=desc)
   for run in runs:
     run.feed = input_pipeline.Prefetch(run.stream, steps - run.step,
                                        PREFETCH)
@@ -307,7 +309,7 @@ def train(learner: Learner, runs: list, steps: int, eval_every: int,
           runs[j].step += 1
           window.pending[id(runs[j])].append((runs[j].step, losses, i,
                                               compiled))
-      bar.update(1)
+      bar.step(window.compiled)  # a step that compiles ends its window
       due = [j for j in active
              if runs[j].step % eval_every == 0 or runs[j].step == steps]
       if not (due or window.compiled or

@@ -22,8 +22,6 @@ from dear_jax import run_config
 from dear_jax import train
 from dear_jax import validation
 
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def _define_flags(fv: flags.FlagValues, argv):
   flags.DEFINE_string('algorithm', 'bfs', 'CLRS-30 algorithm name.',
@@ -55,7 +53,7 @@ def _define_flags(fv: flags.FlagValues, argv):
                     'workdir on to a larger --train_steps (refused without '
                     'this flag).', flag_values=fv)
   config_flags.DEFINE_config_file(
-      'config', os.path.join(_REPO, 'configs', 'default.py'),
+      'config', os.path.join(validation.CONFIGS, 'default.py'),
       'Config file, or a preset by name from any folder (dear_paper: '
       'configs/dear_paper.py); override keys with --config.KEY=VALUE.',
       flag_values=fv, lock_config=True, sys_argv=argv)

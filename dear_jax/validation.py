@@ -9,9 +9,12 @@ import os
 import re
 import tempfile
 
-# The presets: configs/NAME.py beside the package (in a checkout and installed).
-CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
-    __file__))), 'configs')
+# The presets, configs/NAME.py: inside the package when installed
+# (dear_jax.configs), beside it in a checkout.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+CONFIGS = os.path.join(_HERE, 'configs')
+if not os.path.isdir(CONFIGS):
+  CONFIGS = os.path.join(os.path.dirname(_HERE), 'configs')
 
 
 def presets() -> list:
@@ -30,6 +33,15 @@ def preset_path(name: str) -> str | None:
   if rel not in [os.path.normpath(p) for p in presets()]:
     return None
   return os.path.join(os.path.dirname(CONFIGS), rel)
+
+
+def preset(name: str):
+  """get_config() of the preset `name` (`default`, `dear_paper`): how one
+  preset builds on another, in a checkout and installed alike."""
+  path = preset_path(name)
+  if path is None:
+    raise ValueError(f'no preset {name!r}; presets: {", ".join(presets())}')
+  return load_config_file(path)
 
 
 def check_seeds(seeds) -> list:

@@ -11,18 +11,23 @@ and run end to end in a Jupyter kernel with DEAR_JAX_NOTEBOOK_SMOKE=1.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import textwrap
+import tomllib
 
 import nbformat
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 if os.path.dirname(HERE) not in sys.path:
   sys.path.insert(0, os.path.dirname(HERE))  # configs/, read for the text
-# The repository's GitHub owner/name: the one place it is written (the
-# badges, the setup cell's clone and README's badges, which a test checks,
-# follow it). 'OWNER/dear_jax' is a placeholder until it is published.
-GITHUB_REPO = 'OWNER/dear_jax'
+# The repository's GitHub owner/name, from pyproject.toml's Repository URL
+# (the one place it is written; a fork sets its own there and reruns this
+# script, which writes the notebooks' badges and setup cell and README's
+# badges).
+with open(os.path.join(os.path.dirname(HERE), 'pyproject.toml'), 'rb') as _f:
+  GITHUB_REPO = tomllib.load(_f)['project']['urls']['Repository'].removeprefix(
+      'https://github.com/')
 BRANCH = 'main'
 # Cells whose output must hold a figure carry this tag (tests check it).
 FIGURE = 'figure'
@@ -88,8 +93,8 @@ def code(*parts: str, figure: bool = False):
 SETUP = code(f"""
     # Setup. Opened from a clone of the repository, the checkout is put on
     # sys.path. On Colab the repository is cloned first unless the notebook
-    # sits in a clone, then its pinned requirements (jax with CUDA on a GPU
-    # runtime) and the package are installed; elsewhere nothing is installed.
+    # sits in a clone, then the package with its pinned dependencies (jax with
+    # CUDA on a GPU runtime) is installed; elsewhere nothing is installed.
     import importlib.util, os, shutil, subprocess, sys
 
     GITHUB_REPO = '{GITHUB_REPO}'  # the repository's GitHub owner/name
@@ -110,12 +115,12 @@ SETUP = code(f"""
                 if cloned.returncode != 0:
                     print(f'Could not clone {{url}}: set GITHUB_REPO above to the '
                           'repository owner/name, or open this notebook from a clone.')
-        if os.path.isfile(os.path.join(REPO_DIR, 'requirements.txt')):
-            with open(os.path.join(REPO_DIR, 'requirements.txt')) as f:
-                pins = [line.split('#')[0].strip() for line in f]
-            # Colab keeps its own Jupyter kernel: skip the tools only our tests use.
-            pins = [p for p in pins if p and not p.startswith(
-                ('ipykernel', 'nbclient', 'nbformat', 'pytest'))]
+        if os.path.isfile(os.path.join(REPO_DIR, 'pyproject.toml')):
+            import tomllib
+            # pyproject's runtime pins, not its extras (test, notebook, ray):
+            # Colab keeps its own Jupyter kernel.
+            with open(os.path.join(REPO_DIR, 'pyproject.toml'), 'rb') as f:
+                pins = tomllib.load(f)['project']['dependencies']
             if shutil.which('nvidia-smi') and subprocess.run(
                     ['nvidia-smi'], capture_output=True).returncode == 0:
                 pins = ['jax[cuda12]' + p[3:] if p.startswith('jax==') else p for p in pins]
@@ -1200,6 +1205,12 @@ def build(name: str):
   return nb
 
 
+def readme_badges(text: str) -> str:
+  """README.md's text with its Colab badges pointing at GITHUB_REPO."""
+  return re.sub(r'(colab\.research\.google\.com/github/)[\w.-]+/[\w.-]+/',
+                lambda m: f'{m[1]}{GITHUB_REPO}/', text)
+
+
 def main(argv) -> int:
   names = argv[1:] or list(NOTEBOOKS)
   for name in names:
@@ -1207,6 +1218,13 @@ def main(argv) -> int:
     with open(path, 'w') as f:
       nbformat.write(build(name), f)
     print(path)
+  readme = os.path.join(os.path.dirname(HERE), 'README.md')
+  with open(readme) as f:
+    text = f.read()
+  if readme_badges(text) != text:
+    with open(readme, 'w') as f:
+      f.write(readme_badges(text))
+    print(readme)
   return 0
 
 

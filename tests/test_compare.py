@@ -18,12 +18,11 @@ import matplotlib.figure
 import matplotlib.image
 import numpy as np
 import pytest
-import tqdm
 
 from baselines import compare, convergence, protocol, report
 from baselines import plan as plan_lib
 from conftest import tiny_config
-from dear_jax import loop, profiling, run_config
+from dear_jax import loop, profiling, progress, run_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = ('dear', 'nar', 'clrs_official')
@@ -96,7 +95,7 @@ def _figure_data(fig, dpi):
 LOOP = dict(calls=[], bars=[], events=[])
 
 
-class _RecordingBar(tqdm.tqdm):
+class _RecordingBar(progress.ProgressBar):
 
   def __init__(self, *args, **kwargs):
     super().__init__(*args, **kwargs)
@@ -138,7 +137,7 @@ def finished(tmp_path_factory, cache_dir):
     mp.setattr(matplotlib.figure.Figure, 'savefig', recording_savefig)
     mp.setattr(loop, 'train', spy_train)
     mp.setattr(run_config.RunConfig, 'from_config', classmethod(spy_typed))
-    mp.setattr(loop, 'tqdm', type('tqdm', (), {'tqdm': _RecordingBar}))
+    mp.setattr(loop.progress_lib, 'ProgressBar', _RecordingBar)
     assert compare.main(argv) == 0
   return out, argv, figures
 
@@ -284,7 +283,8 @@ def test_markdown_states_the_fixed_point_goals_of_each_dear_run(finished):
   assert ran and len(cells) == len(ran)
   for m, cell in zip(ran, cells):
     d = 100 * (r['test_score'] - _results(out, m)['test_score'])
-    assert cell == f'1 algorithms: one seed on 1; mean {d:+.1f}', cell
+    assert cell == (f'1 algorithms: one seed (cannot tell apart) on 1; mean '
+                    f'{d:+.1f} (no interval: an algorithm has one seed)'), cell
 
 
 def test_report_only_rewrites_the_reports_and_trains_nothing(finished,
@@ -363,10 +363,11 @@ def test_head_to_head_pairs_seeds_with_intervals():
                                                  0.5)]
   lines = report._head_to_head_lines(rows, ['dear', 'nar_nohint'])
   per = {l.split(' | ')[0].strip('| '): l for l in lines if l.startswith('| ')}
-  assert per['bfs'] == '| bfs | +10.0 (n=1, one seed) |'
+  assert per['bfs'] == '| bfs | +10.0 (n=1, one seed: cannot tell apart) |'
   assert per['sort'] == '| sort | +20.0 [-4.8, +44.8] (n=3, indistinguishable) |'
   assert 'dfs' not in per and 'mst_prim' not in per
-  assert 'indistinguishable on 1, one seed on 1' in per['`dear`']
+  assert ('indistinguishable on 1, one seed (cannot tell apart) on 1; mean '
+          '+15.0 (no interval: an algorithm has one seed)') in per['`dear`']
 
 
 def test_parts_table_compares_each_part_with_plain_dear_on_shared_seeds():
@@ -379,9 +380,20 @@ def test_parts_table_compares_each_part_with_plain_dear_on_shared_seeds():
           row('dear', 1, 0.80, 0.4, 0.003, 20.0, 1.5),
           row('dear_align', 0, 0.95, 0.05, 0.2, 16.0, 1.0),  # seed 1 missing
           row('dear_cgp', 2, 0.5, 1.0, 0.1, 9.0, 0.5)]  # no shared seed
+  # Two seeds: differences 0.05, 0.10, mean 0.075, sd 0.0354, half-width
+  # 12.706 (t_{0.975, 1}) * 0.0354 / sqrt(2) = 0.318.
+  rows += [dict(r, algorithm='sort') for r in (
+      row('dear', 0, 0.90, 0.2, 0.001, 18.0, 1.5),
+      row('dear', 1, 0.80, 0.4, 0.003, 20.0, 1.5),
+      row('dear_cgp', 0, 0.95, 0.2, 0.001, 18.0, 1.5),
+      row('dear_cgp', 1, 0.90, 0.4, 0.003, 20.0, 1.5))]
   lines = report._parts_lines(rows, ['dear', 'dear_cgp', 'dear_align'])  # pylint: disable=protected-access
-  body = [l for l in lines if l.startswith('| dag')]
-  assert body == ['| dag | `dear_align` | 1 | 90.0 → 95.0 | 0.2000 → 0.0500 '
+  body = [l for l in lines if l.startswith(('| dag', '| sort'))]
+  assert body == ['| sort | `dear_cgp` | 2 | 85.0 → 92.5 | +7.5 [-24.3, +39.3] '
+                  '(n=2, indistinguishable) | 0.3000 → 0.3000 '
+                  '| 0.002 → 0.002 | 19.0 → 19.0 | 1.50 → 1.50 |',
+                  '| dag | `dear_align` | 1 | 90.0 → 95.0 | +5.0 (n=1, one '
+                  'seed: cannot tell apart) | 0.2000 → 0.0500 '
                   '| 0.001 → 0.200 | 18.0 → 16.0 | 1.50 → 1.00 |']
   assert report._parts_lines(rows, ['dear', 'nar']) == []  # pylint: disable=protected-access
   assert report.final_train_loss([[s, float(s)] for s in range(1, 21)]) == (

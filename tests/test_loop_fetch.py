@@ -9,11 +9,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import tqdm
 
 from conftest import tiny_config
 from dear_jax import clrs_lib, compile_cache, input_pipeline, loop, splits
 from dear_jax import factory
+from dear_jax import progress
 from dear_jax import train
 
 # As tests/test_train.py's runs: the reference below compiles the same way.
@@ -289,18 +289,26 @@ def test_prefetch_thread_ends_with_the_run(cache_dir, tmp_path, monkeypatch):
 def test_progress_bar_shows_fetched_loss_and_best_validation(
     cache_dir, tmp_path, monkeypatch):
   """With a bar: its postfix after the last fetch holds the last update's
-  loss and the best validation score, as results.json has them."""
-  seen = []
+  loss and the best validation score, as results.json has them; the bar is
+  told which steps compiled (left out of its ETA), as results.json counts
+  them."""
+  seen, steps = [], []
 
-  class Bar(tqdm.tqdm):
+  class Bar(progress.ProgressBar):
 
     def set_postfix(self, ordered_dict=None, refresh=True, **kwargs):
       seen.append(dict(ordered_dict or {}, **kwargs))
       return super().set_postfix(ordered_dict, refresh, **kwargs)
 
-  monkeypatch.setattr(loop, 'tqdm', type('tqdm', (), {'tqdm': Bar}))
+    def step(self, compiled):
+      steps.append(compiled)
+      return super().step(compiled)
+
+  monkeypatch.setattr(loop.progress_lib, 'ProgressBar', Bar)
   monkeypatch.setattr(loop, 'FETCH_EVERY', 3)
   r = train.train_and_evaluate(_config(cache_dir, steps=4, eval_every=4),
                                str(tmp_path / 'w'), 'bfs', progress=True)
   assert seen[-1]['loss'] == f"{r['loss_curve'][-1][1]:.3f}"
   assert seen[-1]['best'] == f"{r['val_score']:.3f}"
+  assert len(steps) == 4 and steps[0]
+  assert sum(steps) == r['compile_steps']

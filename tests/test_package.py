@@ -1,25 +1,37 @@
-"""pyproject.toml: the checkout installs as a package that imports from anywhere.
+"""pyproject.toml: the checkout builds a wheel whose one top-level name is
+dear_jax, and the installed copy runs from another folder.
 
-The checkout's sources are copied to a temporary folder first (pip builds in
-the source tree and would leave build/ and *.egg-info in the checkout), then
-installed with `pip install --no-deps --target`, without the network when the
-environment has setuptools (--no-build-isolation). The installed modules are
-imported in a subprocess whose working directory is outside the checkout and
-whose PYTHONPATH is the target, so they cannot come from the checkout.
+The checkout is copied to a temporary folder first (pip builds in the source
+tree and would leave build/ and *.egg-info in the checkout), built into a
+wheel with `pip wheel --no-deps` (without the network when the environment has
+setuptools: --no-build-isolation) and installed with `pip install --no-deps
+--target`. The installed copy runs in subprocesses whose working directory is
+outside the checkout, holds packages named `baselines` and `configs` of its
+own (as a user's folder may), and whose PYTHONPATH is the target, with this
+environment's dependencies.
 """
 
+import importlib.util
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 import textwrap
+import tomllib
+import zipfile
 
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PACKAGES = ('dear_jax', 'baselines', 'configs', 'benchmarks')
-FILES = ('pyproject.toml', 'requirements.txt', 'README.md', 'LICENSE')
+# Not needed to build; results/ alone is tens of MB.
+_SKIP = ('.git', 'results', 'runs', 'workdir', 'build', '.venv', '__pycache__',
+         '*.pyc', '*.egg-info', '.pytest_cache')
+# What only the tests, the notebooks' kernel and compare's Ray executor use.
+EXTRAS = {'test': ('pytest', 'pytest-xdist', 'import-linter', 'grimp'),
+          'notebook': ('nbclient', 'nbformat', 'ipykernel'),
+          'ray': ('ray',)}
 
 
 def _requirements() -> list:
@@ -28,26 +40,23 @@ def _requirements() -> list:
   return [line for line in lines if line]
 
 
+def _name(req: str) -> str:
+  return re.sub(r'[-_.]+', '-', re.match(r'[A-Za-z0-9_.\-]+', req)[0]).lower()
+
+
 def _normalise(req: str) -> str:
   """'numpy>=2.0,<2.5' and 'numpy<2.5,>=2.0' compare equal."""
-  name, spec = re.match(r'([A-Za-z0-9_.\-\[\]]+)\s*(.*)', req).groups()
-  name = re.sub(r'[-_.]+', '-', name).lower()
-  return name + ','.join(sorted(s.strip() for s in spec.split(',') if s))
+  spec = req[len(re.match(r'[A-Za-z0-9_.\-]+', req)[0]):]
+  return _name(req) + ','.join(sorted(s.strip() for s in spec.split(',') if s))
 
 
 @pytest.fixture(scope='module')
-def installed(tmp_path_factory):
+def wheel(tmp_path_factory):
   tmp = tmp_path_factory.mktemp('package')
-  src, target = tmp / 'src', tmp / 'site'
-  src.mkdir()
-  ignore = shutil.ignore_patterns('__pycache__', '*.pyc')
-  for name in PACKAGES:
-    shutil.copytree(os.path.join(REPO, name), src / name, ignore=ignore)
-  for name in FILES:
-    shutil.copy(os.path.join(REPO, name), src / name)
-  cmd = [sys.executable, '-m', 'pip', 'install', '--no-deps', '--no-compile',
-         '--disable-pip-version-check', '-q', '--target', str(target),
-         str(src)]
+  src, out = tmp / 'src', tmp / 'wheel'
+  shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(*_SKIP))
+  cmd = [sys.executable, '-m', 'pip', 'wheel', '--no-deps',
+         '--disable-pip-version-check', '-q', '-w', str(out), str(src)]
   try:
     import setuptools  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
     cmd.insert(4, '--no-build-isolation')  # no download needed
@@ -56,51 +65,171 @@ def installed(tmp_path_factory):
   proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp,
                         timeout=300, check=False)
   assert proc.returncode == 0, proc.stdout + proc.stderr
+  (path,) = out.iterdir()
+  return path
+
+
+@pytest.fixture(scope='module')
+def installed(wheel, tmp_path_factory):
+  target = tmp_path_factory.mktemp('site')
+  proc = subprocess.run(
+      [sys.executable, '-m', 'pip', 'install', '--no-deps', '--no-compile',
+       '--disable-pip-version-check', '-q', '--target', str(target),
+       str(wheel)], capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
   return target
 
 
-def test_installed_package_imports_from_another_directory(installed, tmp_path):
-  script = textwrap.dedent("""
-      import json, os, sys, types
-      import dear_jax, dear_jax.train, dear_jax.solver, dear_jax.dear
-      import baselines, baselines.compare, baselines.plan
-      import configs.default, configs.dear_paper
-      import benchmarks.run
-      mods = [dear_jax, dear_jax.train, baselines.compare, configs.default,
-              configs.dear_paper, benchmarks.run]
-      # compare's --dear_config=configs/... resolves next to the package.
-      path = baselines.plan.REPO
-      cfg = baselines.plan.load_config_file('configs/dear_paper.py')
-      # --config=dear_paper: the installed preset, by name.
-      from dear_jax import validation
-      preset = validation.preset_path('dear_paper')
-      mods.append(types.SimpleNamespace(__file__=preset))
-      print(json.dumps(dict(files=[m.__file__ for m in mods], plan_repo=path,
-                            steps=cfg.train.steps,
-                            hidden=configs.default.get_config().model.hidden)))
-  """)
-  env = dict(os.environ, PYTHONPATH=str(installed), TF_CPP_MIN_LOG_LEVEL='3')
-  proc = subprocess.run([sys.executable, '-c', script], capture_output=True,
-                        text=True, cwd=tmp_path, env=env, timeout=300,
-                        check=False)
+@pytest.fixture
+def elsewhere(tmp_path):
+  """A working directory with packages named as the checkout's folders,
+  which an install that took those top-level names would import."""
+  for name in ('baselines', 'configs', 'benchmarks'):
+    (tmp_path / name).mkdir()
+    (tmp_path / name / '__init__.py').write_text(
+        f'raise ImportError("the working directory\'s {name} was imported")\n')
+  return tmp_path
+
+
+def _installed_run(target, cwd, *args) -> subprocess.CompletedProcess:
+  env = dict(os.environ, PYTHONPATH=str(target), TF_CPP_MIN_LOG_LEVEL='3',
+             JAX_PLATFORMS='cpu')
+  return subprocess.run([sys.executable, *args], capture_output=True,
+                        text=True, cwd=cwd, env=env, timeout=300, check=False)
+
+
+def test_wheel_has_one_top_level_name(wheel):
+  """Everything installs under dear_jax: the checkout's baselines/ and
+  configs/ as dear_jax.baselines and dear_jax.configs."""
+  with zipfile.ZipFile(wheel) as z:
+    names = z.namelist()
+  top = {n.split('/')[0] for n in names}
+  (dist,) = top - {'dear_jax'}
+  assert dist.endswith('.dist-info')
+  for folder, package in (('dear_jax', 'dear_jax'),
+                          ('baselines', 'dear_jax/baselines'),
+                          ('configs', 'dear_jax/configs')):
+    for root, _, files in os.walk(os.path.join(REPO, folder)):
+      rel = os.path.relpath(root, os.path.join(REPO, folder))
+      for f in files:
+        if f.endswith('.py'):
+          assert os.path.normpath(os.path.join(package, rel, f)) in names, f
+
+
+def test_installed_copy_runs_from_another_folder(installed, elsewhere):
+  """`python -m dear_jax.run --help` and the compare entry point run from
+  the installed copy; a folder's own `baselines` and `configs` shadow
+  nothing."""
+  proc = _installed_run(installed, elsewhere, '-m', 'dear_jax.run', '--help')
   assert proc.returncode == 0, proc.stderr[-3000:]
-  import json  # pylint: disable=g-import-not-at-top
+  assert proc.stdout.startswith('Train and test DEAR')
+  proc = _installed_run(installed, elsewhere, '-m',
+                        'dear_jax.baselines.compare', '--help')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'usage: python -m dear_jax.baselines.compare' in proc.stdout
+
+
+def test_installed_presets_by_name(installed, elsewhere):
+  """The presets load by name from the installed copy (one building on
+  another, as dear_paper_cpu on dear_paper on default) with the values the
+  checkout's presets have; --config=dear_paper reaches the CLI's checks after
+  the preset loaded."""
+  from dear_jax import validation  # pylint: disable=g-import-not-at-top
+  names = [os.path.basename(p)[:-3] for p in validation.presets()]
+  assert {'default', 'dear_paper', 'dear_paper_cpu'} <= set(names)
+  script = textwrap.dedent(f"""
+      import json, sys
+      from dear_jax import validation
+      from dear_jax.baselines import plan
+      out = dict(configs=validation.CONFIGS, plan=plan.__file__,
+                 presets={{n: validation.preset(n).to_dict() for n in {names}}},
+                 compare=plan.load_config_file('dear_paper').to_dict())
+      print(json.dumps(out, default=repr))
+  """)
+  proc = _installed_run(installed, elsewhere, '-c', script)
+  assert proc.returncode == 0, proc.stderr[-3000:]
   out = json.loads(proc.stdout.strip().splitlines()[-1])
-  for f in out['files']:
-    assert os.path.realpath(f).startswith(os.path.realpath(installed)), f
-  assert os.path.realpath(out['plan_repo']) == os.path.realpath(installed)
-  assert out['steps'] == 31250 and out['hidden'] == 128
+  for path in (out['configs'], out['plan']):
+    assert os.path.realpath(path).startswith(os.path.realpath(installed)), path
+  ours = {n: json.loads(json.dumps(validation.preset(n).to_dict(),
+                                   default=repr)) for n in names}
+  assert out['presets'] == ours
+  assert out['compare'] == ours['dear_paper']
+  assert ours['dear_paper_cpu']['train']['steps'] == 1000
+  assert ours['dear_paper']['dear']['grad'] == 'jfb'
+  proc = _installed_run(installed, elsewhere, '-m', 'dear_jax.run',
+                        '--config=dear_paper', '--seed=1', '--seeds=1,2')
+  assert proc.returncode == 2
+  assert proc.stderr == 'error: give --seed=S or --seeds=S1,S2,..., not both\n'
 
 
-def test_dependencies_are_the_requirements_pins(installed):
-  """requirements.txt is the one list: the wheel requires exactly its lines."""
+def test_heavy_extras_are_not_imported(installed, elsewhere):
+  """Ray, the notebook kernel and pytest load only where used: not by the
+  CLI or compare's modules."""
+  script = textwrap.dedent("""
+      import json, sys
+      import dear_jax.run, dear_jax.train
+      import dear_jax.baselines.compare, dear_jax.baselines.executors
+      import dear_jax.baselines.report, dear_jax.baselines.plots
+      heavy = ('ray', 'nbclient', 'nbformat', 'ipykernel', 'pytest', 'xdist',
+               'importlinter', 'grimp')
+      print(json.dumps(sorted(m for m in sys.modules
+                              if m.split('.')[0] in heavy)))
+  """)
+  proc = _installed_run(installed, elsewhere, '-c', script)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout.strip().splitlines()[-1] == '[]'
+
+
+def _metadata(installed) -> str:
   (dist,) = [d for d in os.listdir(installed) if d.endswith('.dist-info')]
   with open(installed / dist / 'METADATA') as f:
-    metadata = f.read()
+    return f.read()
+
+
+def test_dependencies_are_the_requirements_pins_split_into_extras(installed):
+  """requirements.txt is the full set: the wheel requires its pins, the
+  tools of the tests, the notebooks and Ray only as the extras test,
+  notebook and ray."""
+  metadata = _metadata(installed)
   requires = re.findall(r'^Requires-Dist: (.+)$', metadata, re.M)
-  assert sorted(map(_normalise, requires)) == sorted(
+  runtime = [r for r in requires if ';' not in r]
+  extras = {}
+  for r in requires:
+    if ';' in r:
+      req, marker = r.split(';', 1)
+      extra = re.fullmatch(r'\s*extra == "(\w+)"\s*', marker)[1]
+      extras.setdefault(extra, []).append(req.strip())
+  assert sorted(map(_normalise, runtime + sum(extras.values(), []))) == sorted(
       map(_normalise, _requirements()))
+  assert {k: sorted(map(_name, v)) for k, v in extras.items()} == {
+      k: sorted(v) for k, v in EXTRAS.items()}
+  assert not {_name(r) for r in runtime} & set(sum(EXTRAS.values(), ()))
   assert re.search(r'^Requires-Python: >=3\.11$', metadata, re.M)
+
+
+def test_repository_url_is_written_once():
+  """pyproject's Repository URL is the address of the notebooks' Colab badges
+  and clone and of README's badges."""
+  with open(os.path.join(REPO, 'pyproject.toml'), 'rb') as f:
+    url = tomllib.load(f)['project']['urls']['Repository']
+  name = 'dear_jax_notebooks_generate'  # as tests/test_notebooks.py loads it
+  if name not in sys.modules:
+    spec = importlib.util.spec_from_file_location(
+        name, os.path.join(REPO, 'notebooks', 'generate.py'))
+    sys.modules[name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sys.modules[name])
+  gen = sys.modules[name]
+  assert f'https://github.com/{gen.GITHUB_REPO}' == url
+  # generate.py writes README's badges from it, whatever they held before.
+  old = ('[![Open In Colab](https://colab.research.google.com/assets/colab-'
+         'badge.svg)](https://colab.research.google.com/github/a-b/c.d/blob/'
+         'main/notebooks/quickstart.ipynb)')
+  assert gen.readme_badges(old) == old.replace(
+      'github/a-b/c.d/', f'github/{url.split("github.com/")[1]}/')
+  with open(os.path.join(REPO, 'README.md')) as f:
+    readme = f.read()
+  assert gen.readme_badges(readme) == readme
 
 
 def _python(script: str, **kw) -> subprocess.CompletedProcess:
