@@ -1181,11 +1181,113 @@ def results_notebook():
   ]
 
 
+def pretrained_notebook():
+  return [
+      md(f"""
+          {badge('pretrained')}
+
+          # Stored models: tested without training
+
+          The repository keeps the best parameters of the DEAR-10 study's
+          seed-0 runs of `dear` and `dear_paper` under `pretrained/` (parameters
+          only, with the run's config and a checksum; `pretrained/README.md`
+          lists them). This notebook trains nothing: it loads each stored model
+          and tests it on graphs larger than any it was trained on (training
+          sizes up to 16 nodes), as `python -m dear_jax.pretrained
+          --model=pretrained/ALGORITHM/MODEL --n=N` does, then plots
+
+          1. the test score against the number of nodes n, per stored model;
+          2. DEAR's solver iterations against n, beside the algorithm's true
+             number of steps, which a stepwise reasoner must run.
+
+          Graphs of each size are drawn as the official test split is (its
+          sampler and seed), so every model sees the same ones.
+          """),
+      SETUP,
+      BUDGET,
+      code("""
+          import glob
+          import matplotlib.pyplot as plt
+          import numpy as np
+          from dear_jax import pretrained
+          %matplotlib inline
+
+          STORED = os.path.join(REPO_DIR, 'pretrained') if REPO_DIR else None
+          models = sorted(os.path.dirname(p) for p in glob.glob(
+              os.path.join(STORED or '', '*', '*', pretrained.MODEL)))
+          print('stored models:', *[os.path.relpath(m, STORED) for m in models],
+                sep='\\n  ')
+          # Sizes and graphs per size: a few minutes on a CPU for a model.
+          SIZES, GRAPHS = ((8, 16), 2) if SMOKE else ((64, 128, 256), 8)
+          if SMOKE:
+              models = models[:1]
+          """),
+      md("""
+          ## 1. Test score against n
+
+          Each stored model on `GRAPHS` test graphs of each size (the study
+          itself used 16; its own figures are in `results/dear10/`). The bars
+          are 95 % t intervals over the graphs' own scores.
+          """),
+      code("""
+          from scipy import stats
+
+          tested = {}
+          for folder in models:
+              name = os.path.relpath(folder, STORED)
+              tested[name] = [pretrained.evaluate(folder, 'test', n, GRAPHS, cache_dir=CACHE)
+                              for n in SIZES]
+              for r in tested[name]:
+                  print(pretrained._line(r))
+
+          fig, ax = plt.subplots(figsize=(6, 3.5))
+          for name, rows in tested.items():
+              means, halves = [], []
+              for r in rows:
+                  g = np.asarray(r['graph_scores'])
+                  means.append(100 * g.mean())
+                  halves.append(100 * stats.t.ppf(0.975, len(g) - 1) * g.std(ddof=1)
+                                / np.sqrt(len(g)) if len(g) > 1 else 0)
+              ax.errorbar(SIZES, means, yerr=halves, marker='o', capsize=3, label=name)
+          ax.set_xscale('log', base=2)
+          ax.set_xticks(SIZES, [str(n) for n in SIZES])
+          ax.set_xlabel('nodes n (test)')
+          ax.set_ylabel('test score (%)')
+          ax.legend(fontsize=8)
+          plt.show()
+          """, figure=True),
+      md("""
+          ## 2. Iterations against n
+
+          DEAR's solver stops when the state stops changing; a stepwise
+          reasoner runs one step per algorithm step. Where the true steps grow
+          with n and the iterations do not, DEAR's work per graph grows more
+          slowly.
+          """),
+      code("""
+          fig, ax = plt.subplots(figsize=(6, 3.5))
+          for name, rows in tested.items():
+              if 'solver_iters_mean' in rows[0]:
+                  ax.plot(SIZES, [r['solver_iters_mean'] for r in rows], marker='o',
+                          label=f'{name}: solver iterations')
+              ax.plot(SIZES, [r['algo_steps_mean'] for r in rows], ls='--', color='gray',
+                      label=f'{name.split("/")[0]}: true steps')
+          ax.set_xscale('log', base=2)
+          ax.set_xticks(SIZES, [str(n) for n in SIZES])
+          ax.set_xlabel('nodes n (test)')
+          ax.set_ylabel('per graph (mean)')
+          ax.legend(fontsize=8)
+          plt.show()
+          """, figure=True),
+  ]
+
+
 NOTEBOOKS = {
     'quickstart': quickstart,
     'dear_vs_stepwise': dear_vs_stepwise,
     'implicit_gradients': implicit_gradients,
     'results': results_notebook,
+    'pretrained': pretrained_notebook,
 }
 
 

@@ -18,7 +18,8 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NB_DIR = os.path.join(REPO, 'notebooks')
-NOTEBOOKS = ('quickstart', 'dear_vs_stepwise', 'implicit_gradients', 'results')
+NOTEBOOKS = ('quickstart', 'dear_vs_stepwise', 'implicit_gradients', 'results',
+             'pretrained')
 FIGURE_TAG = 'figure'
 
 
