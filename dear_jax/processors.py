@@ -86,8 +86,8 @@ def softmax_aggregate(msgs: jax.Array, valid, axis: int,
   weights = jax.nn.softmax(logits, axis=axis)
   if valid is None:
     return jnp.sum(weights * msgs, axis=axis)
-  agg = jnp.sum(jnp.where(valid, weights * msgs, 0.0), axis=axis)
-  return jnp.where(jnp.any(valid, axis=axis), agg, 0.0)
+  # A row without any valid sender has uniform weights: the where makes it 0.
+  return jnp.sum(jnp.where(valid, weights * msgs, 0.0), axis=axis)
 
 
 def first_occurrences(senders: jax.Array) -> jax.Array:
