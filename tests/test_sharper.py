@@ -431,3 +431,13 @@ def test_reevaluate_with_adaptive_temperature_keeps_training_and_records_it(
         want['final_residual_mean'], rel=1e-4)
     assert r['final_residual_mean'] != pytest.approx(
         before['final_residual_mean'], rel=1e-3)
+    if key == 'adaptive_temperature':
+      # the same as a run trained with it from the start
+      fresh = tmp_path / 'fresh'
+      code, err = _cli(cli_args(config, fresh) +
+                       [f'--config.model.{key}={value}'], capsys)
+      assert code == 0, err
+      f = json.loads((fresh / 'results.json').read_text())
+      for k in ('val_curve', 'test_score', 'test_graph_scores',
+                'final_residual_mean', 'solver_iterations'):
+        assert f[k] == r[k], k
