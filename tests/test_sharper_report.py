@@ -130,3 +130,34 @@ def test_tables_and_plots_from_a_synthetic_csv(tmp_path):
   solve = next(l for l in md.splitlines() if l.startswith('| mst_prim | 64 |'))
   assert '10.5 / 25 % / 0.020' in solve
   assert '10.0 / 25 % / 0.020' in solve  # decay: seed 0 only
+
+
+def test_the_sweeps_commands_chain(tmp_path, cache_dir, monkeypatch):
+  """compare trains an option and its control (tiny), retest re-tests the
+  softmax run, baselines.sharper tabulates them: the sweep script's chain."""
+  from test_compare import _guard_environ, _tiny_overrides  # pylint: disable=g-import-not-at-top
+  from baselines import compare, retest  # pylint: disable=g-import-not-at-top
+  _guard_environ(monkeypatch)
+  out, control = tmp_path / 'out', tmp_path / 'control'
+  tiny = ['--preset=smoke', '--algorithms=bfs', '--seeds=1',
+          '--train_steps=1', '--eval_every=1', '--quiet', '--no_memory',
+          f'--cache_dir={cache_dir}', '--config.data.extra_test_lengths=6',
+          '--config.data.extra_test_num_samples=2'] + _tiny_overrides()
+  assert compare.main([f'--out={control}', '--models=dear'] + tiny) == 0
+  assert compare.main([f'--out={out}', '--models=dear_softmax'] + tiny) == 0
+  runs = out / 'runs' / 'bfs'
+  assert retest.main([f'--source={runs / "dear_softmax" / "s0"}',
+                      f'--dest={runs / "dear_softmax_at" / "s0"}', '--quiet',
+                      '--config.model.adaptive_temperature=True']) == 0
+  assert sharper.main([f'--out={out}', f'--control={control}']) == 0
+  rows = sharper.read_csv(str(out / 'sharper.csv'))
+  assert {(r['option'], r['nodes']) for r in rows} == {
+      (o, n) for o in ('control', 'softmax', 'softmax_at') for n in (5, 6)}
+  at = [r for r in rows if r['option'] == 'softmax_at']
+  assert all(r['graph_diff_n'] is not None for r in at)
+  md = (out / 'sharper.md').read_text()
+  assert '| bfs | `dear` | 6 |' in md
+  # the tables again from the CSV alone, identical
+  (out / 'sharper.md').unlink()
+  assert sharper.main([f'--out={out}', '--from_csv']) == 0
+  assert (out / 'sharper.md').read_text() == md
