@@ -18,7 +18,8 @@ Both take `aggregation` ('max', the default, or 'softmax': Mirjanic et al.
 the state enters as lambda * h, Mirjanic et al.'s decayed latent space; 1:
 off) and `adaptive_temperature` (the softmax aggregation's inverse
 temperature chosen from its entropy, Velickovic et al. 2024; for tests).
-The triplet path keeps its max, as in those papers' code. docs/sharper.md.
+The triplet path keeps its max, as in Mirjanic et al.'s code.
+docs/sharper.md.
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ def _max_aggregate(msgs: jax.Array, adj: jax.Array) -> jax.Array:
 
 
 AGGREGATIONS = ('max', 'softmax')
+
+
 def softmax_aggregate(msgs: jax.Array, valid, axis: int,
                       adaptive: bool = False) -> jax.Array:
   """Each channel's soft max over the senders on `axis`: sum_i a_i m_i with
