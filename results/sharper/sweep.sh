@@ -28,4 +28,6 @@ for alg in "${algorithms[@]}"; do
     retest "$alg" "$model" max --config.model.test_aggregation=max
   done
 done
+# compare's own report again, the re-tests included; then the study's tables
+python -m baselines.compare --report_only --out="$out"
 python -m baselines.sharper --out="$out" --control=results/dear10
