@@ -360,6 +360,27 @@ def test_for_test_changes_only_the_tests(kind, data_cfg):
     config.model[key] = ModelConfig().to_dict()[key]
 
 
+@pytest.mark.parametrize('kind', ['dear', 'nar'])
+@pytest.mark.parametrize('option', [{'aggregation': 'softmax'},
+                                    {'latent_decay': 0.9}])
+def test_training_gradient_reaches_every_processor_weight(kind, option,
+                                                          data_cfg):
+  config = tiny_config(data_cfg.cache_dir, kind)
+  config.nar.hint_mode = 'none'
+  for key, value in option.items():
+    config.model[key] = value
+  batch = next(input_pipeline.TrainStream('bfs', data_cfg, seed=3,
+                                          keep_hints=False))
+  model = factory.build_model(config, clrs_lib.processed_spec('bfs'), batch)
+  params = model.init(jax.random.PRNGKey(0), batch)
+  grads = jax.grad(lambda p: model.loss(p, batch, jax.random.PRNGKey(1))[0])(
+      params)['processor']
+  for name, g in grads.items():  # every weight moves the loss
+    leaves = jax.tree.leaves(g)
+    assert all(np.all(np.isfinite(x)) for x in leaves), name
+    assert max(float(jnp.abs(x).max()) for x in leaves) > 0, name
+
+
 def _cli(args, capsys):
   try:
     code = run.main(args)
