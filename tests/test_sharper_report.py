@@ -10,6 +10,7 @@ import pytest
 from scipy import stats as scipy_stats
 
 from baselines import sharper
+from baselines import stats
 
 
 def _results(algorithm, seed, score, graph_scores, extra, **kw):
@@ -122,7 +123,7 @@ def test_tables_and_plots_from_a_synthetic_csv(tmp_path):
   half = t * d.std(ddof=1) / math.sqrt(2)
   assert (f'+13.0 [{13 - half:+.1f}, {13 + half:+.1f}] indistinguishable '
           '(n=2)') in diff
-  assert '-10.0 one seed (n=1)' in diff  # decay - control, seed 0 only
+  assert f'-10.0 {stats.ONE_SEED} (n=1)' in diff  # decay: seed 0 only
   # softmax_at - softmax: +1, +3 over seeds; over graphs as the CSV says
   half = t * np.std([1.0, 3.0], ddof=1) / math.sqrt(2)
   assert (f'+2.0 [{2 - half:+.1f}, {2 + half:+.1f}] indistinguishable (n=2);'
