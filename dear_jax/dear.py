@@ -185,7 +185,8 @@ class EquilibriumReasoner(Reasoner):
     """Reasoner.for_test, the separate Cayley processor included."""
     other = super().for_test()
     if other is not self and self.cgp and not self.cgp_shared:
-      other.cgp_processor = self.cgp_processor.clone(**self.test_settings)
+      other.cgp_processor = self.cgp_processor.clone(
+          **self._test_settings(self.cgp_processor))
     return other
 
   def with_solver(self, **changes) -> 'EquilibriumReasoner':

@@ -102,14 +102,20 @@ class Reasoner:
     processor with model.test_aggregation and model.adaptive_temperature,
     the permutation decoder's Sinkhorn at an adaptive temperature. Itself
     when those change nothing."""
-    if all(getattr(self.processor, k) == v
-           for k, v in self.test_settings.items()):
+    settings = self._test_settings(self.processor)
+    if (all(getattr(self.processor, k) == v for k, v in settings.items())
+        and not self.test_settings['adaptive_temperature']):
       return self
     other = copy.copy(self)
-    other.processor = self.processor.clone(**self.test_settings)
+    other.processor = self.processor.clone(**settings)
     other.decoders = self.decoders.clone(
         adaptive_temperature=self.test_settings['adaptive_temperature'])
     return other
+
+  def _test_settings(self, processor) -> dict:
+    """The test settings `processor` has fields for."""
+    return {k: v for k, v in self.test_settings.items()
+            if hasattr(processor, k)}
 
   # --- the three stages, each with its own parameters -----------------------
   def encode(self, params, probes: dict, nb_nodes: int):

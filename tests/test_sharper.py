@@ -355,6 +355,7 @@ def test_for_test_changes_only_the_tests(kind, data_cfg):
     assert getattr(other.processor, attr) == getattr(model.processor, attr)
     tested = other.for_test()
     assert getattr(tested.processor, attr) == value
+    assert tested.decoders.adaptive_temperature == (attr == key)
     assert float(jnp.abs(logits(tested) - base).max()) > 1e-4
     np.testing.assert_array_equal(logits(other), base)  # as trained
     config.model[key] = ModelConfig().to_dict()[key]
@@ -379,6 +380,26 @@ def test_training_gradient_reaches_every_processor_weight(kind, option,
     leaves = jax.tree.leaves(g)
     assert all(np.all(np.isfinite(x)) for x in leaves), name
     assert max(float(jnp.abs(x).max()) for x in leaves) > 0, name
+
+
+def test_for_test_sets_only_the_fields_a_processor_has(data_cfg):
+  """A processor without these options (one of a user's own) is tested as
+  it is; the Sinkhorn decoder still gets adaptive temperature."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+
+  class Plain(nn.Module):
+    hidden: int
+
+  config = tiny_config(data_cfg.cache_dir, 'nar')
+  config.model.adaptive_temperature = True
+  batch = next(input_pipeline.TrainStream('bfs', data_cfg, seed=2,
+                                          keep_hints=False))
+  model = factory.build_model(config, clrs_lib.processed_spec('bfs'), batch)
+  model.processor = Plain(hidden=16)
+  tested = model.for_test()
+  assert tested.processor == Plain(hidden=16)
+  assert tested.decoders.adaptive_temperature
+  assert not model.decoders.adaptive_temperature
 
 
 def _cli(args, capsys):
