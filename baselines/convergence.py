@@ -26,7 +26,9 @@ def trace(workdir: str) -> dict:
   test = splits.load_split(algorithm, 'test', train.data_config(config),
                            keep_hints=False)
   batch = test.batches[0]
-  model = factory.build_model(config, clrs_lib.processed_spec(algorithm), batch)
+  # as the run was tested (model.test_aggregation, adaptive temperature)
+  model = factory.build_model(config, clrs_lib.processed_spec(algorithm),
+                              batch).for_test()
   params = checkpoints.load_best_params(workdir)
   cap = model.solver_cfg.max_iter_eval
   picard = dataclasses.replace(model.solver_cfg, method='fixed_point',

@@ -14,7 +14,8 @@ import os
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 MODELS = ('dear', 'dear_cgp', 'dear_align', 'dear_paper', 'nar',
-          'nar_nohint', 'nar_lt', 'clrs_official')
+          'nar_nohint', 'nar_lt', 'clrs_official', 'dear_softmax',
+          'dear_decay', 'nar_lt_softmax', 'nar_lt_decay')
 # The six models of the DEAR-10 presets.
 DEAR10_MODELS = ('dear', 'dear_cgp', 'dear_align', 'nar', 'nar_nohint',
                  'clrs_official')
@@ -24,7 +25,10 @@ MODEL_SETTINGS = {'dear': ('dear', None), 'dear_cgp': ('dear', None),
                   'nar': ('nar', 'encoded_decoded'),
                   'nar_nohint': ('nar', 'none'),
                   'nar_lt': ('nar', 'none'),
-                  'clrs_official': (None, 'encoded_decoded')}
+                  'clrs_official': (None, 'encoded_decoded'),
+                  'dear_softmax': ('dear', None), 'dear_decay': ('dear', None),
+                  'nar_lt_softmax': ('nar', 'none'),
+                  'nar_lt_decay': ('nar', 'none')}
 # DEAR's own parts on top of the dear config. dear_align is the paper's
 # "DEAR w/ GAS" without GRANOLA (not ported): alignment with DEAR's weight
 # and stochastic extra iterations with DEAR's alpha. nar_lt: DEAR's "NAR
@@ -33,6 +37,15 @@ MODEL_OVERRIDES = {'dear_cgp': {'dear.cgp': True},
                    'dear_align': {'dear.align_weight': 0.01,
                                   'dear.stochastic_alpha': 0.1},
                    'nar_lt': {'nar.learn_termination': True}}
+# dear and nar_lt with Mirjanic et al.'s softmax aggregation or latent decay
+# (their 0.9): results/sharper/PROTOCOL.md.
+MODEL_OVERRIDES.update({
+    'dear_softmax': {'model.aggregation': 'softmax'},
+    'dear_decay': {'model.latent_decay': 0.9},
+    'nar_lt_softmax': {'nar.learn_termination': True,
+                       'model.aggregation': 'softmax'},
+    'nar_lt_decay': {'nar.learn_termination': True,
+                     'model.latent_decay': 0.9}})
 # Models whose model, solver and optimiser come from a config file of their
 # own (with the sweep's --config overrides): DEAR's release, trained on the
 # sweep's data for the sweep's steps, beside our default `dear`.

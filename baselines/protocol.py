@@ -166,8 +166,8 @@ def _check_and_write(plan: Plan, protocol: dict, info: dict) -> None:
       raise CompareError(f'{path} is unreadable ({type(e).__name__}); '
                          'use another --out') from None
     from dear_jax import train  # pylint: disable=g-import-not-at-top
-    old['protocol']['models'] = {
-        m: train.upgrade_stored_config(c)
+    old['protocol']['models'] = {  # clrs_official's are run.py's settings
+        m: c if m == 'clrs_official' else train.upgrade_stored_config(c)
         for m, c in old['protocol']['models'].items()}
     diff = first_difference(
         dict(old['protocol'], models=_without_checks(old['protocol']['models'])),

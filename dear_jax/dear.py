@@ -169,8 +169,10 @@ class EquilibriumReasoner(Reasoner):
     self.cgp = bool(dear_cfg.cgp)
     self.cgp_shared = bool(dear_cfg.cgp_shared_weights)
     if self.cgp and not self.cgp_shared:
-      self.cgp_processor = GatedMaxMPNN(hidden=model_cfg.hidden,
-                                        gate_bias=float(dear_cfg.gate_bias))
+      self.cgp_processor = GatedMaxMPNN(
+          hidden=model_cfg.hidden, gate_bias=float(dear_cfg.gate_bias),
+          aggregation=model_cfg.aggregation,
+          latent_decay=float(model_cfg.latent_decay))
     self.align_weight = float(dear_cfg.align_weight)
     self.align_samples = int(dear_cfg.align_samples)
     if self.align_weight > 0 and teacher is None:
@@ -178,6 +180,14 @@ class EquilibriumReasoner(Reasoner):
                        'model with dear_jax.factory.build_model, which loads '
                        'dear.align_teacher')
     self.teacher = teacher if self.align_weight > 0 else None
+
+  def for_test(self) -> 'EquilibriumReasoner':
+    """Reasoner.for_test, the separate Cayley processor included."""
+    other = super().for_test()
+    if other is not self and self.cgp and not self.cgp_shared:
+      other.cgp_processor = self.cgp_processor.clone(
+          **self._test_settings(self.cgp_processor))
+    return other
 
   def with_solver(self, **changes) -> 'EquilibriumReasoner':
     """The same model solved with other solver settings (same parameters)."""

@@ -22,12 +22,16 @@ import jax.numpy as jnp
 
 from dear_jax.encoders import haiku_init
 from dear_jax.specs import Location, Type
+from dear_jax.temperature import adaptive_inverse_temperature
 
 
 def log_sinkhorn(x, steps: int, temperature: float, zero_diagonal: bool,
-                 noise_key=None, uniform=None):
+                 noise_key=None, uniform=None, adaptive: bool = False):
   """Log of a doubly stochastic matrix from permutation logits (with Gumbel
-  noise from `noise_key`, or from the U(0, 1) draws `uniform` when given)."""
+  noise from `noise_key`, or from the U(0, 1) draws `uniform` when given).
+  `adaptive`: each row's temperature divided by the adaptive inverse
+  temperature of its softmax (dear_jax/temperature.py), chosen once before
+  the iterations."""
   if uniform is None and noise_key is not None:
     uniform = jax.random.uniform(noise_key, x.shape)
   if uniform is not None:
@@ -35,6 +39,8 @@ def log_sinkhorn(x, steps: int, temperature: float, zero_diagonal: bool,
   x = x / temperature
   if zero_diagonal:
     x = x - 1e6 * jnp.eye(x.shape[-1])
+  if adaptive:
+    x = adaptive_inverse_temperature(x, -1).astype(x.dtype) * x
   for _ in range(steps):
     x = jax.nn.log_softmax(x, axis=-1)
     x = jax.nn.log_softmax(x, axis=-2)
@@ -61,6 +67,9 @@ class Decoders(nn.Module):
   names: tuple
   hidden: int
   nb_dims: dict
+  # The permutation decoder's Sinkhorn at an adaptive temperature when not
+  # training (log_sinkhorn's `adaptive`; tests only, model.adaptive_temperature).
+  adaptive_temperature: bool = False
 
   @nn.compact
   def __call__(self, h_t, e_t, graph_fts, training: bool = False, names=None,
@@ -122,8 +131,10 @@ class Decoders(nn.Module):
       uniform = uniform if training else None
       key = (self.make_rng('gumbel') if training and uniform is None
              else None)
-      logits = log_sinkhorn(logits, steps=10, temperature=0.1,
-                            zero_diagonal=True, noise_key=key, uniform=uniform)
+      logits = log_sinkhorn(
+          logits, steps=10, temperature=0.1, zero_diagonal=True,
+          noise_key=key, uniform=uniform,
+          adaptive=self.adaptive_temperature and not training)
     return logits
 
   def draw_gumbel(self, batch: int, nb_nodes: int) -> dict:

@@ -9,6 +9,8 @@ define `forward`, i.e. how the processor is iterated.
 
 from __future__ import annotations
 
+import copy
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,7 +22,9 @@ from dear_jax import losses
 from dear_jax import sections
 from dear_jax.decoders import Decoders, postprocess
 from dear_jax.encoders import ENCODER_INITS, Encoders
-from dear_jax.processors import GatedMaxMPNN, build_processor, check_processor
+from dear_jax.processors import (GatedMaxMPNN, build_processor,
+                                 check_aggregation, check_latent_decay,
+                                 check_processor)
 from dear_jax.specs import Type
 
 
@@ -32,6 +36,21 @@ class ModelConfig(sections.Section):
   hidden: int = 128
   nb_triplet_fts: int = 8
   encoder_init: str = 'xavier_on_scalars'
+  # Mirjanic et al. 2023 (docs/sharper.md): how the processor aggregates its
+  # node messages (AGGREGATIONS: 'softmax' is each channel's soft max over
+  # the senders) and the latent decay lambda (the state enters the processor
+  # as lambda * h, in training and tests; 1: off; theirs 0.9).
+  aggregation: str = 'max'
+  latent_decay: float = 1.0
+  # Tests only (the official test, the extra sizes and DEAR's checks;
+  # validation and model selection never see them), so --reevaluate re-tests
+  # a finished run with them (train.EVALUATION_KEYS): the aggregation the
+  # tests use (None: `aggregation`; Mirjanic et al.'s code trains with
+  # softmax and tests with max), and the adaptive temperature (Velickovic et
+  # al. 2024) of the softmaxes that feed further computation: the softmax
+  # aggregation and the Sinkhorn permutation decoder.
+  test_aggregation: str | None = None
+  adaptive_temperature: bool = False
 
   @classmethod
   def check(cls, v, prefix: str) -> None:
@@ -39,6 +58,18 @@ class ModelConfig(sections.Section):
     sections.positive(f'{prefix}hidden', v.hidden)
     sections.int_at_least(f'{prefix}nb_triplet_fts', v.nb_triplet_fts, 1)
     sections.one_of(f'{prefix}encoder_init', v.encoder_init, ENCODER_INITS)
+    check_aggregation(v.aggregation, f'{prefix}aggregation')
+    if v.test_aggregation is not None:
+      check_aggregation(v.test_aggregation, f'{prefix}test_aggregation')
+    check_latent_decay(v.latent_decay, f'{prefix}latent_decay')
+    if not isinstance(v.adaptive_temperature, bool):
+      raise ValueError(f'{prefix}adaptive_temperature must be True or False, '
+                       f'got {v.adaptive_temperature!r}')
+
+  def test_processor_settings(self) -> dict:
+    """The processor's keys that the tests change (`Reasoner.for_test`)."""
+    return dict(aggregation=self.test_aggregation or self.aggregation,
+                adaptive_temperature=self.adaptive_temperature)
 
 
 class Reasoner:
@@ -59,10 +90,32 @@ class Reasoner:
     self.encoders = Encoders(spec=spec, hidden=cfg.hidden,
                              init_mode=cfg.encoder_init)
     self.processor = build_processor(cfg.processor, cfg.hidden,
-                                     cfg.nb_triplet_fts, gate_bias)
+                                     cfg.nb_triplet_fts, gate_bias,
+                                     cfg.aggregation, cfg.latent_decay)
+    self.test_settings = cfg.test_processor_settings()
     self.decoders = Decoders(spec=spec,
                              names=self.output_names + self.hint_names,
                              hidden=cfg.hidden, nb_dims=nb_dims)
+
+  def for_test(self) -> 'Reasoner':
+    """This reasoner as the tests run it, on the same parameters: the
+    processor with model.test_aggregation and model.adaptive_temperature,
+    the permutation decoder's Sinkhorn at an adaptive temperature. Itself
+    when those change nothing."""
+    settings = self._test_settings(self.processor)
+    if (all(getattr(self.processor, k) == v for k, v in settings.items())
+        and not self.test_settings['adaptive_temperature']):
+      return self
+    other = copy.copy(self)
+    other.processor = self.processor.clone(**settings)
+    other.decoders = self.decoders.clone(
+        adaptive_temperature=self.test_settings['adaptive_temperature'])
+    return other
+
+  def _test_settings(self, processor) -> dict:
+    """The test settings `processor` has fields for."""
+    return {k: v for k, v in self.test_settings.items()
+            if hasattr(processor, k)}
 
   # --- the three stages, each with its own parameters -----------------------
   def encode(self, params, probes: dict, nb_nodes: int):

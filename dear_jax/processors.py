@@ -12,15 +12,26 @@ the fixed point. Both take `edge_terms` (layer name -> that layer applied to
 the edge features, for every name in EDGE_LAYERS): the stepwise NAR applies
 these linear layers to the edge features once per forward instead of once
 per step (`nar.EdgeMaps`).
+
+Both take `aggregation` ('max', the default, or 'softmax': Mirjanic et al.
+2023's soft max of each channel over the senders), `latent_decay` (lambda:
+the state enters as lambda * h, Mirjanic et al.'s decayed latent space; 1:
+off) and `adaptive_temperature` (the softmax aggregation's inverse
+temperature chosen from its entropy, Velickovic et al. 2024; for tests).
+The triplet path keeps its max, as in Mirjanic et al.'s code.
+docs/sharper.md.
 """
 
 from __future__ import annotations
+
+import numbers
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from dear_jax.encoders import haiku_init
+from dear_jax.temperature import adaptive_inverse_temperature
 
 BIG_NUMBER = 1e6
 
@@ -56,6 +67,57 @@ def _max_aggregate(msgs: jax.Array, adj: jax.Array) -> jax.Array:
   return jnp.max(jnp.where(adj[..., None] > 0, msgs, -BIG_NUMBER), axis=1)
 
 
+AGGREGATIONS = ('max', 'softmax')
+
+
+def softmax_aggregate(msgs: jax.Array, valid, axis: int,
+                      adaptive: bool = False) -> jax.Array:
+  """Each channel's soft max over the senders on `axis`: sum_i a_i m_i with
+  a = softmax_i(beta m_i) over the valid senders only (`valid`: bool, msgs'
+  shape without the channel axis, or None for all), beta = 1 or, with
+  `adaptive`, `adaptive_inverse_temperature`. Invalid senders get weight 0
+  (a finite mask, so a row without any gives 0, not NaN or a mean of the
+  masked values)."""
+  if valid is None:
+    logits = msgs
+  else:
+    valid = valid[..., None]
+    logits = jnp.where(valid, msgs, -BIG_NUMBER)
+  if adaptive:
+    logits = adaptive_inverse_temperature(logits, axis).astype(
+        msgs.dtype) * logits
+  weights = jax.nn.softmax(logits, axis=axis)
+  if valid is None:
+    return jnp.sum(weights * msgs, axis=axis)
+  # A row without any valid sender has uniform weights: the where makes it 0.
+  return jnp.sum(jnp.where(valid, weights * msgs, 0.0), axis=axis)
+
+
+def first_occurrences(senders: jax.Array) -> jax.Array:
+  """bool, senders' shape: entry k of a sender list is the first k with its
+  sender. Sender lists repeat a sender as padding, which leaves a max
+  unchanged but would count twice in a softmax."""
+  k = senders.shape[-1]
+  same = senders[..., :, None] == senders[..., None, :]
+  earlier = jnp.tril(jnp.ones((k, k), bool), -1)
+  return ~jnp.any(same & earlier, axis=-1)
+
+
+def check_aggregation(value: str, key: str = 'model.aggregation') -> None:
+  if value not in AGGREGATIONS:
+    raise ValueError(f'{key} must be one of {", ".join(AGGREGATIONS)}, got '
+                     f'{value!r}')
+
+
+def check_latent_decay(value, key: str = 'model.latent_decay') -> None:
+  """lambda in (0, 1]: 1 is off; above 1 the state would grow."""
+  ok = (isinstance(value, numbers.Real) and not isinstance(value, bool)
+        and 0 < value <= 1)
+  if not ok:
+    raise ValueError(f'{key} must be in (0, 1] (1: off; Mirjanic et al.: '
+                     f'0.9), got {value!r}')
+
+
 class TripletGMPNN(nn.Module):
   """CLRS Triplet-GMPNN: all-pairs max-MPNN, LayerNorm, gate bias -3."""
   hidden: int
@@ -64,6 +126,9 @@ class TripletGMPNN(nn.Module):
   gated: bool = True
   use_triplets: bool = True
   gate_bias: float = -3.0   # CLRS: the gate starts almost closed (h' ~ 0.95 h)
+  aggregation: str = 'max'  # AGGREGATIONS, of the node messages
+  latent_decay: float = 1.0
+  adaptive_temperature: bool = False
 
   def setup(self):
     dense = lambda n: nn.Dense(n, kernel_init=haiku_init)
@@ -104,12 +169,17 @@ class TripletGMPNN(nn.Module):
   def __call__(self, node_fts, edge_fts, graph_fts, adj, hidden,
                triplets: bool = True, edge_terms=None):
     del adj  # MPNN: every pair exchanges messages (dm-clrs sets adj to ones)
+    if self.latent_decay != 1.0:
+      hidden = self.latent_decay * hidden  # messages, gate and keep-path
     z = jnp.concatenate([node_fts, hidden], axis=-1)
     msgs = (self.m_1(z)[:, None, :] + self.m_2(z)[:, :, None] +
             self._edge('m_e', edge_fts, edge_terms) +
             self.m_g(graph_fts)[:, None, None])
     msgs = self.mlp_1(jax.nn.relu(self.mlp_0(jax.nn.relu(msgs))))
-    agg = jnp.max(msgs, axis=1)
+    if self.aggregation == 'softmax':
+      agg = softmax_aggregate(msgs, None, 1, self.adaptive_temperature)
+    else:
+      agg = jnp.max(msgs, axis=1)
     ret = jax.nn.relu(self.o1(z) + self.o2(agg))
     if self.use_ln:
       ret = self.ln(ret)
@@ -135,9 +205,14 @@ class GatedMaxMPNN(nn.Module):
   An integer `adj` ([B, N, K], `batches.aggregation_senders`) is each
   graph's own sender lists, self included: the same function as the dense
   [B, N, N] adjacency it lists, with K-wide message arrays; `edge_fts` (or
-  edge_terms['m_edge']) stays [B, N, N, .] and is gathered along the lists."""
+  edge_terms['m_edge']) stays [B, N, N, .] and is gathered along the lists.
+  A sender listed twice counts once in the softmax aggregation, as in the
+  dense adjacency."""
   hidden: int
   gate_bias: float = 0.0    # DEAR: no gate bias
+  aggregation: str = 'max'  # AGGREGATIONS
+  latent_decay: float = 1.0
+  adaptive_temperature: bool = False
   EDGE_LAYERS = ('m_edge',)
 
   @nn.compact
@@ -146,6 +221,8 @@ class GatedMaxMPNN(nn.Module):
     del triplets  # no edge latent: decoders see the encoded edges only
     dense = lambda n, name: nn.Dense(n, kernel_init=torch_uniform, name=name)
     h = self.hidden
+    if self.latent_decay != 1.0:
+      hidden = self.latent_decay * hidden  # messages, gate and keep-path
     z = jnp.concatenate([node_fts, hidden], axis=-1)
     receiver = dense(h, 'm_receiver')(z)
     sender = dense(h, 'm_sender')(z)
@@ -160,19 +237,25 @@ class GatedMaxMPNN(nn.Module):
       edge = (dense(h, 'm_edge')(edge_fts) if edge_terms is None
               else edge_terms['m_edge'])
     graph = dense(h, 'm_graph')(graph_fts)[:, None, None]
+    soft = self.aggregation == 'softmax'
+    soft_over = lambda valid, axis: lambda m: softmax_aggregate(
+        m, valid, axis, self.adaptive_temperature)
     if lists:
       msgs = (receiver[:, :, None] + jax.vmap(lambda s, i: s[i])(sender, adj)
               + edge + graph)
-      aggregate = lambda m: jnp.max(m, axis=2)
+      aggregate = (soft_over(first_occurrences(adj), 2) if soft else
+                   lambda m: jnp.max(m, axis=2))
     elif neighbours is None:
       # Message on edge i -> j at [:, i, j], from sender i and receiver j.
       msgs = receiver[:, None, :] + sender[:, :, None] + edge + graph
       with_self = jnp.maximum(adj, jnp.eye(node_fts.shape[1])[None])
-      aggregate = lambda m: _max_aggregate(m, with_self)
+      aggregate = (soft_over(with_self > 0, 1) if soft else
+                   lambda m: _max_aggregate(m, with_self))
     else:
       # Message from the k-th sender of j at [:, j, k].
       msgs = receiver[:, :, None] + sender[:, neighbours] + edge + graph
-      aggregate = lambda m: jnp.max(m, axis=2)
+      aggregate = (soft_over(first_occurrences(neighbours)[None], 2) if soft
+                   else lambda m: jnp.max(m, axis=2))
     for k in range(2):
       msgs = dense(h, f'mlp_{k}')(
           jax.nn.relu(nn.LayerNorm(epsilon=1e-5, name=f'mlp_ln_{k}')(msgs)))
@@ -196,10 +279,17 @@ def check_processor(kind: str, key: str = 'model.processor') -> None:
 
 
 def build_processor(kind: str, hidden: int, nb_triplet_fts: int = 8,
-                    gate_bias: float | None = None):
+                    gate_bias: float | None = None, aggregation: str = 'max',
+                    latent_decay: float = 1.0,
+                    adaptive_temperature: bool = False):
   """gate_bias None keeps the processor's own initial gate bias."""
   check_processor(kind)
-  extra = {} if gate_bias is None else dict(gate_bias=float(gate_bias))
+  check_aggregation(aggregation)
+  check_latent_decay(latent_decay)
+  extra = dict(aggregation=aggregation, latent_decay=float(latent_decay),
+               adaptive_temperature=bool(adaptive_temperature))
+  if gate_bias is not None:
+    extra['gate_bias'] = float(gate_bias)
   if kind == 'triplet_gmpnn':
     return TripletGMPNN(hidden=hidden, nb_triplet_fts=nb_triplet_fts, **extra)
   return GatedMaxMPNN(hidden=hidden, **extra)

@@ -49,7 +49,10 @@ _ADDED_LATER = {('dear', 'spectral_norm'): False, ('dear', 'check_graphs'): 0,
                 ('nar', 'learn_termination'): False,
                 ('nar', 'max_steps_factor'): 6.0,
                 ('data', 'extra_test_lengths'): [],
-                ('data', 'extra_test_num_samples'): 100}
+                ('data', 'extra_test_num_samples'): 100,
+                ('model', 'aggregation'): 'max', ('model', 'latent_decay'): 1.0,
+                ('model', 'test_aggregation'): None,
+                ('model', 'adaptive_temperature'): False}
 
 
 def upgrade_stored_config(d: dict) -> dict:
@@ -196,14 +199,16 @@ def evaluate(model, predict_fn, params, evalset, per_graph: bool = False) -> dic
 # Keys that change how a run executes, not what it computes: they may differ
 # on any rerun of a run folder.
 EXECUTION_KEYS = ('train.data_parallel', 'data.cache_dir')
-# Keys that change only how a trained model is tested (the test split and the
-# fixed-point checks after it), never the model: a finished run folder may be
+# Keys that change only how a trained model is tested (the test split, the
+# fixed-point checks after it, the model's test-only settings: Reasoner.
+# for_test), never the model nor its validation: a finished run folder may be
 # tested again with other values (--reevaluate), and its results.json then
 # records them under 'reevaluated_with' ({key: [value that trained, now]}).
 EVALUATION_KEYS = ('data.test_length', 'data.test_num_samples',
                    'data.extra_test_lengths', 'data.extra_test_num_samples',
                    'dear.diagnostics', 'dear.check_tol', 'dear.check_max_iter',
-                   'dear.check_graphs')
+                   'dear.check_graphs', 'model.test_aggregation',
+                   'model.adaptive_temperature')
 
 
 def _flat(d: dict, prefix: str = '') -> dict:
@@ -395,6 +400,7 @@ class FlaxLearner(loop.Learner):
     self.name = label or factory.model_label(config)
     self.model = config.model_kind
     self.net = self.predict = self.stack = None
+    self.test_net = self.test_predict = None
 
   def start(self, runs: list, progress: bool) -> None:
     config = self.config
@@ -403,6 +409,12 @@ class FlaxLearner(loop.Learner):
         config, self.spec, first.val_set.batches[0],
         jax.random.fold_in(jax.random.PRNGKey(first.seed), 0))
     self.net, self.predict = net, jax.jit(net.predict)
+    # The tests (evaluate with per_graph: the official test and the extra
+    # sizes) and DEAR's checks run the model's test settings; validation,
+    # and so model selection, the model as trained.
+    self.test_net = net.for_test()
+    self.test_predict = (self.predict if self.test_net is net
+                         else jax.jit(self.test_net.predict))
     optimizer = make_optimizer(config)
     states = []
     for j, run in enumerate(runs):
@@ -432,10 +444,12 @@ class FlaxLearner(loop.Learner):
     return jax.tree.map(jnp.copy, params), opt_state
 
   def evaluate(self, params, evalset, per_graph: bool = False) -> dict:
-    return evaluate(self.net, self.predict, params, evalset, per_graph)
+    if per_graph:
+      return evaluate(self.test_net, self.test_predict, params, evalset, True)
+    return evaluate(self.net, self.predict, params, evalset)
 
-  def warm(self, params, evalset) -> None:
-    self.predict(params, evalset.batches[0])
+  def warm(self, params, evalset) -> None:  # before each test only
+    self.test_predict(params, evalset.batches[0])
 
   def results(self, results, run, best_params, test, test_set) -> None:
     config = run.config
@@ -451,7 +465,7 @@ class FlaxLearner(loop.Learner):
     if config.model_kind == 'dear' and config.dear.diagnostics:
       checked = test_set.head(config.dear.check_graphs)
       results.update(diagnostics.checks(
-          self.net, best_params, checked, evaluate,
+          self.test_net, best_params, checked, evaluate,
           operating=test if checked is test_set else None,
           settings=diagnostics.CheckSettings(
               ref_tol=config.dear.check_tol,

@@ -32,7 +32,8 @@ def _literal_default():
       better_search=False, extra_test_lengths=(), extra_test_num_samples=100))
   c.model = ml_collections.ConfigDict(dict(
       processor='triplet_gmpnn', hidden=128, nb_triplet_fts=8,
-      encoder_init='xavier_on_scalars'))
+      encoder_init='xavier_on_scalars', aggregation='max', latent_decay=1.0,
+      test_aggregation=placeholder(str), adaptive_temperature=False))
   c.nar = ml_collections.ConfigDict(dict(
       hint_mode='encoded_decoded', learn_termination=False,
       max_steps_factor=6.0))
@@ -90,7 +91,7 @@ def test_the_defaults_are_the_values_the_preset_held():
 
 @pytest.mark.parametrize('section, key, kind', [
     ('data', 'val_num_samples', int), ('data', 'test_num_samples', int),
-    ('dear', 'align_teacher', str)])
+    ('dear', 'align_teacher', str), ('model', 'test_aggregation', str)])
 def test_keys_that_may_be_none_are_typed_placeholders(section, key, kind):
   config = default.get_config()
   assert config[section][key] is None

@@ -109,3 +109,18 @@ def test_dear_paper_presets_build_a_gated_max_mpnn_dear(path, steps, sizes):
   assert (s.tol, s.max_iter_eval, s.grad, s.anderson_ridge_relative) == (
       0.1, 40, 'jfb', False)
   assert model.jac_reg_weight == 1e-4
+
+
+def test_sharper_models_are_their_controls_with_one_option():
+  """results/sharper's models: dear and nar_lt as the study ran them, with
+  only the option changed."""
+  p = _resolve('--preset=dear10-cpu', '--models=dear,nar_lt,dear_softmax,'
+               'dear_decay,nar_lt_softmax,nar_lt_decay')
+  c = {m: cfg.to_dict() for m, cfg in p.configs.items()}
+  for base in ('dear', 'nar_lt'):
+    for option, key, value in (('softmax', 'aggregation', 'softmax'),
+                               ('decay', 'latent_decay', 0.9)):
+      got, want = c[f'{base}_{option}'], c[base]
+      assert got['model'][key] == value != want['model'][key]
+      got['model'][key] = want['model'][key]
+      assert got == want

@@ -1,0 +1,247 @@
+"""Softmax aggregation, latent decay and adaptive temperature against their
+controls, by test size (results/sharper/PROTOCOL.md; docs/sharper.md).
+
+    python -m baselines.sharper --out=results/sharper --control=results/dear10
+    python -m baselines.sharper --out=results/sharper --from_csv
+
+The first form gathers every finished run of the study's models in OUT and
+the controls' runs (same algorithms and seeds) in CONTROL into
+OUT/sharper.csv, one row per run and test size; both forms then write
+OUT/sharper.md and OUT/plots/sharper_*.png from that CSV alone, so the
+committed table and plots can be re-derived from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+
+from baselines import report
+from baselines import stats
+
+BASES = ('dear', 'nar_lt')
+# Option -> what its runs are (folder: model_name(base, option)).
+OPTIONS = {
+    'control': 'as the DEAR-10 study ran it (max aggregation, no decay)',
+    'softmax': 'trained and tested with softmax aggregation',
+    'softmax_at': 'the softmax runs re-tested with adaptive temperature',
+    'softmax_max': 'the softmax runs re-tested with max aggregation '
+                   '(Mirjanic et al.\'s code tests so)',
+    'decay': 'trained and tested with latent decay 0.9',
+}
+# (option, against): each difference the study reports.
+CONTRASTS = (('softmax', 'control'), ('decay', 'control'),
+             ('softmax_at', 'softmax'), ('softmax_max', 'softmax'))
+# Re-tests of the same trained model: also paired over the test graphs.
+RETESTS = {'softmax_at': 'softmax', 'softmax_max': 'softmax'}
+COLUMNS = ('algorithm', 'model', 'seed', 'nodes', 'graphs',
+           'test_score', 'eval_seconds_per_graph', 'solver_iters_mean',
+           'nonconverged_fraction', 'nar_steps_mean', 'algo_steps_mean',
+           'fixed_point_distance_mean', 'graph_diff_mean', 'graph_diff_low',
+           'graph_diff_high', 'graph_diff_n')
+
+
+def model_name(base: str, option: str) -> str:
+  """The run folder's model name: the base itself for the control."""
+  return base if option == 'control' else f'{base}_{option}'
+
+
+def _variants() -> dict:
+  return {model_name(b, o): (b, o) for b in BASES for o in OPTIONS}
+
+
+def _graph_scores(run: dict, nodes: int):
+  r = run['results']
+  if r.get('test_nodes') == nodes:
+    return r.get('test_graph_scores')
+  return (r.get('extra_tests') or {}).get(str(nodes), {}).get('graph_scores')
+
+
+def gather(out: str, control: str, seeds=None) -> list:
+  """One row (COLUMNS) per run and test size: OUT's runs of the study's
+  models, CONTROL's runs of the bases on OUT's algorithms (and `seeds`, or
+  the seeds OUT has). A re-test's row holds its paired difference over the
+  test graphs against the run it re-tested (graph_diff_*)."""
+  variants = _variants()
+  mine = [r for r in report.collect(out) if r['model'] in variants
+          and variants[r['model']][1] != 'control']
+  algorithms = {r['algorithm'] for r in mine}
+  seeds = set(seeds) if seeds is not None else {r['seed'] for r in mine}
+  controls = [r for r in report.collect(control) if r['model'] in BASES
+              and r['algorithm'] in algorithms]
+  runs = [r for r in mine + controls if r['seed'] in seeds]
+  by_key = {(r['algorithm'], r['model'], r['seed']): r for r in runs}
+  rows = []
+  for size in report.size_rows(runs):
+    run = by_key[size['algorithm'], size['model'], size['seed']]
+    base, option = variants[size['model']]
+    row = {k: size.get(k) for k in COLUMNS if k in size}
+    if size['nodes'] == run['results'].get('test_nodes'):
+      row['fixed_point_distance_mean'] = run['results'].get(
+          'fixed_point_distance_mean')
+    if option in RETESTS:
+      source = by_key.get((size['algorithm'],
+                           model_name(base, RETESTS[option]), size['seed']))
+      mine_g = _graph_scores(run, size['nodes'])
+      theirs = source and _graph_scores(source, size['nodes'])
+      if mine_g and theirs and len(mine_g) == len(theirs):
+        diff = stats.t_interval([a - b for a, b in zip(mine_g, theirs)])
+        row.update(graph_diff_mean=diff.mean, graph_diff_low=diff.low,
+                   graph_diff_high=diff.high, graph_diff_n=diff.n)
+    rows.append(row)
+  order = list(variants)
+  rows.sort(key=lambda r: (r['algorithm'], order.index(r['model']),
+                           r['seed'], r['nodes']))
+  return rows
+
+
+def read_csv(path: str) -> list:
+  """sharper.csv's rows, numbers as numbers (empty: None), with each
+  model's base and option."""
+  variants = _variants()
+  with open(path, newline='') as f:
+    rows = list(csv.DictReader(f))
+  for r in rows:
+    for k, v in r.items():
+      if k not in ('algorithm', 'model'):
+        r[k] = None if v == '' else float(v)
+    r['seed'], r['nodes'] = int(r['seed']), int(r['nodes'])
+    r['base'], r['option'] = variants[r['model']]
+  return rows
+
+
+def _cells(rows: list, algorithm: str, base: str, nodes: int) -> dict:
+  """option -> {seed: row} at one (algorithm, base, n)."""
+  out = {}
+  for r in rows:
+    if (r['algorithm'], r['base'], r['nodes']) == (algorithm, base, nodes):
+      out.setdefault(r['option'], {})[r['seed']] = r
+  return out
+
+
+def _mean_cell(per_seed: dict, key: str, scale: float, digits: int) -> str:
+  vals = [r[key] for r in per_seed.values() if r[key] is not None]
+  if not vals:
+    return '–'
+  cell = stats.t_interval(vals)
+  return f'{cell.format(scale, digits)} (n={cell.n})'
+
+
+def table_lines(rows: list) -> list:
+  """sharper.md's tables from sharper.csv's rows."""
+  keys = sorted({(r['algorithm'], r['base'], r['nodes']) for r in rows},
+                key=lambda k: (k[0], BASES.index(k[1]), k[2]))
+  options = [o for o in OPTIONS if any(r['option'] == o for r in rows)]
+  lines = ['## Test score (%, mean over seeds [95 % t interval], n = seeds)',
+           '', '| algorithm | model | n | ' + ' | '.join(options) + ' |',
+           '|' + '---|' * (len(options) + 3)]
+  for a, b, n in keys:
+    cells = _cells(rows, a, b, n)
+    lines.append(f'| {a} | `{b}` | {n} | ' + ' | '.join(
+        _mean_cell(cells.get(o, {}), 'test_score', 100, 1)
+        for o in options) + ' |')
+  lines += ['', '## Differences (points, paired over seeds [95 % t '
+            'interval]: better / worse where the interval excludes 0, else '
+            'indistinguishable; re-tests also paired over the test graphs '
+            'of each seed)', '',
+            '| algorithm | model | n | ' + ' | '.join(
+                f'{o} − {c}' for o, c in CONTRASTS) + ' |',
+            '|' + '---|' * (len(CONTRASTS) + 3)]
+  for a, b, n in keys:
+    cells = _cells(rows, a, b, n)
+    out = []
+    for o, c in CONTRASTS:
+      x = {s: r['test_score'] for s, r in cells.get(o, {}).items()}
+      y = {s: r['test_score'] for s, r in cells.get(c, {}).items()}
+      d = stats.paired_difference(x, y)
+      text = '–' if d is None else (f'{d.format(100, 1, signed=True)} '
+                                    f'{d.verdict()} (n={d.n})')
+      if o in RETESTS:
+        per_graph = [
+            f's{s}: {100 * r["graph_diff_mean"]:+.1f} '
+            f'[{100 * r["graph_diff_low"]:+.1f}, '
+            f'{100 * r["graph_diff_high"]:+.1f}]'
+            for s, r in sorted(cells.get(o, {}).items())
+            if r['graph_diff_low'] is not None]
+        if per_graph:
+          text += '; graphs ' + ', '.join(per_graph)
+      out.append(text)
+    lines.append(f'| {a} | `{b}` | {n} | ' + ' | '.join(out) + ' |')
+  dear = [k for k in keys if k[1] == 'dear']
+  if dear:
+    lines += ['', '## DEAR\'s solve (means over seeds): iterations / share '
+              'not converged / distance to H* (n=64 only: the fixed-point '
+              'checks)', '',
+              '| algorithm | n | ' + ' | '.join(options) + ' |',
+              '|' + '---|' * (len(options) + 2)]
+    for a, b, n in dear:
+      cells = _cells(rows, a, b, n)
+      out = []
+      for o in options:
+        per = list(cells.get(o, {}).values())
+        mean = lambda k, per=per: report.mean_std([r[k] for r in per])[0]
+        it, nc, fp = (mean('solver_iters_mean'),
+                      mean('nonconverged_fraction'),
+                      mean('fixed_point_distance_mean'))
+        out.append('–' if it is None else (
+            f'{it:.1f} / {100 * (nc or 0):.0f} % / '
+            + ('–' if fp is None else f'{fp:.3f}')))
+      lines.append(f'| {a} | {n} | ' + ' | '.join(out) + ' |')
+  return lines
+
+
+def write_all(out: str, rows: list) -> list:
+  """OUT/sharper.md and OUT/plots/sharper_BASE.png from `rows`
+  (sharper.csv's); the paths written."""
+  from baselines import plots  # pylint: disable=g-import-not-at-top
+  lines = ['# Sharper at scale: each option against its control', '',
+           'Generated by `python -m baselines.sharper` from sharper.csv '
+           '(results/sharper/PROTOCOL.md says what ran and how it is '
+           'compared). Options:', '']
+  lines += [f'- `{o}`: {what}' for o, what in OPTIONS.items()]
+  lines += [''] + table_lines(rows)
+  path = os.path.join(out, 'sharper.md')
+  with open(path, 'w') as f:
+    f.write('\n'.join(lines) + '\n')
+  written = [path]
+  os.makedirs(os.path.join(out, 'plots'), exist_ok=True)
+  for base in BASES:
+    mine = [r for r in rows if r['base'] == base]
+    if mine:
+      order = [model_name(base, o) for o in OPTIONS]
+      written.append(plots.by_size(
+          os.path.join(out, 'plots', f'sharper_{base}.png'), mine, order))
+  return written
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(prog='python -m baselines.sharper')
+  p.add_argument('--out', required=True, help='the study folder')
+  p.add_argument('--control', default=None,
+                 help='the folder of the control runs (results/dear10)')
+  p.add_argument('--from_csv', action='store_true',
+                 help='tables and plots from OUT/sharper.csv only')
+  args = p.parse_args(sys.argv[1:] if argv is None else argv)
+  path = os.path.join(args.out, 'sharper.csv')
+  if not args.from_csv:
+    if args.control is None:
+      print('error: give --control=FOLDER (or --from_csv)', file=sys.stderr)
+      return 2
+    report.write_csv(path, gather(args.out, args.control), COLUMNS)
+  if not os.path.exists(path):
+    print(f'error: {path} not found; run without --from_csv first',
+          file=sys.stderr)
+    return 2
+  rows = read_csv(path)
+  if not rows:
+    print(f'{path}: no runs yet; nothing to tabulate')
+    return 0
+  for written in write_all(args.out, rows):
+    print(written)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

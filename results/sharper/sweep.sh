@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The sharper-at-scale study's runs (PROTOCOL.md), cheapest algorithms first.
+# Resumable: rerun to continue; finished runs and re-tests are skipped.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+out=results/sharper
+common=(--preset=dear10-cpu --out="$out" --quiet --no_memory
+        --config.dear.check_graphs=256
+        --config.data.extra_test_lengths=128,256
+        --config.data.extra_test_num_samples=16)
+algorithms=(bfs mst_prim dag_shortest_paths)
+retest() {  # ALG MODEL SUFFIX --config.KEY=VALUE: the softmax runs re-tested
+  for s in 0 1; do
+    python -m baselines.retest --quiet \
+        --source="$out/runs/$1/$2_softmax/s$s" \
+        --dest="$out/runs/$1/$2_softmax_$3/s$s" "$4"
+  done
+}
+for alg in "${algorithms[@]}"; do
+  python -m baselines.compare "${common[@]}" --algorithms="$alg" \
+      --models=dear_softmax,dear_decay,nar_lt_softmax,nar_lt_decay --seeds=2
+  for model in dear nar_lt; do
+    retest "$alg" "$model" at --config.model.adaptive_temperature=True
+  done
+done
+for alg in "${algorithms[@]}"; do
+  for model in dear nar_lt; do
+    retest "$alg" "$model" max --config.model.test_aggregation=max
+  done
+done
+# compare's own report again, the re-tests included; then the study's tables
+python -m baselines.compare --report_only --out="$out"
+python -m baselines.sharper --out="$out" --control=results/dear10

@@ -1,0 +1,164 @@
+"""baselines.sharper: the study's CSV from run folders, and its tables and
+plots from that CSV, against intervals computed here by hand."""
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+from scipy import stats as scipy_stats
+
+from baselines import sharper
+from baselines import stats
+
+
+def _results(algorithm, seed, score, graph_scores, extra, **kw):
+  r = dict(algorithm=algorithm, model='dear', seed=seed, train_steps=10,
+           test_score=score, val_score=0.5, test_nodes=64,
+           test_graphs=len(graph_scores), train_seconds=1.0,
+           train_steps_per_second=1.0, eval_seconds_per_graph=0.01,
+           algo_steps_mean=5.0, num_params=1, config={},
+           test_graph_scores=graph_scores, extra_tests=extra)
+  r.update(kw)
+  return r
+
+
+def _write(folder, algorithm, model, seed, results):
+  d = os.path.join(folder, 'runs', algorithm, model, f's{seed}')
+  os.makedirs(d)
+  with open(os.path.join(d, 'results.json'), 'w') as f:
+    json.dump(results, f)
+
+
+def _extra(score, graph_scores):
+  return {'128': dict(score=score, graphs=len(graph_scores), nodes=128,
+                      batch_size=2, eval_seconds_per_graph=0.05,
+                      algo_steps_mean=9.0, solver_iters_mean=12.0,
+                      nonconverged_fraction=0.5, graph_scores=graph_scores)}
+
+
+def test_gather_pairs_options_with_controls_and_retests_with_their_runs(
+    tmp_path):
+  out, control = str(tmp_path / 'out'), str(tmp_path / 'control')
+  for seed in (0, 1, 2):  # the control folder has a third seed
+    _write(control, 'bfs', 'dear', seed, _results(
+        'bfs', seed, 0.9, [0.9, 0.9], _extra(0.8, [0.8, 0.8]),
+        fixed_point_distance_mean=0.01, solver_iters_mean=8.0,
+        nonconverged_fraction=0.0))
+  _write(control, 'dfs', 'dear', 0, _results('dfs', 0, 0.1, [0.1], {}))
+  for seed in (0, 1):
+    _write(out, 'bfs', 'dear_softmax', seed, _results(
+        'bfs', seed, 0.8, [1.0, 0.6], _extra(0.7, [0.9, 0.5])))
+    _write(out, 'bfs', 'dear_softmax_at', seed, _results(
+        'bfs', seed, 0.85, [1.0, 0.7], _extra(0.75, [1.0, 0.6 - seed / 10])))
+  rows = sharper.gather(out, control)
+  got = {(r['model'], r['seed'], r['nodes']) for r in rows}
+  assert got == {(m, s, n) for m in ('dear', 'dear_softmax', 'dear_softmax_at')
+                 for s in (0, 1) for n in (64, 128)}
+  at = {(r['seed'], r['nodes']): r for r in rows
+        if r['model'] == 'dear_softmax_at'}
+  # seed 1, n=128: graph differences 0.1 and 0.0
+  d = np.array([0.1, 0.0])
+  half = scipy_stats.t.ppf(0.975, 1) * d.std(ddof=1) / math.sqrt(2)
+  assert at[1, 128]['graph_diff_mean'] == pytest.approx(0.05)
+  assert at[1, 128]['graph_diff_high'] == pytest.approx(0.05 + half)
+  assert at[0, 64]['graph_diff_mean'] == pytest.approx(0.05)
+  ctrl = {(r['seed'], r['nodes']): r for r in rows if r['model'] == 'dear'}
+  assert ctrl[0, 64]['fixed_point_distance_mean'] == 0.01
+  assert ctrl[0, 128].get('fixed_point_distance_mean') is None
+
+
+def _csv(path, rows):
+  cols = sharper.COLUMNS
+  with open(path, 'w') as f:
+    f.write(','.join(cols) + '\n')
+    for r in rows:
+      f.write(','.join('' if r.get(c) is None else str(r[c]) for c in cols)
+              + '\n')
+
+
+def test_tables_and_plots_from_a_synthetic_csv(tmp_path):
+  base = dict(algorithm='mst_prim', graphs=4, eval_seconds_per_graph=0.02,
+              algo_steps_mean=3.0)
+  rows = []
+  scores = {'dear': (0.70, 0.74), 'dear_softmax': (0.80, 0.90),
+            'dear_softmax_at': (0.81, 0.93), 'dear_decay': (0.60,),
+            'nar_lt': (0.5, 0.6)}
+  for model, per_seed in scores.items():
+    for seed, score in enumerate(per_seed):
+      for nodes, shift in ((64, 0.0), (128, -0.1)):
+        rows.append(dict(base, model=model, seed=seed, nodes=nodes,
+                         test_score=score + shift, solver_iters_mean=(
+                             10.0 + seed if model.startswith('dear') else None),
+                         nonconverged_fraction=0.25 if model.startswith(
+                             'dear') else None,
+                         fixed_point_distance_mean=0.02 if nodes == 64 and
+                         model.startswith('dear') else None))
+      if model == 'dear_softmax_at':  # its difference over the test graphs
+        rows[-1].update(graph_diff_mean=0.01 + seed / 50, graph_diff_low=0.0,
+                        graph_diff_high=0.05, graph_diff_n=4)
+  path = tmp_path / 'sharper.csv'
+  _csv(path, rows)
+  written = sharper.write_all(str(tmp_path), sharper.read_csv(str(path)))
+  assert [os.path.basename(p) for p in written] == [
+      'sharper.md', 'sharper_dear.png', 'sharper_nar_lt.png']
+  assert all(os.path.getsize(p) > 1000 for p in written[1:])
+  md = (tmp_path / 'sharper.md').read_text()
+  t = scipy_stats.t.ppf(0.975, 1)
+
+  def cell(values):
+    v = 100 * np.asarray(values)
+    half = t * v.std(ddof=1) / math.sqrt(len(v))
+    return f'{v.mean():.1f} [{v.mean() - half:.1f}, {v.mean() + half:.1f}]'
+
+  line = next(l for l in md.splitlines()
+              if l.startswith('| mst_prim | `dear` | 64 |'))
+  assert (f'| {cell([0.70, 0.74])} (n=2) | {cell([0.80, 0.90])} (n=2) | '
+          f'{cell([0.81, 0.93])} (n=2) | 60.0 (n=1) |') in line
+  # softmax - control over seeds: +10, +16
+  diff = [l for l in md.splitlines()
+          if l.startswith('| mst_prim | `dear` | 128 |')][1]  # 2nd table
+  d = np.array([10.0, 16.0])
+  half = t * d.std(ddof=1) / math.sqrt(2)
+  assert (f'+13.0 [{13 - half:+.1f}, {13 + half:+.1f}] indistinguishable '
+          '(n=2)') in diff
+  assert f'-10.0 {stats.ONE_SEED} (n=1)' in diff  # decay: seed 0 only
+  # softmax_at - softmax: +1, +3 over seeds; over graphs as the CSV says
+  half = t * np.std([1.0, 3.0], ddof=1) / math.sqrt(2)
+  assert (f'+2.0 [{2 - half:+.1f}, {2 + half:+.1f}] indistinguishable (n=2);'
+          ' graphs s0: +1.0 [+0.0, +5.0], s1: +3.0 [+0.0, +5.0]') in diff
+  solve = next(l for l in md.splitlines() if l.startswith('| mst_prim | 64 |'))
+  assert '10.5 / 25 % / 0.020' in solve
+  assert '10.0 / 25 % / 0.020' in solve  # decay: seed 0 only
+
+
+def test_the_sweeps_commands_chain(tmp_path, cache_dir, monkeypatch):
+  """compare trains an option and its control (tiny), retest re-tests the
+  softmax run, baselines.sharper tabulates them: the sweep script's chain."""
+  from test_compare import _guard_environ, _tiny_overrides  # pylint: disable=g-import-not-at-top
+  from baselines import compare, retest  # pylint: disable=g-import-not-at-top
+  _guard_environ(monkeypatch)
+  out, control = tmp_path / 'out', tmp_path / 'control'
+  tiny = ['--preset=smoke', '--algorithms=bfs', '--seeds=1',
+          '--train_steps=1', '--eval_every=1', '--quiet', '--no_memory',
+          f'--cache_dir={cache_dir}', '--config.data.extra_test_lengths=6',
+          '--config.data.extra_test_num_samples=2'] + _tiny_overrides()
+  assert compare.main([f'--out={control}', '--models=dear'] + tiny) == 0
+  assert compare.main([f'--out={out}', '--models=dear_softmax'] + tiny) == 0
+  runs = out / 'runs' / 'bfs'
+  assert retest.main([f'--source={runs / "dear_softmax" / "s0"}',
+                      f'--dest={runs / "dear_softmax_at" / "s0"}', '--quiet',
+                      '--config.model.adaptive_temperature=True']) == 0
+  assert sharper.main([f'--out={out}', f'--control={control}']) == 0
+  rows = sharper.read_csv(str(out / 'sharper.csv'))
+  assert {(r['option'], r['nodes']) for r in rows} == {
+      (o, n) for o in ('control', 'softmax', 'softmax_at') for n in (5, 6)}
+  at = [r for r in rows if r['option'] == 'softmax_at']
+  assert all(r['graph_diff_n'] is not None for r in at)
+  md = (out / 'sharper.md').read_text()
+  assert '| bfs | `dear` | 6 |' in md
+  # the tables again from the CSV alone, identical
+  (out / 'sharper.md').unlink()
+  assert sharper.main([f'--out={out}', '--from_csv']) == 0
+  assert (out / 'sharper.md').read_text() == md
