@@ -129,3 +129,24 @@ def test_the_committed_index_is_generated_from_the_models():
     assert f.read() == pretrained.index_text(ROOT), (
         'pretrained/README.md is out of date: run '
         '`python -m dear_jax.pretrained --index=pretrained`')
+
+
+def test_a_run_with_test_settings_is_tested_with_them(tmp_path):
+  """A run tested with a test-only setting (adaptive temperature of its
+  softmax aggregation) is scored with it here too; validation without it."""
+  from conftest import tiny_config  # pylint: disable=g-import-not-at-top
+  from dear_jax import train  # pylint: disable=g-import-not-at-top
+  config = tiny_config(tmp_path / 'data', kind='dear', steps=2)
+  config.model.processor = 'gmpnn'
+  config.model.hidden = 8
+  config.model.aggregation = 'softmax'
+  config.model.adaptive_temperature = True
+  config.dear.diagnostics = False
+  workdir = tmp_path / 'w'
+  results = train.train_and_evaluate(config, str(workdir), 'bfs',
+                                     progress=False)
+  test = pretrained.evaluate(str(workdir), 'test')
+  assert test['solver_iterations'] == results['solver_iterations']
+  assert test['graph_scores'] == results['test_graph_scores']
+  assert pretrained.evaluate(str(workdir), 'val')['score'] == \
+      results['val_score']
