@@ -46,6 +46,7 @@ _OLD_ABSENT = {('data', 'val_num_samples'): 0, ('data', 'test_num_samples'): 0,
 # Keys added after configs were stored, with the value that reproduces what
 # those runs did: a stored config without one reads as having it.
 _ADDED_LATER = {('dear', 'spectral_norm'): False, ('dear', 'check_graphs'): 0,
+                ('dear', 'broyden_history'): 0,
                 ('nar', 'learn_termination'): False,
                 ('nar', 'max_steps_factor'): 6.0,
                 ('data', 'extra_test_lengths'): [],

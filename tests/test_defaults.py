@@ -40,7 +40,7 @@ def _literal_default():
       method='anderson', max_iter_train=40, max_iter_eval=100, tol=1e-3,
       tol_mode='rel', anderson_history=6, anderson_ridge=1e-4,
       anderson_ridge_relative=True, anderson_beta=1.0, damping=1.0,
-      grad='ift', phantom_steps=5, phantom_tau=0.5,
+      broyden_history=0, grad='ift', phantom_steps=5, phantom_tau=0.5,
       backward_solver='anderson', backward_tol=1e-3, backward_max_iter=40,
       jac_reg_weight=0.1, state_noise=0.0, init_state_std=0.0, gate_bias=0.0,
       spectral_norm=False, stochastic_alpha=0.0, stochastic_decay=0.998,
