@@ -97,8 +97,10 @@ class Configured:
   """A registered solver or gradient: it owns the config keys it reads.
   KEYS: {its field: the `dear` key that sets it}; `from_config` builds it
   from a SolverConfig, `check` names a bad value of its keys. Every
-  registered class checks its keys on every config, whichever it runs."""
+  registered class checks its keys on every config, whichever it runs.
+  LABEL and WORDS name it in tables and in prose (the notebooks' text)."""
   KEYS: dict = {}
+  LABEL = WORDS = ''
 
   @classmethod
   def from_config(cls, cfg):
@@ -196,6 +198,7 @@ class Anderson(Configured):
   beta: float = 1.0
   KEYS = dict(history='anderson_history', ridge='anderson_ridge',
               ridge_relative='anderson_ridge_relative', beta='anderson_beta')
+  LABEL, WORDS = 'Anderson', 'Anderson acceleration'
 
   @classmethod
   def check(cls, cfg, prefix):
@@ -245,6 +248,7 @@ class FixedPoint(Configured):
   jaxopt's FixedPointIteration on the damped map. The state is x."""
   damping: float = 1.0
   KEYS = dict(damping='damping')
+  LABEL, WORDS = 'fixed point', 'plain fixed-point iteration'
 
   @classmethod
   def check(cls, cfg, prefix):
@@ -275,6 +279,7 @@ class Broyden(Configured):
   `broyden_history`, or `anderson_history` when that is 0 (as it always was
   before Broyden had its own key)."""
   history: int = 6
+  LABEL, WORDS = 'Broyden', "Broyden's method"
 
   @classmethod
   def from_config(cls, cfg):
@@ -511,6 +516,8 @@ class Implicit(Gradient):
   normal-CG). `config`: the run's SolverConfig, whose anderson_* keys also
   set the adjoint's Anderson."""
   config: SolverConfig
+  LABEL = 'IFT'
+  WORDS = 'the implicit gradient (implicit function theorem)'
 
   @classmethod
   def from_config(cls, cfg):
@@ -552,6 +559,7 @@ class Implicit(Gradient):
 class OneStep(Gradient):
   """DEAR's 1-step (Jacobian-free) gradient: no gradient through the
   forward loop (h* is a constant); the model's own call at h* carries it."""
+  LABEL, WORDS = '1-step (JFB)', "DEAR's 1-step gradient"
 
   def solve(self, forward, fm, h0, params, args, mask):
     h, stats = forward(*lax.stop_gradient((h0, params, args, h0)), mask)
@@ -566,6 +574,7 @@ class Phantom(OneStep):
   steps: int = 5
   tau: float = 0.5
   KEYS = dict(steps='phantom_steps', tau='phantom_tau')
+  LABEL, WORDS = 'phantom', 'the phantom gradient'
 
   @classmethod
   def check(cls, cfg, prefix):
