@@ -50,7 +50,8 @@ _ADDED_LATER = {('dear', 'spectral_norm'): False, ('dear', 'check_graphs'): 0,
                 ('nar', 'learn_termination'): False,
                 ('nar', 'max_steps_factor'): 6.0,
                 ('data', 'extra_test_lengths'): [],
-                ('data', 'extra_test_num_samples'): 100}
+                ('data', 'extra_test_num_samples'): 100,
+                ('data', 'options'): []}
 
 
 def upgrade_stored_config(d: dict) -> dict:

@@ -985,7 +985,7 @@ def results_notebook():
           import matplotlib.pyplot as plt
           import matplotlib.ticker
           from IPython.display import Markdown, display
-          from baselines import compare, plots, report  # noqa: F401  (plots selects Agg)
+          from baselines import compare, plots, report, variants  # noqa: F401  (plots: Agg)
           %matplotlib inline
           """, SMOKE_COMPARE, """
 
@@ -1045,7 +1045,7 @@ def results_notebook():
                   display(Markdown(f.read().split('\\n', 1)[1]))  # without its title
               algorithms = sorted({r['algorithm'] for r in rows})
               models = [m for m in compare.MODELS if any(r['model'] == m for r in rows)]
-              color = lambda m: plots.COLORS.get(m, 'gray')
+              color = lambda m: variants.colours().get(m, 'gray')
               width = 0.8 / len(models)
               x = np.arange(len(algorithms))
 

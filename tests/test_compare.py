@@ -599,7 +599,8 @@ def test_a_key_added_later_reads_as_its_old_behaviour(tmp_path):
   old = dict(dear=dict(dear=dict(tol=1e-3)))
   for value, refused in ((False, False), (True, True)):
     _resume_over(tmp_path, old,
-                 dict(dear=dict(dear=dict(tol=1e-3, spectral_norm=value))),
+                 dict(dear=dict(dear=dict(tol=1e-3, spectral_norm=value,
+                                          broyden_history=0))),
                  'spectral_norm' if refused else None)
 
 
@@ -607,8 +608,10 @@ def test_a_changed_default_names_the_flag_that_resumes_the_dir(tmp_path):
   """A DIR written under another default of a model's config value: the
   refusal names the --config flag that would resume it as it was, and that
   value is then accepted."""
-  old = dict(dear=dict(dear=dict(jac_reg_weight=0.01, spectral_norm=False)))
-  new = dict(dear=dict(dear=dict(jac_reg_weight=0.1, spectral_norm=False)))
+  old = dict(dear=dict(dear=dict(jac_reg_weight=0.01, spectral_norm=False,
+                                 broyden_history=0)))
+  new = dict(dear=dict(dear=dict(jac_reg_weight=0.1, spectral_norm=False,
+                                 broyden_history=0)))
   _resume_over(tmp_path, old, new,
                r'jac_reg_weight: 0\.01 there, 0\.1 now\); use another --out, '
                r'or pass --config\.dear\.jac_reg_weight=0\.01 to resume it')
@@ -628,7 +631,8 @@ def test_after_training_checks_may_differ_within_a_dir(tmp_path):
   keeps its own), but not with another model setting beside them."""
   def dear(**kw):
     return dict(dear=dict(dear=dict(dict(jac_reg_weight=0.01,
-                                         spectral_norm=False), **kw)))
+                                         spectral_norm=False,
+                                         broyden_history=0), **kw)))
   old = dear(check_max_iter=1000)  # written before check_graphs existed
   _resume_over(tmp_path, old, dear(check_graphs=256, check_max_iter=300),
                None)
@@ -689,7 +693,8 @@ def test_sweeps_started_together_on_one_dir_take_turns(tmp_path):
   protocol.json.tmp and one died; now the second waits for the first's
   read-merge-write, and both sets of algorithms end up in the file."""
   plan = types.SimpleNamespace(out=str(tmp_path))
-  models = dict(dear=dict(dear=dict(jac_reg_weight=0.01, spectral_norm=False)))
+  models = dict(dear=dict(dear=dict(jac_reg_weight=0.01, spectral_norm=False,
+                                    broyden_history=0)))
 
   def write(algorithm):
     protocol.check_and_write(

@@ -29,7 +29,8 @@ def _literal_default():
       val_length=16, test_length=64, val_num_samples=placeholder(int),
       test_num_samples=placeholder(int), eval_batch_size=32,
       cache_dir='~/.cache/dear_jax/datasets', recorded_stream=False,
-      better_search=False, extra_test_lengths=(), extra_test_num_samples=100))
+      better_search=False, extra_test_lengths=(), extra_test_num_samples=100,
+      options=()))
   c.model = ml_collections.ConfigDict(dict(
       processor='triplet_gmpnn', hidden=128, nb_triplet_fts=8,
       encoder_init='xavier_on_scalars'))
