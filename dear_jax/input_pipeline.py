@@ -56,11 +56,6 @@ class DataConfig(sections.Section):
   # samplers of its own algorithms (train, val and test data, cache keys).
   options: tuple = ()
 
-  def option(self, algorithm: str) -> str | None:
-    """The data option that changes `algorithm`'s samplers, if any."""
-    return clrs_lib.data_option(algorithm, self.options + (
-        ('better_search',) if self.better_search else ()))
-
   def __post_init__(self):
     super().__post_init__()
     for name in ('train_sizes', 'extra_test_lengths'):
@@ -97,6 +92,14 @@ class DataConfig(sections.Section):
                        f'{", ".join(known)}, got {v.options!r}')
 
 
+def data_option(algorithm: str, cfg) -> str | None:
+  """The data option of `cfg` (a DataConfig or the `data` section) that
+  changes `algorithm`'s samplers, if any; better_search is one."""
+  options = tuple(getattr(cfg, 'options', ()))
+  return clrs_lib.data_option(algorithm, options + (
+      ('better_search',) if cfg.better_search else ()))
+
+
 def training_sizes(algorithm: str, sizes: Sequence[int]) -> tuple:
   """run.py trains the string matchers on a single size, max(sizes)*5//4."""
   if algorithm in clrs_lib.STRING_MATCHERS:
@@ -125,7 +128,7 @@ class TrainStream:
     self._sizes = training_sizes(algorithm, cfg.train_sizes)
     self._samplers = [
         clrs_lib.build_sampler(
-            algorithm, cfg.option(algorithm), num_samples=-1, length=n,
+            algorithm, data_option(algorithm, cfg), num_samples=-1, length=n,
             seed=rng.randint(2**32), track_max_steps=False,
             **clrs_lib.train_sampler_kwargs(algorithm, n))
         for n in self._sizes]
@@ -184,8 +187,8 @@ class RecordedStream:
                     sizes=list(training_sizes(algorithm, cfg.train_sizes)),
                     schedule=cfg.size_schedule, batch_size=cfg.batch_size,
                     seed=int(seed), keep_hints=bool(keep_hints))
-    if cfg.option(algorithm):
-      protocol[cfg.option(algorithm)] = True
+    if data_option(algorithm, cfg):
+      protocol[data_option(algorithm, cfg)] = True
     self._dir = os.path.join(os.path.expanduser(cfg.cache_dir),
                              'stream-' + clrs_lib.protocol_key(protocol))
     os.makedirs(self._dir, exist_ok=True)

@@ -17,6 +17,7 @@ import numpy as np
 
 from dear_jax import batches as batch_lib
 from dear_jax import clrs_lib
+from dear_jax import input_pipeline
 from dear_jax.batches import Batch, Spec
 from dear_jax.input_pipeline import DataConfig
 
@@ -77,8 +78,9 @@ def _split_protocol(algorithm: str, split: str, cfg: DataConfig,
       protocol['length'] = int(length)
     if num_samples is not None:
       protocol['num_samples'] = int(num_samples)
-  if cfg.option(algorithm):
-    protocol[cfg.option(algorithm)] = True
+  option = input_pipeline.data_option(algorithm, cfg)
+  if option:
+    protocol[option] = True
   return protocol
 
 

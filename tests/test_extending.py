@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import cli_args, tiny_config
-from dear_jax import clrs_lib, processors, run, solver
+from dear_jax import clrs_lib, input_pipeline, processors, run, solver
 from dear_jax.input_pipeline import DataConfig
 
 README = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'README.md')
@@ -145,8 +145,8 @@ def test_unroll2_is_two_steps_from_the_detached_fixed_point(ext):
 def test_the_data_option_changes_only_its_algorithm(ext):
   del ext
   cfg = DataConfig(options=('coarse',))
-  assert cfg.option('insertion_sort') == 'coarse'
-  assert cfg.option('bfs') is None
+  assert input_pipeline.data_option('insertion_sort', cfg) == 'coarse'
+  assert input_pipeline.data_option('bfs', cfg) is None
   kw = dict(num_samples=4, length=6, seed=0)
   keys = lambda s: next(dp.data for dp in s.next().features.inputs
                         if dp.name == 'key')
@@ -175,3 +175,58 @@ def test_the_readme_command_trains_and_records_its_names(ext, tmp_path,
   assert results['config']['data']['options'] == ['coarse']
   assert np.isfinite(results['test_score'])
   assert len(results['solver_iterations']) == results['test_graphs']
+
+
+def test_help_lists_the_registered_names(ext, capsys):
+  del ext
+  assert run.main(['run', '--help']) == 0
+  out = capsys.readouterr().out
+  for line in ('  model.processor: triplet_gmpnn, gmpnn, mean_mpnn',
+               '  dear.method: anderson, fixed_point, broyden, mann',
+               '  dear.grad: ift, phantom, jfb, unroll2',
+               '  data.options: better_search, coarse'):
+    assert line in out.splitlines()
+
+
+# --- a model's own keys: the loop asks the model, never which model it is ----
+
+def test_each_model_adds_its_own_keys(finished_run):
+  """DEAR's solver statistics reach metrics.jsonl and results.json, the
+  NAR's hint mode results.json, and neither gets the other's (the keys the
+  loop wrote when it asked which model ran)."""
+  solver_logged = {'solver_iters_mean', 'solver_iters_p95',
+                   'nonconverged_fraction'}
+  for kind in ('dear', 'nar'):
+    run_ = finished_run(kind)
+    with open(run_.workdir / 'metrics.jsonl') as f:
+      records = [json.loads(line) for line in f]
+    assert records
+    for record in records:
+      assert set(record) == {'step', 'val_score'} | (
+          solver_logged if kind == 'dear' else set())
+    r = run_.results
+    if kind == 'dear':
+      assert 'hint_mode' not in r and 'iterations' not in r
+      assert len(r['solver_iterations']) == r['test_graphs']
+      assert r['test_algo_steps'] == [
+          s - 1 for s in _test_lengths(run_)]
+      assert r['solver_iters_mean'] == pytest.approx(
+          np.mean(r['solver_iterations']))
+    else:
+      assert r['hint_mode'] == 'encoded_decoded'
+      assert not any(k.startswith(('solver', 'nonconv')) for k in r)
+
+
+def _test_lengths(run_) -> list:
+  from dear_jax import splits  # pylint: disable=g-import-not-at-top
+  test = splits.load_split('bfs', 'test', run_.config.data, keep_hints=False)
+  return [int(n) for n in test.lengths]
+
+
+def test_deqs_progress_entries_are_its_solver_statistics():
+  from dear_jax.dear import EquilibriumReasoner  # pylint: disable=g-import-not-at-top
+  stats = solver.SolveStats(*(np.array(v) for v in (
+      [2, 3, 6, 1], [True, False, True, False], [0.0] * 4, [0.0] * 4,
+      [0] * 4, [0] * 4)))
+  assert EquilibriumReasoner.progress(None, {'solver': stats}) == dict(
+      iters='3.0', nonconv='50%')
