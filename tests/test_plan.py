@@ -109,3 +109,25 @@ def test_dear_paper_presets_build_a_gated_max_mpnn_dear(path, steps, sizes):
   assert (s.tol, s.max_iter_eval, s.grad, s.anderson_ridge_relative) == (
       0.1, 40, 'jfb', False)
   assert model.jac_reg_weight == 1e-4
+
+
+def test_a_variant_added_to_the_table_is_a_model_compare_trains():
+  """One Variant (baselines/variants.py) is all a new compared model takes:
+  its overrides and hint mode reach its config, its teacher trains first,
+  its colour reaches the plots."""
+  from baselines import plots, variants  # pylint: disable=g-import-not-at-top
+  new = variants.Variant('nar_small', 'nar', 'none', {'model.hidden': 8},
+                         teacher='nar', colour='tab:brown')
+  variants.add(new)
+  try:
+    p = _resolve('--models=nar_small,nar')
+    assert p.models == ('nar', 'nar_small')
+    config = p.configs['nar_small']
+    assert (config.model.hidden, config.nar.hint_mode) == (8, 'none')
+    assert p.configs['nar'].model.hidden == 128
+    assert plots._color('nar_small', 0) == 'tab:brown'  # pylint: disable=protected-access
+    assert not variants.official('nar_small')
+    with pytest.raises(plan.CompareError, match='add nar to --models'):
+      _resolve('--models=nar_small')
+  finally:
+    del variants.VARIANTS['nar_small']
