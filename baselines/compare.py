@@ -48,6 +48,7 @@ from . import executors
 from . import plan as plan_lib
 from . import protocol as protocol_lib
 from . import report
+from . import variants
 from dear_jax import compile_cache
 from dear_jax import profiling
 from .executors import run_dir, train_one  # noqa: F401 (API)
@@ -237,8 +238,8 @@ def main(argv=None) -> int:
     return report_only(args.out)
   compile_cache.enable(args.jax_cache)  # Ray workers: executors.worker_setup
   local = args.executor == 'local'
-  if local and 'clrs_official' in (args.models or
-                                   PRESETS[args.preset]['models']):
+  if local and any(variants.official(m) for m in (
+      args.models or PRESETS[args.preset]['models']) if m in variants.VARIANTS):
     # BaselineModel runs on one device only (as baselines.clrs_official);
     # a Ray task sees the devices Ray gives it.
     os.environ.setdefault('CUDA_VISIBLE_DEVICES', '0')
@@ -260,7 +261,7 @@ def main(argv=None) -> int:
     protocol_lib.check_and_write(plan, protocol_lib.build(plan), info)
   except CompareError as e:
     return _fail(str(e))
-  if local and 'clrs_official' in plan.models:
+  if local and any(variants.official(m) for m in plan.models):
     from . import clrs_official  # pylint: disable=g-import-not-at-top
     try:
       clrs_official.check_single_device()

@@ -27,7 +27,8 @@ import tempfile
 import time
 import warnings
 
-from .plan import MODEL_SETTINGS, TEACHERS, CompareError, Plan, run_dir
+from . import variants
+from .plan import CompareError, Plan, run_dir
 
 # Set in every Ray worker (start_ray); _task_options adds per-task ones.
 _WORKER_ENV = {'TF_CPP_MIN_LOG_LEVEL': '3'}
@@ -35,17 +36,17 @@ _WORKER_ENV = {'TF_CPP_MIN_LOG_LEVEL': '3'}
 
 def train_one(plan: Plan, algorithm: str, model: str, seed: int) -> dict:
   workdir = run_dir(plan.out, algorithm, model, seed)
-  if model == 'clrs_official':
+  if variants.official(model):
     from . import clrs_official  # pylint: disable=g-import-not-at-top
     return clrs_official.train_official(
         algorithm, seed=seed, train_steps=plan.train_steps,
-        hint_mode=MODEL_SETTINGS[model][1], data_cfg=plan.official_data,
+        hint_mode=variants.VARIANTS[model].hint_mode, data_cfg=plan.official_data,
         workdir=workdir, eval_every=plan.eval_every, progress=plan.progress)
   from dear_jax import run_config, train  # pylint: disable=g-import-not-at-top
   config = run_config.typed(plan.configs[model]).with_seed(seed)
-  if model in TEACHERS:  # this sweep's run of the teacher, same seed
+  if variants.teacher(model):  # this sweep's run of the teacher, same seed
     config = config.with_values({'dear.align_teacher': os.path.abspath(
-        run_dir(plan.out, algorithm, TEACHERS[model], seed))})
+        run_dir(plan.out, algorithm, variants.teacher(model), seed))})
   return train.train_and_evaluate(config, workdir, algorithm,
                                   progress=plan.progress, label=model)
 
@@ -69,7 +70,7 @@ def _stackable(plan: Plan, model: str) -> bool:
   """Seeds of this model train as one stack (not the official model, not a
   student, whose teacher differs per seed)."""
   return (plan.stack_seeds and len(plan.seeds) > 1 and
-          model != 'clrs_official' and model not in TEACHERS)
+          not variants.official(model) and not variants.teacher(model))
 
 
 def _jobs(plan: Plan) -> list:
@@ -186,18 +187,18 @@ def ray_task(plan: Plan, algorithm: str, model: str, seed: int,
   results and its files (and the model's memory.json when `memory`).
 
   teacher: the task result (or {'files': ...}) of the run this model trains
-  against (plan.TEACHERS), laid into the temporary --out first; a stack's
+  against (its variant's teacher), laid into the temporary --out first; a stack's
   result (ray_stack_task) gives this seed's run."""
   _worker_setup()
   t0 = time.time()
   if teacher is not None and 'runs' in teacher:
     if seed not in teacher['runs']:
-      raise RuntimeError(f'its teacher {TEACHERS[model]} seed {seed} failed')
+      raise RuntimeError(f'its teacher {variants.teacher(model)} seed {seed} failed')
     teacher = teacher['runs'][seed]
   with tempfile.TemporaryDirectory(prefix='dear_jax_ray_') as tmp:
     local = dataclasses.replace(plan, out=tmp, progress=False)
     if teacher is not None:
-      write_files(tmp, _rel(algorithm, TEACHERS[model], seed),
+      write_files(tmp, _rel(algorithm, variants.teacher(model), seed),
                   teacher['files'])
     results = train(local, algorithm, model, seed)
     files = _read_tree(tmp, _rel(algorithm, model, seed))
@@ -425,12 +426,12 @@ def run_ray(plan: Plan, opts: RayOptions, train=None) -> int | None:
         ref = remote_stack.remote(plan_ref, a, m, seeds, memory, _train_stack)
       else:
         s = seeds[0]
-        teacher, key = None, (a, TEACHERS.get(m), s)
+        teacher, key = None, (a, variants.teacher(m), s)
         if key in submitted:
           # Ray starts this task once its teacher's has returned (and fails
           # it if that one failed).
           teacher = submitted[key]
-        elif m in TEACHERS:  # finished earlier: sent from DIR
+        elif variants.teacher(m):  # finished earlier: sent from DIR
           teacher = dict(files=_read_tree(plan.out, _rel(*key)))
         ref = remote.remote(plan_ref, a, m, s, memory, train, teacher)
       refs[ref] = job
@@ -445,8 +446,8 @@ def run_ray(plan: Plan, opts: RayOptions, train=None) -> int | None:
           got = ray.get(ref)
         except Exception as e:  # pylint: disable=broad-except
           s = seeds[0]
-          teacher = submitted.get((a, TEACHERS.get(m), s))
-          why = (f'its teacher {TEACHERS[m]} seed {s} failed'
+          teacher = submitted.get((a, variants.teacher(m), s))
+          why = (f'its teacher {variants.teacher(m)} seed {s} failed'
                  if teacher is not None and _teacher_failed(ray, teacher, s)
                  else _failure_line(e))
           what = labels[0] if len(seeds) == 1 else _group_name(a, m, seeds)

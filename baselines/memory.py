@@ -7,7 +7,8 @@ import dataclasses
 import json
 import os
 
-from .plan import MODEL_SETTINGS, TEACHERS, Plan, run_dir
+from . import variants
+from .plan import Plan, run_dir
 from dear_jax import profiling
 
 
@@ -39,15 +40,15 @@ def train_step_mb(plan: Plan, algorithm: str, model: str) -> float | None:
   from dear_jax import clrs_lib  # pylint: disable=g-import-not-at-top
   from dear_jax import factory, run_config, train  # pylint: disable=g-import-not-at-top
   spec = clrs_lib.processed_spec(algorithm)
-  if model == 'clrs_official':
+  if variants.official(model):
     batch = _largest_train_batch(algorithm, plan.official_data, True)
-    mb = official_step_mb(spec, batch, MODEL_SETTINGS[model][1])
+    mb = official_step_mb(spec, batch, variants.VARIANTS[model].hint_mode)
   else:
     config = plan.configs[model]
-    if model in TEACHERS:  # the step includes the teacher: the sweep's own
+    if variants.teacher(model):  # the step includes the teacher: the sweep's own
       config = run_config.typed(config).with_values({
           'dear.align_teacher': os.path.abspath(run_dir(
-              plan.out, algorithm, TEACHERS[model], plan.seeds[0]))})
+              plan.out, algorithm, variants.teacher(model), plan.seeds[0]))})
     batch = _largest_train_batch(algorithm, train.data_config(config),
                                  factory.uses_hints(config))
     mb = train.train_step_mb(config, spec, batch, batch)

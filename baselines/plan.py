@@ -11,49 +11,17 @@ import copy
 import dataclasses
 import os
 
+from . import variants
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-MODELS = ('dear', 'dear_cgp', 'dear_align', 'dear_paper', 'nar',
-          'nar_nohint', 'nar_lt', 'clrs_official', 'dear_softmax',
-          'dear_decay', 'nar_lt_softmax', 'nar_lt_decay')
+# The compared models: baselines/variants.py's table (these names as loaded).
+MODELS = tuple(variants.VARIANTS)
 # The six models of the DEAR-10 presets.
 DEAR10_MODELS = ('dear', 'dear_cgp', 'dear_align', 'nar', 'nar_nohint',
                  'clrs_official')
-# dear_jax model_kind and NAR hint mode behind each compared model name.
-MODEL_SETTINGS = {'dear': ('dear', None), 'dear_cgp': ('dear', None),
-                  'dear_align': ('dear', None), 'dear_paper': ('dear', None),
-                  'nar': ('nar', 'encoded_decoded'),
-                  'nar_nohint': ('nar', 'none'),
-                  'nar_lt': ('nar', 'none'),
-                  'clrs_official': (None, 'encoded_decoded'),
-                  'dear_softmax': ('dear', None), 'dear_decay': ('dear', None),
-                  'nar_lt_softmax': ('nar', 'none'),
-                  'nar_lt_decay': ('nar', 'none')}
-# DEAR's own parts on top of the dear config. dear_align is the paper's
-# "DEAR w/ GAS" without GRANOLA (not ported): alignment with DEAR's weight
-# and stochastic extra iterations with DEAR's alpha. nar_lt: DEAR's "NAR
-# (LT)", the no-hint NAR that learns when to stop (told no step count).
-MODEL_OVERRIDES = {'dear_cgp': {'dear.cgp': True},
-                   'dear_align': {'dear.align_weight': 0.01,
-                                  'dear.stochastic_alpha': 0.1},
-                   'nar_lt': {'nar.learn_termination': True}}
-# dear and nar_lt with Mirjanic et al.'s softmax aggregation or latent decay
-# (their 0.9): results/sharper/PROTOCOL.md.
-MODEL_OVERRIDES.update({
-    'dear_softmax': {'model.aggregation': 'softmax'},
-    'dear_decay': {'model.latent_decay': 0.9},
-    'nar_lt_softmax': {'nar.learn_termination': True,
-                       'model.aggregation': 'softmax'},
-    'nar_lt_decay': {'nar.learn_termination': True,
-                     'model.latent_decay': 0.9}})
-# Models whose model, solver and optimiser come from a config file of their
-# own (with the sweep's --config overrides): DEAR's release, trained on the
-# sweep's data for the sweep's steps, beside our default `dear`.
-MODEL_FILES = {'dear_paper': ('configs/dear_paper.py',
-                              ('model', 'dear', 'train.learning_rate'))}
-# Models trained against a teacher of the same sweep (same algorithm and
-# seed), which must therefore finish first.
-TEACHERS = {'dear_align': 'nar_nohint'}
+# Models trained against a teacher of the same sweep (variants.py).
+TEACHERS = {n: v.teacher for n, v in variants.VARIANTS.items() if v.teacher}
 # The four models of the original comparison (smoke, paper).
 CORE_MODELS = ('dear', 'nar', 'nar_nohint', 'clrs_official')
 # The 10 algorithms of DEAR's tables (Georgiev et al., NeurIPS 2024).
@@ -165,7 +133,8 @@ def resolve(args) -> Plan:
   preset = PRESETS[args.preset]
   pick = lambda flag, key: preset[key] if flag is None else flag
   models = pick(args.models, 'models')
-  _check_names('model', models, MODELS)
+  table = variants.VARIANTS
+  _check_names('model', models, tuple(table))
   algorithms = pick(args.algorithms, 'algorithms')
   seeds = pick(args.seeds, 'seeds')
   if seeds < 1:
@@ -184,8 +153,8 @@ def resolve(args) -> Plan:
                          ('eval_every', pick(args.eval_every, 'eval_every'))))
   if train_steps < 1 or eval_every < 1:
     raise CompareError('--train_steps and --eval_every must be >= 1')
-  base.update({m: load_config_file(path) for m, (path, _) in
-               MODEL_FILES.items() if m in models})
+  base.update({m: load_config_file(table[m].config_file[0]) for m in models
+               if table[m].config_file})
   base = {k: apply_overrides(c, args.config_overrides)
           for k, c in base.items()}
   for config in base.values():  # the sweep's steps (own files' too)
@@ -194,34 +163,35 @@ def resolve(args) -> Plan:
     if args.cache_dir:
       config.data.cache_dir = os.path.abspath(args.cache_dir)
   configs = {}
-  for student, teacher in TEACHERS.items():
-    if student in models and teacher not in models:
+  teachers = {m: table[m].teacher for m in models if table[m].teacher}
+  for student, teacher in teachers.items():
+    if teacher not in models:
       raise CompareError(f'model {student} trains against {teacher} of the '
                          f'same sweep: add {teacher} to --models')
-  if any(m in TEACHERS for m in models):  # teachers train first
-    models = sorted(models, key=lambda m: m not in TEACHERS.values())
+  if teachers:  # teachers train first
+    models = sorted(models, key=lambda m: m not in teachers.values())
   for model in models:
-    kind, hint_mode = MODEL_SETTINGS[model]
-    if kind is None:
+    variant = table[model]
+    if variant.kind is None:
       continue
-    config = copy.deepcopy(base[kind])
-    config.model_kind = kind
-    if model in MODEL_FILES:
-      for key in MODEL_FILES[model][1]:
+    config = copy.deepcopy(base[variant.kind])
+    config.model_kind = variant.kind
+    if variant.config_file:
+      for key in variant.config_file[1]:
         section, _, name = key.partition('.')
         own = base[model][section]
         for k in ([name] if name else list(own.keys())):
           config[section][k] = copy.deepcopy(own[k])
-    if hint_mode is not None:
-      config.nar.hint_mode = hint_mode
-    for key, value in MODEL_OVERRIDES.get(model, {}).items():
+    if variant.hint_mode is not None:
+      config.nar.hint_mode = variant.hint_mode
+    for key, value in variant.overrides.items():
       section, name = key.split('.')
       config[section][name] = value
     try:  # the model's one typed config, which its runs take
       configs[model] = run_config.typed(config)
       # the teacher's run is checked when it exists
       run_config.check_config(configs[model].with_values(
-          {'dear.align_weight': 0.0}) if model in TEACHERS else configs[model])
+          {'dear.align_weight': 0.0}) if model in teachers else configs[model])
     except ValueError as e:
       raise CompareError(f'{model} config: {str(e).splitlines()[0]}') from None
   return Plan(out=args.out, preset=args.preset, algorithms=tuple(algorithms),

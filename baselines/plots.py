@@ -15,13 +15,14 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
-COLORS = {'dear': 'tab:red', 'nar': 'tab:blue', 'nar_nohint': 'tab:cyan',
-          'clrs_official': 'tab:green', 'dear_paper': 'tab:orange',
-          'nar_lt': 'tab:purple'}
+from . import variants  # pylint: disable=g-import-not-at-top
+
+# Each compared model's colour (baselines/variants.py, as loaded).
+COLORS = variants.colours()
 
 
 def _color(model: str, i: int):
-  return COLORS.get(model, f'C{i % 10}')
+  return variants.colours().get(model, f'C{i % 10}')
 
 
 def _ordered(models, order):

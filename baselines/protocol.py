@@ -15,15 +15,16 @@ import os
 
 import filelock
 
-from .plan import MODEL_SETTINGS, CompareError, Plan
+from . import variants
+from .plan import CompareError, Plan
 
 
 def _model_protocol(plan: Plan, model: str) -> dict:
-  if model == 'clrs_official':
+  if variants.official(model):
     from . import clrs_official  # pylint: disable=g-import-not-at-top
     d = dataclasses.asdict(plan.official_data)
     return dict(model=dict(clrs_official.RUN_PY_DEFAULTS),
-                hint_mode=MODEL_SETTINGS[model][1], data=d)
+                hint_mode=variants.VARIANTS[model].hint_mode, data=d)
   c = plan.configs[model].to_dict()
   c['train'].pop('seed')
   c['train'].pop('data_parallel', None)  # same results on any device count
@@ -81,7 +82,7 @@ def build(plan: Plan) -> dict:
   from dear_jax import clrs_lib  # pylint: disable=g-import-not-at-top
   from dear_jax import train  # pylint: disable=g-import-not-at-top
   clrs = clrs_lib.clrs()
-  data_cfgs = {m: (plan.official_data if m == 'clrs_official'
+  data_cfgs = {m: (plan.official_data if variants.official(m)
                    else train.data_config(plan.configs[m]))
                for m in plan.models}
   proto = dict(

@@ -11,6 +11,7 @@ import sys
 
 from .plan import MODELS
 from . import stats
+from . import variants
 from .protocol import hardware_lines
 from dear_jax.results import REQUIRED_KEYS, read_json
 
@@ -57,7 +58,7 @@ PUBLISHED_LABEL = 'Triplet-GMPNN (Ibarz et al. 2022)'
 # "Goals"): converged share, distance to H*, score spread over tolerances
 # (points).
 FIXED_POINT_GOALS = dict(converged=0.99, distance=0.05, spread=0.5)
-DEAR_MODELS = ('dear', 'dear_cgp', 'dear_align', 'dear_paper')
+DEAR_MODELS = tuple(n for n, v in variants.VARIANTS.items() if v.kind == 'dear')
 STEPWISE_MODELS = ('nar_nohint', 'nar_lt', 'nar', 'clrs_official')
 
 CSV_COLUMNS = ('algorithm', 'model', 'seed', 'test_score', 'val_score',

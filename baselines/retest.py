@@ -54,7 +54,7 @@ def retest_config(source: str, overrides: list):
   """(the source run's stored config with `overrides` applied, typed and
   checked; its algorithm). RetestError when SOURCE holds no finished run or
   an override is not a test setting."""
-  from baselines import plan  # pylint: disable=g-import-not-at-top
+  from . import plan  # pylint: disable=g-import-not-at-top
   from dear_jax import run_config, train  # pylint: disable=g-import-not-at-top
   from dear_jax.results import REQUIRED_KEYS, read_json  # pylint: disable=g-import-not-at-top
   bad = [o.split('=', 1)[0][len('--config.'):] for o in overrides]

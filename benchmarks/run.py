@@ -18,7 +18,8 @@ one, else the CPU) measures:
    little.
 2. XLA's compiled memory of one training step at n=64 (temp + arguments +
    outputs, `jax.jit(step).lower(...).compile().memory_analysis()`) of DEAR
-   with the 'jfb' and the 'ift' gradient and of the NAR; ratio DEAR / NAR.
+   with each registered gradient (dear_jax.solver.GRADIENTS: 'ift',
+   'phantom', 'jfb') and of the NAR; ratio DEAR / NAR.
 3. Training steps per second of the Flax NAR and of dm-clrs's BaselineModel
    (`baselines.clrs_official`, run.py defaults) on the same TrainStream
    batches of one size and step count (each model compiles once, outside the
@@ -63,6 +64,12 @@ SETTINGS = {
                   train_batches=3, train_passes=2),
 }
 
+
+
+def grads() -> tuple:
+  """The gradients measured: every registered one (dear_jax.solver)."""
+  from dear_jax import solver  # pylint: disable=g-import-not-at-top
+  return tuple(solver.GRADIENTS)
 
 def _configs():
   from configs import default  # pylint: disable=g-import-not-at-top
@@ -208,8 +215,8 @@ def memory(settings: dict, cache_dir: str, log) -> list:
     row = dict(algorithm=algorithm, n=settings['memory_n'],
                batch=settings['memory_batch'],
                nar_steps=max(1, batch_lib.num_steps(batch) - 1))
-    variants = (('nar', nar_cfg, None), ('dear_jfb', dear_cfg, 'jfb'),
-                ('dear_ift', dear_cfg, 'ift'))
+    variants = (('nar', nar_cfg, None),) + tuple(
+        (f'dear_{g}', dear_cfg, g) for g in grads())
     for name, cfg, grad in variants:
       cfg = cfg.copy_and_resolve_references()
       if grad:
@@ -228,7 +235,7 @@ def memory(settings: dict, cache_dir: str, log) -> list:
       log(f'  memory {algorithm} n={settings["memory_n"]} {name}: '
           f'{mb["total"]:.1f} MB (temp {mb["temp"]:.1f}; '
           f'compiled in {compile_s:.0f} s)')
-    for grad in ('jfb', 'ift'):
+    for grad in grads():
       if row.get('nar_mb') and row.get(f'dear_{grad}_mb') is not None:
         row[f'ratio_dear_{grad}_over_nar'] = row[f'dear_{grad}_mb'] / row[
             'nar_mb']
@@ -334,7 +341,7 @@ def goals(infer: list, mem: list) -> list:
                          '(algorithms whose steps grow with n)',
                     status='not measured (n=64 not timed in this mode)',
                     evidence=f'indicative at n={largest}: {evidence}'))
-  for grad in ('jfb', 'ift'):
+  for grad in grads():
     ratios = [(r['algorithm'], r.get(f'ratio_dear_{grad}_over_nar'))
               for r in mem]
     ratios = [(a, x) for a, x in ratios if x is not None]
@@ -392,15 +399,17 @@ def markdown(res: dict) -> str:
     return '\n'.join(lines) + '\n'
   lines += ['', f'## Compiled train-step memory (MB, n={s["memory_n"]}, batch '
             f'{s["memory_batch"]}; temp + arguments + outputs)', '',
-            '| algorithm | NAR steps | NAR | DEAR jfb | DEAR ift | '
-            'DEAR jfb / NAR | DEAR ift / NAR |', '|---|---|---|---|---|---|---|']
+            '| algorithm | NAR steps | NAR | ' + ''.join(
+                f'DEAR {g} | ' for g in grads()) + ''.join(
+                    f'DEAR {g} / NAR | ' for g in grads()),
+            '|---|---|---|' + '---|' * (2 * len(grads()))]
   fmt = lambda x, d=1: '–' if x is None else f'{x:.{d}f}'
   for r in res['memory']:
     lines.append(
         f'| {r["algorithm"]} | {r["nar_steps"]} | {fmt(r.get("nar_mb"))} | '
-        f'{fmt(r.get("dear_jfb_mb"))} | {fmt(r.get("dear_ift_mb"))} | '
-        f'{fmt(r.get("ratio_dear_jfb_over_nar"), 3)} | '
-        f'{fmt(r.get("ratio_dear_ift_over_nar"), 3)} |')
+        + ''.join(f'{fmt(r.get(f"dear_{g}_mb"))} | ' for g in grads())
+        + ''.join(f'{fmt(r.get(f"ratio_dear_{g}_over_nar"), 3)} | '
+                  for g in grads()))
   t = res['training']
   lines += ['', '## Training steps per second: Flax NAR vs dm-clrs '
             'BaselineModel', '',

@@ -96,7 +96,6 @@ def train_sampler_kwargs(algorithm: str, length: int) -> dict:
   return dict(p=p, length_needle=-min(8, max(1, (length - 1) // 2)))
 
 
-@functools.cache
 def _better_search_sampler_class():
   """dm-clrs's SearchSampler without targets above every element (DEAR's
   BetterSearchSampler, built lazily because dm-clrs imports TensorFlow).
@@ -122,19 +121,51 @@ def _better_search_sampler_class():
   return BetterSearchSampler
 
 
-def uses_better_search(algorithm: str, better_search: bool) -> bool:
-  """data.better_search only changes binary_search's samplers."""
-  return bool(better_search) and algorithm == 'binary_search'
+# Data options (`data.options`; README, "Extending"): name -> (the
+# algorithms whose samplers it changes, a function returning the sampler
+# class built instead of dm-clrs's, called once dm-clrs is loaded). An
+# option is a key of a split's protocol (and cache name) only where it
+# changes the data.
+DATA_OPTIONS: dict = {}
+_PROTOCOL_KEYS = ('algorithm', 'split', 'length', 'seed', 'num_samples',
+                  'sampler_kwargs', 'pos_seed', 'kind', 'sizes', 'schedule',
+                  'batch_size', 'keep_hints')
 
 
-def build_sampler(algorithm: str, better_search: bool = False, **kwargs):
-  """`clrs.build_sampler`, or for binary_search with `better_search` the
-  same construction around BetterSearchSampler (kwargs its `_sample_data`
+def register_data_option(name: str, algorithms):
+  """Decorator on a function -> sampler class (a dm-clrs Sampler subclass,
+  built as dm-clrs builds that algorithm's): `name` becomes an allowed
+  entry of `data.options`, changing the data of `algorithms` only."""
+  if name in _PROTOCOL_KEYS:
+    raise ValueError(f'data option {name!r} would shadow a protocol key')
+
+  def add(sampler_class):
+    DATA_OPTIONS[name] = (tuple(algorithms), functools.cache(sampler_class))
+    return sampler_class
+  return add
+
+
+register_data_option('better_search', ('binary_search',))(
+    _better_search_sampler_class)
+
+
+def data_option(algorithm: str, options) -> str | None:
+  """The one of `options` (names) that changes `algorithm`'s samplers."""
+  hits = [o for o in options if algorithm in DATA_OPTIONS[o][0]]
+  if len(hits) > 1:
+    raise ValueError(f'data options {", ".join(hits)} all change '
+                     f'{algorithm}\'s samplers; give one of them')
+  return hits[0] if hits else None
+
+
+def build_sampler(algorithm: str, option: str | None = None, **kwargs):
+  """`clrs.build_sampler`, or with a data option that changes `algorithm`
+  the same construction around its sampler class (kwargs its `_sample_data`
   does not take are dropped, as dm-clrs drops them)."""
   c = clrs()
-  if not uses_better_search(algorithm, better_search):
+  if option is None or algorithm not in DATA_OPTIONS[option][0]:
     return c.build_sampler(algorithm, **kwargs)[0]
-  cls = _better_search_sampler_class()
+  cls = DATA_OPTIONS[option][1]()
   accepted = inspect.signature(cls._sample_data).parameters  # pylint: disable=protected-access
   own = ('num_samples', 'seed', 'track_max_steps', 'truncate_decimals')
   sampler_kwargs = {k: v for k, v in kwargs.items() if k in accepted}

@@ -36,6 +36,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from dear_jax import alignment
 from dear_jax import batches as batch_lib
@@ -332,6 +333,37 @@ class EquilibriumReasoner(Reasoner):
     model, teacher_params = self.teacher
     states = alignment.teacher_states(model, teacher_params, batch)
     return alignment.alignment_loss(sampled, answer, states, batch['lengths'])
+
+  # --- its own keys ----------------------------------------------------------
+  def summarise(self, auxes, evalset):
+    """The solver's statistics over the split's graphs."""
+    n = evalset.num_samples
+    stats = [a['solver'] for a in auxes]
+    iters = np.concatenate([s.iterations for s in stats])[:n]
+    return dict(
+        solver_iters_mean=float(iters.mean()),
+        solver_iters_p95=float(np.percentile(iters, 95)),
+        nonconverged_fraction=float(
+            1 - np.concatenate([s.converged for s in stats])[:n].mean()),
+        final_residual_mean=float(
+            np.concatenate([s.residual for s in stats])[:n].mean()),
+        nonfinite_graphs=int(
+            (np.concatenate([s.nonfinite for s in stats])[:n] > 0).sum()),
+        iterations=iters.tolist())
+
+  def metrics(self, evaluation):
+    return {k: evaluation[k] for k in ('solver_iters_mean', 'solver_iters_p95',
+                                       'nonconverged_fraction')}
+
+  def progress(self, aux):
+    """Mean solver iterations and the share of graphs not converged."""
+    return dict(iters=f"{float(aux['solver'].iterations.mean()):.1f}",
+                nonconv=f"{float(1 - aux['solver'].converged.mean()):.0%}")
+
+  def results(self, results, config, test_set):
+    """Each test graph's iterations beside its algorithm's steps."""
+    results['solver_iterations'] = results.pop('iterations')
+    results['test_algo_steps'] = (test_set.lengths - 1).tolist()
 
   def loss(self, params, batch, key, step=None):
     """As Reasoner.loss, plus align_weight x the alignment loss; `step` (the

@@ -52,11 +52,15 @@ class DataConfig(sections.Section):
   # results.json 'extra_tests'. Evaluation batches shrink with n.
   extra_test_lengths: tuple = ()
   extra_test_num_samples: int = 100
+  # Registered data options (clrs_lib.DATA_OPTIONS) on: each changes the
+  # samplers of its own algorithms (train, val and test data, cache keys).
+  options: tuple = ()
 
   def __post_init__(self):
     super().__post_init__()
     for name in ('train_sizes', 'extra_test_lengths'):
       object.__setattr__(self, name, tuple(int(s) for s in getattr(self, name)))
+    object.__setattr__(self, 'options', tuple(self.options))
 
   @classmethod
   def check(cls, v, prefix: str) -> None:
@@ -81,6 +85,19 @@ class DataConfig(sections.Section):
                        f'sizes >= 4 (e.g. 128,256,512), got {extra!r}')
     sections.int_at_least(f'{prefix}extra_test_num_samples',
                           v.extra_test_num_samples, 1)
+    known = tuple(clrs_lib.DATA_OPTIONS)
+    if not (isinstance(v.options, (tuple, list)) and all(
+        o in known for o in v.options)):
+      raise ValueError(f'{prefix}options must name data options among '
+                       f'{", ".join(known)}, got {v.options!r}')
+
+
+def data_option(algorithm: str, cfg) -> str | None:
+  """The data option of `cfg` (a DataConfig or the `data` section) that
+  changes `algorithm`'s samplers, if any; better_search is one."""
+  options = tuple(getattr(cfg, 'options', ()))
+  return clrs_lib.data_option(algorithm, options + (
+      ('better_search',) if cfg.better_search else ()))
 
 
 def training_sizes(algorithm: str, sizes: Sequence[int]) -> tuple:
@@ -111,7 +128,7 @@ class TrainStream:
     self._sizes = training_sizes(algorithm, cfg.train_sizes)
     self._samplers = [
         clrs_lib.build_sampler(
-            algorithm, cfg.better_search, num_samples=-1, length=n,
+            algorithm, data_option(algorithm, cfg), num_samples=-1, length=n,
             seed=rng.randint(2**32), track_max_steps=False,
             **clrs_lib.train_sampler_kwargs(algorithm, n))
         for n in self._sizes]
@@ -170,8 +187,8 @@ class RecordedStream:
                     sizes=list(training_sizes(algorithm, cfg.train_sizes)),
                     schedule=cfg.size_schedule, batch_size=cfg.batch_size,
                     seed=int(seed), keep_hints=bool(keep_hints))
-    if clrs_lib.uses_better_search(algorithm, cfg.better_search):
-      protocol['better_search'] = True
+    if data_option(algorithm, cfg):
+      protocol[data_option(algorithm, cfg)] = True
     self._dir = os.path.join(os.path.expanduser(cfg.cache_dir),
                              'stream-' + clrs_lib.protocol_key(protocol))
     os.makedirs(self._dir, exist_ok=True)

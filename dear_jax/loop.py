@@ -88,6 +88,15 @@ class Learner:
   def warm(self, params, evalset) -> None:
     """Compiles prediction on `evalset`, so that the timed test pass does not."""
 
+  def metrics(self, evaluation: dict) -> dict:
+    """The model's own keys of a validation's evaluation that metrics.jsonl
+    logs beside its score (DEAR: the solver's iterations, convergence)."""
+    return {}
+
+  def progress(self, aux) -> dict:
+    """The model's own progress-bar entries from a step's aux."""
+    return {}
+
   def results(self, results: dict, run, best_params, test: dict,
               test_set) -> None:
     """Adds the model's own keys (config, hint_mode, ...) to `results`."""
@@ -146,8 +155,7 @@ class Run:
       self.meta.update(best_val=v['score'], best_step=step,
                        best_scores=v.get('scores'))
       self.best_params = params
-    record = dict(step=step, val_score=v['score'],
-                  **{k: v[k] for k in v if k.startswith(('solver', 'nonconv'))})
+    record = dict(step=step, val_score=v['score'], **learner.metrics(v))
     with open(self.metrics_path, 'a') as f:
       f.write(json.dumps(record) + '\n')
 
@@ -240,7 +248,7 @@ def _fetch(window: _Window, multi: bool) -> float:
   return seconds
 
 
-def _postfix(runs: list, active: list, aux: dict) -> dict:
+def _postfix(learner, runs: list, active: list, aux: dict) -> dict:
   live = [runs[j] for j in active if not runs[j].error]
   if not live:
     return {}
@@ -248,9 +256,7 @@ def _postfix(runs: list, active: list, aux: dict) -> dict:
       loss=f"{np.mean([r.meta['loss_curve'][-1][1] for r in live]):.3f}",
       val=f"{np.mean([r.meta['val_curve'][-1][1] for r in live]):.3f}",
       best=f"{np.mean([r.meta['best_val'] for r in live]):.3f}")
-  if 'solver' in aux:
-    postfix['iters'] = f"{float(aux['solver'].iterations.mean()):.1f}"
-    postfix['nonconv'] = f"{float(1 - aux['solver'].converged.mean()):.0%}"
+  postfix.update(learner.progress(aux))
   return postfix
 
 
@@ -318,7 +324,7 @@ def train(learner: Learner, runs: list, steps: int, eval_every: int,
       train_clock += _fetch(window, multi)
       window = None
       if progress:
-        bar.set_postfix(_postfix(runs, active, aux), refresh=False)
+        bar.set_postfix(_postfix(learner, runs, active, aux), refresh=False)
       for j in due:
         run = runs[j]
         if run.error:
@@ -331,7 +337,7 @@ def train(learner: Learner, runs: list, steps: int, eval_every: int,
           run.meta['learner'] = learner.checkpoint_meta(j)
           run.save(params, opt_state)
         if progress:
-          bar.set_postfix(_postfix(runs, active, aux), refresh=False)
+          bar.set_postfix(_postfix(learner, runs, active, aux), refresh=False)
   except KeyboardInterrupt as e:
     clock.close()
     if len(runs) == 1:

@@ -201,6 +201,27 @@ class Reasoner:
     """Output logits as the hard predictions `predict` returns."""
     return postprocess(self.spec, outputs, hard=True, sinkhorn_steps=50)
 
+  # --- its own keys: the loop and `train.evaluate` never ask which model ----
+  def summarise(self, auxes: list, evalset) -> dict:
+    """Its own keys of an evaluation of `evalset` (`train.evaluate`'s dict):
+    `auxes`, `predict`'s aux of each batch, on the host."""
+    del auxes, evalset
+    return {}
+
+  def metrics(self, evaluation: dict) -> dict:
+    """Which of its keys of a validation's evaluation metrics.jsonl logs."""
+    del evaluation
+    return {}
+
+  def progress(self, aux) -> dict:
+    """Progress-bar entries (name: text) from a training step's aux."""
+    del aux
+    return {}
+
+  def results(self, results: dict, config, test_set) -> None:
+    """Its own results.json keys, set in `results` (which holds the test
+    evaluation's keys already)."""
+
 
 def count_params(params) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(params)))

@@ -223,6 +223,19 @@ class StepwiseNAR(Reasoner):
     loss, aux = super().loss(params, batch, key, step)
     return loss + aux.get('termination_loss', 0.0), aux
 
+  def summarise(self, auxes, evalset):
+    """With learnt termination, the steps taken against the true steps."""
+    if not self.learn_termination:
+      return {}
+    n = evalset.num_samples
+    return termination_summary(
+        np.concatenate([a['nar_steps'] for a in auxes])[:n],
+        np.concatenate([a['nar_capped'] for a in auxes])[:n],
+        evalset.lengths, int(auxes[0]['nar_step_cap']))
+
+  def results(self, results, config, test_set):
+    results['hint_mode'] = self.hint_mode
+
   def _encode_fed(self, params, node0, graph0, fed, nb_nodes):
     """Node and graph features of a step (its edge features: EdgeMaps)."""
     if not fed:

@@ -24,6 +24,7 @@ docs/sharper.md.
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 
 import flax.linen as nn
@@ -269,7 +270,25 @@ class GatedMaxMPNN(nn.Module):
     return ret * gate + hidden * (1 - gate), None
 
 
-PROCESSORS = ('triplet_gmpnn', 'gmpnn')
+# model.processor -> the Flax module class. A module of one's own adds to it
+# with `register_processor(name)` on its class (README, "Extending").
+PROCESSORS: dict = {}
+
+
+def register_processor(name: str):
+  """Class decorator: `name` becomes an allowed `model.processor`. The
+  class is a Flax module called as P(node_fts, edge_fts, graph_fts, adj,
+  hidden, triplets=..., edge_terms=...) -> (h', edge latent or None);
+  `build_processor` sets those of its fields named hidden, nb_triplet_fts
+  and gate_bias."""
+  def add(cls):
+    PROCESSORS[name] = cls
+    return cls
+  return add
+
+
+register_processor('triplet_gmpnn')(TripletGMPNN)
+register_processor('gmpnn')(GatedMaxMPNN)
 
 
 def check_processor(kind: str, key: str = 'model.processor') -> None:
@@ -286,10 +305,11 @@ def build_processor(kind: str, hidden: int, nb_triplet_fts: int = 8,
   check_processor(kind)
   check_aggregation(aggregation)
   check_latent_decay(latent_decay)
-  extra = dict(aggregation=aggregation, latent_decay=float(latent_decay),
-               adaptive_temperature=bool(adaptive_temperature))
+  cls = PROCESSORS[kind]
+  settings = dict(hidden=hidden, nb_triplet_fts=nb_triplet_fts,
+                  aggregation=aggregation, latent_decay=float(latent_decay),
+                  adaptive_temperature=bool(adaptive_temperature))
   if gate_bias is not None:
-    extra['gate_bias'] = float(gate_bias)
-  if kind == 'triplet_gmpnn':
-    return TripletGMPNN(hidden=hidden, nb_triplet_fts=nb_triplet_fts, **extra)
-  return GatedMaxMPNN(hidden=hidden, **extra)
+    settings['gate_bias'] = float(gate_bias)
+  fields = {f.name for f in dataclasses.fields(cls)}
+  return cls(**{k: v for k, v in settings.items() if k in fields})

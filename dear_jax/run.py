@@ -137,8 +137,18 @@ batches over all local devices.
 """
 
 
+def registered() -> list:
+  """The registries' names, as the config keys that take them (README,
+  "Extending": a module of one's own adds to them)."""
+  from dear_jax import processors, solver  # pylint: disable=g-import-not-at-top
+  return [f'  {key}: {", ".join(names)}' for key, names in (
+      ('model.processor', processors.PROCESSORS),
+      ('dear.method', solver.SOLVERS), ('dear.grad', solver.GRADIENTS),
+      ('data.options', clrs_lib.DATA_OPTIONS))]
+
+
 def _help(fv) -> str:
-  lines = [USAGE, 'flags:']
+  lines = [USAGE, 'registered names:', *registered(), '', 'flags:']
   for flag in sorted(sum(fv.flags_by_module_dict().values(), []),
                      key=lambda f: f.name):
     if flag.name == 'config':

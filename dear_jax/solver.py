@@ -22,6 +22,10 @@ Where each part comes from:
   ift gradient jaxopt `custom_fixed_point` with its GMRES / BiCGStab linear
                solvers, or the adjoint fixed point g = J^T g + v solved by this
                module's Anderson (as torchdeq's backward does).
+
+Methods and gradients are registries (`SOLVERS`, `GRADIENTS`): a class
+decorated with `register_solver(name)` / `register_gradient(name)` becomes a
+`dear.method` / `dear.grad`, and reads and checks its own config keys.
 """
 import contextlib
 import dataclasses
@@ -41,35 +45,95 @@ with warnings.catch_warnings():
   import jaxopt
   from jaxopt import implicit_diff, linear_solve
 
-METHODS = ('anderson', 'fixed_point', 'broyden')
-GRADS = ('ift', 'phantom', 'jfb')
-BACKWARD_SOLVERS = ('anderson', 'gmres', 'bicgstab')
 TOL_MODES = ('rel', 'abs')
+BACKWARD_SOLVERS = ('anderson', 'gmres', 'bicgstab')
 
 # SolveStats.result codes (optimistix-style explicit outcomes).
 CONVERGED, MAX_ITER, NONFINITE = 0, 1, 2
+
+# The registries: dear.method -> solver class, dear.grad -> gradient class.
+# A module of one's own adds to them with `register_solver(name)` /
+# `register_gradient(name)` on its class (README, "Extending").
+SOLVERS: dict = {}
+GRADIENTS: dict = {}
+
+
+def register_solver(name: str):
+  """Class decorator: `name` becomes an allowed `dear.method`."""
+  def add(cls):
+    SOLVERS[name] = cls
+    return cls
+  return add
+
+
+def register_gradient(name: str):
+  """Class decorator: `name` becomes an allowed `dear.grad`."""
+  def add(cls):
+    GRADIENTS[name] = cls
+    return cls
+  return add
+
+
+def _int_at_least(prefix, name, v, lo):
+  if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < lo:
+    raise ValueError(f'{prefix}{name}={v!r}; must be an int >= {lo}')
+
+
+def _real(prefix, name, v, good, want):
+  if not (isinstance(v, numbers.Real) and not isinstance(v, bool)
+          and math.isfinite(v) and good(v)):
+    raise ValueError(f'{prefix}{name}={v!r}; must be {want}')
+
+
+def _positive(prefix, name, v):
+  _real(prefix, name, v, lambda v: v > 0, 'a finite float > 0')
+
+
+def _unit(prefix, name, v):
+  _real(prefix, name, v, lambda v: 0 < v <= 1, 'a float in (0, 1]')
+
+
+class Configured:
+  """A registered solver or gradient: it owns the config keys it reads.
+  KEYS: {its field: the `dear` key that sets it}; `from_config` builds it
+  from a SolverConfig, `check` names a bad value of its keys. Every
+  registered class checks its keys on every config, whichever it runs.
+  LABEL and WORDS name it in tables and in prose (the notebooks' text)."""
+  KEYS: dict = {}
+  LABEL = WORDS = ''
+
+  @classmethod
+  def from_config(cls, cfg):
+    return cls(**{f: getattr(cfg, k) for f, k in cls.KEYS.items()})
+
+  @classmethod
+  def check(cls, cfg, prefix: str) -> None:
+    """Raises ValueError (one line) naming the first bad key of its own."""
 
 
 @dataclasses.dataclass(frozen=True)
 class SolverConfig:
   """Solver settings; `validate` names the offending field as `<prefix><field>`.
 
-  The defaults are the project's (configs/default.py's `dear` section is
-  built from them), chosen by the screen in results/equilibrium: a relative
-  tolerance tight enough that the score does not move when the solve goes
-  on, and the implicit gradient. DEAR's release: tol 0.1, eval cap 40, the
-  1-step gradient (configs/dear_paper.py)."""
-  method: str = 'anderson'       # METHODS
+  The common settings are here; each registered solver and gradient reads
+  and checks its own keys (Configured.KEYS). The defaults are the project's
+  (configs/default.py's `dear` section is built from them), chosen by the
+  screen in results/equilibrium: a relative tolerance tight enough that the
+  score does not move when the solve goes on, and the implicit gradient.
+  DEAR's release: tol 0.1, eval cap 40, the 1-step gradient
+  (configs/dear_paper.py)."""
+  method: str = 'anderson'       # SOLVERS
   max_iter_train: int = 40       # caps count f evaluations
   max_iter_eval: int = 100
   tol: float = 1e-3              # DEAR's release: 0.1 (certifies little)
   tol_mode: str = 'rel'          # rel: |f(h)-h| / (|f(h)| + 1e-9); abs: |f(h)-h| (per graph)
-  anderson_history: int = 6      # also Broyden's memory
+  anderson_history: int = 6
   anderson_ridge: float = 1e-4   # times the mean squared residual of the history
   anderson_ridge_relative: bool = True  # False: absolute ridge, as torchdeq's `lam`
   anderson_beta: float = 1.0
   damping: float = 1.0           # fixed_point: h <- (1-damping) h + damping f(h)
-  grad: str = 'ift'              # GRADS (DEAR's release: jfb)
+  broyden_history: int = 0       # Broyden's memory; 0: anderson_history's
+  grad: str = 'ift'              # GRADIENTS (DEAR's release: jfb)
   phantom_steps: int = 5
   phantom_tau: float = 0.5
   backward_solver: str = 'anderson'  # BACKWARD_SOLVERS
@@ -78,31 +142,16 @@ class SolverConfig:
 
   def validate(self, prefix: str = 'SolverConfig.') -> None:
     """Raises ValueError naming the first bad field and what is allowed."""
-    choices = dict(method=METHODS, tol_mode=TOL_MODES, grad=GRADS,
-                   backward_solver=BACKWARD_SOLVERS)
+    choices = dict(method=SOLVERS, tol_mode=TOL_MODES, grad=GRADIENTS)
     for name, allowed in choices.items():
       if getattr(self, name) not in allowed:
         raise ValueError(f'{prefix}{name}={getattr(self, name)!r}; allowed: '
                          f'{", ".join(allowed)}')
-    min_int = dict(max_iter_train=1, max_iter_eval=1, anderson_history=2, phantom_steps=1,
-                   backward_max_iter=1)
-    for name, lo in min_int.items():
-      v = getattr(self, name)
-      if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < lo:
-        raise ValueError(f'{prefix}{name}={v!r}; must be an int >= {lo}')
-    if not isinstance(self.anderson_ridge_relative, bool):
-      raise ValueError(f'{prefix}anderson_ridge_relative='
-                       f'{self.anderson_ridge_relative!r}; must be True or False')
-    positive = (lambda v: v > 0, 'a finite float > 0')
-    unit = (lambda v: 0 < v <= 1, 'a float in (0, 1]')
-    floats = dict(tol=positive, backward_tol=positive, anderson_beta=positive,
-                  anderson_ridge=(lambda v: v >= 0, 'a finite float >= 0'),
-                  damping=unit, phantom_tau=unit)
-    for name, (good, want) in floats.items():
-      v = getattr(self, name)
-      if not (isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
-              and good(v)):
-        raise ValueError(f'{prefix}{name}={v!r}; must be {want}')
+    for name in ('max_iter_train', 'max_iter_eval'):
+      _int_at_least(prefix, name, getattr(self, name), 1)
+    _positive(prefix, 'tol', self.tol)
+    for cls in (*SOLVERS.values(), *GRADIENTS.values()):
+      cls.check(self, prefix)
 
 
 def config_from_section(section, prefix: str = 'dear.') -> SolverConfig:
@@ -134,8 +183,9 @@ class AndersonState(NamedTuple):
   x_next: jax.Array   # where f is evaluated next (the state's own shape)
 
 
+@register_solver('anderson')
 @dataclasses.dataclass(frozen=True)
-class Anderson:
+class Anderson(Configured):
   """Type-II Anderson acceleration as torchdeq's: x1 = f(x0), then from the
   second evaluation on x_{k+1} = sum_i a_i (beta f(x_i) + (1 - beta) x_i) over the
   last min(k, m) pairs, a minimising ||sum_i a_i (f(x_i) - x_i)||^2 + ridge ||a||^2
@@ -146,6 +196,19 @@ class Anderson:
   ridge: float = 1e-4
   ridge_relative: bool = True
   beta: float = 1.0
+  KEYS = dict(history='anderson_history', ridge='anderson_ridge',
+              ridge_relative='anderson_ridge_relative', beta='anderson_beta')
+  LABEL, WORDS = 'Anderson', 'Anderson acceleration'
+
+  @classmethod
+  def check(cls, cfg, prefix):
+    _int_at_least(prefix, 'anderson_history', cfg.anderson_history, 2)
+    if not isinstance(cfg.anderson_ridge_relative, bool):
+      raise ValueError(f'{prefix}anderson_ridge_relative='
+                       f'{cfg.anderson_ridge_relative!r}; must be True or False')
+    _positive(prefix, 'anderson_beta', cfg.anderson_beta)
+    _real(prefix, 'anderson_ridge', cfg.anderson_ridge, lambda v: v >= 0,
+          'a finite float >= 0')
 
   def init(self, x0):
     z = jnp.zeros((self.history, x0.size), x0.dtype)
@@ -178,11 +241,18 @@ class Anderson:
     return self.beta * (alpha @ fs) + (1 - self.beta) * (alpha @ xs)
 
 
+@register_solver('fixed_point')
 @dataclasses.dataclass(frozen=True)
-class FixedPoint:
+class FixedPoint(Configured):
   """Damped Picard iteration x <- (1 - damping) x + damping f(x): one update of
   jaxopt's FixedPointIteration on the damped map. The state is x."""
   damping: float = 1.0
+  KEYS = dict(damping='damping')
+  LABEL, WORDS = 'fixed point', 'plain fixed-point iteration'
+
+  @classmethod
+  def check(cls, cfg, prefix):
+    _unit(prefix, 'damping', cfg.damping)
 
   def init(self, x0):
     return x0
@@ -199,13 +269,25 @@ class FixedPoint:
     return x_new, x, st.aux
 
 
+@register_solver('broyden')
 @dataclasses.dataclass(frozen=True)
-class Broyden:
+class Broyden(Configured):
   """jaxopt's limited-memory Broyden on g = f - id. gamma=-1 makes the first
   step a plain f step (as torchdeq); stepsize=1 disables the line search.
   jaxopt's `init_state` already evaluates f at x0: `first` is that evaluation,
-  and the state is (x, jaxopt's BroydenState)."""
+  and the state is (x, jaxopt's BroydenState). Its memory is
+  `broyden_history`, or `anderson_history` when that is 0 (as it always was
+  before Broyden had its own key)."""
   history: int = 6
+  LABEL, WORDS = 'Broyden', "Broyden's method"
+
+  @classmethod
+  def from_config(cls, cfg):
+    return cls(cfg.broyden_history or cfg.anderson_history)
+
+  @classmethod
+  def check(cls, cfg, prefix):
+    _int_at_least(prefix, 'broyden_history', cfg.broyden_history, 0)
 
   def _solver(self, f):
     def g(x):
@@ -231,12 +313,12 @@ class Broyden:
 
 def make_solver(cfg: SolverConfig):
   """The method's solver object, from the config's fields."""
-  if cfg.method == 'anderson':
-    return Anderson(cfg.anderson_history, cfg.anderson_ridge, cfg.anderson_ridge_relative,
-                    cfg.anderson_beta)
-  if cfg.method == 'fixed_point':
-    return FixedPoint(cfg.damping)
-  return Broyden(cfg.anderson_history)
+  return SOLVERS[cfg.method].from_config(cfg)
+
+
+def make_gradient(cfg: SolverConfig):
+  """The gradient's object, from the config's fields."""
+  return GRADIENTS[cfg.grad].from_config(cfg)
 
 
 def _start(solver, f, x0):
@@ -412,12 +494,52 @@ def _masked(fun):
 
 # --- gradients ---------------------------------------------------------------
 
-def _backward_solve(cfg: SolverConfig):
-  """Adjoint linear solve for the IFT, never jaxopt's default normal-CG.
+class Gradient(Configured):
+  """How `solve` differentiates h* (as optimistix's adjoints and torchdeq's
+  backward factory): `solve` returns one graph's (h, SolveStats) from
+  `forward(h_init, params, args, h0, mask)`, the solver's loop, and `fm`,
+  the masked map fm(h, params, args, h0, mask); `after` is what it applies,
+  with gradient, past the solver's answer (`polish` applies it alone)."""
 
-  jaxopt asks for u with matvec(u) = (J^T - I) u = b (b = -v), i.e. the adjoint
-  fixed point u = J^T u + v, which 'anderson' iterates directly."""
-  def solve(matvec, b):
+  def solve(self, forward, fm, h0, params, args, mask):
+    raise NotImplementedError
+
+  def after(self, fm, h, params, args, h0, mask):
+    return h
+
+
+@register_gradient('ift')
+@dataclasses.dataclass(frozen=True)
+class Implicit(Gradient):
+  """The implicit function theorem: jaxopt's `custom_fixed_point`, its
+  adjoint linear solve by `backward_solver` (never jaxopt's default
+  normal-CG). `config`: the run's SolverConfig, whose anderson_* keys also
+  set the adjoint's Anderson."""
+  config: SolverConfig
+  LABEL = 'IFT'
+  WORDS = 'the implicit gradient (implicit function theorem)'
+
+  @classmethod
+  def from_config(cls, cfg):
+    return cls(cfg)
+
+  @classmethod
+  def check(cls, cfg, prefix):
+    if cfg.backward_solver not in BACKWARD_SOLVERS:
+      raise ValueError(f'{prefix}backward_solver={cfg.backward_solver!r}; '
+                       f'allowed: {", ".join(BACKWARD_SOLVERS)}')
+    _int_at_least(prefix, 'backward_max_iter', cfg.backward_max_iter, 1)
+    _positive(prefix, 'backward_tol', cfg.backward_tol)
+
+  def solve(self, forward, fm, h0, params, args, mask):
+    run = implicit_diff.custom_fixed_point(fm, has_aux=True,
+                                           solve=self.backward)(forward)
+    return run(h0, params, args, h0, mask)
+
+  def backward(self, matvec, b):
+    """u with matvec(u) = (J^T - I) u = b (b = -v), i.e. the adjoint fixed
+    point u = J^T u + v, which 'anderson' iterates directly."""
+    cfg = self.config
     if cfg.backward_solver == 'gmres':
       # jax's gmres counts restart cycles in maxiter: one cycle of budget Arnoldi steps.
       return linear_solve.solve_gmres(matvec, b, tol=cfg.backward_tol,
@@ -431,7 +553,41 @@ def _backward_solve(cfg: SolverConfig):
     u, _ = _solve_one(adjoint, jnp.zeros_like(b), jnp.ones(b.shape[:1], b.dtype), acfg,
                       cfg.backward_max_iter)
     return u
-  return solve
+
+
+@dataclasses.dataclass(frozen=True)
+class OneStep(Gradient):
+  """DEAR's 1-step (Jacobian-free) gradient: no gradient through the
+  forward loop (h* is a constant); the model's own call at h* carries it."""
+  LABEL, WORDS = '1-step (JFB)', "DEAR's 1-step gradient"
+
+  def solve(self, forward, fm, h0, params, args, mask):
+    h, stats = forward(*lax.stop_gradient((h0, params, args, h0)), mask)
+    return self.after(fm, h, params, args, h0, mask), stats
+
+
+@register_gradient('phantom')
+@dataclasses.dataclass(frozen=True)
+class Phantom(OneStep):
+  """The phantom gradient: `steps` damped steps with gradient past the
+  detached answer, h <- (1 - tau) h + tau f(h)."""
+  steps: int = 5
+  tau: float = 0.5
+  KEYS = dict(steps='phantom_steps', tau='phantom_tau')
+  LABEL, WORDS = 'phantom', 'the phantom gradient'
+
+  @classmethod
+  def check(cls, cfg, prefix):
+    _int_at_least(prefix, 'phantom_steps', cfg.phantom_steps, 1)
+    _unit(prefix, 'phantom_tau', cfg.phantom_tau)
+
+  def after(self, fm, h, params, args, h0, mask):
+    tau = self.tau
+    step = lambda _, h: (1 - tau) * h + tau * fm(h, params, args, h0, mask)
+    return lax.fori_loop(0, self.steps, step, h)
+
+
+register_gradient('jfb')(OneStep)
 
 
 def solve(f, h0, params, args, *, config: SolverConfig, training: bool, node_mask=None,
@@ -454,20 +610,13 @@ def solve(f, h0, params, args, *, config: SolverConfig, training: bool, node_mas
   args = tuple(args)
   mask = _graph_mask(h0, node_mask)
   fm = _masked(f)
+  gradient = make_gradient(config)
 
-  def run(init_h, params, args, h0, mask):
+  def forward(init_h, params, args, h0, mask):
     return _solve_one(lambda h: fm(h, params, args, h0, mask), init_h, mask, config, cap)
 
-  if config.grad == 'ift':
-    run = implicit_diff.custom_fixed_point(fm, has_aux=True,
-                                           solve=_backward_solve(config))(run)
-
   def one(h0, params, args, mask):
-    if config.grad == 'ift':
-      return run(h0, params, args, h0, mask)
-    # jfb/phantom: no gradient through the forward loop (h* is a constant)
-    h, stats = run(*lax.stop_gradient((h0, params, args, h0)), mask)
-    return _phantom(fm, h, params, args, h0, mask, config), stats
+    return gradient.solve(forward, fm, h0, params, args, mask)
 
   batched = jax.vmap(one, in_axes=(0, None, 0, 0))
   return _in_groups(lambda h0, args, mask: batched(h0, params, args, mask), chunk,
@@ -486,23 +635,14 @@ def _in_groups(batched, chunk: int, *xs):
   return jax.tree.map(lambda a: a.reshape((b,) + a.shape[2:]), out)
 
 
-def _phantom(fm, h, params, args, h0, mask, config: SolverConfig):
-  """The phantom gradient's damped steps after the solve (one graph); h itself
-  for the other gradients."""
-  if config.grad != 'phantom':
-    return h
-  tau = config.phantom_tau
-  step = lambda _, h: (1 - tau) * h + tau * fm(h, params, args, h0, mask)
-  return lax.fori_loop(0, config.phantom_steps, step, h)
-
-
 def polish(f, h, h0, params, args, *, config: SolverConfig, node_mask=None):
   """[B, N, H]: what `solve` returns for the solver's answer h: h after the
-  phantom steps when config.grad is 'phantom', else h."""
-  if config.grad != 'phantom':
+  gradient's own steps past the answer (the phantom steps), else h."""
+  gradient = make_gradient(config)
+  if type(gradient).after is Gradient.after:
     return h
   fm = _masked(f)
-  return jax.vmap(lambda h, h0, args, mask: _phantom(fm, h, params, args, h0, mask, config))(
+  return jax.vmap(lambda h, h0, args, mask: gradient.after(fm, h, params, args, h0, mask))(
       h, h0, tuple(args), _graph_mask(h0, node_mask))
 
 

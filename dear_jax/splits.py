@@ -17,6 +17,7 @@ import numpy as np
 
 from dear_jax import batches as batch_lib
 from dear_jax import clrs_lib
+from dear_jax import input_pipeline
 from dear_jax.batches import Batch, Spec
 from dear_jax.input_pipeline import DataConfig
 
@@ -66,19 +67,20 @@ def split_size(algorithm: str, split: str, cfg: DataConfig) -> int:
 def _split_protocol(algorithm: str, split: str, cfg: DataConfig,
                     seed: int, length: int | None = None,
                     num_samples: int | None = None) -> dict:
-  """Every parameter that determines a split's content. `better_search` is
-  a key only where it changes the data, so the keys of every other split
-  (and cache file names) are those of before the option existed. A test
-  split of another `length` and `num_samples` is drawn as the official one
-  (same seed and sampler settings)."""
+  """Every parameter that determines a split's content. A data option
+  (`better_search`, ...) is a key only where it changes the data, so the
+  keys of every other split (and cache file names) are those of before the
+  option existed. A test split of another `length` and `num_samples` is
+  drawn as the official one (same seed and sampler settings)."""
   protocol = _base_split_protocol(algorithm, split, cfg, seed)
   if split == 'test':
     if length is not None:
       protocol['length'] = int(length)
     if num_samples is not None:
       protocol['num_samples'] = int(num_samples)
-  if clrs_lib.uses_better_search(algorithm, cfg.better_search):
-    protocol['better_search'] = True
+  option = input_pipeline.data_option(algorithm, cfg)
+  if option:
+    protocol[option] = True
   return protocol
 
 
@@ -110,7 +112,8 @@ def _generate(protocol: dict) -> Batch:
   kwargs = {k: tuple(v) if isinstance(v, list) else v
             for k, v in protocol['sampler_kwargs'].items()}
   sampler = clrs_lib.build_sampler(
-      protocol['algorithm'], protocol.get('better_search', False),
+      protocol['algorithm'], next(
+          (o for o in clrs_lib.DATA_OPTIONS if protocol.get(o) is True), None),
       num_samples=protocol['num_samples'], length=protocol['length'],
       seed=protocol['seed'], **kwargs)
   pos_rng = (None if protocol['pos_seed'] is None

@@ -46,13 +46,15 @@ _OLD_ABSENT = {('data', 'val_num_samples'): 0, ('data', 'test_num_samples'): 0,
 # Keys added after configs were stored, with the value that reproduces what
 # those runs did: a stored config without one reads as having it.
 _ADDED_LATER = {('dear', 'spectral_norm'): False, ('dear', 'check_graphs'): 0,
+                ('dear', 'broyden_history'): 0,
                 ('nar', 'learn_termination'): False,
                 ('nar', 'max_steps_factor'): 6.0,
                 ('data', 'extra_test_lengths'): [],
                 ('data', 'extra_test_num_samples'): 100,
                 ('model', 'aggregation'): 'max', ('model', 'latent_decay'): 1.0,
                 ('model', 'test_aggregation'): None,
-                ('model', 'adaptive_temperature'): False}
+                ('model', 'adaptive_temperature'): False,
+                ('data', 'options'): []}
 
 
 def upgrade_stored_config(d: dict) -> dict:
@@ -157,15 +159,14 @@ def graph_scores(evalset, preds: dict) -> list:
 def evaluate(model, predict_fn, params, evalset, per_graph: bool = False) -> dict:
   """Scores a split with `clrs.evaluate` (pooled over the whole split), for
   every model: `predict_fn(params, batch)` -> (hard output arrays, aux).
-  'scores' holds clrs.evaluate's per-output scores too."""
-  preds, stats, stops = [], [], []
+  'scores' holds clrs.evaluate's per-output scores too; a Reasoner `model`
+  adds its own keys (`Reasoner.summarise`)."""
+  preds, auxes = [], []
   for batch in evalset.batches:
     out, aux = predict_fn(params, batch)
     preds.append(jax.device_get(out))
-    if 'solver' in aux:
-      stats.append(jax.device_get(aux['solver']))
-    if 'nar_steps' in aux:  # learnt termination
-      stops.append(jax.device_get(aux))
+    if model is not None:
+      auxes.append(jax.device_get(aux))
   n = evalset.num_samples
   preds = {k: np.concatenate([p[k] for p in preds])[:n] for k in preds[0]}
   clrs = clrs_lib.clrs()
@@ -176,23 +177,8 @@ def evaluate(model, predict_fn, params, evalset, per_graph: bool = False) -> dic
             'scores': {k: float(v) for k, v in scores.items()}}
   if per_graph:  # the tests' intervals over graphs; validation needs none
     result['graph_scores'] = graph_scores(evalset, preds)
-  if stats:
-    iters = np.concatenate([s.iterations for s in stats])[:n]
-    result.update(
-        solver_iters_mean=float(iters.mean()),
-        solver_iters_p95=float(np.percentile(iters, 95)),
-        nonconverged_fraction=float(
-            1 - np.concatenate([s.converged for s in stats])[:n].mean()),
-        final_residual_mean=float(
-            np.concatenate([s.residual for s in stats])[:n].mean()),
-        nonfinite_graphs=int(
-            (np.concatenate([s.nonfinite for s in stats])[:n] > 0).sum()),
-        iterations=iters.tolist())
-  if stops:
-    result.update(nar.termination_summary(
-        np.concatenate([s['nar_steps'] for s in stops])[:n],
-        np.concatenate([s['nar_capped'] for s in stops])[:n],
-        evalset.lengths, int(stops[0]['nar_step_cap'])))
+  if model is not None:  # its own keys (solver statistics, termination)
+    result.update(model.summarise(auxes, evalset))
   return result
 
 
@@ -451,17 +437,20 @@ class FlaxLearner(loop.Learner):
   def warm(self, params, evalset) -> None:  # before each test only
     self.test_predict(params, evalset.batches[0])
 
+  def metrics(self, evaluation: dict) -> dict:
+    return self.net.metrics(evaluation)
+
+  def progress(self, aux) -> dict:
+    return self.net.progress(aux)
+
   def results(self, results, run, best_params, test, test_set) -> None:
     config = run.config
     results.update(num_params=count_params(best_params),
                    config=config_to_store(config, run.workdir))
-    if config.model_kind == 'nar':
-      results['hint_mode'] = config.nar.hint_mode
     for k, v in test.items():
       if k not in ('score', 'scores', 'graph_scores'):
-        results[k if k != 'iterations' else 'solver_iterations'] = v
-    if 'iterations' in test:
-      results['test_algo_steps'] = (test_set.lengths - 1).tolist()
+        results[k] = v
+    self.net.results(results, config, test_set)
     if config.model_kind == 'dear' and config.dear.diagnostics:
       checked = test_set.head(config.dear.check_graphs)
       results.update(diagnostics.checks(

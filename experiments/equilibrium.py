@@ -24,6 +24,8 @@ import subprocess
 import sys
 import time
 
+from dear_jax import solver
+
 # name -> overrides of configs/default.py (dotted keys). Every candidate uses
 # the solver settings below; only the map (and its regularisers) differ.
 CANDIDATES = {
@@ -38,11 +40,15 @@ CANDIDATES = {
     # the true step count (pair it with grad 'none').
     'nar_nohint': {'model_kind': 'nar', 'nar.hint_mode': 'none'},
 }
-GRADS = {
-    'jfb': {'dear.grad': 'jfb'},
-    'phantom': {'dear.grad': 'phantom', 'dear.phantom_steps': 5, 'dear.phantom_tau': 0.5},
-    'ift': {'dear.grad': 'ift', 'dear.backward_solver': 'anderson', 'dear.backward_tol': 1e-3,
+# The study's settings of the gradients that have any; every registered
+# gradient (dear_jax.solver.GRADIENTS) is a choice.
+GRAD_SETTINGS = {
+    'phantom': {'dear.phantom_steps': 5, 'dear.phantom_tau': 0.5},
+    'ift': {'dear.backward_solver': 'anderson', 'dear.backward_tol': 1e-3,
             'dear.backward_max_iter': 40},
+}
+GRADS = {
+    **{g: {'dear.grad': g, **GRAD_SETTINGS.get(g, {})} for g in solver.GRADIENTS},
     'none': {},  # for nar_nohint: no solver, no implicit gradient
 }
 # The operating point every variant is screened at: tight enough that the
@@ -281,7 +287,7 @@ def plot(out, rows):
   fig, axes = plt.subplots(1, len(algorithms), figsize=(5 * len(algorithms), 4), squeeze=False)
   for ax, alg in zip(axes[0], algorithms):
     sel = [r for r in rows if r['algorithm'] == alg and r['fixed_point_distance_mean'] is not None]
-    for grad, marker in (('jfb', 'o'), ('phantom', 's'), ('ift', '^')):
+    for grad, marker in zip(solver.GRADIENTS, 'o^sDvP*'):
       pts = [r for r in sel if r['grad'] == grad]
       ax.scatter([r['fixed_point_distance_mean'] for r in pts],
                  [100 * r['test_score'] for r in pts], marker=marker, label=grad)

@@ -43,13 +43,8 @@ def badge(name: str) -> str:
           f'colab-badge.svg)]({colab_url(name)})')
 
 
-# How the notebooks' text names the default settings it describes.
-SOLVER_WORDS = {'anderson': 'Anderson acceleration',
-                'broyden': "Broyden's method",
-                'fixed_point': 'plain fixed-point iteration'}
-GRAD_WORDS = {'ift': 'the implicit gradient (implicit function theorem)',
-              'phantom': 'the phantom gradient',
-              'jfb': "DEAR's 1-step gradient"}
+# How the notebooks' text names the default settings it describes (the
+# solvers and gradients name themselves: dear_jax.solver's registries).
 BACKWARD_WORDS = {'anderson': 'the forward solve\'s Anderson acceleration',
                   'gmres': 'GMRES', 'bicgstab': 'BiCGStab'}
 
@@ -58,6 +53,7 @@ def defaults() -> dict:
   """The settings of configs/default.py that the notebooks' text describes,
   in words, so the text follows the defaults when they change."""
   from configs import default  # pylint: disable=g-import-not-at-top
+  from dear_jax import solver  # pylint: disable=g-import-not-at-top
   c = default.get_config()
   d = c.dear
   residual = 'relative residual' if d.tol_mode == 'rel' else 'residual'
@@ -69,10 +65,10 @@ def defaults() -> dict:
       sizes=f'{min(c.data.train_sizes)} to {max(c.data.train_sizes)}',
       eval_every=c.train.eval_every, val_length=c.data.val_length,
       test_length=c.data.test_length, tol=f'{d.tol:g}',
-      solve=(f'{SOLVER_WORDS.get(d.method, d.method)} to a {residual} of '
+      solve=(f'{solver.SOLVERS[d.method].WORDS or d.method} to a {residual} of '
              f'{d.tol:g} (at most {d.max_iter_train} iterations in training, '
              f'{d.max_iter_eval} in evaluation)'),
-      grad=GRAD_WORDS.get(d.grad, f'the `{d.grad}` gradient'),
+      grad=solver.GRADIENTS[d.grad].WORDS or f'the `{d.grad}` gradient',
       grad_key=d.grad, penalty=penalty,
       backward=BACKWARD_WORDS.get(d.backward_solver, d.backward_solver))
 
@@ -722,7 +718,7 @@ def implicit_gradients():
                                                   keep_hints=False))
           spec = clrs_lib.processed_spec('bfs')
           KEY = jax.random.PRNGKey(0)
-          GRADS = {'ift': 'IFT', 'phantom': 'phantom (5 steps)', 'jfb': '1-step (JFB)'}
+          GRADS = {g: grad.LABEL or g for g, grad in solver.GRADIENTS.items()}
           UNROLL, UNROLL_FD, EPS = 500, 2000, 1e-5
           SCALES = (0.1,) if SMOKE else (0.1, 0.3)
           DIRECTIONS = 3
@@ -799,7 +795,7 @@ def implicit_gradients():
                   t0 = time.perf_counter()
                   jax.block_until_ready(fn(params))
                   ms[g] = 1e3 * (time.perf_counter() - t0)
-              stats = aux['ift']['solver']  # the forward solve (the same for all three)
+              stats = aux['ift']['solver']  # the forward solve (the same for all)
               proc = {g: flat(gr['processor']) for g, gr in grads.items()}
               fd, dd = [], {g: [] for g in grads}
               for i in range(DIRECTIONS):
@@ -887,14 +883,12 @@ def implicit_gradients():
 
 
           base = trained.solver_cfg
-          methods = {
-              f'Anderson (history {base.anderson_history})': dataclasses.replace(base, method='anderson'),
-              'Broyden': dataclasses.replace(base, method='broyden'),
-              'plain iteration h ← f(h)': dataclasses.replace(base, method='fixed_point', damping=1.0),
-          }
+          # Every registered solver (dear_jax.solver.SOLVERS), undamped.
+          methods = {solver.SOLVERS[m].LABEL or m: dataclasses.replace(base, method=m, damping=1.0)
+                     for m in solver.SOLVERS}
           fig, ax = plt.subplots(figsize=(7.5, 4.4))
           x = np.arange(1, EVALUATIONS + 1)
-          for (label, cfg), color in zip(methods.items(), ('tab:red', 'tab:purple', 'tab:blue')):
+          for (label, cfg), color in zip(methods.items(), plt.cm.tab10.colors):
               curves = np.asarray(residuals(params, test_batch, cfg))[:graphs]
               lo, mid, hi = np.nanpercentile(curves, [25, 50, 75], axis=0)
               ax.fill_between(x, lo, hi, color=color, alpha=0.2)
@@ -996,7 +990,7 @@ def results_notebook():
           import matplotlib.pyplot as plt
           import matplotlib.ticker
           from IPython.display import Markdown, display
-          from baselines import compare, plots, report  # noqa: F401  (plots selects Agg)
+          from baselines import compare, plots, report, variants  # noqa: F401  (plots: Agg)
           %matplotlib inline
           """, SMOKE_COMPARE, """
 
@@ -1056,7 +1050,7 @@ def results_notebook():
                   display(Markdown(f.read().split('\\n', 1)[1]))  # without its title
               algorithms = sorted({r['algorithm'] for r in rows})
               models = [m for m in compare.MODELS if any(r['model'] == m for r in rows)]
-              color = lambda m: plots.COLORS.get(m, 'gray')
+              color = lambda m: variants.colours().get(m, 'gray')
               width = 0.8 / len(models)
               x = np.arange(len(algorithms))
 

@@ -36,8 +36,8 @@ def test_sampler_swaps_exactly_the_targets_above_max(clrs):
   """Same seed: dm-clrs's sampler and ours draw the same numbers; ours
   differs only where the target exceeded the array, by a swap."""
   kw = dict(num_samples=300, length=5, seed=7)
-  plain = clrs_lib.build_sampler('binary_search', False, **kw).next()
-  better = clrs_lib.build_sampler('binary_search', True, **kw).next()
+  plain = clrs_lib.build_sampler('binary_search', None, **kw).next()
+  better = clrs_lib.build_sampler('binary_search', 'better_search', **kw).next()
   get = lambda fb, name: next(dp.data for dp in fb.features.inputs
                               if dp.name == name)
   k0, t0 = get(plain, 'key'), get(plain, 'target')

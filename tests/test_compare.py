@@ -599,7 +599,7 @@ def _resume_over(tmp_path, old_models: dict, new_models: dict,
 def test_protocol_written_with_the_old_absent_values_is_the_same(tmp_path):
   """protocol.json from before val/test_num_samples took None (0 meant the
   official count) still guards a DIR: 0 reads as None, 5 stays 5."""
-  new = dict(nar=dict(data=dict(val_num_samples=None)))
+  new = dict(nar=dict(data=dict(val_num_samples=None, options=[])))
   for stored, refused in ((0, False), (5, True)):
     _resume_over(tmp_path, dict(nar=dict(data=dict(val_num_samples=stored))),
                  new, 'val_num_samples' if refused else None)
@@ -611,7 +611,8 @@ def test_a_key_added_later_reads_as_its_old_behaviour(tmp_path):
   old = dict(dear=dict(dear=dict(tol=1e-3)))
   for value, refused in ((False, False), (True, True)):
     _resume_over(tmp_path, old,
-                 dict(dear=dict(dear=dict(tol=1e-3, spectral_norm=value))),
+                 dict(dear=dict(dear=dict(tol=1e-3, spectral_norm=value,
+                                          broyden_history=0))),
                  'spectral_norm' if refused else None)
 
 
@@ -619,8 +620,10 @@ def test_a_changed_default_names_the_flag_that_resumes_the_dir(tmp_path):
   """A DIR written under another default of a model's config value: the
   refusal names the --config flag that would resume it as it was, and that
   value is then accepted."""
-  old = dict(dear=dict(dear=dict(jac_reg_weight=0.01, spectral_norm=False)))
-  new = dict(dear=dict(dear=dict(jac_reg_weight=0.1, spectral_norm=False)))
+  old = dict(dear=dict(dear=dict(jac_reg_weight=0.01, spectral_norm=False,
+                                 broyden_history=0)))
+  new = dict(dear=dict(dear=dict(jac_reg_weight=0.1, spectral_norm=False,
+                                 broyden_history=0)))
   _resume_over(tmp_path, old, new,
                r'jac_reg_weight: 0\.01 there, 0\.1 now\); use another --out, '
                r'or pass --config\.dear\.jac_reg_weight=0\.01 to resume it')
@@ -640,7 +643,8 @@ def test_after_training_checks_may_differ_within_a_dir(tmp_path):
   keeps its own), but not with another model setting beside them."""
   def dear(**kw):
     return dict(dear=dict(dear=dict(dict(jac_reg_weight=0.01,
-                                         spectral_norm=False), **kw)))
+                                         spectral_norm=False,
+                                         broyden_history=0), **kw)))
   old = dear(check_max_iter=1000)  # written before check_graphs existed
   _resume_over(tmp_path, old, dear(check_graphs=256, check_max_iter=300),
                None)
@@ -701,7 +705,8 @@ def test_sweeps_started_together_on_one_dir_take_turns(tmp_path):
   protocol.json.tmp and one died; now the second waits for the first's
   read-merge-write, and both sets of algorithms end up in the file."""
   plan = types.SimpleNamespace(out=str(tmp_path))
-  models = dict(dear=dict(dear=dict(jac_reg_weight=0.01, spectral_norm=False)))
+  models = dict(dear=dict(dear=dict(jac_reg_weight=0.01, spectral_norm=False,
+                                    broyden_history=0)))
 
   def write(algorithm):
     protocol.check_and_write(

@@ -29,7 +29,8 @@ def _literal_default():
       val_length=16, test_length=64, val_num_samples=placeholder(int),
       test_num_samples=placeholder(int), eval_batch_size=32,
       cache_dir='~/.cache/dear_jax/datasets', recorded_stream=False,
-      better_search=False, extra_test_lengths=(), extra_test_num_samples=100))
+      better_search=False, extra_test_lengths=(), extra_test_num_samples=100,
+      options=()))
   c.model = ml_collections.ConfigDict(dict(
       processor='triplet_gmpnn', hidden=128, nb_triplet_fts=8,
       encoder_init='xavier_on_scalars', aggregation='max', latent_decay=1.0,
@@ -41,7 +42,7 @@ def _literal_default():
       method='anderson', max_iter_train=40, max_iter_eval=100, tol=1e-3,
       tol_mode='rel', anderson_history=6, anderson_ridge=1e-4,
       anderson_ridge_relative=True, anderson_beta=1.0, damping=1.0,
-      grad='ift', phantom_steps=5, phantom_tau=0.5,
+      broyden_history=0, grad='ift', phantom_steps=5, phantom_tau=0.5,
       backward_solver='anderson', backward_tol=1e-3, backward_max_iter=40,
       jac_reg_weight=0.1, state_noise=0.0, init_state_std=0.0, gate_bias=0.0,
       spectral_norm=False, stochastic_alpha=0.0, stochastic_decay=0.998,

@@ -124,3 +124,25 @@ def test_sharper_models_are_their_controls_with_one_option():
       assert got['model'][key] == value != want['model'][key]
       got['model'][key] = want['model'][key]
       assert got == want
+
+
+def test_a_variant_added_to_the_table_is_a_model_compare_trains():
+  """One Variant (baselines/variants.py) is all a new compared model takes:
+  its overrides and hint mode reach its config, its teacher trains first,
+  its colour reaches the plots."""
+  from baselines import plots, variants  # pylint: disable=g-import-not-at-top
+  new = variants.Variant('nar_small', 'nar', 'none', {'model.hidden': 8},
+                         teacher='nar', colour='tab:brown')
+  variants.add(new)
+  try:
+    p = _resolve('--models=nar_small,nar')
+    assert p.models == ('nar', 'nar_small')
+    config = p.configs['nar_small']
+    assert (config.model.hidden, config.nar.hint_mode) == (8, 'none')
+    assert p.configs['nar'].model.hidden == 128
+    assert plots._color('nar_small', 0) == 'tab:brown'  # pylint: disable=protected-access
+    assert not variants.official('nar_small')
+    with pytest.raises(plan.CompareError, match='add nar to --models'):
+      _resolve('--models=nar_small')
+  finally:
+    del variants.VARIANTS['nar_small']

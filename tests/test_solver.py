@@ -698,3 +698,35 @@ def test_chunked_solve_is_each_graph_solved_alone(problem):
   whole = jsolve(gnn, jnp.zeros((B, N, H)), params, (adj, x), config=cfg, training=False)
   np.testing.assert_array_equal(whole[1].iterations, want[1].iterations)
   assert len(set(want[1].iterations.tolist())) > 1
+
+
+def test_broyden_has_its_own_memory(problem):
+  """broyden_history 0 is anderson_history's (every config before the key
+  existed); set, it alone is Broyden's memory."""
+  params, adj, x, _ = problem
+  run = lambda **kw: np.asarray(jsolve(
+      gnn, jnp.zeros((B, N, H)), params, (adj, x), config=SolverConfig(
+          method='broyden', max_iter_train=12, tol=1e-9, **kw),
+      training=True)[0])
+  old = run(anderson_history=3)
+  np.testing.assert_array_equal(run(broyden_history=3, anderson_history=9), old)
+  np.testing.assert_array_equal(run(broyden_history=0, anderson_history=3), old)
+  assert not np.array_equal(run(broyden_history=9, anderson_history=3), old)
+  assert solver_lib.make_solver(SolverConfig(method='broyden', broyden_history=4,
+                                             anderson_history=7)).history == 4
+
+
+def test_the_registries_read_their_own_keys():
+  """Each registered class is built from (and checks) the keys it owns."""
+  cfg = SolverConfig(anderson_history=3, anderson_ridge=0.5, anderson_beta=0.7,
+                     anderson_ridge_relative=False, damping=0.25,
+                     phantom_steps=2, phantom_tau=0.75)
+  assert solver_lib.make_solver(cfg) == Anderson(3, 0.5, False, 0.7)
+  assert solver_lib.make_solver(
+      dataclasses.replace(cfg, method='fixed_point')).damping == 0.25
+  phantom = solver_lib.make_gradient(dataclasses.replace(cfg, grad='phantom'))
+  assert (phantom.steps, phantom.tau) == (2, 0.75)
+  assert list(solver_lib.SOLVERS) == ['anderson', 'fixed_point', 'broyden']
+  assert list(solver_lib.GRADIENTS) == ['ift', 'phantom', 'jfb']
+  with pytest.raises(ValueError, match=r"^dear\.broyden_history=-1; must be an int >= 0$"):
+    SolverConfig(broyden_history=-1).validate('dear.')
