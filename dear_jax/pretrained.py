@@ -205,6 +205,8 @@ def evaluate(folder: str, split: str = 'test', n: int | None = None,
   net = factory.build_model(config, clrs_lib.processed_spec(algorithm),
                             evalset.batches[0])
   _check_shapes(net, params, evalset.batches[0])
+  if split == 'test':  # the run's test settings; validation never had them
+    net = net.for_test()
   entry = extra_tests.score_set(_Learner(net), params, evalset)
   return dict(model=meta['name'], algorithm=algorithm, seed=meta['seed'],
               split=split,
