@@ -121,8 +121,12 @@ def load(folder: str):
     results = results_lib.read_json(os.path.join(folder, 'results.json'),
                                     required=('config', 'algorithm', 'seed'))
     config = train.stored_config(results['config'], folder)
-    meta = dict(name=factory.model_label(config),
-                algorithm=results['algorithm'], seed=results['seed'])
+    seed_dir = os.path.basename(os.path.normpath(folder))
+    name = (os.path.basename(os.path.dirname(os.path.normpath(folder)))
+            if seed_dir == f's{results["seed"]}'  # compare's runs/ALG/MODEL/sS
+            else factory.model_label(config))
+    meta = dict(name=name, algorithm=results['algorithm'],
+                seed=results['seed'])
     params = checkpoints.load_best_params(folder)
   else:
     missing = [f for f in (PARAMS, CONFIG, MODEL)

@@ -150,3 +150,17 @@ def test_a_run_with_test_settings_is_tested_with_them(tmp_path):
   assert test['graph_scores'] == results['test_graph_scores']
   assert pretrained.evaluate(str(workdir), 'val')['score'] == \
       results['val_score']
+
+
+def test_a_compare_run_folder_is_named_by_its_model(stored, tmp_path):
+  """runs/ALG/MODEL/sS: the compared model's name (results.json says only
+  the kind, 'dear' for dear_paper too)."""
+  done, _ = stored
+  folder = tmp_path / 'runs' / 'bfs' / 'dear_paper' / 's0'
+  shutil.copytree(done.workdir, folder)
+  meta, _, _ = pretrained.load(str(folder))
+  assert (meta['name'], meta['algorithm'], meta['seed']) == ('dear_paper',
+                                                            'bfs', 0)
+  other = tmp_path / 'elsewhere'
+  shutil.copytree(done.workdir, other)
+  assert pretrained.load(str(other))[0]['name'] == 'dear'
