@@ -50,6 +50,14 @@ def real_positions(loc: str, type_: str, node_mask, ndim: int):
   return m.reshape(m.shape + (1,) * (ndim - m.ndim))
 
 
+def _one_hot_on_real(loc: str, type_: str, truth, node_mask):
+  """A node mask_one's truth (one-hot over nodes) zero on padded nodes,
+  whatever a padded batch holds there; other truths as they are."""
+  if node_mask is None or loc != Location.NODE or type_ != Type.MASK_ONE:
+    return truth
+  return truth * node_mask.astype(truth.dtype)
+
+
 def output_loss(type_: str, truth, pred, nb_nodes: int, real=None):
   """`real`: `real_positions` of a padded batch (padded positions count
   for nothing, in the sum and in the count)."""
@@ -82,11 +90,13 @@ def total_loss(spec: dict, batch: dict, output_preds: dict, hint_preds=None):
   total = 0.0
   for name, truth in batch['outputs'].items():
     _, loc, type_ = spec[name]
+    truth = _one_hot_on_real(loc, type_, truth, node_mask)
     total += output_loss(type_, truth, output_preds[name], nb_nodes,
                          real_positions(loc, type_, node_mask, truth.ndim))
   if hint_preds is not None:
     for name, truth in batch['hints'].items():
       _, loc, type_ = spec[name]
+      truth = _one_hot_on_real(loc, type_, truth, node_mask)
       total += hint_loss(type_, truth, hint_preds[name], batch['lengths'],
                          nb_nodes,
                          real_positions(loc, type_, node_mask, truth.ndim - 1))

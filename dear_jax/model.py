@@ -131,13 +131,8 @@ class Reasoner:
     if 'senders' in batch and isinstance(self.processor, GatedMaxMPNN):
       return jnp.asarray(batch['senders'])
     if 'adj' in batch['inputs']:
-      adj = (adj_from_encoders > 0).astype(jnp.float32)
-    else:
-      adj = jnp.ones_like(adj_from_encoders)
-    if 'node_mask' in batch:  # a padded batch: edges between real nodes only
-      m = jnp.asarray(batch['node_mask'], adj.dtype)
-      adj = adj * m[:, :, None] * m[:, None, :]
-    return adj
+      return (adj_from_encoders > 0).astype(jnp.float32)
+    return jnp.ones_like(adj_from_encoders)
 
   def process(self, proc_params, node, edge, graph, adj, hidden,
               triplets: bool = True, edge_terms=None, node_mask=None,

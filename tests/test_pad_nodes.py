@@ -57,7 +57,27 @@ def _setup(cache_dir, which, algorithm, **dear):
     params['processor'] = jax.tree_util.tree_map(
         lambda w: w.at[h:].multiply(0.1) if w.ndim == 2 and w.shape[0] == 2 * h
         else w, params['processor'])
-  return model, params, batch, batch_lib.pad_nodes(batch, spec, PAD)
+  return model, params, batch, _garbage(batch_lib.pad_nodes(batch, spec, PAD),
+                                        batch, spec)
+
+
+def _garbage(padded, batch, spec):
+  """`padded` with random values on every padded position (pointers to
+  any node): the node mask, not zeros, must keep them out."""
+  ones = jax.tree_util.tree_map(np.ones_like, batch)
+  real = batch_lib.pad_nodes(ones, spec, PAD)
+  rng = np.random.default_rng(0)
+
+  def fill(x, r):
+    if x.dtype == np.int32:
+      noise = rng.integers(0, PAD, x.shape).astype(np.int32)
+    else:
+      noise = rng.normal(size=x.shape).astype(x.dtype)
+    return np.where(r != 0, x, noise)
+
+  out = {g: {k: fill(v, real[g][k]) for k, v in padded[g].items()}
+         for g in ('inputs', 'hints', 'outputs')}
+  return dict(padded, **out)
 
 
 def kind_keeps_hints(config) -> bool:
