@@ -23,9 +23,9 @@ MODELS = {
     'nar_hints': ('nar', 'triplet_gmpnn', 'encoded_decoded'),
 }
 # BFS: an adjacency, node pointers out. minimum: no adjacency (all pairs),
-# a node mask_one out. binary_search: a graph-level pointer out (the
-# graph-level max). floyd_warshall: edge pointers out.
-ALGORITHMS = ('bfs', 'minimum', 'binary_search', 'floyd_warshall')
+# a node mask_one out. dag_shortest_paths: graph-level hints (the decoders'
+# max over nodes). floyd_warshall: edge pointers out (and in, as hints).
+ALGORITHMS = ('bfs', 'minimum', 'dag_shortest_paths', 'floyd_warshall')
 
 
 def _config(cache_dir, which, **dear):
