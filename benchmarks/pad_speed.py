@@ -36,12 +36,15 @@ def _block(tree):
   return jax.tree_util.tree_map(lambda x: x.block_until_ready(), tree)
 
 
-def measure(model_kind: str, algorithm: str, rounds: int) -> dict:
+def measure(model_kind: str, algorithm: str, rounds: int,
+            config=None) -> dict:
+  """`config`: the run config to time (default: configs/default.py)."""
   import jax  # pylint: disable=g-import-not-at-top
   from configs import default  # pylint: disable=g-import-not-at-top
   from dear_jax import (batches, clrs_lib, factory, input_pipeline,  # pylint: disable=g-import-not-at-top
                         train)
-  config = default.get_config()
+  config = (default.get_config() if config is None
+            else config.copy_and_resolve_references())
   config.model_kind = model_kind
   dcfg = train.data_config(config)
   spec = clrs_lib.processed_spec(algorithm)
