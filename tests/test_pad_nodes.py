@@ -284,11 +284,13 @@ def test_pad_nodes_refuses_learnt_termination_and_permutations(cache_dir):
     run_config.check_pad_nodes(run_config.typed(config))
 
 
-def test_cli_refuses_pad_nodes_with_cgp_exit_2(tmp_path, capsys):
+@pytest.mark.parametrize('algorithm,flags', [
+    ('bfs', ['--config.dear.cgp=True']), ('insertion_sort', [])])
+def test_cli_refuses_pad_nodes_exit_2_writing_nothing(tmp_path, capsys,
+                                                      algorithm, flags):
   with pytest.raises(SystemExit) as e:
-    run.main(['run', '--algorithm=bfs', f'--workdir={tmp_path / "w"}',
-              '--config.data.pad_nodes=True', '--config.dear.cgp=True',
-              '--noprogress'])
+    run.main(['run', f'--algorithm={algorithm}', f'--workdir={tmp_path / "w"}',
+              '--config.data.pad_nodes=True', '--noprogress'] + flags)
   assert e.value.code == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith('error: data.pad_nodes=True')
