@@ -88,6 +88,31 @@ def num_steps(batch: Batch) -> int:
   return int(batch['lengths'].max())
 
 
+def pad_nodes(batch: Batch, spec: Spec, n: int) -> Batch:
+  """The batch on n >= its node count nodes: every node axis zero-padded
+  and 'node_mask' ([B, n] bool) marking the real nodes, so that batches of
+  every training size share one shape (`data.pad_nodes`). The models and
+  losses read the mask wherever they reduce over nodes."""
+  m = num_nodes(batch)
+  if n < m:
+    raise ValueError(f'cannot pad {m} nodes to {n}')
+
+  def pad(name, data, time_axis):
+    loc = spec[name][1]
+    axes = {'node': 1, 'edge': 2}.get(loc, 0)
+    widths = [(0, 0)] * data.ndim
+    for a in range(time_axis + 1, time_axis + 1 + axes):
+      widths[a] = (0, n - m)
+    return np.pad(data, widths)
+
+  out = {group: {k: pad(k, v, int(group == 'hints'))
+                 for k, v in batch[group].items()}
+         for group in ('inputs', 'hints', 'outputs')}
+  mask = np.zeros((len(batch['lengths']), n), bool)
+  mask[:, :m] = True
+  return dict(out, lengths=batch['lengths'], node_mask=mask)
+
+
 def save(path: str, batch: Batch) -> None:
   """One .npz per batch, keys 'GROUP/NAME' and 'lengths'; written under a
   temporary name and renamed, so a reader never sees half a file."""

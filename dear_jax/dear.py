@@ -210,10 +210,10 @@ class EquilibriumReasoner(Reasoner):
                            **kwargs)
 
   def step(self, proc_params, node, edge, graph, adj, hidden,
-           triplets: bool = True):
+           triplets: bool = True, node_mask=None):
     """One evaluation of the map: the processor, then the Cayley pass."""
     h_new, tri = self.process(proc_params, node, edge, graph, adj, hidden,
-                              triplets)
+                              triplets, node_mask=node_mask)
     if self.cgp:
       h_new = self.cayley_pass(proc_params, node, graph, h_new)
     return h_new, tri
@@ -263,9 +263,11 @@ class EquilibriumReasoner(Reasoner):
   # --- the equilibrium --------------------------------------------------------
   def equilibrium(self, params, batch, *, training, key):
     """(f, h0, args): the problem h* = f(h*, params['processor'], *args), per
-    graph, that `forward` solves (and diagnostics and plots re-solve)."""
+    graph, that `forward` solves (and diagnostics and plots re-solve). A
+    padded batch's node mask ends args (`node_mask`)."""
+    node_mask = batch.get('node_mask')
     node, edge, graph, adj = self.encode(params, batch['inputs'],
-                                         batch_lib.num_nodes(batch))
+                                         batch_lib.num_nodes(batch), node_mask)
     adj = self.adjacency(batch, adj)
     noise = jnp.zeros_like(node)
     h0 = jnp.zeros_like(node)
@@ -279,16 +281,22 @@ class EquilibriumReasoner(Reasoner):
       h0 = self.init_state_std * jax.random.normal(
           jax.random.fold_in(key, 4), node.shape)
 
-    def f(h, proc_params, node, edge, graph, adj, noise):
+    def f(h, proc_params, node, edge, graph, adj, noise, *mask):
       h_new, _ = self.step(proc_params, node[None], edge[None], graph[None],
-                           adj[None], h[None], triplets=False)
+                           adj[None], h[None], triplets=False,
+                           node_mask=mask[0][None] > 0 if mask else None)
       return h_new[0] + noise
-    return f, h0, (node, edge, graph, adj, noise)
+    args = (node, edge, graph, adj, noise)
+    if node_mask is not None:  # float: the implicit gradient differentiates args
+      args += (jnp.asarray(node_mask, node.dtype),)
+    return f, h0, args
 
   def forward(self, params, batch, *, training, key, step=None):
     f, h0, args = self.equilibrium(params, batch, training=training, key=key)
+    node_mask = node_mask_of(args)
     h_star, stats = solver.solve(f, h0, params['processor'], args,
                                  config=self.solver_cfg, training=training,
+                                 node_mask=node_mask,
                                  chunk=0 if training else eval_chunk())
     aux = {'solver': stats}
     if training and self.stochastic_alpha > 0:
@@ -306,17 +314,20 @@ class EquilibriumReasoner(Reasoner):
     if training and self.jac_reg_weight > 0:
       aux['penalty'] = self.jac_reg_weight * solver.jacobian_penalty(
           f, jax.lax.stop_gradient(h_new), params['processor'], args,
-          jax.random.fold_in(key, 3))
+          jax.random.fold_in(key, 3), node_mask=node_mask,
+          per_node=node_mask is not None)
     return outputs, None, aux
 
   def readout(self, params, args, h_star, training, key):
     """(output logits, P(H*)) at H*: the processor once more, with triplets,
     then the decoders (args: `equilibrium`'s)."""
-    node, edge, graph, adj, _ = args
+    node, edge, graph, adj = args[:4]
+    node_mask = node_mask_of(args)
     h_new, tri = self.step(params['processor'], node, edge, graph, adj,
-                           h_star)
+                           h_star, node_mask=node_mask)
     outputs, _ = self.decode(params, node, h_star, h_new, edge, tri, graph,
-                             training, jax.random.fold_in(key, 2))
+                             training, jax.random.fold_in(key, 2),
+                             node_mask=node_mask)
     return outputs, h_new
 
   def _alignment(self, f, h0, params, args, answer, batch, key):
@@ -375,6 +386,12 @@ class EquilibriumReasoner(Reasoner):
     if 'align_loss' in aux:
       loss = loss + self.align_weight * aux['align_loss']
     return loss, aux
+
+
+def node_mask_of(args):
+  """The node mask ending `equilibrium`'s args (a padded batch), as bool,
+  or None."""
+  return args[5] > 0 if len(args) > 5 else None
 
 
 # Graphs per solver loop at evaluation on a CPU (0: the whole batch). A

@@ -47,6 +47,30 @@ def log_sinkhorn(x, steps: int, temperature: float, zero_diagonal: bool,
   return x
 
 
+BIG_LOGIT = 1e9
+
+
+def over_nodes(spec: dict, name: str) -> bool:
+  """Whether a probe's logits are a softmax over nodes on their last axis."""
+  _, loc, type_ = spec[name]
+  return type_ in (Type.POINTER, Type.PERMUTATION_POINTER) or (
+      loc == Location.NODE and type_ == Type.MASK_ONE)
+
+
+def mask_logits(spec: dict, preds: dict, node_mask) -> dict:
+  """Logits over nodes with the padded nodes at -BIG_LOGIT (no probability,
+  no gradient); `preds` itself when node_mask is None."""
+  if node_mask is None:
+    return preds
+  out = dict(preds)
+  for name, logits in preds.items():
+    if over_nodes(spec, name):
+      real = node_mask.reshape(node_mask.shape[:1] + (1,) * (logits.ndim - 2)
+                               + node_mask.shape[1:])
+      out[name] = jnp.where(real, logits, -BIG_LOGIT)
+  return out
+
+
 def edge_layer(spec: dict, name: str):
   """Name of the decoder layer of probe `name` that reads e_t, or None."""
   _, loc, type_ = spec[name]
@@ -73,11 +97,13 @@ class Decoders(nn.Module):
 
   @nn.compact
   def __call__(self, h_t, e_t, graph_fts, training: bool = False, names=None,
-               edge_terms=None, gumbel=None):
+               edge_terms=None, gumbel=None, node_mask=None):
     """`names`: a subset of self.names to decode. `edge_terms` (name -> the
     edge part of that probe's e_t layer, bias included): e_t is then only
     the edge latent (or None). `gumbel` (name -> U(0, 1) draws): the noise of
-    permutation decoders instead of drawing it here."""
+    permutation decoders instead of drawing it here. `node_mask` ([B, N]
+    bool, a padded batch's): padded nodes are left out of the graph-level
+    max and get no probability in a softmax over nodes (`mask_logits`)."""
     preds = {}
     for name in (self.names if names is None else names):
       _, loc, type_ = self.spec[name]
@@ -99,12 +125,14 @@ class Decoders(nn.Module):
         else:
           preds[name] = pred if type_ == Type.CATEGORICAL else pred[..., 0]
       else:
-        pred = lin(width, 0)(jnp.max(h_t, axis=-2)) + lin(width, 1)(graph_fts)
+        pooled = (h_t if node_mask is None else
+                  jnp.where(node_mask[..., None], h_t, -BIG_LOGIT))
+        pred = lin(width, 0)(jnp.max(pooled, axis=-2)) + lin(width, 1)(graph_fts)
         if type_ == Type.POINTER:
           preds[name] = pred[:, None, 0] + lin(1, 2)(h_t)[..., 0]
         else:
           preds[name] = pred if type_ == Type.CATEGORICAL else pred[..., 0]
-    return preds
+    return mask_logits(self.spec, preds, node_mask)
 
   def _read_edges(self, name, e_t, edge_terms, layer):
     """layer(e_t), or with `edge_terms`: the given edge part plus the edge

@@ -33,6 +33,14 @@ def expand_pointer(data: jax.Array, nb_nodes: int) -> jax.Array:
   return data
 
 
+def _real_mean(node_mask, x, axis: int):
+  """x's mean over node axis `axis` (1 or 2 of [B, N, N, N, 1]) over the
+  real nodes of `node_mask` [B, N]."""
+  m = node_mask.astype(jnp.result_type(float))
+  m = m[:, :, None, None, None] if axis == 1 else m[:, None, :, None, None]
+  return jnp.sum(x * m, axis=axis) / jnp.sum(m, axis=axis)
+
+
 ENCODER_INITS = ('xavier_on_scalars', 'default')  # dm-clrs's encoder_init
 
 
@@ -51,8 +59,10 @@ class Encoders(nn.Module):
     return nn.Dense(self.hidden, kernel_init=init, name=f'{name}_enc_{index}')
 
   @nn.compact
-  def __call__(self, probes: dict, nb_nodes: int):
-    """Returns (node_fts, edge_fts, graph_fts, adjacency) contributions."""
+  def __call__(self, probes: dict, nb_nodes: int, node_mask=None):
+    """Returns (node_fts, edge_fts, graph_fts, adjacency) contributions.
+    `node_mask` ([B, N] bool, a padded batch's): the means over an edge
+    pointer's node axes run over the real nodes only."""
     batch = next(iter(probes.values())).shape[0] if probes else 0
     h = self.hidden
     node = jnp.zeros((batch, nb_nodes, h))
@@ -78,6 +88,8 @@ class Encoders(nn.Module):
           # input: no (B, N, N, N, H) array; the mean in jax's default float,
           # as the layer's outputs would be).
           mean = functools.partial(jnp.mean, dtype=jnp.result_type(float))
+          if node_mask is not None:
+            mean = functools.partial(_real_mean, node_mask)
           edge = edge + (encode(mean(as_features, axis=1)) +
                          self._linear(name, 1)(mean(as_features, axis=2)))
         else:

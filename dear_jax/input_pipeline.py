@@ -55,6 +55,11 @@ class DataConfig(sections.Section):
   # Registered data options (clrs_lib.DATA_OPTIONS) on: each changes the
   # samplers of its own algorithms (train, val and test data, cache keys).
   options: tuple = ()
+  # Every training batch padded to the largest training size, with a node
+  # mask the models respect: a run compiles one train step (DEAR; the NAR
+  # one per padded step count). Evaluation batches are never padded.
+  # docs/run_cost.md says what it costs.
+  pad_nodes: bool = False
 
   def __post_init__(self):
     super().__post_init__()
@@ -85,6 +90,9 @@ class DataConfig(sections.Section):
                        f'sizes >= 4 (e.g. 128,256,512), got {extra!r}')
     sections.int_at_least(f'{prefix}extra_test_num_samples',
                           v.extra_test_num_samples, 1)
+    if not isinstance(v.pad_nodes, bool):
+      raise ValueError(f'{prefix}pad_nodes must be True or False, got '
+                       f'{v.pad_nodes!r}')
     known = tuple(clrs_lib.DATA_OPTIONS)
     if not (isinstance(v.options, (tuple, list)) and all(
         o in known for o in v.options)):
@@ -105,6 +113,15 @@ def training_sizes(algorithm: str, sizes: Sequence[int]) -> tuple:
   if algorithm in clrs_lib.STRING_MATCHERS:
     return ((max(sizes) * 5) // 4,)
   return tuple(sizes)
+
+
+def pad_to(algorithm: str, cfg, batch: Batch) -> Batch:
+  """A training batch as the run trains on it: padded to the largest
+  training size when `cfg.pad_nodes` (batches.pad_nodes), else itself."""
+  if not cfg.pad_nodes:
+    return batch
+  return batch_lib.pad_nodes(batch, clrs_lib.processed_spec(algorithm),
+                             max(training_sizes(algorithm, cfg.train_sizes)))
 
 
 def _rng_state(rng: np.random.RandomState) -> dict:
@@ -159,6 +176,10 @@ class TrainStream:
     return self
 
   def __next__(self) -> Batch:
+    return pad_to(self._algorithm, self._cfg, self._draw())
+
+  def _draw(self) -> Batch:
+    """The next batch, unpadded (what a recorded stream stores)."""
     if self._cfg.size_schedule == 'cycle':
       idx = self._step % len(self._samplers)
     else:
@@ -208,7 +229,7 @@ class RecordedStream:
       if state is not None and state['step'] <= k:
         self._live.set_state(state)
     while self._live._step < k:  # pylint: disable=protected-access
-      next(self._live)
+      self._live._draw()  # pylint: disable=protected-access
     return self._live
 
   def record(self, steps: int) -> None:
@@ -219,7 +240,7 @@ class RecordedStream:
 
   def _record(self, k: int) -> Batch:
     live = self._live_at(k)
-    batch = next(live)
+    batch = live._draw()  # pylint: disable=protected-access
     batch_lib.save(self._path(k), batch)
     write_stream_state(self._dir, live.get_state())
     return batch
@@ -236,9 +257,10 @@ class RecordedStream:
   def __next__(self) -> Batch:
     k = self._step
     self._step += 1
+    algorithm, cfg = self._live_args[:2]
     if os.path.exists(self._path(k)):
-      return batch_lib.load(self._path(k))
-    return self._record(k)
+      return pad_to(algorithm, cfg, batch_lib.load(self._path(k)))
+    return pad_to(algorithm, cfg, self._record(k))
 
 
 _STATE_FILE = 'live_state.npz'

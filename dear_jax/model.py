@@ -118,8 +118,9 @@ class Reasoner:
             if hasattr(processor, k)}
 
   # --- the three stages, each with its own parameters -----------------------
-  def encode(self, params, probes: dict, nb_nodes: int):
-    return self.encoders.apply({'params': params['encoders']}, probes, nb_nodes)
+  def encode(self, params, probes: dict, nb_nodes: int, node_mask=None):
+    return self.encoders.apply({'params': params['encoders']}, probes, nb_nodes,
+                               node_mask)
 
   def adjacency(self, batch: dict, adj_from_encoders):
     """Aggregation graph for processors that use one: the input graph's
@@ -134,15 +135,21 @@ class Reasoner:
     return jnp.ones_like(adj_from_encoders)
 
   def process(self, proc_params, node, edge, graph, adj, hidden,
-              triplets: bool = True, edge_terms=None, **kwargs):
+              triplets: bool = True, edge_terms=None, node_mask=None,
+              **kwargs):
     """With `edge_terms` (see processors.py) `edge` is not read; `kwargs`
-    go to the processor (`neighbours` for the gated max-MPNN)."""
+    go to the processor (`neighbours` for the gated max-MPNN). `node_mask`
+    (a padded batch's) goes to it only when given, so a registered
+    processor without one runs unpadded batches as before."""
+    if node_mask is not None:
+      kwargs['node_mask'] = node_mask
     return self.processor.apply({'params': proc_params}, node, edge, graph,
                                 adj, hidden, triplets=triplets,
                                 edge_terms=edge_terms, **kwargs)
 
   def decode(self, params, node, h_prev, h_new, edge, edge_latent, graph,
-             training: bool, key, names=None, edge_terms=None, gumbel=None):
+             training: bool, key, names=None, edge_terms=None, gumbel=None,
+             node_mask=None):
     """(output preds, hint preds); with `names`, only those probes are
     decoded. With `edge_terms` (see decoders.py) `edge` is not read."""
     h_t = jnp.concatenate([node, h_prev, h_new], axis=-1)
@@ -154,7 +161,7 @@ class Reasoner:
     preds = self.decoders.apply({'params': params['decoders']}, h_t, e_t, graph,
                                 training=training, names=names,
                                 edge_terms=edge_terms, gumbel=gumbel,
-                                rngs={'gumbel': key})
+                                node_mask=node_mask, rngs={'gumbel': key})
     return ({k: preds[k] for k in self.output_names if k in preds},
             {k: preds[k] for k in self.hint_names if k in preds})
 

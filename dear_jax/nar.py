@@ -161,8 +161,9 @@ class EdgeMaps:
   """
 
   def __init__(self, spec, params, hidden, inputs, proc_layers, dec_names,
-               fed_names, nb_nodes):
+               fed_names, nb_nodes, node_mask=None):
     self.spec = spec
+    self.node_mask = node_mask  # a padded batch's (encoders' means)
     maps = {('processor', n): params['processor'][n] for n in proc_layers}
     maps.update({('decoders', n): params['decoders'][edge_layer(spec, n)]
                  for n in dec_names if edge_layer(spec, n)})
@@ -179,7 +180,7 @@ class EdgeMaps:
   def _encode(self, key, probes, nb_nodes):
     width = next(iter(self.enc_params[key].values()))['kernel'].shape[1]
     return Encoders(spec=self.spec, hidden=width).apply(
-        {'params': self.enc_params[key]}, probes, nb_nodes)[1]
+        {'params': self.enc_params[key]}, probes, nb_nodes, self.node_mask)[1]
 
   def __call__(self, fed: dict, nb_nodes: int) -> dict:
     """{'processor': {layer: L(edge)}, 'decoders': {probe: L(edge)}} for the
@@ -236,17 +237,19 @@ class StepwiseNAR(Reasoner):
   def results(self, results, config, test_set):
     results['hint_mode'] = self.hint_mode
 
-  def _encode_fed(self, params, node0, graph0, fed, nb_nodes):
+  def _encode_fed(self, params, node0, graph0, fed, nb_nodes, node_mask=None):
     """Node and graph features of a step (its edge features: EdgeMaps)."""
     if not fed:
       return node0, graph0
-    d_node, _, d_graph, _ = self.encode(params, fed, nb_nodes)
+    d_node, _, d_graph, _ = self.encode(params, fed, nb_nodes, node_mask)
     return node0 + d_node, graph0 + d_graph
 
   def forward(self, params, batch, *, training, key):
     nb_nodes = batch_lib.num_nodes(batch)
+    node_mask = batch.get('node_mask')  # a padded batch's
     # The input edge features are only read through EdgeMaps.
-    node0, _, graph0, adj = self.encode(params, batch['inputs'], nb_nodes)
+    node0, _, graph0, adj = self.encode(params, batch['inputs'], nb_nodes,
+                                        node_mask)
     batch_size = node0.shape[0]
     adj = self.adjacency(batch, adj)
     fed_names = tuple(batch['hints']) if self.encode_hints else ()
@@ -254,7 +257,7 @@ class StepwiseNAR(Reasoner):
                    if n in params['processor']]
     step_maps, out_maps = (
         EdgeMaps(self.spec, params, self.hidden, batch['inputs'], layers,
-                 names, fed_names, nb_nodes)
+                 names, fed_names, nb_nodes, node_mask)
         for layers, names in ((proc_layers, self.hint_names),
                               ((), self.output_names)))
     out_reads_edges = bool(out_maps.base)
@@ -263,10 +266,12 @@ class StepwiseNAR(Reasoner):
 
     def step(hidden, i, fed):
       """-> (h_new, hint logits, what the output decoders would read)."""
-      node, graph = self._encode_fed(params, node0, graph0, fed, nb_nodes)
+      node, graph = self._encode_fed(params, node0, graph0, fed, nb_nodes,
+                                     node_mask)
       terms = step_maps(fed, nb_nodes)
       h_new, tri = self.process(params['processor'], node, None, graph, adj,
-                                hidden, edge_terms=terms['processor'])
+                                hidden, edge_terms=terms['processor'],
+                                node_mask=node_mask)
       step_key = jax.random.fold_in(key, i)
       noise = {}
       if draws_noise:  # as a decode of all probes at this step would draw
@@ -278,7 +283,8 @@ class StepwiseNAR(Reasoner):
         _, hint_preds = self.decode(
             params, node, hidden, h_new, None, tri, graph, training, step_key,
             names=self.hint_names, edge_terms=terms['decoders'],
-            gumbel={k: v for k, v in noise.items() if k in self.hint_names})
+            gumbel={k: v for k, v in noise.items() if k in self.hint_names},
+            node_mask=node_mask)
       ends = dict(fed=fed, h_prev=hidden, h_new=h_new,
                   noise={k: v for k, v in noise.items()
                          if k in self.output_names})
@@ -288,12 +294,12 @@ class StepwiseNAR(Reasoner):
 
     def decode_ends(ends):
       node, graph = self._encode_fed(params, node0, graph0, ends['fed'],
-                                     nb_nodes)
+                                     nb_nodes, node_mask)
       outs, _ = self.decode(
           params, node, ends['h_prev'], ends['h_new'], None, ends.get('tri'),
           graph, training, key, names=self.output_names,
           edge_terms=out_maps(ends['fed'], nb_nodes)['decoders'],
-          gumbel=ends['noise'])
+          gumbel=ends['noise'], node_mask=node_mask)
       return outs
 
     if self.learn_termination and not training:

@@ -155,20 +155,26 @@ class TripletGMPNN(nn.Module):
       return getattr(self, name)(edge_fts)
     return edge_terms[name]
 
-  def triplet_features(self, z, edge_fts, graph_fts, edge_terms=None):
-    """(B, N, N, H) edge latent from max over i of the (B, N, N, N, 8) triplets."""
+  def triplet_features(self, z, edge_fts, graph_fts, edge_terms=None,
+                       node_mask=None):
+    """(B, N, N, H) edge latent from max over i of the (B, N, N, N, 8)
+    triplets (over the real i of `node_mask` when given)."""
     edge = lambda name: self._edge(name, edge_fts, edge_terms)
     # tri[b, i, j, k] sums seven terms; the four that do not depend on i are
     # added after the max over i (same value, a third of the 5-d work).
     over_i = (self.t_1(z)[:, :, None, None] + edge('t_e_1')[:, :, :, None] +
               edge('t_e_2')[:, :, None, :])
+    if node_mask is not None:
+      over_i = jnp.where(node_mask[:, :, None, None, None], over_i,
+                         -BIG_NUMBER)
     tri = (_max_over_senders(over_i) + self.t_2(z)[:, :, None] +
            self.t_3(z)[:, None, :] + edge('t_e_3') +
            self.t_g(graph_fts)[:, None, None])
     return jax.nn.relu(self.o3(tri))
 
   def __call__(self, node_fts, edge_fts, graph_fts, adj, hidden,
-               triplets: bool = True, edge_terms=None):
+               triplets: bool = True, edge_terms=None, node_mask=None):
+    """`node_mask` ([B, N] bool, a padded batch's): only real nodes send."""
     del adj  # MPNN: every pair exchanges messages (dm-clrs sets adj to ones)
     if self.latent_decay != 1.0:
       hidden = self.latent_decay * hidden  # messages, gate and keep-path
@@ -177,10 +183,13 @@ class TripletGMPNN(nn.Module):
             self._edge('m_e', edge_fts, edge_terms) +
             self.m_g(graph_fts)[:, None, None])
     msgs = self.mlp_1(jax.nn.relu(self.mlp_0(jax.nn.relu(msgs))))
+    senders = None if node_mask is None else node_mask[:, :, None]
     if self.aggregation == 'softmax':
-      agg = softmax_aggregate(msgs, None, 1, self.adaptive_temperature)
-    else:
+      agg = softmax_aggregate(msgs, senders, 1, self.adaptive_temperature)
+    elif senders is None:
       agg = jnp.max(msgs, axis=1)
+    else:
+      agg = jnp.max(jnp.where(senders[..., None], msgs, -BIG_NUMBER), axis=1)
     ret = jax.nn.relu(self.o1(z) + self.o2(agg))
     if self.use_ln:
       ret = self.ln(ret)
@@ -190,7 +199,8 @@ class TripletGMPNN(nn.Module):
       ret = ret * gate + hidden * (1 - gate)
     tri = None
     if triplets and self.use_triplets:
-      tri = self.triplet_features(z, edge_fts, graph_fts, edge_terms)
+      tri = self.triplet_features(z, edge_fts, graph_fts, edge_terms,
+                                  node_mask)
     return ret, tri
 
 
@@ -218,7 +228,10 @@ class GatedMaxMPNN(nn.Module):
 
   @nn.compact
   def __call__(self, node_fts, edge_fts, graph_fts, adj, hidden,
-               triplets: bool = True, edge_terms=None, neighbours=None):
+               triplets: bool = True, edge_terms=None, neighbours=None,
+               node_mask=None):
+    """`node_mask` ([B, N] bool, a padded batch's, with the dense `adj`):
+    only real nodes send."""
     del triplets  # no edge latent: decoders see the encoded edges only
     dense = lambda n, name: nn.Dense(n, kernel_init=torch_uniform, name=name)
     h = self.hidden
@@ -249,6 +262,8 @@ class GatedMaxMPNN(nn.Module):
     elif neighbours is None:
       # Message on edge i -> j at [:, i, j], from sender i and receiver j.
       msgs = receiver[:, None, :] + sender[:, :, None] + edge + graph
+      if node_mask is not None:  # a padded node hears itself only
+        adj = adj * node_mask[:, :, None]
       with_self = jnp.maximum(adj, jnp.eye(node_fts.shape[1])[None])
       aggregate = (soft_over(with_self > 0, 1) if soft else
                    lambda m: _max_aggregate(m, with_self))

@@ -120,4 +120,42 @@ def check_config(config) -> RunConfig:
     alignment.read_teacher_results(run.dear.align_teacher)
   if run.train.data_parallel:
     seeds.check_divisible(run.data.batch_size)
+  check_pad_nodes(run)
   return run
+
+
+# What data.pad_nodes supports: the node mask reaches these processors.
+PAD_PROCESSORS = ('triplet_gmpnn', 'gmpnn')
+
+
+def check_pad_nodes(run: RunConfig, spec: dict | None = None) -> None:
+  """data.pad_nodes=True with what the node mask does not reach is refused
+  (one line, naming the key), never computed wrong; with `spec` (the
+  algorithm's processed spec), also the algorithms it cannot pad."""
+  if not run.data.pad_nodes:
+    return
+  refused = [
+      (run.model.processor not in PAD_PROCESSORS,
+       f'model.processor={run.model.processor} (allowed: '
+       f'{", ".join(PAD_PROCESSORS)})'),
+      (run.train.data_parallel, 'train.data_parallel=True'),
+      (run.model_kind == 'nar' and run.nar.learn_termination,
+       'nar.learn_termination=True'),
+      (run.model_kind == 'dear' and run.dear.cgp,
+       'dear.cgp=True (the Cayley graph is built for the true size)'),
+      (run.model_kind == 'dear' and run.dear.align_weight > 0,
+       'dear.align_weight > 0'),
+      (run.model_kind == 'dear' and run.dear.state_noise > 0,
+       'dear.state_noise > 0'),
+      (run.model_kind == 'dear' and run.dear.init_state_std > 0,
+       'dear.init_state_std > 0'),
+  ]
+  if spec is not None:
+    perm = sorted(k for k, (_, _, t) in spec.items()
+                  if t == 'permutation_pointer')
+    refused.append((bool(perm), f'an algorithm with permutation pointers '
+                                f'({", ".join(perm)}: Sinkhorn over nodes)'))
+  for bad, what in refused:
+    if bad:
+      raise ValueError(f'data.pad_nodes=True does not support {what}; set '
+                       'data.pad_nodes=False')

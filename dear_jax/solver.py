@@ -699,18 +699,29 @@ def residual_history(f, h0, params, args, *, config: SolverConfig, evaluations: 
                 node_mask=node_mask).history
 
 
-def jacobian_penalty(f, h, params, args, key, node_mask=None) -> jax.Array:
+def jacobian_penalty(f, h, params, args, key, node_mask=None,
+                     per_node: bool = False) -> jax.Array:
   """Hutchinson estimate ||v^T J_f(h)||^2 / h.size with one Gaussian v ([B, N, H] h).
 
   Matches torchdeq's jac_reg on DEAR's dense padded tensor: with node_mask, v is
   zero on padded rows (whose outputs DEAR zero-pads). Differentiable w.r.t. params.
+  `per_node` (a batch padded to one shape, `batches.pad_nodes`): node n's
+  draws come from fold_in(key, n) and the mean runs over the real rows, so
+  the value is the unpadded graphs' whatever the padding.
   """
-  v = jnp.where(_node_mask(_graph_mask(h, node_mask), h),
-                jax.random.normal(key, h.shape, h.dtype), 0)
+  mask = _graph_mask(h, node_mask)
+  if per_node:
+    one = lambda i: jax.random.normal(jax.random.fold_in(key, i),
+                                      h.shape[:1] + h.shape[2:], h.dtype)
+    v = jnp.moveaxis(jax.vmap(one)(jnp.arange(h.shape[1])), 0, 1)
+    size = jnp.sum(mask) * (h.size // (h.shape[0] * h.shape[1]))
+  else:
+    v, size = jax.random.normal(key, h.shape, h.dtype), h.size
+  v = jnp.where(_node_mask(mask, h), v, 0)
   fb = lambda hh: jax.vmap(lambda hg, a: f(hg, params, *a))(hh, tuple(args))
   _, vjp = jax.vjp(fb, h)
   (u,) = vjp(v)
-  return jnp.sum(u * u) / h.size
+  return jnp.sum(u * u) / size
 
 
 def spectral_radius(f, h, params, args, key, *, iterations: int = 30, settle: float = 1e-3,

@@ -349,6 +349,7 @@ def train_seeds(config, seeds, workdirs, algorithm: str, progress: bool = True,
   A seed whose loss diverges leaves the stack; the others finish, then the
   divergence is raised."""
   run = run_config.check_config(config)  # typed once, unless it already is
+  run_config.check_pad_nodes(run, clrs_lib.processed_spec(algorithm))
   configs = [run.with_seed(s) for s in seeds]
   checked = [_check_folder(c, w, reevaluate, extend, progress)
              for c, w in zip(configs, workdirs)]

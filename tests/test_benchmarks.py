@@ -458,3 +458,20 @@ def test_train_speed_medians_ratio_and_table(tmp_path, monkeypatch):
           in table)
   assert json.loads((tmp_path / 'train_speed.json').read_text())['rows'] == [
       json.loads(json.dumps(row))]
+
+
+def test_pad_speed_times_both_modes_and_counts_programs(tmp_path, cache_dir):
+  """benchmarks.pad_speed on a tiny DEAR: the padded batches make one
+  program where the two training sizes make two; a table row per model."""
+  from benchmarks import pad_speed  # pylint: disable=g-import-not-at-top
+  config = tiny_config(cache_dir, 'dear')
+  config.model.hidden = 8
+  config.data.train_sizes = (4, 5)
+  row = pad_speed.measure('dear', 'bfs', 1, config)
+  assert row['programs'] == dict(unpadded=2, padded=1)
+  assert row['ratio'] == pytest.approx(row['padded_steps_per_second'] /
+                                       row['unpadded_steps_per_second'])
+  pad_speed.write([row], str(tmp_path), 'machine', 'note')
+  assert '| bfs | dear | 2, 1 |' in (tmp_path / 'pad_speed.md').read_text()
+  assert pad_speed.main(['--rounds=0', f'--out={tmp_path}']) == 2
+  assert pad_speed.main(['--models=gnn', f'--out={tmp_path}']) == 2
