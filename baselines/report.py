@@ -210,19 +210,14 @@ def size_rows(runs: list) -> list:
   return out
 
 
-def _size_lines(rows: list, models: list) -> list:
-  """results.md: score, time and iterations or steps against n."""
+def _size_table(rows: list, models: list, title: str, note: str,
+                cell) -> list:
+  """A results.md table, algorithm and model by test size n; `cell(at)`
+  writes the cell of a model's rows at one n (never empty)."""
   if not rows:
     return []
   sizes = sorted({r['nodes'] for r in rows})
-  lines = ['', '## Test score and time against n', '',
-           'The best parameters on the official test and on test sets '
-           'of further sizes (data.extra_test_lengths; dm-clrs\'s samplers '
-           'with the official test seed, the same graphs for every model). '
-           'Each cell: score % / ms per graph / DEAR\'s solver iterations or '
-           '`nar_lt`\'s steps, then the true steps in brackets; means over '
-           'seeds (n = seeds where more than one). results_by_size.csv has '
-           'every value.', '',
+  lines = ['', f'## {title}', '', note, '',
            '| algorithm | model | ' + ' | '.join(f'n={n}' for n in sizes)
            + ' |', '|' + '---|' * (len(sizes) + 2)]
   for a in sorted({r['algorithm'] for r in rows}):
@@ -233,57 +228,56 @@ def _size_lines(rows: list, models: list) -> list:
       cells = []
       for n in sizes:
         at = [r for r in mine if r['nodes'] == n]
-        if not at:
-          cells.append('–')
-          continue
-        mean = lambda k, at=at: mean_std([r[k] for r in at])[0]
-        score, ms = mean('test_score'), mean('eval_seconds_per_graph')
-        steps = mean('solver_iters_mean')
-        if steps is None:
-          steps = mean('nar_steps_mean')
-        cells.append(
-            f'{100 * score:.1f} / {1e3 * ms:.1f}'
+        cells.append(cell(at) if at else '–')
+      lines.append(f'| {a} | `{m}` | ' + ' | '.join(cells) + ' |')
+  return lines
+
+
+def _size_lines(rows: list, models: list) -> list:
+  """results.md: score, time and iterations or steps against n."""
+
+  def cell(at):
+    mean = lambda k: mean_std([r[k] for r in at])[0]
+    score, ms = mean('test_score'), mean('eval_seconds_per_graph')
+    steps = mean('solver_iters_mean')
+    if steps is None:
+      steps = mean('nar_steps_mean')
+    return (f'{100 * score:.1f} / {1e3 * ms:.1f}'
             + ('' if steps is None else f' / {steps:.1f}')
             + f' ({mean("algo_steps_mean"):.1f})'
             + (f', n={len(at)}' if len(at) != 1 else ''))
-      lines.append(f'| {a} | `{m}` | ' + ' | '.join(cells) + ' |')
-  return lines
+
+  return _size_table(
+      rows, models, 'Test score and time against n',
+      'The best parameters on the official test and on test sets '
+      'of further sizes (data.extra_test_lengths; dm-clrs\'s samplers '
+      'with the official test seed, the same graphs for every model). '
+      'Each cell: score % / ms per graph / DEAR\'s solver iterations or '
+      '`nar_lt`\'s steps, then the true steps in brackets; means over '
+      'seeds (n = seeds where more than one). results_by_size.csv has '
+      'every value.', cell)
 
 
 def _size_interval_lines(rows: list, models: list) -> list:
   """results.md: the test score at each n with its 95 % interval: over seeds
   where a model has several, else over the one run's test graphs."""
-  if not rows:
-    return []
-  sizes = sorted({r['nodes'] for r in rows})
-  lines = ['', '## Test score at each n, with 95 % intervals', '',
-           'Mean [95 % t interval] in %: over seeds where the model has '
-           'several (n = seeds), else over the run\'s test graphs\' own '
-           'scores (g = graphs; a graph\'s score is the mean over its '
-           'outputs, so the mean of one run\'s graphs can differ a little '
-           'from its pooled score above).', '',
-           '| algorithm | model | ' + ' | '.join(f'n={n}' for n in sizes)
-           + ' |', '|' + '---|' * (len(sizes) + 2)]
-  for a in sorted({r['algorithm'] for r in rows}):
-    for m in models:
-      mine = [r for r in rows if r['algorithm'] == a and r['model'] == m]
-      if not mine:
-        continue
-      cells = []
-      for n in sizes:
-        at = [r for r in mine if r['nodes'] == n]
-        if len(at) > 1:
-          cell = stats.t_interval([_number(r['test_score']) for r in at])
-          cells.append(f'{cell.format(100)} (n={cell.n})')
-        elif at and at[0].get('graph_scores'):
-          cell = stats.t_interval(at[0]['graph_scores'])
-          cells.append(f'{cell.format(100)} (g={cell.n})')
-        elif at:
-          cells.append(f'{100 * at[0]["test_score"]:.1f} (n=1)')
-        else:
-          cells.append('–')
-      lines.append(f'| {a} | `{m}` | ' + ' | '.join(cells) + ' |')
-  return lines
+
+  def cell(at):
+    if len(at) > 1:
+      got = stats.t_interval([_number(r['test_score']) for r in at])
+      return f'{got.format(100)} (n={got.n})'
+    if at[0].get('graph_scores'):
+      got = stats.t_interval(at[0]['graph_scores'])
+      return f'{got.format(100)} (g={got.n})'
+    return f'{100 * at[0]["test_score"]:.1f} (n=1)'
+
+  return _size_table(
+      rows, models, 'Test score at each n, with 95 % intervals',
+      'Mean [95 % t interval] in %: over seeds where the model has '
+      'several (n = seeds), else over the run\'s test graphs\' own '
+      'scores (g = graphs; a graph\'s score is the mean over its '
+      'outputs, so the mean of one run\'s graphs can differ a little '
+      'from its pooled score above).', cell)
 
 
 def _size_differences(rows: list, dear: str, base: str, n: int) -> dict:
