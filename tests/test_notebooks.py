@@ -16,6 +16,8 @@ import time
 import nbformat
 import pytest
 
+import conftest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NB_DIR = os.path.join(REPO, 'notebooks')
 NOTEBOOKS = ('quickstart', 'dear_vs_stepwise', 'implicit_gradients', 'results',
@@ -76,6 +78,10 @@ def kernel_env(tmp_path_factory):
   env.update(DEAR_JAX_NOTEBOOK_SMOKE='1', TMPDIR=str(tmp),
              TF_CPP_MIN_LOG_LEVEL='3', PYTHONUNBUFFERED='1')
   env.pop('MPLBACKEND', None)  # the kernel's inline backend draws the PNGs
+  if conftest.JAX_CACHE_DIR:  # the tests' compilation cache (conftest.py)
+    env.update(JAX_COMPILATION_CACHE_DIR=conftest.JAX_CACHE_DIR,
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
   return env
 
 

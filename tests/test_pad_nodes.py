@@ -119,8 +119,18 @@ def test_pad_nodes_pads_every_axis_and_marks_real_nodes():
     batch_lib.pad_nodes(batch, spec, 2)
 
 
-@pytest.mark.parametrize('algorithm', ALGORITHMS)
-@pytest.mark.parametrize('which', list(MODELS))
+# A covering set of (model, algorithm) pairs, not the whole product: every
+# model kind, every algorithm, DEAR on all-pairs, adjacency and edge-pointer
+# data, and hints decoded at the graph level (dag_shortest_paths).
+LOSS_CASES = (('dear', 'floyd_warshall'), ('dear', 'minimum'),
+              ('dear_gmpnn', 'bfs'), ('dear_gmpnn', 'dag_shortest_paths'),
+              ('nar_nohint', 'floyd_warshall'),
+              ('nar_hints', 'dag_shortest_paths'))
+assert {w for w, _ in LOSS_CASES} == set(MODELS)
+assert {a for _, a in LOSS_CASES} == set(ALGORITHMS)
+
+
+@pytest.mark.parametrize('which,algorithm', LOSS_CASES)
 def test_padded_loss_and_gradients_equal_unpadded(cache_dir, which, algorithm):
   """Against the unpadded batch itself: no node mask anywhere in the
   reference. DEAR's Hutchinson penalty draws per node on a padded batch,
@@ -155,8 +165,9 @@ def test_padded_dear_default_loss_equals_unpadded_with_its_mask(cache_dir,
   assert float(p_loss) > float(_loss_and_grad(off, params, padded)[0]) + 1e-6
 
 
-@pytest.mark.parametrize('algorithm', ['bfs', 'minimum', 'floyd_warshall'])
-@pytest.mark.parametrize('which', ['dear', 'dear_gmpnn', 'nar_nohint'])
+@pytest.mark.parametrize('which,algorithm', [
+    ('dear', 'bfs'), ('dear', 'floyd_warshall'), ('dear_gmpnn', 'minimum'),
+    ('nar_nohint', 'bfs'), ('nar_nohint', 'floyd_warshall')])
 def test_padded_predictions_on_real_nodes_equal_unpadded(cache_dir, which,
                                                          algorithm):
   model, params, batch, padded = _setup(cache_dir, which, algorithm)
@@ -209,8 +220,8 @@ def _count_traces(cache_dir, kind, pad_nodes, steps=10):
 
 
 def test_dear_with_pad_nodes_traces_one_train_step(cache_dir):
+  # (Unpadded, the same stream compiles two: the next test's run shows it.)
   assert _count_traces(cache_dir, 'dear', True) == (1, {5})
-  assert _count_traces(cache_dir, 'dear', False) == (2, {4, 5})
 
 
 def test_a_run_with_pad_nodes_compiles_one_train_step(tmp_path, cache_dir):

@@ -126,12 +126,26 @@ def _stand_in(results, fail=()):
   return instant
 
 
+@pytest.fixture
+def reused_workers(monkeypatch):
+  """Ray workers kept between tasks (max_calls unlimited) for the tests whose
+  tasks are stand-ins: a fresh process per task imports the package again
+  (seconds each) and the driver's handling of tasks is the same."""
+  real = executors._task_options  # pylint: disable=protected-access
+
+  def reused(*args, **kwargs):
+    return dict(real(*args, **kwargs), max_calls=0)
+
+  monkeypatch.setattr(executors, '_task_options', reused)
+
+
 def _lines(text, start):
   """Lines that start with `start`, without the seconds at their end."""
   return sorted(l.rsplit(' (', 1)[0] for l in text.splitlines()
                 if l.startswith(start))
 
 
+@pytest.mark.usefixtures('reused_workers')
 def test_failures_named_others_land_resumed_teachers_sent(sweeps, capsys,
                                                           monkeypatch):
   """The finished sweep grown to 2 seeds and two more models (a resumed
@@ -205,6 +219,7 @@ def _stack_stand_in(results, fail_after=None):
   return stacked
 
 
+@pytest.mark.usefixtures('reused_workers')
 def test_stack_seeds_one_task_per_group_resumed_teachers_sent(
     sweeps, tmp_path, capsys, monkeypatch):
   """--stack_seeds on Ray: each stackable (algorithm, model)'s unfinished
