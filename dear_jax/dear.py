@@ -44,7 +44,7 @@ from dear_jax import cgp
 from dear_jax import losses
 from dear_jax import sections
 from dear_jax import solver
-from dear_jax.model import ModelConfig, Reasoner
+from dear_jax.model import ModelConfig, Reasoner, eval_chunk
 from dear_jax.processors import GatedMaxMPNN
 
 CGP_KEYS = ('cgp_edge', 'cgp_processor')
@@ -392,21 +392,6 @@ def node_mask_of(args):
   """The node mask ending `equilibrium`'s args (a padded batch), as bool,
   or None."""
   return args[5] > 0 if len(args) > 5 else None
-
-
-# Graphs per solver loop at evaluation on a CPU (0: the whole batch). A
-# vmapped loop runs until the batch's slowest graph stops; a CPU gains nothing
-# from batching graphs, and one graph's working set fits its caches. One graph
-# per loop: no graph waits for another, and its answer does not depend on its
-# batchmates. Measured (shared 2-core CPU, hidden 128, 32 MST-Prim graphs, 8
-# iterations each): 7.1 s as one loop, 3.2 s in groups of 4, 2.2 s one graph
-# at a time at n=64; 0.43 / 0.18 / 0.20 s at n=16. Accelerators keep the batch.
-EVAL_CHUNK_CPU = 1
-
-
-def eval_chunk() -> int:
-  """`solver.solve`'s chunk for evaluation on the current backend."""
-  return EVAL_CHUNK_CPU if jax.default_backend() == 'cpu' else 0
 
 
 def spectrally_normalised(params):

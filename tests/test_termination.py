@@ -192,3 +192,61 @@ def test_termination_summary_counts_early_exact_late():
   assert s['nar_cap_hit_fraction'] == 0.25
   assert s['nar_steps_mean'] == 3.25 and s['nar_true_steps_mean'] == 2.5
   assert s['nar_true_steps'] == [2, 3, 1, 4] and s['nar_step_cap'] == 5
+
+
+@pytest.mark.parametrize('chunk', [1, 2])
+def test_graph_at_a_time_evaluation_predicts_what_the_batch_does(
+    bfs, monkeypatch, tmp_path, chunk):
+  """On a CPU predict runs one graph at a time (model.EVAL_CHUNK_CPU): the
+  outputs and the steps each graph took equal those of the whole batch run
+  as one loop (chunk 0), with and without the termination head, and with
+  hints fed back (graphs of different lengths in one batch)."""
+  from dear_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+  lt_model, lt_params, _ = bfs
+  cfg = tiny_data_config(str(tmp_path), test_length=8, test_num_samples=8,
+                         eval_batch_size=8)
+  batch = splits.load_split('bfs', 'test', cfg).batches[0]
+  assert len(set(np.asarray(batch['lengths']).tolist())) > 1
+  spec = clrs_lib.processed_spec('bfs')
+  hints = nar.StepwiseNAR(spec, batch, model_config(hidden=8),
+                          'encoded_decoded')
+  cases = [(lt_model, _set_head(lt_params, kernel=3.0, bias=-0.5)),
+           (hints, hints.init(jax.random.PRNGKey(1), batch))]
+  for m, params in cases:
+    got = {}
+    for c in (0, chunk):
+      monkeypatch.setattr(model_lib, 'EVAL_CHUNK_CPU', c)
+      got[c] = jax.jit(m.predict)(params, batch)  # traced anew: c is read then
+    (want, want_aux), (out, aux) = got[0], got[chunk]
+    assert want.keys() == out.keys() and want
+    for k in want:
+      np.testing.assert_allclose(out[k], want[k], rtol=1e-6, atol=1e-6)
+    assert set(aux) == set(want_aux)
+    for k in want_aux:
+      np.testing.assert_array_equal(aux[k], want_aux[k])
+
+
+def test_in_graph_groups_regroups_every_leaf():
+  """model.in_graph_groups against the plain call: graphs first everywhere
+  but in the hints (time first), a per-batch scalar kept once."""
+  from dear_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  batch = dict(inputs={'x': rng.normal(size=(6, 3)).astype(np.float32)},
+               hints={'h': rng.normal(size=(4, 6, 3)).astype(np.float32)},
+               lengths=np.arange(6, dtype=np.int32))
+
+  def fn(b):
+    return dict(per_graph=b['inputs']['x'].sum(-1) + b['hints']['h'][-1, :, 0],
+                steps=b['lengths'] * 2, cap=jnp.asarray(7))
+
+  want = fn(batch)
+  calls = []
+  for chunk in (1, 2, 3, 4):  # groups of 1, 2, 3 and gcd(6, 4) = 2 graphs
+    got = model_lib.in_graph_groups(
+        lambda b: (calls.append(b['inputs']['x'].shape), fn(b))[1],
+        batch, chunk)
+    np.testing.assert_allclose(got['per_graph'], want['per_graph'], rtol=1e-6)
+    np.testing.assert_array_equal(got['steps'], want['steps'])
+    assert int(got['cap']) == 7
+  assert calls == [(1, 3), (2, 3), (3, 3), (2, 3)]
+  assert model_lib.in_graph_groups(fn, batch, 0)['per_graph'].shape == (6,)
