@@ -77,11 +77,10 @@ class ModelConfig(sections.Section):
 # runs until the batch's slowest graph stops; a CPU gains nothing from
 # batching graphs, and one graph's working set fits its caches. One graph per
 # loop: no graph waits for another, and its answer does not depend on its
-# batchmates. Measured (shared 2-core CPU, hidden 128, n=64): DEAR on 32
-# MST-Prim graphs, 8 iterations each, 7.1 s as one loop, 3.2 s in groups of
-# 4, 2.2 s one graph at a time (0.43 / 0.18 / 0.20 s at n=16); the NAR without
-# hints on 8 minimum graphs (63 steps) 1.72 s as one batch, 0.97 s one graph at
-# a time. Accelerators keep the batch.
+# batchmates. Measured (benchmarks/eval_chunk.py, 2-core CPU, hidden 128, 32
+# graphs of 64 nodes): the whole batch took 1.62x as long for DEAR on BFS,
+# 2.15x for the NAR without hints on minimum, 1.43x for the NAR with hints on
+# BFS. Accelerators keep the batch.
 EVAL_CHUNK_CPU = 1
 
 

@@ -475,3 +475,25 @@ def test_pad_speed_times_both_modes_and_counts_programs(tmp_path, cache_dir):
   assert '| bfs | dear | 2, 1 |' in (tmp_path / 'pad_speed.md').read_text()
   assert pad_speed.main(['--rounds=0', f'--out={tmp_path}']) == 2
   assert pad_speed.main(['--models=gnn', f'--out={tmp_path}']) == 2
+
+
+def test_eval_chunk_times_both_modes_and_they_predict_the_same(tmp_path,
+                                                               cache_dir):
+  """benchmarks.eval_chunk on a tiny NAR with hints and a tiny DEAR: both
+  modes predict the same (the comparison itself is checked against the
+  whole batch in test_termination.py); a table row per case; bad flags."""
+  from benchmarks import eval_chunk  # pylint: disable=g-import-not-at-top
+  config = tiny_config(cache_dir)
+  config.model.hidden = 8
+  rows = [eval_chunk.measure(case, 'bfs', 6, 4, 1, config)
+          for case in ('nar_hints', 'dear')]
+  for row in rows:
+    assert row['same_predictions'] and row['max_abs_difference'] == 0.0
+    assert row['ratio'] == pytest.approx(row['whole batch'] /
+                                         row['one graph at a time'])
+  eval_chunk.write(rows, str(tmp_path), 'machine', 'note')
+  text = (tmp_path / 'eval_chunk.md').read_text()
+  assert '| nar_hints | bfs | 6 | 4 |' in text and '| dear | bfs | 6 | 4 |' in text
+  for bad in ('--n=0', '--cases=gnn:bfs', '--cases=nar:sorting', '--cases='):
+    assert eval_chunk.main([bad, f'--out={tmp_path / "bad"}']) == 2
+  assert not (tmp_path / 'bad').exists()

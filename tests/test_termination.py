@@ -212,11 +212,22 @@ def test_graph_at_a_time_evaluation_predicts_what_the_batch_does(
                           'encoded_decoded')
   cases = [(lt_model, _set_head(lt_params, kernel=3.0, bias=-0.5)),
            (hints, hints.init(jax.random.PRNGKey(1), batch))]
+  traced = []  # graphs per loop, as each trace saw them
+  real = model_lib.Reasoner.predict
+
+  def recording(self, params, group, key=None):
+    traced.append(group['inputs']['pos'].shape[0])
+    return real(self, params, group, key)
+
+  monkeypatch.setattr(model_lib.Reasoner, 'predict', recording)
   for m, params in cases:
     got = {}
     for c in (0, chunk):
       monkeypatch.setattr(model_lib, 'EVAL_CHUNK_CPU', c)
-      got[c] = jax.jit(m.predict)(params, batch)  # traced anew: c is read then
+      # A new function each time: jit wrappers of one bound method share a
+      # trace cache, and the chunk is read when tracing.
+      got[c] = jax.jit(lambda p, b, m=m: m.predict(p, b))(params, batch)
+    assert traced[-2:] == [8, chunk]
     (want, want_aux), (out, aux) = got[0], got[chunk]
     assert want.keys() == out.keys() and want
     for k in want:
