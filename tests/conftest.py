@@ -84,6 +84,20 @@ def drawn_batches(monkeypatch) -> list:
   return drawn
 
 
+def count_loss_traces(model) -> list:
+  """Wraps model.loss so that each jit trace of it appends to the returned
+  list (a Python side effect: it runs when jit traces, not per step)."""
+  traces = []
+  loss = model.loss
+
+  def traced_loss(*args, **kwargs):
+    traces.append(1)
+    return loss(*args, **kwargs)
+
+  model.loss = traced_loss
+  return traces
+
+
 # --- one tiny run config ------------------------------------------------------
 
 def tiny_config(cache_dir, kind='nar', steps=6):
@@ -201,13 +215,7 @@ def finished_run(tmp_path_factory, cache_dir):
       real = train.make_train_step
 
       def counting_make_train_step(model, optimizer, *args, **kwargs):
-        loss = model.loss
-
-        def traced_loss(*args, **kwargs):
-          traces.append(1)  # runs once per trace (compile), not per step
-          return loss(*args, **kwargs)
-
-        model.loss = traced_loss
+        traces.append(count_loss_traces(model))
         return real(model, optimizer, *args, **kwargs)
 
       out = io.StringIO()
@@ -216,7 +224,7 @@ def finished_run(tmp_path_factory, cache_dir):
         mp.setattr(train, 'make_train_step', counting_make_train_step)
         code = run.main(cli_args(tiny_config(cache_dir, kind), workdir))
       done[kind] = FinishedRun(kind, workdir, cache_dir, code, out.getvalue(),
-                               len(traces))
+                               sum(map(len, traces)))
     return done[kind]
 
   return get

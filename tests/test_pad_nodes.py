@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from conftest import count_loss_traces, tiny_config
 from dear_jax import batches as batch_lib
 from dear_jax import clrs_lib, factory, input_pipeline, run, run_config, train
 
@@ -197,14 +197,7 @@ def _count_traces(cache_dir, kind, pad_nodes, steps=10):
                                       seed=0, keep_hints=kind == 'nar')
   first = next(stream)
   model = factory.build_model(config, clrs_lib.processed_spec('bfs'), first)
-  traces = []
-  loss = model.loss
-
-  def traced_loss(*args, **kwargs):
-    traces.append(1)  # runs when jit traces, only
-    return loss(*args, **kwargs)
-
-  model.loss = traced_loss
+  traces = count_loss_traces(model)
   optimizer = train.make_optimizer(config)
   step = train.make_train_step(model, optimizer)
   params = model.init(jax.random.PRNGKey(0), first)

@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import cli_args, config_flags, tiny_config
+from conftest import cli_args, config_flags, count_loss_traces, tiny_config
 from dear_jax import checkpoints, clrs_lib, factory, input_pipeline, run, run_config, splits, train
 from dear_jax.results import REQUIRED_KEYS, SOLVER_KEYS
 
@@ -188,14 +188,7 @@ def test_compile_count_stops_growing(cache_dir, kind):
                                       keep_hints=kind == 'nar')
   first = next(stream)
   model = factory.build_model(config, clrs_lib.processed_spec('bfs'), first)
-  traces = []
-  loss = model.loss
-
-  def traced_loss(*args, **kwargs):
-    traces.append(1)  # a Python side effect: runs when jit traces, only
-    return loss(*args, **kwargs)
-
-  model.loss = traced_loss
+  traces = count_loss_traces(model)
   optimizer = train.make_optimizer(config)
   step = train.make_train_step(model, optimizer)
   params = model.init(jax.random.PRNGKey(0), first)
