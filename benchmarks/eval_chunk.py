@@ -1,4 +1,4 @@
-"""Evaluation on a CPU one graph at a time (`model.EVAL_CHUNK_CPU = 1`, the
+"""Evaluation on a CPU one graph at a time (`groups.EVAL_CHUNK_CPU = 1`, the
 default) against the whole batch in one loop (0), in one process.
 
     python -m benchmarks.eval_chunk [--out=benchmarks/results]
@@ -38,7 +38,7 @@ def measure(case: str, algorithm: str, n: int, graphs: int, rounds: int,
   import numpy as np  # pylint: disable=g-import-not-at-top
   from configs import default  # pylint: disable=g-import-not-at-top
   from dear_jax import clrs_lib, factory, splits, train  # pylint: disable=g-import-not-at-top
-  from dear_jax import model as model_lib  # pylint: disable=g-import-not-at-top
+  from dear_jax import groups  # pylint: disable=g-import-not-at-top
   kind, hint_mode = MODELS[case]
   config = (default.get_config() if config is None
             else config.copy_and_resolve_references())
@@ -52,17 +52,17 @@ def measure(case: str, algorithm: str, n: int, graphs: int, rounds: int,
                             keep_hints=True).batches[0]
   model = factory.build_model(config, spec, batch)
   params = model.init(jax.random.PRNGKey(0), batch)
-  kept = model_lib.EVAL_CHUNK_CPU
+  kept = groups.EVAL_CHUNK_CPU
   predict, outputs, seconds = {}, {}, {m: [] for m in MODES}
   try:
     for mode, chunk in MODES.items():  # traced with its chunk, compiled now
-      model_lib.EVAL_CHUNK_CPU = chunk
+      groups.EVAL_CHUNK_CPU = chunk
       # A new function per mode: jit wrappers of the same bound method share
       # one trace cache, and the chunk is read when tracing.
       predict[mode] = jax.jit(lambda p, b: model.predict(p, b))  # pylint: disable=unnecessary-lambda
       outputs[mode] = jax.block_until_ready(predict[mode](params, batch)[0])
   finally:
-    model_lib.EVAL_CHUNK_CPU = kept
+    groups.EVAL_CHUNK_CPU = kept
   order = list(MODES)
   for i in range(rounds):
     for mode in (order if i % 2 == 0 else order[::-1]):

@@ -16,7 +16,7 @@ graphs the wall time of
             power iterations, jit wrappers built anew on every call), with
             one loop per batch;
   test      the test as runs now evaluate (on a CPU in groups of graphs,
-            model.EVAL_CHUNK_CPU);
+            groups.EVAL_CHUNK_CPU);
   new       dear_jax.diagnostics.checks (one trajectory per batch, compiled
             once);
 each twice: the first call pays compilation (what a run pays once), the
@@ -103,14 +103,14 @@ def _train(config, algorithm: str, steps: int):
 
 @contextlib.contextmanager
 def _whole_batches():
-  """Evaluation as before the CPU's groups of graphs (model.EVAL_CHUNK_CPU):
+  """Evaluation as before the CPU's groups of graphs (groups.EVAL_CHUNK_CPU):
   one solver loop per batch, as the old checks ran it."""
-  from dear_jax import model  # pylint: disable=g-import-not-at-top
-  chunk, model.EVAL_CHUNK_CPU = model.EVAL_CHUNK_CPU, 0
+  from dear_jax import groups  # pylint: disable=g-import-not-at-top
+  chunk, groups.EVAL_CHUNK_CPU = groups.EVAL_CHUNK_CPU, 0
   try:
     yield
   finally:
-    model.EVAL_CHUNK_CPU = chunk
+    groups.EVAL_CHUNK_CPU = chunk
 
 
 def _timed(fn):

@@ -44,7 +44,8 @@ from dear_jax import cgp
 from dear_jax import losses
 from dear_jax import sections
 from dear_jax import solver
-from dear_jax.model import ModelConfig, Reasoner, eval_chunk
+from dear_jax.groups import eval_chunk
+from dear_jax.model import ModelConfig, Reasoner
 from dear_jax.processors import GatedMaxMPNN
 
 CGP_KEYS = ('cgp_edge', 'cgp_processor')

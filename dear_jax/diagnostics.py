@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dear_jax import solver
-from dear_jax.model import eval_chunk
+from dear_jax.groups import eval_chunk
 
 PRECISE = 'highest'   # jax.default_matmul_precision of the reference and radius
 

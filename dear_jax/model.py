@@ -10,7 +10,6 @@ define `forward`, i.e. how the processor is iterated.
 from __future__ import annotations
 
 import copy
-import math
 
 import jax
 import jax.numpy as jnp
@@ -71,44 +70,6 @@ class ModelConfig(sections.Section):
     """The processor's keys that the tests change (`Reasoner.for_test`)."""
     return dict(aggregation=self.test_aggregation or self.aggregation,
                 adaptive_temperature=self.adaptive_temperature)
-
-
-# Graphs per loop at evaluation on a CPU (0: the whole batch). A vmapped loop
-# runs until the batch's slowest graph stops; a CPU gains nothing from
-# batching graphs, and one graph's working set fits its caches. One graph per
-# loop: no graph waits for another, and its answer does not depend on its
-# batchmates. Measured (benchmarks/eval_chunk.py, 2-core CPU, hidden 128, 32
-# graphs of 64 nodes): the whole batch took 1.62x as long for DEAR on BFS,
-# 2.15x for the NAR without hints on minimum, 1.43x for the NAR with hints on
-# BFS. Accelerators keep the batch.
-EVAL_CHUNK_CPU = 1
-
-
-def eval_chunk() -> int:
-  """Graphs per loop at evaluation on the current backend (0: all)."""
-  return EVAL_CHUNK_CPU if jax.default_backend() == 'cpu' else 0
-
-
-def in_graph_groups(fn, batch: dict, chunk: int):
-  """fn(batch) evaluated on gcd(B, chunk) graphs at a time, one group after
-  the other (lax.map, compiled once), when 0 < chunk < B; fn(batch)
-  otherwise. Hints have time first (the graphs on axis 1). fn's results
-  keep graphs first; a result without a graph axis (a scalar) is the first
-  group's."""
-  b = jax.tree_util.tree_leaves(batch['inputs'])[0].shape[0]  # graphs
-  k = math.gcd(b, chunk) if chunk else b
-  if k >= b:
-    return fn(batch)
-  groups = {
-      name: jax.tree_util.tree_map(
-          (lambda x: jnp.moveaxis(x.reshape(x.shape[:1] + (b // k, k) +
-                                            x.shape[2:]), 1, 0))
-          if name == 'hints' else
-          (lambda x: x.reshape((b // k, k) + x.shape[1:])), value)
-      for name, value in batch.items()}
-  out = jax.lax.map(fn, groups)
-  return jax.tree_util.tree_map(
-      lambda x: x.reshape((b,) + x.shape[2:]) if x.ndim >= 2 else x[0], out)
 
 
 class Reasoner:

@@ -40,7 +40,8 @@ from dear_jax import batches as batch_lib
 from dear_jax import sections
 from dear_jax.decoders import Decoders, edge_layer, gumbel_probe, postprocess
 from dear_jax.encoders import POINTERS, Encoders, expand_pointer
-from dear_jax.model import Reasoner, eval_chunk, in_graph_groups
+from dear_jax.groups import eval_chunk, in_graph_groups
+from dear_jax.model import Reasoner
 from dear_jax.processors import torch_uniform
 
 HINT_MODES = ('encoded_decoded', 'decoded_only', 'none')
@@ -225,7 +226,7 @@ class StepwiseNAR(Reasoner):
     return loss + aux.get('termination_loss', 0.0), aux
 
   def predict(self, params, batch, key=None):
-    """Reasoner.predict, on a CPU one graph at a time (model.eval_chunk): a
+    """Reasoner.predict, on a CPU one graph at a time (groups.eval_chunk): a
     batch's triplet tensors outgrow the caches, and with learnt termination
     no graph steps on for its batchmates. The same predictions."""
     return in_graph_groups(

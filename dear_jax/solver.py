@@ -39,6 +39,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from dear_jax.groups import in_groups
+
 with warnings.catch_warnings():
   warnings.filterwarnings(
       'ignore', message='JAXopt is no longer maintained', category=DeprecationWarning)
@@ -619,20 +621,8 @@ def solve(f, h0, params, args, *, config: SolverConfig, training: bool, node_mas
     return gradient.solve(forward, fm, h0, params, args, mask)
 
   batched = jax.vmap(one, in_axes=(0, None, 0, 0))
-  return _in_groups(lambda h0, args, mask: batched(h0, params, args, mask), chunk,
+  return in_groups(lambda h0, args, mask: batched(h0, params, args, mask), chunk,
                     h0, args, mask)
-
-
-def _in_groups(batched, chunk: int, *xs):
-  """batched(*xs) (leaves with a leading axis B), gcd(B, chunk) graphs at a
-  time one group after the other (lax.map) when 0 < chunk < B."""
-  b = jax.tree.leaves(xs)[0].shape[0]
-  k = math.gcd(b, chunk) if chunk else b
-  if k == b:
-    return batched(*xs)
-  split = lambda a: a.reshape((b // k, k) + a.shape[1:])
-  out = lax.map(lambda xs: batched(*xs), jax.tree.map(split, xs))
-  return jax.tree.map(lambda a: a.reshape((b,) + a.shape[2:]), out)
 
 
 def polish(f, h, h0, params, args, *, config: SolverConfig, node_mask=None):
@@ -687,7 +677,7 @@ def record(f, h0, params, args, *, config: SolverConfig, targets=(), then=(),
     return answers, ls.count, ls.iterates, ls.history
 
   h0, params, args = lax.stop_gradient((h0, params, tuple(args)))
-  return Recording(*_in_groups(jax.vmap(one), chunk, h0, args, mask))
+  return Recording(*in_groups(jax.vmap(one), chunk, h0, args, mask))
 
 
 def residual_history(f, h0, params, args, *, config: SolverConfig, evaluations: int,
@@ -765,4 +755,4 @@ def spectral_radius(f, h, params, args, key, *, iterations: int = 30, settle: fl
                                       (v, zeros[:-1], zeros, jnp.int32(0), jnp.bool_(False)))
     return estimate(logs, n)
 
-  return _in_groups(jax.vmap(one), chunk, h, tuple(args), mask, keys)
+  return in_groups(jax.vmap(one), chunk, h, tuple(args), mask, keys)

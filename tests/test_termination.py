@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from dear_jax import clrs_lib
+from dear_jax import groups
 from dear_jax import nar
 from dear_jax import splits
 from tests.conftest import model_config, tiny_data_config
@@ -197,7 +198,7 @@ def test_termination_summary_counts_early_exact_late():
 @pytest.mark.parametrize('chunk', [1, 2])
 def test_graph_at_a_time_evaluation_predicts_what_the_batch_does(
     bfs, monkeypatch, tmp_path, chunk):
-  """On a CPU predict runs one graph at a time (model.EVAL_CHUNK_CPU): the
+  """On a CPU predict runs one graph at a time (groups.EVAL_CHUNK_CPU): the
   outputs and the steps each graph took equal those of the whole batch run
   as one loop (chunk 0), with and without the termination head, and with
   hints fed back (graphs of different lengths in one batch)."""
@@ -223,7 +224,7 @@ def test_graph_at_a_time_evaluation_predicts_what_the_batch_does(
   for m, params in cases:
     got = {}
     for c in (0, chunk):
-      monkeypatch.setattr(model_lib, 'EVAL_CHUNK_CPU', c)
+      monkeypatch.setattr(groups, 'EVAL_CHUNK_CPU', c)
       # A new function each time: jit wrappers of one bound method share a
       # trace cache, and the chunk is read when tracing.
       got[c] = jax.jit(lambda p, b, m=m: m.predict(p, b))(params, batch)
@@ -238,9 +239,8 @@ def test_graph_at_a_time_evaluation_predicts_what_the_batch_does(
 
 
 def test_in_graph_groups_regroups_every_leaf():
-  """model.in_graph_groups against the plain call: graphs first everywhere
+  """groups.in_graph_groups against the plain call: graphs first everywhere
   but in the hints (time first), a per-batch scalar kept once."""
-  from dear_jax import model as model_lib  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   batch = dict(inputs={'x': rng.normal(size=(6, 3)).astype(np.float32)},
                hints={'h': rng.normal(size=(4, 6, 3)).astype(np.float32)},
@@ -253,11 +253,11 @@ def test_in_graph_groups_regroups_every_leaf():
   want = fn(batch)
   calls = []
   for chunk in (1, 2, 3, 4):  # groups of 1, 2, 3 and gcd(6, 4) = 2 graphs
-    got = model_lib.in_graph_groups(
+    got = groups.in_graph_groups(
         lambda b: (calls.append(b['inputs']['x'].shape), fn(b))[1],
         batch, chunk)
     np.testing.assert_allclose(got['per_graph'], want['per_graph'], rtol=1e-6)
     np.testing.assert_array_equal(got['steps'], want['steps'])
     assert int(got['cap']) == 7
   assert calls == [(1, 3), (2, 3), (3, 3), (2, 3)]
-  assert model_lib.in_graph_groups(fn, batch, 0)['per_graph'].shape == (6,)
+  assert groups.in_graph_groups(fn, batch, 0)['per_graph'].shape == (6,)
