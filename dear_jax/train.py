@@ -54,7 +54,7 @@ _ADDED_LATER = {('dear', 'spectral_norm'): False, ('dear', 'check_graphs'): 0,
                 ('model', 'aggregation'): 'max', ('model', 'latent_decay'): 1.0,
                 ('model', 'test_aggregation'): None,
                 ('model', 'adaptive_temperature'): False,
-                ('data', 'options'): []}
+                ('data', 'options'): [], ('data', 'pad_nodes'): False}
 
 
 def upgrade_stored_config(d: dict) -> dict:

@@ -616,6 +616,16 @@ def test_a_key_added_later_reads_as_its_old_behaviour(tmp_path):
                  'spectral_norm' if refused else None)
 
 
+def test_a_dir_from_before_pad_nodes_resumes_unpadded_only(tmp_path):
+  """A DIR written before data.pad_nodes existed ran unpadded batches: it
+  resumes with pad_nodes=False and refuses pad_nodes=True."""
+  old = dict(dear=dict(data=dict(options=[])))
+  for value, refused in ((False, False), (True, True)):
+    _resume_over(tmp_path, old,
+                 dict(dear=dict(data=dict(options=[], pad_nodes=value))),
+                 'pad_nodes' if refused else None)
+
+
 def test_a_changed_default_names_the_flag_that_resumes_the_dir(tmp_path):
   """A DIR written under another default of a model's config value: the
   refusal names the --config flag that would resume it as it was, and that
