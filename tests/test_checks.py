@@ -110,4 +110,35 @@ def test_checks_compile_once(trained, monkeypatch):
   first = diagnostics.checks(model, params, test, train.evaluate, settings=settings)
   n = len(traces)
   again = diagnostics.checks(model, params, test, train.evaluate, settings=settings)
-  assert n == 1 and len(traces) == 1 and first == again
+  # two shapes: a full batch of 8, and the last cut to its 2 graphs
+  assert n == 2 and len(traces) == 2 and first == again
+
+
+def test_a_sample_of_graphs_costs_only_its_graphs(trained, monkeypatch):
+  """Checks on the first 3 graphs solve a batch of 3, not the batch of 8
+  they come in, and report what the whole batch's checks report for them."""
+  model, params, test = trained
+  settings = diagnostics.CheckSettings(ref_cap=200, power_iters=6)
+  sample = test.head(3)
+  shapes = []
+  real = model.equilibrium
+
+  def recording(params, batch, **kwargs):
+    shapes.append(batch['lengths'].shape[0])
+    return real(params, batch, **kwargs)
+
+  monkeypatch.setattr(model, 'equilibrium', recording)
+  cut = diagnostics.checks(model, params, sample, train.evaluate,
+                           settings=settings)
+  assert shapes == [3]
+  monkeypatch.setattr(diagnostics, 'only_its_graphs', lambda s: s)
+  whole = diagnostics.checks(model, params, sample, train.evaluate,
+                             settings=settings)
+  assert shapes == [3, 8]
+  assert len(cut['fixed_point_distance']) == 3
+  for k in ('score_by_tol', 'iters_by_tol', 'fixed_point_reference'):
+    assert cut[k] == whole[k], k
+  np.testing.assert_allclose(cut['fixed_point_distance'],
+                             whole['fixed_point_distance'], rtol=1e-5)
+  np.testing.assert_allclose(cut['spectral_radius_mean'],
+                             whole['spectral_radius_mean'], rtol=1e-5)

@@ -48,7 +48,7 @@ def _literal_default():
       spectral_norm=False, stochastic_alpha=0.0, stochastic_decay=0.998,
       stochastic_max_steps=9, cgp=False, cgp_shared_weights=False,
       align_weight=0.0, align_teacher=placeholder(str), align_samples=1,
-      diagnostics=True, check_tol=1e-5, check_max_iter=1000, check_graphs=0))
+      diagnostics=True, check_tol=1e-5, check_max_iter=1000, check_graphs=8))
   c.train = ml_collections.ConfigDict(dict(
       steps=500, learning_rate=1e-3, grad_clip=1.0, eval_every=50, seed=0,
       data_parallel=False))
