@@ -599,7 +599,8 @@ def _resume_over(tmp_path, old_models: dict, new_models: dict,
 def test_protocol_written_with_the_old_absent_values_is_the_same(tmp_path):
   """protocol.json from before val/test_num_samples took None (0 meant the
   official count) still guards a DIR: 0 reads as None, 5 stays 5."""
-  new = dict(nar=dict(data=dict(val_num_samples=None, options=[])))
+  new = dict(nar=dict(data=dict(val_num_samples=None, options=[],
+                                pad_nodes=False)))
   for stored, refused in ((0, False), (5, True)):
     _resume_over(tmp_path, dict(nar=dict(data=dict(val_num_samples=stored))),
                  new, 'val_num_samples' if refused else None)
