@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -134,20 +133,18 @@ def main(argv=None) -> int:
           f'{", ".join(MODELS)} and ALGORITHM a CLRS-30 name; got '
           f'{args.cases!r}', file=sys.stderr)
     return 2
-  import jax  # pylint: disable=g-import-not-at-top
   rows = []
   for case, algorithm in cases:
     rows.append(measure(case, algorithm, args.n, args.graphs, args.rounds))
     print(f"{case} {algorithm}: whole batch {rows[-1]['whole batch']:.2f} s, "
           f"one graph at a time {rows[-1]['one graph at a time']:.2f} s",
           flush=True)
-  machine = (f'{platform.system()} {platform.machine()}, {os.cpu_count()} '
-             f'CPU cores, jax {jax.__version__} devices {jax.devices()}')
+  from dear_jax.profiling import hardware_line  # pylint: disable=g-import-not-at-top
   note = (f'configs/default.py (hidden 128), untrained parameters, one test '
           f'batch of {args.graphs} graphs of {args.n} nodes per case; '
           f'seconds per batch of the median of {args.rounds} rounds, the '
           'modes alternating, compiling excluded. Read the ratios.')
-  write(rows, args.out, machine, note)
+  write(rows, args.out, hardware_line(), note)
   return 0
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -124,7 +123,6 @@ def main(argv=None) -> int:
     print(f'error: --rounds must be a positive integer, got {args.rounds}',
           file=sys.stderr)
     return 2
-  import jax  # pylint: disable=g-import-not-at-top
   from dear_jax import MODEL_KINDS, clrs_lib  # pylint: disable=g-import-not-at-top
   if args.algorithm not in clrs_lib.algorithm_names():
     print(f'error: unknown algorithm {args.algorithm!r}; allowed: '
@@ -136,15 +134,14 @@ def main(argv=None) -> int:
           f'{args.models!r}', file=sys.stderr)
     return 2
   rows = [measure(m, args.algorithm, args.rounds) for m in models]
-  machine = (f'{platform.system()} {platform.machine()}, {os.cpu_count()} '
-             f'CPU cores, jax {jax.__version__} devices {jax.devices()}')
+  from dear_jax.profiling import hardware_line  # pylint: disable=g-import-not-at-top
   note = (f'One batch of 32 per training size, {args.rounds} rounds, the two '
           'modes alternating; steps/s of the median round; first calls: '
           'the seconds of the first call on each batch (compiling included). '
           'Measured on a 2-core machine shared with other jobs and loaded '
           '(1-minute load average per row): absolute rates move with the '
           'load; read the ratios.')
-  write(rows, args.out, machine, note)
+  write(rows, args.out, hardware_line(), note)
   return 0
 
 

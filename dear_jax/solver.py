@@ -622,7 +622,7 @@ def solve(f, h0, params, args, *, config: SolverConfig, training: bool, node_mas
 
   batched = jax.vmap(one, in_axes=(0, None, 0, 0))
   return in_groups(lambda h0, args, mask: batched(h0, params, args, mask), chunk,
-                    h0, args, mask)
+                   h0, args, mask)
 
 
 def polish(f, h, h0, params, args, *, config: SolverConfig, node_mask=None):
