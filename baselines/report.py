@@ -264,20 +264,22 @@ def _size_interval_lines(rows: list, models: list) -> list:
 
   def cell(at):
     if len(at) > 1:
-      got = stats.t_interval([_number(r['test_score']) for r in at])
+      got = stats.score_interval([_number(r['test_score']) for r in at])
       return f'{got.format(100)} (n={got.n})'
     if at[0].get('graph_scores'):
-      got = stats.t_interval(at[0]['graph_scores'])
+      got = stats.graph_interval(at[0]['graph_scores'])
       return f'{got.format(100)} (g={got.n})'
     return f'{100 * at[0]["test_score"]:.1f} (n=1)'
 
   return _size_table(
       rows, models, 'Test score at each n, with 95 % intervals',
-      'Mean [95 % t interval] in %: over seeds where the model has '
-      'several (n = seeds), else over the run\'s test graphs\' own '
+      'Mean [95 % t interval, cut to 0-100] in %: over seeds where the '
+      'model has several (n = seeds), else over the run\'s test graphs\' own '
       'scores (g = graphs; a graph\'s score is the mean over its '
       'outputs, so the mean of one run\'s graphs can differ a little '
-      'from its pooled score above).', cell)
+      'from its pooled score above). Where every graph scores 100 % '
+      '(or 0 %), the interval is the exact binomial one for that many '
+      'perfect (failed) graphs, e.g. [79.4, 100.0] for 16 of 16.', cell)
 
 
 def _size_differences(rows: list, dear: str, base: str, n: int) -> dict:
@@ -630,7 +632,8 @@ def write_markdown(path: str, rows: list, info: dict, protocol: dict,
            f'seeds {", ".join(map(str, info["seeds"]))} requested. Models: '
            + ', '.join(f'`{m}`' for m in models) + '.', '',
            '## Test score (OOD, official CLRS test split; %, mean over '
-           'seeds [95 % t interval], n = seeds; no interval from one seed)',
+           'seeds [95 % t interval, cut to 0-100], n = seeds; no interval '
+           'from one seed)',
            '']
   header = ['algorithm'] + [f'`{m}`' for m in models] + [
       f'{PUBLISHED_LABEL}, 10 seeds, mean ± SEM']
@@ -639,8 +642,8 @@ def write_markdown(path: str, rows: list, info: dict, protocol: dict,
   test = {}
   for a in algorithms:
     for m in models:
-      cell = stats.t_interval([_number(r['test_score']) for r in rows
-                               if r['algorithm'] == a and r['model'] == m])
+      cell = stats.score_interval([_number(r['test_score']) for r in rows
+                                   if r['algorithm'] == a and r['model'] == m])
       test[a, m] = '–' if cell is None else f'{cell.format(100)} (n={cell.n})'
   for a in algorithms:
     pub = PUBLISHED_TRIPLET_GMPNN.get(a)

@@ -87,7 +87,8 @@ def gather(out: str, control: str, seeds=None) -> list:
       mine_g = _graph_scores(run, size['nodes'])
       theirs = source and _graph_scores(source, size['nodes'])
       if mine_g and theirs and len(mine_g) == len(theirs):
-        diff = stats.t_interval([a - b for a, b in zip(mine_g, theirs)])
+        diff = stats.t_interval([a - b for a, b in zip(mine_g, theirs)],
+                                bounds=stats.DIFFERENCE_BOUNDS)
         row.update(graph_diff_mean=diff.mean, graph_diff_low=diff.low,
                    graph_diff_high=diff.high, graph_diff_n=diff.n)
     rows.append(row)
@@ -121,11 +122,12 @@ def _cells(rows: list, algorithm: str, base: str, nodes: int) -> dict:
   return out
 
 
-def _mean_cell(per_seed: dict, key: str, scale: float, digits: int) -> str:
+def _mean_cell(per_seed: dict, key: str, scale: float, digits: int,
+               bounds: tuple | None = None) -> str:
   vals = [r[key] for r in per_seed.values() if r[key] is not None]
   if not vals:
     return '–'
-  cell = stats.t_interval(vals)
+  cell = stats.t_interval(vals, bounds=bounds)
   return f'{cell.format(scale, digits)} (n={cell.n})'
 
 
@@ -134,13 +136,15 @@ def table_lines(rows: list) -> list:
   keys = sorted({(r['algorithm'], r['base'], r['nodes']) for r in rows},
                 key=lambda k: (k[0], BASES.index(k[1]), k[2]))
   options = [o for o in OPTIONS if any(r['option'] == o for r in rows)]
-  lines = ['## Test score (%, mean over seeds [95 % t interval], n = seeds)',
+  lines = ['## Test score (%, mean over seeds [95 % t interval, cut to 0-100], '
+           'n = seeds)',
            '', '| algorithm | model | n | ' + ' | '.join(options) + ' |',
            '|' + '---|' * (len(options) + 3)]
   for a, b, n in keys:
     cells = _cells(rows, a, b, n)
     lines.append(f'| {a} | `{b}` | {n} | ' + ' | '.join(
-        _mean_cell(cells.get(o, {}), 'test_score', 100, 1)
+        _mean_cell(cells.get(o, {}), 'test_score', 100, 1,
+                   stats.SCORE_BOUNDS)
         for o in options) + ' |')
   lines += ['', '## Differences (points, paired over seeds [95 % t '
             'interval]: better / worse where the interval excludes 0, else '

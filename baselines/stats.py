@@ -4,7 +4,8 @@ Seed noise at a CPU budget is often as large as the differences between the
 models, so no comparison is reported without its interval:
 
 * one cell (algorithm, model): the mean over seeds with a 95 % Student-t
-  interval (none from a single seed);
+  interval (none from a single seed), cut to [0, 1], the range of a score
+  (and to [-1, 1] for a difference of two);
 * two models on one algorithm: the paired difference over the seeds both
   finished (seed s of every model trains on the same data stream), with its
   t interval; the verdict is 'better' or 'worse' when the interval excludes 0,
@@ -16,6 +17,11 @@ models, so no comparison is reported without its interval:
   With two or three seeds per algorithm it is an approximation (the
   resampled means are close to normal, while each algorithm's own t interval
   has 1-2 degrees of freedom): read it beside the per-algorithm verdicts.
+* one run's test graphs (sizes tested with a few graphs): the t interval over
+  the graphs' scores, except where every graph scores 1 (or 0): a t interval
+  would then have width 0, so the interval is instead the exact
+  (Clopper-Pearson) one for the share of perfect (or failed) graphs, which
+  bounds the mean score.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ LEVEL = 0.95
 BOOTSTRAP_DRAWS = 10_000
 BETTER, WORSE, SAME = 'better', 'worse', 'indistinguishable'
 ONE_SEED = 'one seed: cannot tell apart'
+SCORE_BOUNDS = (0.0, 1.0)  # test scores are fractions
+DIFFERENCE_BOUNDS = (-1.0, 1.0)  # and so their differences
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,9 +68,12 @@ class Interval:
     return s
 
 
-def t_interval(values, level: float = LEVEL) -> Interval | None:
+def t_interval(values, level: float = LEVEL,
+               bounds: tuple | None = None) -> Interval | None:
   """Mean ± t_{(1+level)/2, n-1} · s / sqrt(n) of the finite values (None if
-  there are none; no interval from one value)."""
+  there are none; no interval from one value), cut to `bounds` (low, high)
+  where the values cannot leave them: the true mean lies inside them too, so
+  the cut interval covers it as often."""
   vals = np.asarray([v for v in values if v is not None and math.isfinite(v)],
                     float)
   n = len(vals)
@@ -73,14 +84,42 @@ def t_interval(values, level: float = LEVEL) -> Interval | None:
     return Interval(mean, None, None, 1)
   half = (scipy_stats.t.ppf((1 + level) / 2, n - 1) * vals.std(ddof=1)
           / math.sqrt(n))
-  return Interval(mean, mean - half, mean + half, n)
+  low, high = mean - half, mean + half
+  if bounds is not None:
+    low, high = max(low, bounds[0]), min(high, bounds[1])
+  return Interval(mean, low, high, n)
+
+
+def score_interval(scores, level: float = LEVEL) -> Interval | None:
+  """The mean test score (fractions, one per seed) with its t interval within
+  [0, 1]."""
+  return t_interval(scores, level, bounds=SCORE_BOUNDS)
+
+
+def graph_interval(scores, level: float = LEVEL) -> Interval | None:
+  """The mean of per-graph scores in [0, 1] with its interval: the t interval,
+  or, where every graph scores 1 (0), the exact binomial bound of g perfect
+  (failed) graphs out of g: [(alpha/2)^(1/g), 1] ([0, 1 - (alpha/2)^(1/g)])."""
+  got = t_interval(scores, level, bounds=SCORE_BOUNDS)
+  if got is None or got.n < 1:
+    return got
+  bound = ((1 - level) / 2) ** (1 / got.n)
+  if got.mean == 1.0 and got.low in (None, 1.0):
+    return Interval(1.0, bound, 1.0, got.n)
+  if got.mean == 0.0 and got.low in (None, 0.0):
+    return Interval(0.0, 0.0, 1 - bound, got.n)
+  return got
 
 
 def paired_difference(x: dict, y: dict, level: float = LEVEL
                       ) -> Interval | None:
-  """x - y over the seeds both have ({seed: score}), with its t interval."""
+  """x - y over the seeds both have ({seed: score}), with its t interval
+  (within [-1, 1]: x and y are test scores)."""
   seeds = sorted(set(x) & set(y))
-  return t_interval([x[s] - y[s] for s in seeds], level) if seeds else None
+  if not seeds:
+    return None
+  return t_interval([x[s] - y[s] for s in seeds], level,
+                    bounds=DIFFERENCE_BOUNDS)
 
 
 def bootstrap_mean(per_group: dict, level: float = LEVEL,

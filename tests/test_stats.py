@@ -27,6 +27,36 @@ def test_one_value_has_no_interval_and_missing_values_are_skipped():
   assert stats.t_interval([None]) is None
 
 
+def test_score_intervals_stay_within_the_range_of_a_score():
+  # two seeds at 90 % and 100 %: half-width t_{0.975,1} * 0.0707 / sqrt(2)
+  # = 12.706 * 0.05 = 0.635, so [0.315, 1.585] cut to [0.315, 1].
+  got = stats.score_interval([0.9, 1.0])
+  assert got.low == pytest.approx(0.95 - 12.7062 * 0.05, abs=1e-4)
+  assert got.high == 1.0
+  assert stats.t_interval([0.9, 1.0]).high == pytest.approx(
+      0.95 + 12.7062 * 0.05, abs=1e-4)
+  # a difference of two scores stays within [-1, 1], its verdict unchanged
+  got = stats.paired_difference({0: 1.0, 1: 0.2}, {0: 0.0, 1: 0.0})
+  assert (got.high, got.verdict()) == (1.0, stats.SAME)
+
+
+def test_graph_interval_is_exact_where_every_graph_is_perfect_or_failed():
+  # Clopper-Pearson for 16 of 16: the 2.5 % quantile of Beta(16, 1), which
+  # textbooks tabulate as 0.7941; for 0 of 16 the mirror image.
+  got = stats.graph_interval([1.0] * 16)
+  assert (got.mean, got.high, got.n) == (1.0, 1.0, 16)
+  assert got.low == pytest.approx(0.7941, abs=1e-4)
+  got = stats.graph_interval([0.0] * 16)
+  assert (got.mean, got.low) == (0.0, 0.0)
+  assert got.high == pytest.approx(1 - 0.7941, abs=1e-4)
+  # One failed graph among 16 keeps the t interval (cut at 1): mean 0.9375,
+  # sd 0.25, half-width t_{0.975,15} * 0.25 / 4 = 2.1314 * 0.0625.
+  got = stats.graph_interval([1.0] * 15 + [0.0])
+  assert got.low == pytest.approx(0.9375 - 2.1314 * 0.0625, abs=1e-4)
+  assert got.high == 1.0
+  assert stats.graph_interval([]) is None
+
+
 @pytest.mark.parametrize('diffs,verdict', [
     ([0.10, 0.12, 0.11], stats.BETTER),
     ([-0.10, -0.12, -0.11], stats.WORSE),
@@ -116,8 +146,12 @@ def test_one_run_at_a_size_gets_its_graphs_interval():
   text = '\n'.join(report._size_interval_lines(rows, ['dear']))
   half = 3.182446305284263 * float(np.std(graphs, ddof=1)) / 2  # t_{.975,3}
   m = 100 * np.mean(graphs)
-  assert (f'| bfs | `dear` | {m:.1f} [{m - 100 * half:.1f}, '
-          f'{m + 100 * half:.1f}] (g=4) |') in text
+  assert m + 100 * half > 100  # so the interval is cut at 100
+  assert (f'| bfs | `dear` | {m:.1f} [{m - 100 * half:.1f}, 100.0] (g=4) |'
+          in text)
+  rows = [_size_row('bfs', 'dear', 0, 128, 1.0, graph_scores=[1.0] * 16)]
+  text = '\n'.join(report._size_interval_lines(rows, ['dear']))
+  assert '| bfs | `dear` | 100.0 [79.4, 100.0] (g=16) |' in text
 
 
 def test_goals_count_verdicts_and_time_ratios():
