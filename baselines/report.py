@@ -773,7 +773,7 @@ def quickstart_lines(repo: str = '.') -> list:
 def summary_lines(repo: str = '.', sweep: str = SUMMARY_SWEEP,
                   dear: str = SUMMARY_DEAR,
                   baseline: str = SUMMARY_BASELINE) -> list:
-  """README's results summary from SWEEP/results.csv: DEAR minus the no-hint
+  """docs/dear10-cpu.md's summary from SWEEP/results.csv: DEAR minus the no-hint
   NAR per algorithm, paired by seed, with 95 % t intervals and verdicts, the
   mean over algorithms with its bootstrap interval, and one sentence that
   counts the verdicts (baselines/stats.py)."""
@@ -844,9 +844,94 @@ def summary_lines(repo: str = '.', sweep: str = SUMMARY_SWEEP,
   return lines + ['', sentence]
 
 
+STUDY_SWEEP = 'results/dear10'
+STUDY_BASELINES = ('nar_lt', 'nar_nohint')
+
+
+def study_lines(repo: str = '.', sweep: str = STUDY_SWEEP,
+                dear: str = GOAL_DEAR,
+                baselines: tuple = STUDY_BASELINES) -> list:
+  """README's summary of the study (SWEEP, its protocol fixed before the
+  runs) as far as it has run: per algorithm `dear` minus each stepwise model
+  that is told no step count or is, paired by seed, with 95 % t intervals
+  and verdicts; the mean over algorithms; and the protocol's goals."""
+  with open(os.path.join(repo, sweep, 'results.csv')) as f:
+    rows = list(csv.DictReader(f))
+  runs = collect(os.path.join(repo, sweep))
+  models = (dear,) + tuple(baselines)
+  algorithms = sorted({r['algorithm'] for r in rows if r['model'] == dear})
+  head = ['| algorithm | ' + ' | '.join(f'`{m}` (%)' for m in models) + ' | '
+          + ' | '.join(f'`{dear}` − `{b}`' for b in baselines) + ' |',
+          '|---|' + '---|' * (len(models) + len(baselines))]
+  table, per_base = [], {b: {} for b in baselines}
+  for a in algorithms:
+    cells = []
+    for m in models:
+      got = stats.score_interval(_by_seed(rows, a, m, 'test_score').values())
+      cells.append('–' if got is None else f'{100 * got.mean:.1f} (n={got.n})')
+    for b in baselines:
+      x, y = (_by_seed(rows, a, dear, 'test_score'),
+              _by_seed(rows, a, b, 'test_score'))
+      diff = stats.paired_difference(x, y)
+      if diff is None:
+        cells.append('–')
+        continue
+      per_base[b][a] = [x[s] - y[s] for s in sorted(set(x) & set(y))]
+      cells.append(f'{diff.format(100, signed=True)} '
+                   f'({_short_verdict(diff)})')
+    table.append(f'| {a} | ' + ' | '.join(cells) + ' |')
+  means = []
+  for b in baselines:
+    got = stats.bootstrap_mean(per_base[b])
+    if got is None:
+      means.append('–')
+    elif got.low is None:
+      means.append(f'{got.format(100, signed=True)} (no interval: an '
+                   'algorithm has one shared seed)')
+    else:
+      means.append(f'{got.format(100, signed=True)} ({_short_verdict(got)})')
+  table.append(f'| mean over the algorithms (bootstrap) | '
+               + ' | ' * len(models) + ' | '.join(means) + ' |')
+  finished = len(runs)
+  lines = [
+      f'The DEAR-10 study ([`{sweep}/`]({sweep}/results.md); protocol '
+      f'fixed before its runs: [PROTOCOL.md]({sweep}/PROTOCOL.md)), so far '
+      f'{finished} runs on {len(algorithms)} of {GOAL_ALGORITHMS} '
+      'algorithms: 1000 training steps, seeds 0-2, every model on the same '
+      'training stream per seed, the official OOD test (n = 64). '
+      f'`{dear}` is told no step count, nor is `nar_lt` (it learns when to '
+      'stop); `nar_nohint` runs for the true one. Test score (%, mean over '
+      'n seeds) and `dear` minus each, in points, paired by seed: mean '
+      '[95 % t interval] (better / worse where the interval excludes 0, '
+      'else cannot tell apart; one shared seed gives no interval).', '']
+  lines += head + table
+  goals = _goal_lines(size_rows(runs))
+  if goals:
+    lines += ['', 'The protocol\'s goals, so far:', '']
+    lines += [l for l in goals if l.startswith('- ')]
+  return lines
+
+
+def _short_verdict(got: stats.Interval) -> str:
+  if got.low is None:
+    return 'one seed'
+  return {stats.BETTER: 'better', stats.WORSE: 'worse',
+          stats.SAME: 'cannot tell apart'}[got.verdict()]
+
+
+# Files with generated blocks, and the blocks each holds.
+GENERATED_DOC = 'docs/dear10-cpu.md'
+
+
 def readme_blocks(repo: str = '.') -> dict:
   """Every generated block of README.md, by marker name."""
-  return dict(quickstart=quickstart_lines(repo), summary=summary_lines(repo))
+  return dict(quickstart=quickstart_lines(repo), study=study_lines(repo))
+
+
+def generated_files(repo: str = '.') -> dict:
+  """{file: {block name: lines}} for every file with generated blocks."""
+  return {README: readme_blocks(repo),
+          GENERATED_DOC: dict(summary=summary_lines(repo))}
 
 
 def render_readme(text: str, blocks: dict) -> str:
@@ -862,25 +947,29 @@ def render_readme(text: str, blocks: dict) -> str:
 
 
 def main(argv: list) -> int:
-  """`python -m baselines.report --readme [REPO]`: rewrite README.md's
-  generated blocks from the committed results."""
+  """`python -m baselines.report --readme [REPO]`: rewrite the generated
+  blocks of README.md and docs/ from the committed results."""
   if not argv or argv[0] != '--readme' or len(argv) > 2:
     print('error: usage: python -m baselines.report --readme [REPO_DIR] '
-          '(rewrites README.md\'s generated blocks)', file=sys.stderr)
+          '(rewrites the generated blocks of README.md and '
+          f'{GENERATED_DOC})', file=sys.stderr)
     return 2
   repo = argv[1] if len(argv) > 1 else '.'
-  path = os.path.join(repo, README)
-  try:
-    with open(path) as f:
-      text = f.read()
-    new = render_readme(text, readme_blocks(repo))
+  new = {}
+  try:  # every file is rendered before any is written
+    for name, blocks in generated_files(repo).items():
+      with open(os.path.join(repo, name)) as f:
+        text = f.read()
+      new[name] = (text, render_readme(text, blocks))
   except (OSError, ValueError, KeyError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
-  if new != text:
-    with open(path, 'w') as f:
-      f.write(new)
-  print(f'{path}: {"rewritten" if new != text else "already up to date"}')
+  for name, (old, text) in new.items():
+    path = os.path.join(repo, name)
+    if text != old:
+      with open(path, 'w') as f:
+        f.write(text)
+    print(f'{path}: {"rewritten" if text != old else "already up to date"}')
   return 0
 
 

@@ -13,6 +13,7 @@ from baselines import report
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWEEP = 'results/dear10-cpu'
+STUDY = 'results/dear10'
 PENALTY = 'results/dear10-cpu-penalty/jac0.1'
 NO_RUN = '–'
 DOC = 'docs/dear10-cpu.md'
@@ -131,24 +132,71 @@ def test_penalty_readme_tables_are_the_committed_runs(seed, first_column):
 # README's generated blocks (baselines/report.py, `--readme`).
 
 
-def _readme() -> str:
-  with open(os.path.join(REPO, 'README.md')) as f:
+def _readme(name: str = 'README.md') -> str:
+  with open(os.path.join(REPO, name)) as f:
     return f.read()
 
 
-def _block(name: str) -> str:
-  text = _readme()
+def _block(name: str, file: str = 'README.md') -> str:
+  text = _readme(file)
   start, end = f'<!-- {name}:start -->', f'<!-- {name}:end -->'
   assert text.count(start) == 1 and text.count(end) == 1, name
   return text.split(start)[1].split(end)[0]
 
 
 def test_readme_generated_blocks_are_current():
-  """README's blocks are what `python -m baselines.report --readme` writes
-  from the committed results: rerun it after the results change."""
-  text = _readme()
-  assert report.render_readme(text, report.readme_blocks(REPO)) == text, (
-      'README.md is stale: run python -m baselines.report --readme')
+  """README's (and docs') blocks are what `python -m baselines.report
+  --readme` writes from the committed results: rerun it after the results
+  change."""
+  files = report.generated_files(REPO)
+  assert set(files) == {'README.md', DOC}
+  for name, blocks in files.items():
+    text = _readme(name)
+    assert report.render_readme(text, blocks) == text, (
+        f'{name} is stale: run python -m baselines.report --readme')
+
+
+def test_readme_study_block_is_the_paired_t_intervals_of_the_study():
+  """Every cell of README's study table against scipy on the study's
+  results.csv: the means over seeds, and each paired difference's t interval
+  (cut to the range of a difference) and verdict."""
+  from scipy import stats as scipy_stats  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(REPO, STUDY, 'results.csv')) as f:
+    rows = list(csv.DictReader(f))
+  score = {}
+  for r in rows:
+    score.setdefault((r['algorithm'], r['model']), {})[r['seed']] = (
+        100 * float(r['test_score']))
+  block = _block('study')
+  lines = [l for l in block.splitlines() if l.startswith('| ')
+           and not l.startswith(('| algorithm', '| mean'))]
+  algorithms = sorted({r['algorithm'] for r in rows if r['model'] == 'dear'})
+  assert [l.split('|')[1].strip() for l in lines] == algorithms
+  for line in lines:
+    a, *cells = [c.strip() for c in line.strip('|').split('|')]
+    for model, cell in zip(('dear', 'nar_lt', 'nar_nohint'), cells):
+      got = score.get((a, model), {})
+      assert cell == (f'{sum(got.values()) / len(got):.1f} (n={len(got)})'
+                      if got else '–'), (a, model)
+    x = score[a, 'dear']
+    for base, cell in zip(('nar_lt', 'nar_nohint'), cells[3:]):
+      y = score.get((a, base), {})
+      shared = sorted(set(x) & set(y))
+      if not shared:
+        assert cell == '–'
+        continue
+      mean = sum(x[s] - y[s] for s in shared) / len(shared)
+      if len(shared) == 1:
+        assert cell == f'{mean:+.1f} (one seed)', (a, base)
+        continue
+      ci = scipy_stats.ttest_rel([x[s] for s in shared],
+                                 [y[s] for s in shared]).confidence_interval()
+      verdict = ('cannot tell apart' if ci.low <= 0 <= ci.high
+                 else 'better' if ci.low > 0 else 'worse')
+      assert cell == (f'{mean:+.1f} [{max(ci.low, -100):+.1f}, '
+                      f'{min(ci.high, 100):+.1f}] ({verdict})'), (a, base)
+  runs = len(rows)
+  assert f'so far {runs} runs on {len(algorithms)} of 10' in block
 
 
 def test_readme_summary_is_the_paired_t_intervals_of_results_csv():
@@ -161,7 +209,7 @@ def test_readme_summary_is_the_paired_t_intervals_of_results_csv():
   for r in rows:
     score.setdefault((r['algorithm'], r['model']), {})[r['seed']] = (
         100 * float(r['test_score']))
-  lines = [l for l in _block('summary').splitlines()
+  lines = [l for l in _block('summary', DOC).splitlines()
            if l.startswith('| ') and not l.startswith(('| algorithm',
                                                        '| mean'))]
   algorithms = sorted({r['algorithm'] for r in rows})
@@ -185,12 +233,12 @@ def test_readme_summary_is_the_paired_t_intervals_of_results_csv():
     verdicts.append(want[-1])
   same = verdicts.count('indistinguishable')
   assert f'cannot be told apart on {same} of {len(lines)} algorithms' in (
-      _block('summary'))
+      _block('summary', DOC))
   protocol = os.path.join(REPO, SWEEP, 'protocol.json')
   with open(protocol) as f:
     weight = json.load(f)['protocol']['models']['dear']['dear'][
         'jac_reg_weight']
-  assert f'dear.jac_reg_weight={weight:g}' in _block('summary')
+  assert f'dear.jac_reg_weight={weight:g}' in _block('summary', DOC)
 
 
 def test_readme_quickstart_figures_are_the_recorded_run():
