@@ -867,8 +867,9 @@ def study_lines(repo: str = '.', sweep: str = STUDY_SWEEP,
   for a in algorithms:
     cells = []
     for m in models:
-      got = stats.score_interval(_by_seed(rows, a, m, 'test_score').values())
-      cells.append('–' if got is None else f'{100 * got.mean:.1f} (n={got.n})')
+      got = list(_by_seed(rows, a, m, 'test_score').values())
+      cells.append(f'{100 * sum(got) / len(got):.1f} (n={len(got)})' if got
+                   else '–')
     for b in baselines:
       x, y = (_by_seed(rows, a, dear, 'test_score'),
               _by_seed(rows, a, b, 'test_score'))
