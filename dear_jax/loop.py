@@ -418,7 +418,8 @@ def _results(learner: Learner, run: Run, test_set, steps: int,
       val_curve=meta['val_curve'], loss_curve=meta['loss_curve'],
       # the machine that tested the run (and timed it, unless it resumed
       # on another): the timing columns are only comparable on one machine
-      hardware=profiling.hardware_line())
+      hardware=profiling.hardware_line(),
+      code=profiling.code_version())  # the commit (None: not a checkout)
   with _Phase(clock, [run], 'checks_seconds'):
     learner.results(results, run, best_params, test, test_set)
   with _Phase(clock, [run], 'extra_tests_seconds'):

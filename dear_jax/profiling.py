@@ -10,9 +10,15 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 
 MB = 2**20
 CPUINFO = '/proc/cpuinfo'
+# The checkout this package runs from, and the paths whose changes alter what
+# a run computes (results/ and docs/ do not).
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CODE_PATHS = ('dear_jax', 'baselines', 'configs', 'requirements.txt',
+              'pyproject.toml')
 
 
 def compiled_mb(compiled) -> dict | None:
@@ -56,3 +62,25 @@ def hardware_line() -> str:
   return (f'{platform.system()} {platform.machine()}, CPU {cpu or "unknown"}, '
           f'{os.cpu_count()} CPU cores, jax {jax.__version__} devices '
           f'{jax.devices()}')
+
+
+def code_version(checkout: str = CHECKOUT) -> str | None:
+  """The git commit the code ran from, with '+modified' where a tracked file
+  under CODE_PATHS differs from it; None outside a git checkout of this
+  repository (an installed wheel). With the hardware line, what repeating a
+  run exactly needs."""
+
+  def git(*args):
+    return subprocess.run(['git', '-C', checkout, *args], check=True,
+                          capture_output=True, text=True, timeout=30).stdout
+
+  try:
+    if os.path.realpath(git('rev-parse', '--show-toplevel').strip()) != (
+        os.path.realpath(checkout)):
+      return None  # some other repository holds the installed package
+    commit = git('rev-parse', 'HEAD').strip()
+    changed = git('status', '--porcelain', '--untracked-files=no', '--',
+                  *CODE_PATHS).strip()
+  except (OSError, subprocess.SubprocessError):
+    return None
+  return commit + ('+modified' if changed else '')

@@ -61,6 +61,29 @@ def test_hardware_line_names_the_cpu_generation(tmp_path, monkeypatch):
   assert '(family' not in profiling.hardware_line()
 
 
+def test_code_version_is_the_commit_and_flags_changed_code(tmp_path):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  repo = tmp_path / 'checkout'
+  (repo / 'dear_jax').mkdir(parents=True)
+  (repo / 'results').mkdir()
+  (repo / 'dear_jax' / 'x.py').write_text('a = 1\n')
+  (repo / 'results' / 'r.md').write_text('old\n')
+  git = ['git', '-C', str(repo), '-c', 'user.name=t', '-c', 'user.email=t@t']
+  subprocess.run(git + ['init', '-q', '-b', 'main'], check=True)
+  subprocess.run(git + ['add', '.'], check=True)
+  subprocess.run(git + ['commit', '-qm', 'c'], check=True)
+  commit = (repo / '.git' / 'refs' / 'heads' / 'main').read_text().strip()
+  assert len(commit) == 40 and profiling.code_version(str(repo)) == commit
+  (repo / 'results' / 'r.md').write_text('a result written by a sweep\n')
+  (repo / 'dear_jax' / 'new.py').write_text('untracked\n')
+  assert profiling.code_version(str(repo)) == commit
+  (repo / 'dear_jax' / 'x.py').write_text('a = 2\n')
+  assert profiling.code_version(str(repo)) == commit + '+modified'
+  # a folder inside another repository, and a folder in none
+  assert profiling.code_version(str(repo / 'dear_jax')) is None
+  assert profiling.code_version(str(tmp_path)) is None
+
+
 def test_compiled_mb_sums_parts_and_counts_aliased_once():
   stats = types.SimpleNamespace(
       temp_size_in_bytes=3 * MB, argument_size_in_bytes=5 * MB,

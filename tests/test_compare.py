@@ -5,6 +5,7 @@ line, exit 2)."""
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -170,6 +171,10 @@ def test_outputs(finished):
   line = profiling.hardware_line()
   assert {r['hardware'] for r in rows} == {line}
   assert f'Hardware: {line}.' in md
+  # and the code: this checkout's commit (a git clone in CI and here)
+  for m in MODELS:
+    code = _results(out, m)['code']
+    assert re.fullmatch(r'[0-9a-f]{40}(\+modified)?', code), code
   # The runs used the tiny protocol (the overrides reached every model).
   assert _results(out, 'nar')['config']['model']['hidden'] == 16
   assert _results(out, 'dear')['test_graphs'] == 4
