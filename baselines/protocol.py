@@ -48,7 +48,8 @@ def _data_protocol(algorithm: str, data_cfg) -> dict:
 
 # Tests at further sizes after the official one: like the checks, they change
 # neither the model nor its n=64 test score, for every model.
-AFTER_TRAINING_TESTS = ('extra_test_lengths', 'extra_test_num_samples')
+AFTER_TRAINING_TESTS = ('extra_test_lengths', 'extra_test_num_samples',
+                        'extra_test_max_seconds')
 
 
 def _without_checks(models: dict) -> dict:

@@ -152,7 +152,8 @@ def write_csv(path: str, rows: list, columns=CSV_COLUMNS) -> None:
 
 # results_by_size.csv: one row per run and test size, the official test
 # (n=64) and each of data.extra_test_lengths, for the runs that have those.
-SIZE_COLUMNS = ('algorithm', 'model', 'seed', 'nodes', 'graphs', 'batch_size',
+SIZE_COLUMNS = ('algorithm', 'model', 'seed', 'nodes', 'graphs',
+                'graphs_planned', 'batch_size',
                 'test_score', 'eval_seconds_per_graph', 'solver_iters_mean',
                 'nonconverged_fraction', 'nar_steps_mean',
                 'nar_cap_hit_fraction', 'algo_steps_mean', 'hardware')
@@ -195,11 +196,13 @@ def size_rows(runs: list) -> list:
     base = dict(algorithm=run['algorithm'], model=run['model'],
                 seed=run['seed'], hardware=r.get('hardware', ''))
     tests = [dict(nodes=r.get('test_nodes'), graphs=r.get('test_graphs'),
-                  batch_size=None, test_score=r['test_score'],
+                  graphs_planned=None, batch_size=None,
+                  test_score=r['test_score'],
                   eval_seconds_per_graph=r['eval_seconds_per_graph'],
                   graph_scores=r.get('test_graph_scores'),
                   **{k: r.get(k) for k in _SIZE_KEYS})]
     tests += [dict(nodes=e['nodes'], graphs=e['graphs'],
+                   graphs_planned=e.get('graphs_planned'),
                    batch_size=e.get('batch_size'), test_score=e['score'],
                    eval_seconds_per_graph=e['eval_seconds_per_graph'],
                    graph_scores=e.get('graph_scores'),
@@ -242,10 +245,12 @@ def _size_lines(rows: list, models: list) -> list:
     steps = mean('solver_iters_mean')
     if steps is None:
       steps = mean('nar_steps_mean')
+    cut = sorted({r['graphs'] for r in at if r.get('graphs_planned')})
     return (f'{100 * score:.1f} / {1e3 * ms:.1f}'
             + ('' if steps is None else f' / {steps:.1f}')
             + f' ({mean("algo_steps_mean"):.1f})'
-            + (f', n={len(at)}' if len(at) != 1 else ''))
+            + (f', n={len(at)}' if len(at) != 1 else '')
+            + (f', g={"/".join(map(str, cut))}' if cut else ''))
 
   return _size_table(
       rows, models, 'Test score and time against n',
@@ -254,8 +259,10 @@ def _size_lines(rows: list, models: list) -> list:
       'with the official test seed, the same graphs for every model). '
       'Each cell: score % / ms per graph / DEAR\'s solver iterations or '
       '`nar_lt`\'s steps, then the true steps in brackets; means over '
-      'seeds (n = seeds where more than one). results_by_size.csv has '
-      'every value.', cell)
+      'seeds (n = seeds where more than one); g = the graphs scored where '
+      'a time limit (data.extra_test_max_seconds) cut a run to its first '
+      'graphs (comparisons then use the graphs both runs scored). '
+      'results_by_size.csv has every value.', cell)
 
 
 def _size_interval_lines(rows: list, models: list) -> list:
@@ -283,15 +290,36 @@ def _size_interval_lines(rows: list, models: list) -> list:
 
 
 def _size_differences(rows: list, dear: str, base: str, n: int) -> dict:
-  """{algorithm: Interval of dear - base at n nodes, paired by seed}."""
+  """{algorithm: Interval of dear - base at n nodes, paired by seed}. Where
+  the two runs of a seed scored different numbers of graphs (a time limit,
+  data.extra_test_max_seconds), both are scored on the graphs both have:
+  the mean of their first graphs' own scores (the same graphs, as dm-clrs
+  draws them one after another)."""
   out = {}
   at = [r for r in rows if r['nodes'] == n]
   for a in sorted({r['algorithm'] for r in at}):
-    got = stats.paired_difference(_by_seed(at, a, dear, 'test_score'),
-                                  _by_seed(at, a, base, 'test_score'))
+    mine = {m: {r['seed']: r for r in at
+                if r['algorithm'] == a and r['model'] == m
+                and _number(r['test_score']) is not None}
+            for m in (dear, base)}
+    x, y = {}, {}
+    for seed in set(mine[dear]) & set(mine[base]):
+      x[seed], y[seed] = _on_shared_graphs(mine[dear][seed], mine[base][seed])
+    got = stats.paired_difference(x, y)
     if got is not None:
       out[a] = got
   return out
+
+
+def _on_shared_graphs(one: dict, other: dict) -> tuple:
+  """The two size rows' scores on the graphs both scored (see
+  _size_differences)."""
+  if one.get('graphs') == other.get('graphs') or not (
+      one.get('graph_scores') and other.get('graph_scores')):
+    return _number(one['test_score']), _number(other['test_score'])
+  g = min(len(one['graph_scores']), len(other['graph_scores']))
+  return (statistics.fmean(one['graph_scores'][:g]),
+          statistics.fmean(other['graph_scores'][:g]))
 
 
 def _size_head_to_head_lines(rows: list, models: list) -> list:
@@ -886,9 +914,12 @@ def study_lines(repo: str = '.', sweep: str = STUDY_SWEEP,
     got = stats.bootstrap_mean(per_base[b])
     if got is None:
       means.append('–')
-    elif got.low is None:
-      means.append(f'{got.format(100, signed=True)} (no interval: an '
-                   'algorithm has one shared seed)')
+    elif len(per_base[b]) < GOAL_ALGORITHMS or got.low is None:
+      # the protocol's statistic is the mean over all ten, each with two
+      # seeds: a bootstrap over fewer groups claims more than it knows
+      means.append(f'{100 * got.mean:+.1f} over {len(per_base[b])} (no '
+                   f'interval before all {GOAL_ALGORITHMS} have two shared '
+                   'seeds)')
     else:
       means.append(f'{got.format(100, signed=True)} ({_short_verdict(got)})')
   table.append(f'| mean over the algorithms (bootstrap) | '

@@ -7,6 +7,12 @@ fresh test sets of each `data.extra_test_lengths` size
 with the learner's own evaluation, so every model of `dear_jax.loop` is
 tested alike. Each size is timed as the official test is: compiled first,
 then one timed pass.
+
+A stepwise model's evaluation grows with its steps x n^2, so a large size
+can take hours; with `data.extra_test_max_seconds` a size estimated to take
+longer is scored on its first graphs that fit (`graphs_within`). dm-clrs's
+samplers draw graphs one after another from the split's seed, so the first
+g graphs are the same for every model and every planned count.
 """
 
 from __future__ import annotations
@@ -49,11 +55,44 @@ def score_set(learner, params, evalset) -> dict:
   return entry
 
 
-def evaluate_sizes(learner, params, algorithm: str, dcfg,
-                   keep_hints: bool) -> dict:
+MIN_GRAPHS = 2
+
+
+def graphs_within(max_seconds, seconds_per_graph, nodes: int, n: int,
+                  planned: int) -> tuple:
+  """(graphs, estimated seconds per graph): the graphs of an n-node test
+  that fit `max_seconds`, by the estimate `seconds_per_graph` (measured at
+  `nodes`) x (n / nodes)^3, at least MIN_GRAPHS and at most `planned`
+  (all of them where there is no limit or no measurement)."""
+  if not max_seconds or not seconds_per_graph or not nodes:
+    return planned, None
+  per = float(seconds_per_graph) * (n / nodes) ** 3
+  return int(min(planned, max(MIN_GRAPHS, max_seconds // per))), per
+
+
+def score_within(learner, params, evalset, max_seconds, seconds_per_graph,
+                 nodes: int) -> dict:
+  """`score_set` of the first graphs of `evalset` that fit `max_seconds`
+  (`graphs_within`); where they are fewer than the split, the entry also
+  has 'graphs_planned' and 'estimated_seconds_per_graph'."""
+  planned = int(evalset.num_samples)
+  n = int(batch_lib.num_nodes(evalset.batches[0]))
+  graphs, per = graphs_within(max_seconds, seconds_per_graph, nodes, n,
+                              planned)
+  entry = score_set(learner, params, evalset.head(graphs))
+  if graphs < planned:
+    entry.update(graphs_planned=planned, estimated_seconds_per_graph=per)
+  return entry
+
+
+def evaluate_sizes(learner, params, algorithm: str, dcfg, keep_hints: bool,
+                   seconds_per_graph: float | None = None,
+                   nodes: int | None = None) -> dict:
   """{str(n): `score_set` of that size} for every n of
-  dcfg.extra_test_lengths (`learner`: a dear_jax.loop.Learner)."""
-  return {str(n): score_set(learner, params,
-                            splits.load_extra_test(algorithm, n, dcfg,
-                                                   keep_hints))
-          for n in dcfg.extra_test_lengths}
+  dcfg.extra_test_lengths (`learner`: a dear_jax.loop.Learner), each within
+  dcfg.extra_test_max_seconds by the official test's `seconds_per_graph`
+  at `nodes` nodes."""
+  return {str(n): score_within(
+      learner, params, splits.load_extra_test(algorithm, n, dcfg, keep_hints),
+      dcfg.extra_test_max_seconds, seconds_per_graph,
+      nodes or dcfg.test_length) for n in dcfg.extra_test_lengths}

@@ -52,6 +52,12 @@ class DataConfig(sections.Section):
   # results.json 'extra_tests'. Evaluation batches shrink with n.
   extra_test_lengths: tuple = ()
   extra_test_num_samples: int = 100
+  # A size whose test is estimated to take longer than this many seconds
+  # (the official test's time per graph x (n / test_length)^3, per graph) is
+  # scored on its first graphs that fit, at least 2: the same first graphs
+  # for every model. None: always every graph. results.json records the
+  # count ('graphs', and 'graphs_planned' where it is fewer).
+  extra_test_max_seconds: float | None = None
   # Registered data options (clrs_lib.DATA_OPTIONS) on: each changes the
   # samplers of its own algorithms (train, val and test data, cache keys).
   options: tuple = ()
@@ -90,6 +96,11 @@ class DataConfig(sections.Section):
                        f'sizes >= 4 (e.g. 128,256,512), got {extra!r}')
     sections.int_at_least(f'{prefix}extra_test_num_samples',
                           v.extra_test_num_samples, 1)
+    cap = v.extra_test_max_seconds
+    if cap is not None and not (isinstance(cap, numbers.Real) and not
+                                isinstance(cap, bool) and cap > 0):
+      raise ValueError(f'{prefix}extra_test_max_seconds must be a positive '
+                       f'number of seconds, or None for no limit, got {cap!r}')
     if not isinstance(v.pad_nodes, bool):
       raise ValueError(f'{prefix}pad_nodes must be True or False, got '
                        f'{v.pad_nodes!r}')

@@ -426,7 +426,9 @@ def _results(learner: Learner, run: Run, test_set, steps: int,
     if getattr(run.dcfg, 'extra_test_lengths', ()):
       results['extra_tests'] = extra_tests.evaluate_sizes(
           learner, best_params, algorithm, run.dcfg,
-          keep_hints=bool(test_set.batches[0]['hints']))
+          keep_hints=bool(test_set.batches[0]['hints']),
+          seconds_per_graph=results['eval_seconds_per_graph'],
+          nodes=results['test_nodes'])
   results['timings'] = dict(meta['timings'])
   write_results(run.workdir, results)
   return results

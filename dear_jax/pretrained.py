@@ -126,7 +126,10 @@ def load(folder: str):
             if seed_dir == f's{results["seed"]}'  # compare's runs/ALG/MODEL/sS
             else factory.model_label(config))
     meta = dict(name=name, algorithm=results['algorithm'],
-                seed=results['seed'])
+                seed=results['seed'],
+                # the run's own official test, for --max_seconds's estimate
+                test_seconds_per_graph=results.get('eval_seconds_per_graph'),
+                test_nodes=results.get('test_nodes'))
     params = checkpoints.load_best_params(folder)
   else:
     missing = [f for f in (PARAMS, CONFIG, MODEL)
@@ -180,17 +183,25 @@ def _check_shapes(net, params, batch) -> None:
 
 
 def evaluate(folder: str, split: str = 'test', n: int | None = None,
-             graphs: int | None = None, cache_dir: str | None = None) -> dict:
+             graphs: int | None = None, cache_dir: str | None = None,
+             max_seconds: float | None = None) -> dict:
   """Scores a stored model (or a finished run's best parameters) on its
   algorithm's validation split, or on a test split of `n` nodes and `graphs`
   graphs (default: the official test), as the run scored its own tests
-  (`extra_tests.score_set`)."""
+  (`extra_tests.score_set`); with `max_seconds` (a run folder only), on the
+  first of those graphs that fit it by the estimate from the run's own
+  official test (`extra_tests.graphs_within`)."""
   from dear_jax import extra_tests  # pylint: disable=g-import-not-at-top
   from dear_jax import factory  # pylint: disable=g-import-not-at-top
   from dear_jax import profiling  # pylint: disable=g-import-not-at-top
   from dear_jax import splits  # pylint: disable=g-import-not-at-top
   from dear_jax import train  # pylint: disable=g-import-not-at-top
   meta, config, params = load(folder)
+  if max_seconds is not None and not meta.get('test_seconds_per_graph'):
+    raise StoredModelError(
+        '--max_seconds estimates from the time per graph of the run\'s own '
+        f'official test, which {folder} does not record: give a finished '
+        'run folder, or --graphs alone')
   if cache_dir:
     config.data.cache_dir = cache_dir
   algorithm = meta['algorithm']
@@ -211,7 +222,10 @@ def evaluate(folder: str, split: str = 'test', n: int | None = None,
   _check_shapes(net, params, evalset.batches[0])
   if split == 'test':  # the run's test settings; validation never had them
     net = net.for_test()
-  entry = extra_tests.score_set(_Learner(net), params, evalset)
+  entry = extra_tests.score_within(
+      _Learner(net), params, evalset, max_seconds,
+      meta.get('test_seconds_per_graph'),
+      meta.get('test_nodes') or dcfg.test_length)
   return dict(model=meta['name'], algorithm=algorithm, seed=meta['seed'],
               split=split,
               hardware=profiling.hardware_line(), **entry)
@@ -257,8 +271,10 @@ def _line(r: dict) -> str:
   if 'solver_iters_mean' in r:
     extra = (f'; solver {r["solver_iters_mean"]:.1f} iterations, '
              f'{100 * r["nonconverged_fraction"]:.1f} % not converged')
+  graphs = (f'the first {r["graphs"]} of {r["graphs_planned"]} graphs (the '
+            'time limit)' if 'graphs_planned' in r else f'{r["graphs"]} graphs')
   return (f'{r["model"]} on {r["algorithm"]} {r["split"]} n={r["nodes"]}, '
-          f'{r["graphs"]} graphs: score {r["score"]:.4f}{spread}{extra}; '
+          f'{graphs}: score {r["score"]:.4f}{spread}{extra}; '
           f'{r["eval_seconds_per_graph"]:.3f} s per graph')
 
 
@@ -279,6 +295,11 @@ def main(argv=None) -> int:
   parser.add_argument('--graphs', type=int, default=None,
                       help='test graphs (default: the official count at '
                       'n=64, else the run\'s data.extra_test_num_samples)')
+  parser.add_argument('--max_seconds', type=float, default=None,
+                      help='with a finished run folder: score only the first '
+                      'of the --graphs that fit this many seconds, estimated '
+                      'from the run\'s official test (time per graph x '
+                      '(n / its n)^3), at least 2')
   parser.add_argument('--cache_dir', default=None,
                       help='dataset cache (default: the run\'s)')
   parser.add_argument('--json', default=None,
@@ -312,13 +333,18 @@ def main(argv=None) -> int:
       if value is not None and value < 1:
         raise StoredModelError(f'{flag} must be a positive integer, got '
                                f'{value}')
-    if args.split == 'val' and (args.n or args.graphs):
-      raise StoredModelError('--n and --graphs apply to --split=test; the '
-                             'validation split has its run\'s size and count')
+    if args.split == 'val' and (args.n or args.graphs or args.max_seconds):
+      raise StoredModelError('--n, --graphs and --max_seconds apply to '
+                             '--split=test; the validation split has its '
+                             'run\'s size and count')
+    if args.max_seconds is not None and not args.max_seconds > 0:
+      raise StoredModelError(f'--max_seconds must be a positive number of '
+                             f'seconds, got {args.max_seconds}')
     if args.json:
       validation.check_writable_dir(os.path.dirname(os.path.abspath(args.json)),
                                     '--json')
-    r = evaluate(args.model, args.split, args.n, args.graphs, args.cache_dir)
+    r = evaluate(args.model, args.split, args.n, args.graphs, args.cache_dir,
+                 args.max_seconds)
   except (checkpoints.RunError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2

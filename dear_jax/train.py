@@ -51,6 +51,7 @@ _ADDED_LATER = {('dear', 'spectral_norm'): False, ('dear', 'check_graphs'): 0,
                 ('nar', 'max_steps_factor'): 6.0,
                 ('data', 'extra_test_lengths'): [],
                 ('data', 'extra_test_num_samples'): 100,
+                ('data', 'extra_test_max_seconds'): None,
                 ('model', 'aggregation'): 'max', ('model', 'latent_decay'): 1.0,
                 ('model', 'test_aggregation'): None,
                 ('model', 'adaptive_temperature'): False,
@@ -192,6 +193,7 @@ EXECUTION_KEYS = ('train.data_parallel', 'data.cache_dir')
 # records them under 'reevaluated_with' ({key: [value that trained, now]}).
 EVALUATION_KEYS = ('data.test_length', 'data.test_num_samples',
                    'data.extra_test_lengths', 'data.extra_test_num_samples',
+                   'data.extra_test_max_seconds',
                    'dear.diagnostics', 'dear.check_tol', 'dear.check_max_iter',
                    'dear.check_graphs', 'model.test_aggregation',
                    'model.adaptive_temperature')

@@ -36,6 +36,9 @@ def test_help_lists_flags_and_exits_0(capsys):
      '128,256,512), got (128, 3)'),
     (['--config.data.extra_test_num_samples=-1'],
      'error: data.extra_test_num_samples must be an int >= 1, got -1'),
+    (['--config.data.extra_test_max_seconds=0'],
+     'error: data.extra_test_max_seconds must be a positive number of '
+     'seconds, or None for no limit, got 0.0'),
     (['--model=nar', '--config.nar.learn_termination=True'],
      "error: nar.learn_termination=True needs nar.hint_mode=none (DEAR's NAR "
      "(LT) has no hints), got 'encoded_decoded'"),

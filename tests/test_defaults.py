@@ -30,7 +30,7 @@ def _literal_default():
       test_num_samples=placeholder(int), eval_batch_size=32,
       cache_dir='~/.cache/dear_jax/datasets', recorded_stream=False,
       better_search=False, extra_test_lengths=(), extra_test_num_samples=100,
-      options=(), pad_nodes=False))
+      extra_test_max_seconds=placeholder(float), options=(), pad_nodes=False))
   c.model = ml_collections.ConfigDict(dict(
       processor='triplet_gmpnn', hidden=128, nb_triplet_fts=8,
       encoder_init='xavier_on_scalars', aggregation='max', latent_decay=1.0,

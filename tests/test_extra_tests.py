@@ -101,6 +101,66 @@ def test_run_writes_each_size_scored_as_evaluate_scores_it(tmp_path):
 
 
 
+def test_graphs_within_the_time_limit_by_the_cube_of_n():
+  from dear_jax import extra_tests  # pylint: disable=g-import-not-at-top
+  # 1 s a graph at n=64 is 64 s at n=256: 28 fit 1800 s, all 16 planned run
+  assert extra_tests.graphs_within(1800, 1.0, 64, 256, 16) == (16, 64.0)
+  # 10 s at n=64 is 640 s at n=256: 2 fit
+  assert extra_tests.graphs_within(1800, 10.0, 64, 256, 16) == (2, 640.0)
+  # none fit: still 2
+  assert extra_tests.graphs_within(1800, 60.0, 64, 256, 16) == (2, 3840.0)
+  # 1 s at n=64 is 8 s at n=128: 5 fit 40 s
+  assert extra_tests.graphs_within(40, 1.0, 64, 128, 16) == (5, 8.0)
+  # no limit, or nothing measured: every graph
+  assert extra_tests.graphs_within(None, 10.0, 64, 256, 16) == (16, None)
+  assert extra_tests.graphs_within(1800, None, 64, 256, 16) == (16, None)
+
+
+def test_a_size_over_the_time_limit_scores_its_first_graphs(tmp_path,
+                                                            capsys):
+  """With data.extra_test_max_seconds too small for one graph, a size is
+  scored on its first 2 graphs: as evaluate scores a 2-graph split of that
+  size (dm-clrs draws graphs one after another from the seed, so these are
+  the same graphs), and as a later test of the run folder with the same
+  limit scores them."""
+  from dear_jax import pretrained  # pylint: disable=g-import-not-at-top
+  config = tiny_config(tmp_path / 'data', kind='dear', steps=2)
+  config.model.processor = 'gmpnn'
+  config.model.hidden = 8
+  config.dear.diagnostics = False
+  config.data.extra_test_lengths = (12,)
+  config.data.extra_test_num_samples = 5
+  config.data.extra_test_max_seconds = 1e-9
+  workdir = tmp_path / 'w'
+  results = train.train_and_evaluate(config, str(workdir), 'bfs',
+                                     progress=False)
+  got = results['extra_tests']['12']
+  assert (got['graphs'], got['graphs_planned']) == (2, 5)
+  assert len(got['graph_scores']) == 2
+  assert got['estimated_seconds_per_graph'] == pytest.approx(
+      results['eval_seconds_per_graph'] * (12 / results['test_nodes']) ** 3)
+  params = checkpoints.load_best_params(str(workdir))
+  two = splits.load_extra_test(
+      'bfs', 12, dataclasses.replace(train.data_config(config),
+                                     extra_test_num_samples=2),
+      keep_hints=False)
+  model = factory.build_model(config, clrs_lib.processed_spec('bfs'),
+                              two.batches[0])
+  want = train.evaluate(model, model.predict, params, two, per_graph=True)
+  assert got['score'] == pytest.approx(want['score'])
+  assert got['graph_scores'] == pytest.approx(want['graph_scores'])
+  out = tmp_path / 'n12.json'
+  assert pretrained.main([f'--model={workdir}', '--n=12', '--graphs=5',
+                          '--max_seconds=1e-9', f'--json={out}']) == 0
+  later = json.loads(out.read_text())
+  assert (later['graphs'], later['graphs_planned']) == (2, 5)
+  assert later['score'] == pytest.approx(got['score'])
+  assert 'the first 2 of 5 graphs' in capsys.readouterr().out
+  assert pretrained.main([f'--model={workdir}', '--n=12',
+                          '--max_seconds=0']) == 2
+  assert '--max_seconds must be a positive' in capsys.readouterr().err
+
+
 def test_a_later_test_of_a_run_folder_scores_as_the_run_did(tmp_path):
   """`python -m dear_jax.pretrained --model=RUN --n=N --json=RUN/tests/..`
   against the run's own test at that size; the reports take a later size

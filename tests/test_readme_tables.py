@@ -197,6 +197,19 @@ def test_readme_study_block_is_the_paired_t_intervals_of_the_study():
                       f'{min(ci.high, 100):+.1f}] ({verdict})'), (a, base)
   runs = len(rows)
   assert f'so far {runs} runs on {len(algorithms)} of 10' in block
+  # the mean over algorithms: no interval before all ten have two seeds
+  mean_row = [l for l in block.splitlines() if l.startswith('| mean')][0]
+  cells = [c.strip() for c in mean_row.strip('|').split('|')][4:]
+  for base, cell in zip(('nar_lt', 'nar_nohint'), cells):
+    diffs = []
+    for a in algorithms:
+      x, y = score[a, 'dear'], score.get((a, base), {})
+      shared = sorted(set(x) & set(y))
+      if shared:
+        diffs.append(sum(x[s] - y[s] for s in shared) / len(shared))
+    if len(diffs) < 10:
+      assert cell.startswith(f'{sum(diffs) / len(diffs):+.1f} over '
+                             f'{len(diffs)} (no interval'), cell
 
 
 def test_readme_summary_is_the_paired_t_intervals_of_results_csv():

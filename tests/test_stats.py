@@ -124,6 +124,30 @@ def _size_row(algorithm, model, seed, nodes, score, seconds=0.01, steps=None,
               nar_steps_mean=None)
 
 
+def test_a_run_cut_to_its_first_graphs_is_compared_on_those_graphs():
+  """A time limit scored one model on the first 2 of 4 graphs: each seed's
+  difference is then over those 2 graphs, and the table marks the cut."""
+  from baselines import report  # pylint: disable=g-import-not-at-top
+  dear = {0: [1.0, 0.5, 0.0, 0.0], 1: [1.0, 1.0, 1.0, 0.0]}
+  base = {0: [0.5, 0.5], 1: [0.0, 1.0]}
+  rows = []
+  for s in (0, 1):
+    rows.append(dict(_size_row('bfs', 'dear', s, 256, np.mean(dear[s]),
+                               graph_scores=dear[s]), graphs=4))
+    rows.append(dict(_size_row('bfs', 'nar_lt', s, 256, np.mean(base[s]),
+                               graph_scores=base[s]), graphs=2,
+                     graphs_planned=4))
+  got = report._size_differences(rows, 'dear', 'nar_lt', 256)['bfs']  # pylint: disable=protected-access
+  # seed 0: 0.75 - 0.5 on the first two; seed 1: 1.0 - 0.5 (over all four
+  # graphs dear's would be 0.375 and 0.75)
+  assert (got.n, got.mean) == (2, pytest.approx((0.25 + 0.5) / 2))
+  lines = report._size_lines(rows, ['dear', 'nar_lt'])  # pylint: disable=protected-access
+  assert any(l.startswith('| bfs | `nar_lt` |') and l.endswith(', g=2 |')
+             for l in lines), lines
+  assert not any(l.startswith('| bfs | `dear` |') and 'g=' in l
+                 for l in lines)
+
+
 def test_head_to_head_at_each_size_pairs_seeds_with_a_t_interval():
   from baselines import report  # pylint: disable=g-import-not-at-top
   dear = {0: 0.90, 1: 0.80, 2: 0.85}

@@ -3,18 +3,22 @@
 # "the order of the remaining runs": the primary pair (dear, nar_lt) over all
 # ten algorithms first, then the other models; each stage cheapest
 # algorithms first. Resumable: rerun to continue; finished runs are skipped.
+# Each algorithm's seed-0 runs are tested at n=512 (test_n512.sh) as soon as
+# they finish, while their checkpoints are on this machine.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 common=(--preset=dear10-cpu --out=results/dear10 --quiet --no_memory
         --config.dear.check_graphs=256
         --config.data.extra_test_lengths=128,256
-        --config.data.extra_test_num_samples=16)
+        --config.data.extra_test_num_samples=16
+        --config.data.extra_test_max_seconds=1800)
 algorithms=(minimum bellman_ford bfs mst_prim insertion_sort binary_search
             dag_shortest_paths floyd_warshall dfs strongly_connected_components)
 stage() {  # stage MODELS SEEDS
   for alg in "${algorithms[@]}"; do
     python -m baselines.compare "${common[@]}" --algorithms="$alg" \
         --models="$1" --seeds="$2"
+    ALGORITHMS="$alg" bash results/dear10/test_n512.sh
   done
 }
 stage dear,nar_lt 3
