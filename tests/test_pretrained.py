@@ -59,7 +59,8 @@ def test_other_sizes_draw_the_requested_graphs(stored, capsys, tmp_path):
 
 @pytest.mark.parametrize('args, message', [
     (['--n=0'], '--n must be a positive integer'),
-    (['--split=val', '--n=8'], '--n and --graphs apply to --split=test'),
+    (['--split=val', '--n=8'], '--n, --graphs and --max_seconds apply to '
+     '--split=test'),
 ])
 def test_bad_flags_are_one_line_exit_2(stored, capsys, args, message):
   _, folder = stored

@@ -109,8 +109,9 @@ def test_tables_and_plots_from_a_synthetic_csv(tmp_path):
 
   def cell(values):
     v = 100 * np.asarray(values)
-    half = t * v.std(ddof=1) / math.sqrt(len(v))
-    return f'{v.mean():.1f} [{v.mean() - half:.1f}, {v.mean() + half:.1f}]'
+    half = t * v.std(ddof=1) / math.sqrt(len(v))  # cut to a score's range
+    return (f'{v.mean():.1f} [{max(v.mean() - half, 0):.1f}, '
+            f'{min(v.mean() + half, 100):.1f}]')
 
   line = next(l for l in md.splitlines()
               if l.startswith('| mst_prim | `dear` | 64 |'))
