@@ -474,8 +474,9 @@ def _head_to_head_lines(rows: list, models: list) -> list:
            'model trains on the same data stream): mean [95 % t interval]. '
            'A verdict is *better* or *worse* only where the interval excludes '
            '0, else *indistinguishable* (cannot tell apart); one shared seed '
-           'gives no interval. The mean over algorithms has a bootstrap '
-           'interval (seeds resampled within each algorithm). DEAR is told '
+           'gives no interval. The mean over algorithms has a t interval '
+           'from the algorithms\' own variances (Welch-Satterthwaite; '
+           'baselines/stats.py). DEAR is told '
            'no step count, nor is `nar_lt` (it learns when to stop); the other '
            'stepwise models run for the true one.', '',
            '| DEAR model | ' + ' | '.join(f'vs `{b}`' for b in bases) + ' |',
@@ -494,7 +495,7 @@ def _head_to_head_lines(rows: list, models: list) -> list:
         shared = sorted(set(x) & set(y))
         if shared:
           per_algorithm[a] = [x[s] - y[s] for s in shared]
-      mean = stats.bootstrap_mean(per_algorithm)
+      mean = stats.mean_over_groups(per_algorithm)
       cells.append(f'{len(pairs)} algorithms: {_verdict_counts(pairs)}; '
                    f'mean {mean.format(100, signed=True)}'
                    + ('' if mean.low is not None else
@@ -803,7 +804,7 @@ def summary_lines(repo: str = '.', sweep: str = SUMMARY_SWEEP,
                   baseline: str = SUMMARY_BASELINE) -> list:
   """docs/dear10-cpu.md's summary from SWEEP/results.csv: DEAR minus the no-hint
   NAR per algorithm, paired by seed, with 95 % t intervals and verdicts, the
-  mean over algorithms with its bootstrap interval, and one sentence that
+  mean over algorithms with its Welch t interval, and one sentence that
   counts the verdicts (baselines/stats.py)."""
   with open(os.path.join(repo, sweep, 'results.csv')) as f:
     rows = [r for r in csv.DictReader(f)]
@@ -824,7 +825,7 @@ def summary_lines(repo: str = '.', sweep: str = SUMMARY_SWEEP,
     table.append((a, diff, f'| {a} | {len(shared)} | {mean(x):.1f} | '
                   f'{mean(y):.1f} | {diff.format(100, signed=True)} | '
                   f'{diff.verdict()} |'))
-  overall = stats.bootstrap_mean(per_algorithm)
+  overall = stats.mean_over_groups(per_algorithm)
   counts = {v: sum(d.verdict() == v for _, d, _ in table)
             for v in (stats.SAME, stats.BETTER, stats.WORSE, stats.ONE_SEED)}
   k = len(table)
@@ -850,7 +851,7 @@ def summary_lines(repo: str = '.', sweep: str = SUMMARY_SWEEP,
       verdict = {stats.BETTER: 'DEAR higher', stats.WORSE: 'DEAR lower',
                  stats.SAME: 'indistinguishable'}[overall.verdict()]
     lines.append(f'| mean over the {len(per_algorithm)} algorithms '
-                 f'(bootstrap) | | | | {overall.format(100, signed=True)} | '
+                 f'(Welch t) | | | | {overall.format(100, signed=True)} | '
                  f'{verdict} |')
   told = (f'With {seed_words} seeds per algorithm the two cannot be told '
           f'apart on {counts[stats.SAME]} of {k} algorithms')
@@ -867,8 +868,7 @@ def summary_lines(repo: str = '.', sweep: str = SUMMARY_SWEEP,
                  f'{"below" if overall.mean < 0 else "above"} the no-hint '
                  f'NAR on average, an interval that '
                  + ('excludes 0' if overall.verdict() != stats.SAME
-                    else 'contains 0') + ' (an approximation with so few '
-                 'seeds: read it beside the per-algorithm verdicts).')
+                    else 'contains 0') + '.')
   return lines + ['', sentence]
 
 
@@ -911,18 +911,16 @@ def study_lines(repo: str = '.', sweep: str = STUDY_SWEEP,
     table.append(f'| {a} | ' + ' | '.join(cells) + ' |')
   means = []
   for b in baselines:
-    got = stats.bootstrap_mean(per_base[b])
+    got = stats.mean_over_groups(per_base[b])
     if got is None:
       means.append('–')
-    elif len(per_base[b]) < GOAL_ALGORITHMS or got.low is None:
-      # the protocol's statistic is the mean over all ten, each with two
-      # seeds: a bootstrap over fewer groups claims more than it knows
-      means.append(f'{100 * got.mean:+.1f} over {len(per_base[b])} (no '
-                   f'interval before all {GOAL_ALGORITHMS} have two shared '
-                   'seeds)')
+    elif got.low is None:
+      means.append(f'{100 * got.mean:+.1f} over {got.n} (no interval: an '
+                   'algorithm has one shared seed)')
     else:
-      means.append(f'{got.format(100, signed=True)} ({_short_verdict(got)})')
-  table.append(f'| mean over the algorithms (bootstrap) | '
+      means.append(f'{got.format(100, signed=True)} over {got.n} '
+                   f'({_short_verdict(got)})')
+  table.append('| mean over the algorithms so far (Welch t) | '
                + ' | ' * len(models) + ' | '.join(means) + ' |')
   finished = len(runs)
   lines = [

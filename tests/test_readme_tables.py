@@ -5,8 +5,10 @@ the data when runs are added or re-run."""
 
 import csv
 import json
+import math
 import os
 
+import numpy as np
 import pytest
 
 from baselines import report
@@ -197,19 +199,27 @@ def test_readme_study_block_is_the_paired_t_intervals_of_the_study():
                       f'{min(ci.high, 100):+.1f}] ({verdict})'), (a, base)
   runs = len(rows)
   assert f'so far {runs} runs on {len(algorithms)} of 10' in block
-  # the mean over algorithms: no interval before all ten have two seeds
+  # the mean over algorithms: its Welch-Satterthwaite t interval, by hand
   mean_row = [l for l in block.splitlines() if l.startswith('| mean')][0]
   cells = [c.strip() for c in mean_row.strip('|').split('|')][4:]
   for base, cell in zip(('nar_lt', 'nar_nohint'), cells):
-    diffs = []
+    groups = []
     for a in algorithms:
       x, y = score[a, 'dear'], score.get((a, base), {})
       shared = sorted(set(x) & set(y))
       if shared:
-        diffs.append(sum(x[s] - y[s] for s in shared) / len(shared))
-    if len(diffs) < 10:
-      assert cell.startswith(f'{sum(diffs) / len(diffs):+.1f} over '
-                             f'{len(diffs)} (no interval'), cell
+        groups.append([x[s] - y[s] for s in shared])
+    mean = sum(sum(g) / len(g) for g in groups) / len(groups)
+    if any(len(g) < 2 for g in groups):
+      assert cell.startswith(f'{mean:+.1f} over {len(groups)} (no interval'), (
+          cell)
+      continue
+    w = [float(np.var(g, ddof=1)) / len(g) for g in groups]
+    df = sum(w) ** 2 / sum(v ** 2 / (len(g) - 1) for v, g in zip(w, groups))
+    half = scipy_stats.t.ppf(0.975, df) * math.sqrt(sum(w)) / len(groups)
+    assert cell.startswith(f'{mean:+.1f} [{max(mean - half, -100):+.1f}, '
+                           f'{min(mean + half, 100):+.1f}] over '
+                           f'{len(groups)} ('), cell
 
 
 def test_readme_summary_is_the_paired_t_intervals_of_results_csv():

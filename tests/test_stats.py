@@ -76,30 +76,36 @@ def test_pairs_only_shared_seeds():
   assert stats.paired_difference({0: 1.0}, {1: 1.0}) is None
 
 
-def test_bootstrap_mean_over_groups():
-  # constant groups: no spread, the interval is the point
-  got = stats.bootstrap_mean({'a': [1.0, 1.0], 'b': [3.0, 3.0, 3.0]})
-  assert (got.mean, got.low, got.high) == pytest.approx((2.0, 2.0, 2.0))
-  # a group of one value: its noise is unknown, so no interval
-  assert stats.bootstrap_mean({'a': [1.0, 2.0], 'b': [2.0]}).low is None
-  # deterministic, and close to the normal-theory interval on large groups
-  rng = np.random.default_rng(1)
-  groups = {k: rng.normal(k, 1.0, size=400) for k in range(4)}
-  a, b = stats.bootstrap_mean(groups), stats.bootstrap_mean(groups)
-  assert (a.low, a.high) == (b.low, b.high)
-  se = math.sqrt(sum(np.var(g, ddof=1) / len(g) for g in groups.values())) / 4
-  assert a.mean == pytest.approx(np.mean([g.mean() for g in groups.values()]))
-  assert (a.high - a.low) / 2 == pytest.approx(1.96 * se, rel=0.1)
+def test_mean_over_groups_is_welch_satterthwaite():
+  # one group: that group's own t interval (scipy's one-sample t)
+  from scipy import stats as scipy_stats  # pylint: disable=g-import-not-at-top
+  vals = [0.1, -0.05, 0.2]
+  got = stats.mean_over_groups({'a': vals})
+  ci = scipy_stats.ttest_1samp(vals, 0.0).confidence_interval(0.95)
+  assert (got.low, got.high) == pytest.approx((ci.low, ci.high))
+  # two groups, by hand: means 0.1 and 0.3, s^2 = 0.02 (n=2) and 0.01 (n=3)
+  got = stats.mean_over_groups({'a': [0.0, 0.2], 'b': [0.2, 0.3, 0.4]})
+  w = [0.02 / 2, 0.01 / 3]
+  df = sum(w) ** 2 / (w[0] ** 2 / 1 + w[1] ** 2 / 2)
+  half = scipy_stats.t.ppf(0.975, df) * math.sqrt(sum(w)) / 2
+  assert got.mean == pytest.approx(0.2) and got.n == 2
+  assert (got.low, got.high) == pytest.approx((0.2 - half, 0.2 + half))
+  assert 1 < df < 3
+  # constant groups: the point; a group of one value: no interval
+  got = stats.mean_over_groups({'a': [0.1, 0.1], 'b': [0.3, 0.3, 0.3]})
+  assert (got.mean, got.low, got.high) == pytest.approx((0.2, 0.2, 0.2))
+  assert stats.mean_over_groups({'a': [0.1, 0.2], 'b': [0.2]}).low is None
+  assert stats.mean_over_groups({}) is None
 
 
-def test_bootstrap_of_two_seeds_keeps_their_variance():
-  """Two seeds per group: the resampled mean's variance is s^2 / 2 (a plain
-  bootstrap gives s^2 / 4). Many groups make the mean over groups normal, so
-  the interval is 1.96 standard errors."""
-  groups = {k: [0.0, 1.0] for k in range(50)}  # s^2 = 0.5 per group
-  got = stats.bootstrap_mean(groups, draws=40_000)
-  se = math.sqrt(50 * 0.5 / 2) / 50
-  assert (got.high - got.low) / 2 == pytest.approx(1.96 * se, rel=0.05)
+def test_mean_over_groups_of_two_seeds_is_wider_than_a_normal_interval():
+  """Ten groups of two seeds: the standard error is sqrt(10 * s^2 / 2) / 10
+  and the degrees of freedom 10 (each group's 1, all alike), so the interval
+  is t_{0.975,10} = 2.228 standard errors, not 1.96."""
+  groups = {k: [0.0, 0.1] for k in range(10)}  # s^2 = 0.005 per group
+  got = stats.mean_over_groups(groups)
+  se = math.sqrt(10 * 0.005 / 2) / 10
+  assert (got.high - got.low) / 2 == pytest.approx(2.2281 * se, rel=1e-4)
 
 
 def test_format():
