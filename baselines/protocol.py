@@ -46,10 +46,10 @@ def _data_protocol(algorithm: str, data_cfg) -> dict:
       test_num_samples=splits.split_size(algorithm, 'test', data_cfg))
 
 
-# Tests at further sizes after the official one: like the checks, they change
-# neither the model nor its n=64 test score, for every model.
-AFTER_TRAINING_TESTS = ('extra_test_lengths', 'extra_test_num_samples',
-                        'extra_test_max_seconds')
+# Tests at further sizes after the official one (train.EVALUATION_KEYS'
+# data.extra_test_*): like the checks, they change neither the model nor its
+# n=64 test score, for every model.
+AFTER_TRAINING_PREFIX = 'extra_test_'
 
 
 def _without_checks(models: dict) -> dict:
@@ -63,11 +63,13 @@ def _without_checks(models: dict) -> dict:
   from dear_jax import train  # pylint: disable=g-import-not-at-top
   checks = [k.split('.', 1)[1] for k in train.EVALUATION_KEYS
             if k.startswith('dear.')]
+  after = [k.split('.', 1)[1] for k in train.EVALUATION_KEYS
+           if k.startswith('data.' + AFTER_TRAINING_PREFIX)]
   models = copy.deepcopy(models)
   for c in models.values():
     for k in checks:
       c.get('dear', {}).pop(k, None)
-    for k in AFTER_TRAINING_TESTS:
+    for k in after:
       c.get('data', {}).pop(k, None)
   return models
 

@@ -922,11 +922,10 @@ def study_lines(repo: str = '.', sweep: str = STUDY_SWEEP,
                    f'({_short_verdict(got)})')
   table.append('| mean over the algorithms so far (Welch t) | '
                + ' | ' * len(models) + ' | '.join(means) + ' |')
-  finished = len(runs)
   lines = [
       f'The DEAR-10 study ([`{sweep}/`]({sweep}/results.md); protocol '
       f'fixed before its runs: [PROTOCOL.md]({sweep}/PROTOCOL.md)), so far '
-      f'{finished} runs on {len(algorithms)} of {GOAL_ALGORITHMS} '
+      f'{len(rows)} runs on {len(algorithms)} of {GOAL_ALGORITHMS} '
       'algorithms: 1000 training steps, seeds 0-2, every model on the same '
       'training stream per seed, the official OOD test (n = 64). '
       f'`{dear}` is told no step count, nor is `nar_lt` (it learns when to '

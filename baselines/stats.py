@@ -84,6 +84,12 @@ def t_interval(values, level: float = LEVEL,
     return Interval(mean, None, None, 1)
   half = (scipy_stats.t.ppf((1 + level) / 2, n - 1) * vals.std(ddof=1)
           / math.sqrt(n))
+  return _within(mean, half, n, bounds)
+
+
+def _within(mean: float, half: float, n: int,
+            bounds: tuple | None) -> Interval:
+  """mean ± half, cut to `bounds` (low, high) where given."""
   low, high = mean - half, mean + half
   if bounds is not None:
     low, high = max(low, bounds[0]), min(high, bounds[1])
@@ -101,8 +107,8 @@ def graph_interval(scores, level: float = LEVEL) -> Interval | None:
   or, where every graph scores 1 (0), the exact binomial bound of g perfect
   (failed) graphs out of g: [(alpha/2)^(1/g), 1] ([0, 1 - (alpha/2)^(1/g)])."""
   got = t_interval(scores, level, bounds=SCORE_BOUNDS)
-  if got is None or got.n < 1:
-    return got
+  if got is None:
+    return None
   bound = ((1 - level) / 2) ** (1 / got.n)
   if got.mean == 1.0 and got.low in (None, 1.0):
     return Interval(1.0, bound, 1.0, got.n)
@@ -145,7 +151,4 @@ def mean_over_groups(per_group: dict, level: float = LEVEL,
   df = w.sum() ** 2 / sum(wi ** 2 / (len(g) - 1)
                           for wi, g in zip(w, groups) if wi)
   half = scipy_stats.t.ppf((1 + level) / 2, df) * math.sqrt(w.sum()) / k
-  low, high = mean - half, mean + half
-  if bounds is not None:
-    low, high = max(low, bounds[0]), min(high, bounds[1])
-  return Interval(mean, low, high, k)
+  return _within(mean, half, k, bounds)

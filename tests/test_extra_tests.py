@@ -68,15 +68,21 @@ def test_eval_batches_hold_no_more_node_pairs_than_the_official_tests():
     assert b * n * n <= 32 * 64 * 64 or b == 1
 
 
-def test_run_writes_each_size_scored_as_evaluate_scores_it(tmp_path):
-  """results.json 'extra_tests': per size the score of the best parameters
-  on that split, its graphs, batch size and DEAR's iterations."""
+def _tiny_dear(tmp_path, sizes: tuple, graphs: int):
+  """A 2-step gated max-MPNN DEAR, tested at `sizes` on `graphs` graphs."""
   config = tiny_config(tmp_path / 'data', kind='dear', steps=2)
   config.model.processor = 'gmpnn'
   config.model.hidden = 8
   config.dear.diagnostics = False
-  config.data.extra_test_lengths = (6, 12)
-  config.data.extra_test_num_samples = 3
+  config.data.extra_test_lengths = sizes
+  config.data.extra_test_num_samples = graphs
+  return config
+
+
+def test_run_writes_each_size_scored_as_evaluate_scores_it(tmp_path):
+  """results.json 'extra_tests': per size the score of the best parameters
+  on that split, its graphs, batch size and DEAR's iterations."""
+  config = _tiny_dear(tmp_path, (6, 12), 3)
   results = train.train_and_evaluate(config, str(tmp_path / 'w'), 'bfs',
                                      progress=False)
   stored = json.loads((tmp_path / 'w' / 'results.json').read_text())
@@ -124,12 +130,7 @@ def test_a_size_over_the_time_limit_scores_its_first_graphs(tmp_path,
   the same graphs), and as a later test of the run folder with the same
   limit scores them."""
   from dear_jax import pretrained  # pylint: disable=g-import-not-at-top
-  config = tiny_config(tmp_path / 'data', kind='dear', steps=2)
-  config.model.processor = 'gmpnn'
-  config.model.hidden = 8
-  config.dear.diagnostics = False
-  config.data.extra_test_lengths = (12,)
-  config.data.extra_test_num_samples = 5
+  config = _tiny_dear(tmp_path, (12,), 5)
   config.data.extra_test_max_seconds = 1e-9
   workdir = tmp_path / 'w'
   results = train.train_and_evaluate(config, str(workdir), 'bfs',
@@ -167,12 +168,7 @@ def test_a_later_test_of_a_run_folder_scores_as_the_run_did(tmp_path):
   and leave a size the run tested itself to results.json."""
   from baselines import report  # pylint: disable=g-import-not-at-top
   from dear_jax import pretrained  # pylint: disable=g-import-not-at-top
-  config = tiny_config(tmp_path / 'data', kind='dear', steps=2)
-  config.model.processor = 'gmpnn'
-  config.model.hidden = 8
-  config.dear.diagnostics = False
-  config.data.extra_test_lengths = (6,)
-  config.data.extra_test_num_samples = 3
+  config = _tiny_dear(tmp_path, (6,), 3)
   workdir = tmp_path / 'w'
   results = train.train_and_evaluate(config, str(workdir), 'bfs',
                                      progress=False)

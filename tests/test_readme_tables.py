@@ -146,6 +146,17 @@ def _block(name: str, file: str = 'README.md') -> str:
   return text.split(start)[1].split(end)[0]
 
 
+def _scores(folder: str) -> tuple:
+  """(results.csv's rows, {(algorithm, model): {seed: test score in %}})."""
+  with open(os.path.join(REPO, folder, 'results.csv')) as f:
+    rows = list(csv.DictReader(f))
+  score = {}
+  for r in rows:
+    score.setdefault((r['algorithm'], r['model']), {})[r['seed']] = (
+        100 * float(r['test_score']))
+  return rows, score
+
+
 def test_readme_generated_blocks_are_current():
   """README's (and docs') blocks are what `python -m baselines.report
   --readme` writes from the committed results: rerun it after the results
@@ -163,12 +174,7 @@ def test_readme_study_block_is_the_paired_t_intervals_of_the_study():
   results.csv: the means over seeds, and each paired difference's t interval
   (cut to the range of a difference) and verdict."""
   from scipy import stats as scipy_stats  # pylint: disable=g-import-not-at-top
-  with open(os.path.join(REPO, STUDY, 'results.csv')) as f:
-    rows = list(csv.DictReader(f))
-  score = {}
-  for r in rows:
-    score.setdefault((r['algorithm'], r['model']), {})[r['seed']] = (
-        100 * float(r['test_score']))
+  rows, score = _scores(STUDY)
   block = _block('study')
   lines = [l for l in block.splitlines() if l.startswith('| ')
            and not l.startswith(('| algorithm', '| mean'))]
@@ -226,12 +232,7 @@ def test_readme_summary_is_the_paired_t_intervals_of_results_csv():
   """Every row of the summary against scipy's paired t-test on the committed
   results.csv (an independent computation of the same intervals)."""
   from scipy import stats as scipy_stats  # pylint: disable=g-import-not-at-top
-  with open(os.path.join(REPO, SWEEP, 'results.csv')) as f:
-    rows = list(csv.DictReader(f))
-  score = {}
-  for r in rows:
-    score.setdefault((r['algorithm'], r['model']), {})[r['seed']] = (
-        100 * float(r['test_score']))
+  rows, score = _scores(SWEEP)
   lines = [l for l in _block('summary', DOC).splitlines()
            if l.startswith('| ') and not l.startswith(('| algorithm',
                                                        '| mean'))]
