@@ -234,10 +234,8 @@ class OfficialLearner(loop.Learner):
     return train_lib.evaluate(None, predict, jax.device_put(params), evalset,
                               per_graph)
 
-  def warm(self, params, evalset) -> None:
-    jax.block_until_ready(self._predict(jax.device_put(params),
-                                        evalset.batches[0],
-                                        jax.random.PRNGKey(0)))
+  def warm(self, params, batch):
+    return self._predict(jax.device_put(params), batch, jax.random.PRNGKey(0))
 
   def results(self, results, run, best_params, test, test_set) -> None:
     results.update(hint_mode=self.hint_mode,

@@ -118,6 +118,29 @@ def final_train_loss(loss_curve) -> float | None:
   return statistics.median(losses[-max(1, len(losses) // 10):])
 
 
+def eval_seconds(entry: dict, graphs: int, batch_size: int | None,
+                 model: str | None) -> float:
+  """A test's time per graph. A Flax model's test timed before its warm-up
+  was waited for (no 'eval_warmup_waited') timed the warm-up's batch with
+  its own, since JAX dispatches asynchronously: its first batch twice. It
+  is taken as measured x B / (B + 1), B its batches: exact for one batch
+  (the same work twice), off by that batch's difference from the mean
+  batch otherwise. dm-clrs's BaselineModel always waited."""
+  t = entry['eval_seconds_per_graph']
+  if (entry.get('eval_warmup_waited') or model == 'clrs_official' or
+      not batch_size or not graphs):
+    return t
+  batches = -(-int(graphs) // int(batch_size))
+  return t * batches / (batches + 1)
+
+
+def _test_batch_size(r: dict) -> int | None:
+  """The official test's graphs per batch, from the run's stored config."""
+  config = r.get('config')
+  return ((config.get('data') or {}).get('eval_batch_size')
+          if isinstance(config, dict) else None)
+
+
 def csv_row(run: dict, out: str) -> dict:
   r = run['results']
   mem_path = os.path.join(out, 'runs', run['algorithm'], run['model'],
@@ -128,7 +151,8 @@ def csv_row(run: dict, out: str) -> dict:
               seed=run['seed'], test_score=r['test_score'],
               val_score=r['val_score'], train_seconds=r['train_seconds'],
               train_steps_per_second=r['train_steps_per_second'],
-              eval_seconds_per_graph=r['eval_seconds_per_graph'],
+              eval_seconds_per_graph=eval_seconds(
+                  r, r['test_graphs'], _test_batch_size(r), r.get('model')),
               solver_iters_mean=r.get('solver_iters_mean'),
               algo_steps_mean=r['algo_steps_mean'], memory_mb=memory,
               nonconverged_fraction=r.get('nonconverged_fraction'),
@@ -198,13 +222,16 @@ def size_rows(runs: list) -> list:
     tests = [dict(nodes=r.get('test_nodes'), graphs=r.get('test_graphs'),
                   graphs_planned=None, batch_size=None,
                   test_score=r['test_score'],
-                  eval_seconds_per_graph=r['eval_seconds_per_graph'],
+                  eval_seconds_per_graph=eval_seconds(
+                      r, r['test_graphs'], _test_batch_size(r),
+                      r.get('model')),
                   graph_scores=r.get('test_graph_scores'),
                   **{k: r.get(k) for k in _SIZE_KEYS})]
     tests += [dict(nodes=e['nodes'], graphs=e['graphs'],
                    graphs_planned=e.get('graphs_planned'),
                    batch_size=e.get('batch_size'), test_score=e['score'],
-                   eval_seconds_per_graph=e['eval_seconds_per_graph'],
+                   eval_seconds_per_graph=eval_seconds(
+                       e, e['graphs'], e.get('batch_size'), r.get('model')),
                    graph_scores=e.get('graph_scores'),
                    **{k: e.get(k) for k in _SIZE_KEYS},
                    **({'hardware': e['hardware']} if 'hardware' in e else {}))
@@ -948,6 +975,39 @@ def _short_verdict(got: stats.Interval) -> str:
           stats.SAME: 'cannot tell apart'}[got.verdict()]
 
 
+SEED0_TIMED = ('dear', 'nar_nohint', 'nar', 'clrs_official')
+
+
+def seed0_lines(repo: str = '.', sweep: str = SUMMARY_SWEEP) -> list:
+  """docs/dear10-cpu.md's seed-0 table from SWEEP/results.csv: DEAR's
+  iterations against the true steps, its converged share and distance to
+  H*, and each model's time per test graph (`eval_seconds`)."""
+  with open(os.path.join(repo, sweep, 'results.csv')) as f:
+    rows = {(r['algorithm'], r['model']): r for r in csv.DictReader(f)
+            if r['seed'] == '0'}
+  number = lambda r, k: _number(r.get(k)) if r else None
+
+  def ms(algorithm, model):
+    t = number(rows.get((algorithm, model)), 'eval_seconds_per_graph')
+    return '–' if t is None else f'{1e3 * t:.0f}'
+
+  lines = ['| algorithm | DEAR iterations / true steps | DEAR converged | '
+           'DEAR distance to H\\* | ms per test graph: ' +
+           ' / '.join({'dear': 'DEAR', 'nar_nohint': 'no-hint NAR',
+                       'nar': 'NAR, hints', 'clrs_official': 'official'}[m]
+                      for m in SEED0_TIMED) + ' |',
+           '|---|---|---|---|---|']
+  for a in sorted({a for a, m in rows if m == SUMMARY_DEAR}):
+    d = rows[(a, SUMMARY_DEAR)]
+    lines.append(
+        f'| {a} | {number(d, "solver_iters_mean"):.1f} / '
+        f'{number(d, "algo_steps_mean"):.1f} | '
+        f'{100 * (1 - number(d, "nonconverged_fraction")):.1f} % | '
+        f'{number(d, "fixed_point_distance_mean"):.4f} | '
+        + ' / '.join(ms(a, m) for m in SEED0_TIMED) + ' |')
+  return lines
+
+
 # Files with generated blocks, and the blocks each holds.
 GENERATED_DOC = 'docs/dear10-cpu.md'
 
@@ -960,7 +1020,8 @@ def readme_blocks(repo: str = '.') -> dict:
 def generated_files(repo: str = '.') -> dict:
   """{file: {block name: lines}} for every file with generated blocks."""
   return {README: readme_blocks(repo),
-          GENERATED_DOC: dict(summary=summary_lines(repo))}
+          GENERATED_DOC: dict(summary=summary_lines(repo),
+                              seed0=seed0_lines(repo))}
 
 
 def render_readme(text: str, blocks: dict) -> str:

@@ -70,11 +70,14 @@ def to_batch(feedback, spec: Spec, num_steps: int | None = None,
 
 def take_graphs(batch: Batch, idx) -> Batch:
   """The graphs `idx` (an index array or a slice) of a batch; hints are
-  time-major, so they are indexed on their second axis."""
-  return dict(inputs={k: v[idx] for k, v in batch['inputs'].items()},
+  time-major, so they are indexed on their second axis; every other array
+  (lengths, an extra test's 'senders') has graphs first."""
+  taken = {k: v[idx] for k, v in batch.items()
+           if k not in ('inputs', 'hints', 'outputs')}
+  return dict(taken,
+              inputs={k: v[idx] for k, v in batch['inputs'].items()},
               hints={k: v[:, idx] for k, v in batch['hints'].items()},
-              outputs={k: v[idx] for k, v in batch['outputs'].items()},
-              lengths=batch['lengths'][idx])
+              outputs={k: v[idx] for k, v in batch['outputs'].items()})
 
 
 def num_nodes(batch: Batch) -> int:

@@ -32,7 +32,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dear_jax import batches as batch_lib
 from dear_jax import solver
 from dear_jax.groups import eval_chunk
 
@@ -105,20 +104,6 @@ def _compiled(model, s: CheckSettings):
   return hit[1]
 
 
-def only_its_graphs(evalset):
-  """`evalset` with its last batch cut to the graphs it counts. A split's
-  `head` keeps whole batches (the graphs past k computed, then dropped); the
-  checks cost per graph, so checking 8 graphs of a batch of 32 would cost as
-  much as checking all 32."""
-  bs = len(evalset.batches[0]['lengths'])
-  keep = evalset.num_samples - (len(evalset.batches) - 1) * bs
-  if keep >= bs:
-    return evalset
-  last = batch_lib.take_graphs(evalset.batches[-1], slice(0, keep))
-  return dataclasses.replace(evalset,
-                             batches=list(evalset.batches[:-1]) + [last])
-
-
 def checks(model, params, evalset, evaluate, *, operating=None,
            settings: CheckSettings = CheckSettings()) -> dict:
   """The fixed-point checks of a split, results.json's keys:
@@ -133,7 +118,7 @@ def checks(model, params, evalset, evaluate, *, operating=None,
   (train.evaluate) scores the recorded answers; `operating`, if given, is its
   result at the operating tolerance (not scored again)."""
   check = _compiled(model, settings)
-  evalset = only_its_graphs(evalset)
+  evalset = evalset.only_its_graphs()  # checking costs per graph
   outs = [jax.device_get(check(params, batch)) for batch in evalset.batches]
   n = evalset.num_samples
   per = {k: np.concatenate([o[2][k] for o in outs])[:n] for k in outs[0][2]}

@@ -160,8 +160,8 @@ class _Learner:
     import jax  # pylint: disable=g-import-not-at-top
     self.net, self.predict = net, jax.jit(net.predict)
 
-  def warm(self, params, evalset) -> None:
-    self.predict(params, evalset.batches[0])
+  def warm(self, params, batch):
+    return self.predict(params, batch)
 
   def evaluate(self, params, evalset, per_graph: bool = False) -> dict:
     from dear_jax import train  # pylint: disable=g-import-not-at-top

@@ -35,7 +35,7 @@ class EvalSet:
   def head(self, k: int) -> 'EvalSet':
     """The first k graphs (all when k is 0 or at least the split's size), as
     whole batches: the graphs past k in the last batch are computed and then
-    dropped, as padding is."""
+    dropped, as padding is (`only_its_graphs` cuts them)."""
     if not k or k >= self.num_samples:
       return self
     bs = len(self.batches[0]['lengths'])
@@ -43,6 +43,23 @@ class EvalSet:
         self, batches=self.batches[:-(-k // bs)], num_samples=k,
         outputs={name: v[:k] for name, v in self.outputs.items()},
         lengths=self.lengths[:k])
+
+  def only_its_graphs(self) -> 'EvalSet':
+    """The split with its last batch cut to the graphs it counts (no padding
+    and nothing past a `head`): a cost per graph, as a timed test's or the
+    fixed-point checks', is then paid for these graphs only, at the price
+    of one more compiled shape."""
+    bs = len(self.batches[0]['lengths'])
+    keep = self.num_samples - (len(self.batches) - 1) * bs
+    if keep >= len(self.batches[-1]['lengths']):
+      return self
+    last = batch_lib.take_graphs(self.batches[-1], slice(0, keep))
+    return dataclasses.replace(self, batches=list(self.batches[:-1]) + [last])
+
+  def one_batch_per_shape(self) -> list:
+    """A batch of each shape the split holds (the last may hold fewer
+    graphs): what compiling its evaluation needs."""
+    return list({len(b['lengths']): b for b in self.batches}.values())
 
 
 def validation_length(algorithm: str, cfg: DataConfig) -> int:

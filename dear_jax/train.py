@@ -437,8 +437,8 @@ class FlaxLearner(loop.Learner):
       return evaluate(self.test_net, self.test_predict, params, evalset, True)
     return evaluate(self.net, self.predict, params, evalset)
 
-  def warm(self, params, evalset) -> None:  # before each test only
-    self.test_predict(params, evalset.batches[0])
+  def warm(self, params, batch):  # before each test only
+    return self.test_predict(params, batch)
 
   def metrics(self, evaluation: dict) -> dict:
     return self.net.metrics(evaluation)

@@ -131,7 +131,7 @@ def test_a_sample_of_graphs_costs_only_its_graphs(trained, monkeypatch):
   cut = diagnostics.checks(model, params, sample, train.evaluate,
                            settings=settings)
   assert shapes == [3]
-  monkeypatch.setattr(diagnostics, 'only_its_graphs', lambda s: s)
+  monkeypatch.setattr(splits.EvalSet, 'only_its_graphs', lambda s: s)
   whole = diagnostics.checks(model, params, sample, train.evaluate,
                              settings=settings)
   assert shapes == [3, 8]

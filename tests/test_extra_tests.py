@@ -88,6 +88,7 @@ def test_run_writes_each_size_scored_as_evaluate_scores_it(tmp_path):
   stored = json.loads((tmp_path / 'w' / 'results.json').read_text())
   assert stored['extra_tests'] == json.loads(json.dumps(
       results['extra_tests']))
+  assert stored['eval_warmup_waited'] is True
   assert set(results['extra_tests']) == {'6', '12'}
   params = checkpoints.load_best_params(str(tmp_path / 'w'))
   spec = clrs_lib.processed_spec('bfs')
@@ -101,7 +102,7 @@ def test_run_writes_each_size_scored_as_evaluate_scores_it(tmp_path):
     assert got['graphs'] == 3 and got['nodes'] == n
     assert got['batch_size'] == splits.eval_batch_size(n, dcfg)
     assert got['solver_iterations'] == want['iterations']
-    assert got['eval_seconds_per_graph'] > 0
+    assert got['eval_seconds_per_graph'] > 0 and got['eval_warmup_waited']
     assert got['algo_steps_mean'] == pytest.approx(
         np.mean(evalset.lengths) - 1)
 
@@ -162,6 +163,93 @@ def test_a_size_over_the_time_limit_scores_its_first_graphs(tmp_path,
   assert '--max_seconds must be a positive' in capsys.readouterr().err
 
 
+class _Ready:
+  """A prediction leaf that records when it is waited for."""
+
+  def __init__(self, log, graphs):
+    self.log, self.graphs = log, graphs
+
+  def block_until_ready(self):
+    self.log.append(('waited', self.graphs))
+    return self
+
+
+class _RecordingLearner:
+  """The parts of a Learner that score_set calls, recording their order."""
+
+  def __init__(self):
+    self.log = []
+
+  def warm(self, params, batch):
+    self.log.append(('warm', len(batch['lengths'])))
+    return {'out': _Ready(self.log, len(batch['lengths']))}
+
+  def evaluate(self, params, evalset, per_graph=False):
+    self.log.append(('evaluate', [len(b['lengths']) for b in evalset.batches]))
+    return {'score': 0.5}
+
+
+def test_a_timed_set_is_compiled_and_waited_for_before_its_pass(tmp_path):
+  """score_set compiles each batch shape of a cut set (8, then its last 3
+  graphs) and waits for each warm-up before the timed pass starts: JAX
+  dispatches asynchronously, so a warm-up left running was timed with the
+  pass. The pass computes only the 11 graphs it counts."""
+  from dear_jax import extra_tests  # pylint: disable=g-import-not-at-top
+  cfg = tiny_data_config(str(tmp_path), eval_batch_size=8)
+  full = splits.load_split('bfs', 'test', cfg, length=6, num_samples=16,
+                           keep_hints=False)
+  learner = _RecordingLearner()
+  entry = extra_tests.score_set(learner, None, full.head(11))
+  assert learner.log == [('warm', 8), ('waited', 8), ('warm', 3),
+                         ('waited', 3), ('evaluate', [8, 3])]
+  assert (entry['graphs'], entry['batch_size']) == (11, 8)
+  learner.log.clear()
+  extra_tests.score_set(learner, None, full)  # uncut: one shape
+  assert learner.log == [('warm', 8), ('waited', 8), ('evaluate', [8, 8])]
+
+
+def test_a_time_from_before_the_waited_warm_up_counts_its_batch_once():
+  """report.eval_seconds: a Flax model's test without 'eval_warmup_waited'
+  ran its first batch twice in the timed pass, so its time per graph is
+  taken as measured x B / (B + 1); tests that waited, and dm-clrs's model
+  (it always waited), are as measured."""
+  from baselines import report  # pylint: disable=g-import-not-at-top
+  old = {'eval_seconds_per_graph': 0.3}
+  assert report.eval_seconds(old, 32, 32, 'dear') == pytest.approx(0.15)
+  assert report.eval_seconds(old, 16, 8, 'nar') == pytest.approx(0.2)
+  assert report.eval_seconds(old, 16, 2, 'dear') == pytest.approx(0.3 * 8 / 9)
+  assert report.eval_seconds(old, 2048, 32, 'nar') == pytest.approx(
+      0.3 * 64 / 65)
+  assert report.eval_seconds(old, 32, 32, 'clrs_official') == 0.3
+  assert report.eval_seconds(dict(old, eval_warmup_waited=True), 32, 32,
+                             'dear') == 0.3
+
+
+def test_a_cut_batch_keeps_its_graphs_sender_lists(tmp_path):
+  """only_its_graphs cuts every per-graph array of the last batch, the
+  gated max-MPNN's sender lists too, to the graphs the split counts."""
+  cfg = tiny_data_config(str(tmp_path), extra_test_num_samples=5,
+                         eval_batch_size=4, test_length=12)
+  split = splits.load_extra_test('bfs', 12, cfg, keep_hints=False)
+  assert 'senders' in split.batches[0]
+  cut = split.head(3).only_its_graphs()
+  assert [len(b['lengths']) for b in cut.batches] == [3]
+  whole = split.batches[0]
+  for k, v in cut.batches[0]['inputs'].items():
+    np.testing.assert_array_equal(v, whole['inputs'][k][:3])
+  for k, v in cut.batches[0]['outputs'].items():
+    np.testing.assert_array_equal(v, whole['outputs'][k][:3])
+  np.testing.assert_array_equal(cut.batches[0]['senders'],
+                                whole['senders'][:3])
+  np.testing.assert_array_equal(cut.batches[0]['lengths'],
+                                whole['lengths'][:3])
+  assert cut.only_its_graphs() is cut
+  # 5 graphs in batches of 4: the last batch, padded by repetition, is cut
+  assert [len(b['lengths']) for b in split.batches] == [4, 4]
+  assert [len(b['lengths'])
+          for b in split.only_its_graphs().batches] == [4, 1]
+
+
 def test_a_later_test_of_a_run_folder_scores_as_the_run_did(tmp_path):
   """`python -m dear_jax.pretrained --model=RUN --n=N --json=RUN/tests/..`
   against the run's own test at that size; the reports take a later size
@@ -189,6 +277,7 @@ def test_a_later_test_of_a_run_folder_scores_as_the_run_did(tmp_path):
   assert rows[2]['test_score'] == at12['score'] and at12['graphs'] == 3
   assert rows[1]['test_score'] == own['score']
 
+
 def _run(model, seed, score, extra=None, **keys):
   results = dict(test_score=score, test_nodes=64, test_graphs=32,
                  eval_seconds_per_graph=0.002, algo_steps_mean=3.0,
@@ -206,7 +295,8 @@ def test_reports_by_size(tmp_path):
   from baselines import plots, report  # pylint: disable=g-import-not-at-top
   extra = lambda score, it: {'128': dict(
       nodes=128, graphs=100, batch_size=8, score=score,
-      eval_seconds_per_graph=0.008, algo_steps_mean=4.0, **it)}
+      eval_seconds_per_graph=0.008, eval_warmup_waited=True,
+      algo_steps_mean=4.0, **it)}
   runs = [_run('dear', 0, 0.9, extra(0.6, dict(solver_iters_mean=12.0)),
                solver_iters_mean=10.0),
           _run('dear', 1, 0.8, extra(0.4, dict(solver_iters_mean=14.0)),
