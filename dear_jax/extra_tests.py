@@ -18,12 +18,11 @@ those are computed (`EvalSet.only_its_graphs`).
 
 from __future__ import annotations
 
-import time
-
 import jax
 import numpy as np
 
 from dear_jax import batches as batch_lib
+from dear_jax import profiling
 from dear_jax import splits
 
 # What each size reports besides score and timing, where the model has it:
@@ -53,15 +52,14 @@ def score_set(learner, params, evalset) -> dict:
   batch_size = int(len(evalset.batches[0]['lengths']))
   evalset = evalset.only_its_graphs()
   warm(learner, params, evalset)
-  t0 = time.perf_counter()
-  r = learner.evaluate(params, evalset, per_graph=True)
-  seconds = time.perf_counter() - t0
+  with profiling.Stopwatch() as timed:
+    r = learner.evaluate(params, evalset, per_graph=True)
   entry = dict(
       score=r['score'], scores=r.get('scores'),
       graphs=int(evalset.num_samples),
       nodes=int(batch_lib.num_nodes(evalset.batches[0])),
       batch_size=batch_size,
-      eval_seconds_per_graph=seconds / evalset.num_samples,
+      **timed.per_graph(evalset.num_samples),
       eval_warmup_waited=True,  # tests without it timed a batch twice
       algo_steps_mean=float(np.mean(evalset.lengths) - 1))
   entry.update({k: r[k] for k in _KEPT if k in r})

@@ -399,7 +399,7 @@ def _results(learner: Learner, run: Run, test_set, steps: int,
   meta, best_params = run.meta, run.best_params
   with _Phase(clock, [run], None):
     extra_tests.warm(learner, best_params, test_set)  # outside the timing
-  with _Phase(clock, [run], 'test_seconds') as test_pass:
+  with _Phase(clock, [run], 'test_seconds'), profiling.Stopwatch() as timed:
     test = learner.evaluate(best_params, test_set, per_graph=True)
   results = dict(
       algorithm=algorithm, model=learner.model, seed=run.seed,
@@ -415,7 +415,7 @@ def _results(learner: Learner, run: Run, test_set, steps: int,
       train_loop_steps_per_second=_rate(meta['steady']['steps'],
                                         meta['steady']['loop_seconds']),
       compile_steps=meta['compile_steps'],
-      eval_seconds_per_graph=test_pass.wall / test_set.num_samples,
+      **timed.per_graph(test_set.num_samples),
       eval_warmup_waited=True,  # runs without it timed a batch twice
       algo_steps_mean=float(np.mean(test_set.lengths) - 1),
       val_curve=meta['val_curve'], loss_curve=meta['loss_curve'],

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import time
 
 MB = 2**20
 CPUINFO = '/proc/cpuinfo'
@@ -19,6 +20,28 @@ CPUINFO = '/proc/cpuinfo'
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CODE_PATHS = ('dear_jax', 'baselines', 'configs', 'requirements.txt',
               'pyproject.toml')
+
+
+class Stopwatch:
+  """A timed pass: its wall seconds, this process's CPU seconds (all its
+  threads) and the 1-minute load average at its end. Other jobs on the
+  machine stretch the wall time (twice, sharing 2 cores evenly) far more
+  than the CPU time (measured: +25 %), and a high load says they ran."""
+
+  def __enter__(self):
+    self.t0, self.c0 = time.perf_counter(), time.process_time()
+    return self
+
+  def __exit__(self, *exc):
+    self.wall = time.perf_counter() - self.t0
+    self.cpu = time.process_time() - self.c0
+    self.load = os.getloadavg()[0]
+
+  def per_graph(self, graphs: int) -> dict:
+    """results.json's keys for a test of `graphs` graphs."""
+    return dict(eval_seconds_per_graph=self.wall / graphs,
+                eval_cpu_seconds_per_graph=self.cpu / graphs,
+                eval_load_average=self.load)
 
 
 def compiled_mb(compiled) -> dict | None:

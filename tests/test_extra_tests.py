@@ -89,6 +89,7 @@ def test_run_writes_each_size_scored_as_evaluate_scores_it(tmp_path):
   assert stored['extra_tests'] == json.loads(json.dumps(
       results['extra_tests']))
   assert stored['eval_warmup_waited'] is True
+  assert stored['eval_cpu_seconds_per_graph'] > 0
   assert set(results['extra_tests']) == {'6', '12'}
   params = checkpoints.load_best_params(str(tmp_path / 'w'))
   spec = clrs_lib.processed_spec('bfs')
@@ -103,6 +104,8 @@ def test_run_writes_each_size_scored_as_evaluate_scores_it(tmp_path):
     assert got['batch_size'] == splits.eval_batch_size(n, dcfg)
     assert got['solver_iterations'] == want['iterations']
     assert got['eval_seconds_per_graph'] > 0 and got['eval_warmup_waited']
+    assert got['eval_cpu_seconds_per_graph'] > 0
+    assert got['eval_load_average'] >= 0
     assert got['algo_steps_mean'] == pytest.approx(
         np.mean(evalset.lengths) - 1)
 
@@ -223,6 +226,25 @@ def test_a_time_from_before_the_waited_warm_up_counts_its_batch_once():
   assert report.eval_seconds(old, 32, 32, 'clrs_official') == 0.3
   assert report.eval_seconds(dict(old, eval_warmup_waited=True), 32, 32,
                              'dear') == 0.3
+
+
+def test_a_stopwatch_counts_this_process_cpu_apart_from_its_wall_time():
+  """profiling.Stopwatch: waiting (another job's turn, here a sleep) adds
+  wall seconds and no CPU seconds; work adds CPU seconds."""
+  import time  # pylint: disable=g-import-not-at-top
+  from dear_jax import profiling  # pylint: disable=g-import-not-at-top
+  with profiling.Stopwatch() as waited:
+    time.sleep(0.3)
+  assert waited.wall >= 0.3 and waited.cpu < 0.1
+  with profiling.Stopwatch() as worked:
+    start = time.process_time()
+    while time.process_time() - start < 0.2:
+      pass
+  assert worked.cpu >= 0.2
+  keys = worked.per_graph(4)
+  assert keys['eval_cpu_seconds_per_graph'] == worked.cpu / 4
+  assert keys['eval_seconds_per_graph'] == worked.wall / 4
+  assert keys['eval_load_average'] == worked.load
 
 
 def test_a_cut_batch_keeps_its_graphs_sender_lists(tmp_path):
