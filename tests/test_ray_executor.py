@@ -26,7 +26,8 @@ TINY = (['--preset=smoke', '--algorithms=bfs', '--models=dear,nar',
         _tiny_overrides())
 # What differs between two runs of the same protocol: wall-clock times.
 TIMES = ('train_seconds', 'train_steps_per_second',
-         'train_loop_steps_per_second', 'eval_seconds_per_graph', 'timings')
+         'train_loop_steps_per_second', 'eval_seconds_per_graph',
+         'eval_cpu_seconds_per_graph', 'eval_load_average', 'timings')
 
 
 @pytest.fixture(scope='module')
