@@ -267,6 +267,8 @@ def main(argv=None) -> int:
       clrs_official.check_single_device()
     except RuntimeError as e:
       return _fail(str(e).splitlines()[0])
+  from dear_jax import loop  # pylint: disable=g-import-not-at-top
+  loop.stop_on_sigterm()
   try:
     failures = run_all(plan, ray)
   except CompareError as e:  # Ray could not start or be reached

@@ -17,6 +17,7 @@ from ml_collections import config_flags
 from dear_jax import MODEL_KINDS
 from dear_jax import clrs_lib
 from dear_jax import compile_cache
+from dear_jax import loop
 from dear_jax import nar
 from dear_jax import run_config
 from dear_jax import train
@@ -226,6 +227,7 @@ def main(argv=None) -> int:
     _fail(str(e).strip().splitlines()[0])
 
   compile_cache.enable(fv.jax_cache)
+  loop.stop_on_sigterm()
   try:
     clrs_lib.check_algorithm(fv.algorithm)
     if seeds is None:

@@ -97,6 +97,37 @@ def test_resume_after_interruption_matches_uninterrupted_run(
   assert resumed['test_score'] == want['test_score']
 
 
+def test_sigterm_interrupts_a_run_as_ctrl_c_does(cache_dir, tmp_path,
+                                                 monkeypatch):
+  """With loop.stop_on_sigterm (run's and compare's CLIs), a SIGTERM after
+  the step-2 checkpoint ends the run with the interruption named and that
+  checkpoint intact, no results written; resuming finishes it."""
+  import signal  # pylint: disable=g-import-not-at-top
+  from dear_jax import loop  # pylint: disable=g-import-not-at-top
+  config = tiny_config(cache_dir, 'nar')
+  workdir = str(tmp_path / 'w')
+  real = loop.Run.save
+
+  def save_then_terminate(self, params, opt_state):
+    real(self, params, opt_state)
+    if self.step == 2:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  monkeypatch.setattr(loop.Run, 'save', save_then_terminate)
+  before = signal.getsignal(signal.SIGTERM)
+  loop.stop_on_sigterm()
+  try:
+    with pytest.raises(train.RunError, match='interrupted at step 2; the '
+                       'checkpoint of step 2 is intact'):
+      train.train_and_evaluate(config, workdir, 'bfs', False)
+  finally:
+    signal.signal(signal.SIGTERM, before)
+  assert not os.path.exists(os.path.join(workdir, 'results.json'))
+  monkeypatch.setattr(loop.Run, 'save', real)
+  resumed = train.train_and_evaluate(config, workdir, 'bfs', False)
+  assert [s for s, _ in resumed['loss_curve']] == [1, 2, 3, 4, 5, 6]
+
+
 @pytest.mark.parametrize('kind', ['nar', 'dear'])
 def test_loss_and_validation_cadence(finished_run, kind):
   """dear_jax.loop's rule (clrs_official's too, tests/test_clrs_official.py):
