@@ -101,7 +101,7 @@ def test_sigterm_interrupts_a_run_as_ctrl_c_does(cache_dir, tmp_path,
                                                  monkeypatch):
   """With loop.stop_on_sigterm (run's and compare's CLIs), a SIGTERM after
   the step-2 checkpoint ends the run with the interruption named and that
-  checkpoint intact, no results written; resuming finishes it."""
+  checkpoint intact, no results written (resuming: the tests above)."""
   import signal  # pylint: disable=g-import-not-at-top
   from dear_jax import loop  # pylint: disable=g-import-not-at-top
   config = tiny_config(cache_dir, 'nar')
@@ -123,9 +123,7 @@ def test_sigterm_interrupts_a_run_as_ctrl_c_does(cache_dir, tmp_path,
   finally:
     signal.signal(signal.SIGTERM, before)
   assert not os.path.exists(os.path.join(workdir, 'results.json'))
-  monkeypatch.setattr(loop.Run, 'save', real)
-  resumed = train.train_and_evaluate(config, workdir, 'bfs', False)
-  assert [s for s, _ in resumed['loss_curve']] == [1, 2, 3, 4, 5, 6]
+  assert max(map(int, os.listdir(os.path.join(workdir, 'checkpoints')))) == 2
 
 
 @pytest.mark.parametrize('kind', ['nar', 'dear'])
