@@ -135,11 +135,13 @@ def eval_seconds(entry: dict, graphs: int, batch_size: int | None,
   return t * batches / (batches + 1)
 
 
-def _test_batch_size(r: dict) -> int | None:
-  """The official test's graphs per batch, from the run's stored config."""
+def _test_seconds(r: dict) -> float:
+  """`eval_seconds` of a results.json's official test (its graphs per batch
+  from the run's stored config)."""
   config = r.get('config')
-  return ((config.get('data') or {}).get('eval_batch_size')
-          if isinstance(config, dict) else None)
+  batch_size = ((config.get('data') or {}).get('eval_batch_size')
+                if isinstance(config, dict) else None)
+  return eval_seconds(r, r['test_graphs'], batch_size, r.get('model'))
 
 
 def csv_row(run: dict, out: str) -> dict:
@@ -152,8 +154,7 @@ def csv_row(run: dict, out: str) -> dict:
               seed=run['seed'], test_score=r['test_score'],
               val_score=r['val_score'], train_seconds=r['train_seconds'],
               train_steps_per_second=r['train_steps_per_second'],
-              eval_seconds_per_graph=eval_seconds(
-                  r, r['test_graphs'], _test_batch_size(r), r.get('model')),
+              eval_seconds_per_graph=_test_seconds(r),
               eval_cpu_seconds_per_graph=r.get('eval_cpu_seconds_per_graph'),
               eval_load_average=r.get('eval_load_average'),
               solver_iters_mean=r.get('solver_iters_mean'),
@@ -227,9 +228,7 @@ def size_rows(runs: list) -> list:
     tests = [dict(nodes=r.get('test_nodes'), graphs=r.get('test_graphs'),
                   graphs_planned=None, batch_size=None,
                   test_score=r['test_score'],
-                  eval_seconds_per_graph=eval_seconds(
-                      r, r['test_graphs'], _test_batch_size(r),
-                      r.get('model')),
+                  eval_seconds_per_graph=_test_seconds(r),
                   graph_scores=r.get('test_graph_scores'),
                   **{k: r.get(k) for k in _SIZE_KEYS})]
     tests += [dict(nodes=e['nodes'], graphs=e['graphs'],
@@ -789,6 +788,12 @@ QUICKSTART_LOAD = 'shared with other jobs'
 SUMMARY_DEAR, SUMMARY_BASELINE = 'dear', 'nar_nohint'
 
 
+def _sweep_rows(repo: str, sweep: str) -> list:
+  """The rows of a committed sweep's results.csv (strings, as written)."""
+  with open(os.path.join(repo, sweep, 'results.csv')) as f:
+    return list(csv.DictReader(f))
+
+
 def _markers(name: str) -> tuple:
   return f'<!-- {name}:start -->', f'<!-- {name}:end -->'
 
@@ -844,8 +849,7 @@ def summary_lines(repo: str = '.', sweep: str = SUMMARY_SWEEP,
   NAR per algorithm, paired by seed, with 95 % t intervals and verdicts, the
   mean over algorithms with its Welch t interval, and one sentence that
   counts the verdicts (baselines/stats.py)."""
-  with open(os.path.join(repo, sweep, 'results.csv')) as f:
-    rows = [r for r in csv.DictReader(f)]
+  rows = _sweep_rows(repo, sweep)
   with open(os.path.join(repo, sweep, 'protocol.json')) as f:
     protocol = json.load(f)['protocol']
   penalty = _find_key(protocol['models'].get(dear, {}), 'jac_reg_weight')
@@ -921,8 +925,7 @@ def study_lines(repo: str = '.', sweep: str = STUDY_SWEEP,
   runs) as far as it has run: per algorithm `dear` minus each stepwise model
   that is told no step count or is, paired by seed, with 95 % t intervals
   and verdicts; the mean over algorithms; and the protocol's goals."""
-  with open(os.path.join(repo, sweep, 'results.csv')) as f:
-    rows = list(csv.DictReader(f))
+  rows = _sweep_rows(repo, sweep)
   runs = collect(os.path.join(repo, sweep))
   models = (dear,) + tuple(baselines)
   algorithms = sorted({r['algorithm'] for r in rows if r['model'] == dear})
@@ -986,16 +989,17 @@ def _short_verdict(got: stats.Interval) -> str:
           stats.SAME: 'cannot tell apart'}[got.verdict()]
 
 
-SEED0_TIMED = ('dear', 'nar_nohint', 'nar', 'clrs_official')
+# The seed-0 table's timed models, with their column labels.
+SEED0_TIMED = {'dear': 'DEAR', 'nar_nohint': 'no-hint NAR',
+               'nar': 'NAR, hints', 'clrs_official': 'official'}
 
 
 def seed0_lines(repo: str = '.', sweep: str = SUMMARY_SWEEP) -> list:
   """docs/dear10-cpu.md's seed-0 table from SWEEP/results.csv: DEAR's
   iterations against the true steps, its converged share and distance to
   H*, and each model's time per test graph (`eval_seconds`)."""
-  with open(os.path.join(repo, sweep, 'results.csv')) as f:
-    rows = {(r['algorithm'], r['model']): r for r in csv.DictReader(f)
-            if r['seed'] == '0'}
+  rows = {(r['algorithm'], r['model']): r for r in _sweep_rows(repo, sweep)
+          if r['seed'] == '0'}
   number = lambda r, k: _number(r.get(k)) if r else None
 
   def ms(algorithm, model):
@@ -1004,9 +1008,7 @@ def seed0_lines(repo: str = '.', sweep: str = SUMMARY_SWEEP) -> list:
 
   lines = ['| algorithm | DEAR iterations / true steps | DEAR converged | '
            'DEAR distance to H\\* | ms per test graph: ' +
-           ' / '.join({'dear': 'DEAR', 'nar_nohint': 'no-hint NAR',
-                       'nar': 'NAR, hints', 'clrs_official': 'official'}[m]
-                      for m in SEED0_TIMED) + ' |',
+           ' / '.join(SEED0_TIMED.values()) + ' |',
            '|---|---|---|---|---|']
   for a in sorted({a for a, m in rows if m == SUMMARY_DEAR}):
     d = rows[(a, SUMMARY_DEAR)]
