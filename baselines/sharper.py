@@ -52,13 +52,6 @@ def _variants() -> dict:
   return {model_name(b, o): (b, o) for b in BASES for o in OPTIONS}
 
 
-def _graph_scores(run: dict, nodes: int):
-  r = run['results']
-  if r.get('test_nodes') == nodes:
-    return r.get('test_graph_scores')
-  return (r.get('extra_tests') or {}).get(str(nodes), {}).get('graph_scores')
-
-
 def gather(out: str, control: str, seeds=None) -> list:
   """One row (COLUMNS) per run and test size: OUT's runs of the study's
   models, CONTROL's runs of the bases on OUT's algorithms (and `seeds`, or
@@ -73,8 +66,11 @@ def gather(out: str, control: str, seeds=None) -> list:
               and r['algorithm'] in algorithms]
   runs = [r for r in mine + controls if r['seed'] in seeds]
   by_key = {(r['algorithm'], r['model'], r['seed']): r for r in runs}
+  sizes = report.size_rows(runs)  # later tests (n=512) included
+  graph_scores = {(s['algorithm'], s['model'], s['seed'], s['nodes']):
+                  s['graph_scores'] for s in sizes}
   rows = []
-  for size in report.size_rows(runs):
+  for size in sizes:
     run = by_key[size['algorithm'], size['model'], size['seed']]
     base, option = variants[size['model']]
     row = {k: size.get(k) for k in COLUMNS if k in size}
@@ -82,10 +78,10 @@ def gather(out: str, control: str, seeds=None) -> list:
       row['fixed_point_distance_mean'] = run['results'].get(
           'fixed_point_distance_mean')
     if option in RETESTS:
-      source = by_key.get((size['algorithm'],
-                           model_name(base, RETESTS[option]), size['seed']))
-      mine_g = _graph_scores(run, size['nodes'])
-      theirs = source and _graph_scores(source, size['nodes'])
+      mine_g = size['graph_scores']
+      theirs = graph_scores.get((size['algorithm'],
+                                 model_name(base, RETESTS[option]),
+                                 size['seed'], size['nodes']))
       if mine_g and theirs and len(mine_g) == len(theirs):
         diff = stats.t_interval([a - b for a, b in zip(mine_g, theirs)],
                                 bounds=stats.DIFFERENCE_BOUNDS)

@@ -52,10 +52,18 @@ def test_gather_pairs_options_with_controls_and_retests_with_their_runs(
         'bfs', seed, 0.8, [1.0, 0.6], _extra(0.7, [0.9, 0.5])))
     _write(out, 'bfs', 'dear_softmax_at', seed, _results(
         'bfs', seed, 0.85, [1.0, 0.7], _extra(0.75, [1.0, 0.6 - seed / 10])))
+  for model, graphs in (('dear_softmax', [0.2, 0.4, 0.3]),
+                        ('dear_softmax_at', [0.3, 0.4, 0.6])):
+    later = os.path.join(out, 'runs', 'bfs', model, 's0', 'tests')
+    os.makedirs(later)
+    with open(os.path.join(later, 'n512.json'), 'w') as f:  # a later test
+      json.dump(dict(nodes=512, graphs=3, score=float(np.mean(graphs)),
+                     eval_seconds_per_graph=1.0, graph_scores=graphs), f)
   rows = sharper.gather(out, control)
   got = {(r['model'], r['seed'], r['nodes']) for r in rows}
   assert got == {(m, s, n) for m in ('dear', 'dear_softmax', 'dear_softmax_at')
-                 for s in (0, 1) for n in (64, 128)}
+                 for s in (0, 1) for n in (64, 128)} | {
+                     ('dear_softmax', 0, 512), ('dear_softmax_at', 0, 512)}
   at = {(r['seed'], r['nodes']): r for r in rows
         if r['model'] == 'dear_softmax_at'}
   # seed 1, n=128: graph differences 0.1 and 0.0
@@ -64,6 +72,11 @@ def test_gather_pairs_options_with_controls_and_retests_with_their_runs(
   assert at[1, 128]['graph_diff_mean'] == pytest.approx(0.05)
   assert at[1, 128]['graph_diff_high'] == pytest.approx(0.05 + half)
   assert at[0, 64]['graph_diff_mean'] == pytest.approx(0.05)
+  # n=512 from the later tests: graph differences 0.1, 0.0, 0.3
+  d = np.array([0.1, 0.0, 0.3])
+  half = scipy_stats.t.ppf(0.975, 2) * d.std(ddof=1) / math.sqrt(3)
+  assert at[0, 512]['graph_diff_mean'] == pytest.approx(d.mean())
+  assert at[0, 512]['graph_diff_low'] == pytest.approx(d.mean() - half)
   ctrl = {(r['seed'], r['nodes']): r for r in rows if r['model'] == 'dear'}
   assert ctrl[0, 64]['fixed_point_distance_mean'] == 0.01
   assert ctrl[0, 128].get('fixed_point_distance_mean') is None
