@@ -776,10 +776,9 @@ def write_markdown(path: str, rows: list, info: dict, protocol: dict,
     f.write('\n'.join(lines) + '\n')
 
 
-# README.md's generated blocks: each lies between these marker comments and
-# is rewritten by `python -m baselines.report --readme` (tests check that the
-# committed README is what this code writes).
-README = 'README.md'
+# The lines of README.md's and docs/dear10-cpu.md's generated blocks
+# (baselines/readme.py writes them there; tests check that the committed
+# files are what this code writes).
 SUMMARY_SWEEP = 'results/dear10-cpu'
 QUICKSTART_RUN = 'results/default_command/current/results.json'
 # What results.json cannot say about that run: the load on its machine
@@ -792,10 +791,6 @@ def _sweep_rows(repo: str, sweep: str) -> list:
   """The rows of a committed sweep's results.csv (strings, as written)."""
   with open(os.path.join(repo, sweep, 'results.csv')) as f:
     return list(csv.DictReader(f))
-
-
-def _markers(name: str) -> tuple:
-  return f'<!-- {name}:start -->', f'<!-- {name}:end -->'
 
 
 def _find_key(tree, key: str):
@@ -1019,62 +1014,3 @@ def seed0_lines(repo: str = '.', sweep: str = SUMMARY_SWEEP) -> list:
         f'{number(d, "fixed_point_distance_mean"):.4f} | '
         + ' / '.join(ms(a, m) for m in SEED0_TIMED) + ' |')
   return lines
-
-
-# Files with generated blocks, and the blocks each holds.
-GENERATED_DOC = 'docs/dear10-cpu.md'
-
-
-def readme_blocks(repo: str = '.') -> dict:
-  """Every generated block of README.md, by marker name."""
-  return dict(quickstart=quickstart_lines(repo), study=study_lines(repo))
-
-
-def generated_files(repo: str = '.') -> dict:
-  """{file: {block name: lines}} for every file with generated blocks."""
-  return {README: readme_blocks(repo),
-          GENERATED_DOC: dict(summary=summary_lines(repo),
-                              seed0=seed0_lines(repo))}
-
-
-def render_readme(text: str, blocks: dict) -> str:
-  """TEXT with each marked block replaced by its generated lines."""
-  for name, lines in blocks.items():
-    start, end = _markers(name)
-    head, sep, rest = text.partition(start + '\n')
-    body, sep2, tail = rest.partition(end)
-    if not sep or not sep2:
-      raise ValueError(f'README has no "{start}" ... "{end}" block')
-    text = head + start + '\n' + '\n'.join(lines) + '\n' + end + tail
-  return text
-
-
-def main(argv: list) -> int:
-  """`python -m baselines.report --readme [REPO]`: rewrite the generated
-  blocks of README.md and docs/ from the committed results."""
-  if not argv or argv[0] != '--readme' or len(argv) > 2:
-    print('error: usage: python -m baselines.report --readme [REPO_DIR] '
-          '(rewrites the generated blocks of README.md and '
-          f'{GENERATED_DOC})', file=sys.stderr)
-    return 2
-  repo = argv[1] if len(argv) > 1 else '.'
-  new = {}
-  try:  # every file is rendered before any is written
-    for name, blocks in generated_files(repo).items():
-      with open(os.path.join(repo, name)) as f:
-        text = f.read()
-      new[name] = (text, render_readme(text, blocks))
-  except (OSError, ValueError, KeyError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  for name, (old, text) in new.items():
-    path = os.path.join(repo, name)
-    if text != old:
-      with open(path, 'w') as f:
-        f.write(text)
-    print(f'{path}: {"rewritten" if text != old else "already up to date"}')
-  return 0
-
-
-if __name__ == '__main__':
-  sys.exit(main(sys.argv[1:]))

@@ -192,6 +192,110 @@ def table_lines(rows: list) -> list:
   return lines
 
 
+ALGORITHMS = ('bfs', 'mst_prim', 'dag_shortest_paths')  # PROTOCOL.md's
+SEEDS = 2
+TRAINED = ('softmax', 'decay')  # the options a default could take
+DEFAULT_SIZE = 256  # PROTOCOL.md: better on two of three here, worse nowhere
+PENDING = 'pending'  # fewer than SEEDS seeds on one side
+
+
+def contrast_verdicts(rows: list) -> dict:
+  """{(option, base, n): {algorithm: verdict}} for each of CONTRASTS that
+  both sides have run. A trained option: the paired t interval over the
+  seeds (PENDING below SEEDS seeds). A re-test: better (worse) where the
+  per-graph interval of every seed lies above (below) 0, as PROTOCOL.md
+  fixes for adaptive temperature; PENDING until SEEDS seeds have one."""
+  out = {}
+  for a, b, n in {(r['algorithm'], r['base'], r['nodes']) for r in rows}:
+    cells = _cells(rows, a, b, n)
+    for o, c in CONTRASTS:
+      if o not in cells or c not in cells:
+        continue
+      if o in RETESTS:
+        per = [r for r in cells[o].values() if r['graph_diff_low'] is not None]
+        if len(per) < SEEDS:
+          verdict = PENDING
+        elif all(r['graph_diff_low'] > 0 for r in per):
+          verdict = stats.BETTER
+        elif all(r['graph_diff_high'] < 0 for r in per):
+          verdict = stats.WORSE
+        else:
+          verdict = stats.SAME
+      else:
+        x = {s: r['test_score'] for s, r in cells[o].items()}
+        y = {s: r['test_score'] for s, r in cells[c].items()}
+        d = stats.paired_difference(x, y)
+        verdict = PENDING if d is None or d.n < SEEDS else d.verdict()
+      out.setdefault((o, b, n), {})[a] = verdict
+  return out
+
+
+def default_decision(verdicts: dict, option: str, base: str) -> str:
+  """PROTOCOL.md's rule for making a trained option `base`'s default:
+  'yes', 'no', or 'open' while a deciding verdict is missing."""
+  mine = {k: v for k, v in verdicts.items() if k[:2] == (option, base)}
+  if any(v == stats.WORSE for per in mine.values() for v in per.values()):
+    return 'no'
+  at = mine.get((option, base, DEFAULT_SIZE), {})
+  better = sum(v == stats.BETTER for v in at.values())
+  if better >= 2:
+    return 'yes'
+  decided = [a for a in ALGORITHMS if at.get(a, PENDING) != PENDING]
+  return 'no' if better + len(ALGORITHMS) - len(decided) < 2 else 'open'
+
+
+def readme_lines(repo: str = '.', out: str = 'results/sharper') -> list:
+  """README's summary of the study from its committed sharper.csv: per
+  option, model and test size, on which algorithms the option was better,
+  worse or cannot be told apart from what it is compared with; and the
+  protocol's rule for a new default."""
+  path = os.path.join(repo, out, 'sharper.csv')
+  link = (f'{out}/sharper.md' if os.path.exists(
+      os.path.join(repo, out, 'sharper.md')) else f'{out}/')
+  intro = (f'The sharper-at-scale study ([`{out}/`]({link}); '
+           f'protocol fixed before its runs: [PROTOCOL.md]({out}/PROTOCOL.md);'
+           ' options defined in [docs/sharper.md](docs/sharper.md)): softmax '
+           'aggregation and latent decay 0.9, each trained on '
+           f'{", ".join(ALGORITHMS)} with seeds 0-{SEEDS - 1} at the DEAR-10 '
+           "budget against that study's runs as controls, and the softmax "
+           'runs re-tested with adaptive temperature and with max '
+           'aggregation.')
+  rows = read_csv(path) if os.path.exists(path) else []
+  if not rows:
+    return [intro + ' No run has finished yet.']
+  trained = {(r['algorithm'], r['model'], r['seed']) for r in rows
+             if r['option'] not in ('control',) + tuple(RETESTS)}
+  verdicts = contrast_verdicts(rows)
+  sizes = sorted({r['nodes'] for r in rows})
+  lines = [intro + f' So far {len(trained)} of '
+           f'{len(ALGORITHMS) * len(BASES) * len(TRAINED) * SEEDS} trainings '
+           'have finished. Per test size, the algorithms where the option '
+           'is better / worse (95 % t interval over the seeds excludes 0; a '
+           "re-test: every seed's interval over the test graphs on one "
+           'side of 0), or else cannot be told apart; pending: fewer than '
+           f'{SEEDS} seeds so far.', '',
+           '| option | model | ' + ' | '.join(f'n={n}' for n in sizes)
+           + ' |', '|---|---|' + '---|' * len(sizes)]
+  words = {stats.BETTER: 'better', stats.WORSE: 'worse',
+           stats.SAME: 'cannot tell apart', PENDING: PENDING}
+  for o, c in CONTRASTS:
+    for b in BASES:
+      cells = []
+      for n in sizes:
+        per = verdicts.get((o, b, n), {})
+        cells.append('; '.join(
+            f'{w}: {", ".join(a for a in sorted(per) if per[a] == v)}'
+            for v, w in words.items() if v in per.values()) or '–')
+      if any(cell != '–' for cell in cells):
+        lines.append(f'| {o} − {c} | `{b}` | ' + ' | '.join(cells) + ' |')
+  decisions = [f'{o} for `{b}`: {default_decision(verdicts, o, b)}'
+               for o in TRAINED for b in BASES]
+  lines += ['', 'A new default (better on two of the three algorithms at '
+            f'n={DEFAULT_SIZE}, worse on none at any n): '
+            + '; '.join(decisions) + '.']
+  return lines
+
+
 def write_all(out: str, rows: list) -> list:
   """OUT/sharper.md and OUT/plots/sharper_BASE.png from `rows`
   (sharper.csv's); the paths written."""
@@ -216,8 +320,14 @@ def write_all(out: str, rows: list) -> list:
   return written
 
 
+class _Parser(argparse.ArgumentParser):
+
+  def error(self, message):  # one line, exit 2
+    self.exit(2, f'{self.prog}: error: {message}\n')
+
+
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog='python -m baselines.sharper')
+  p = _Parser(prog='python -m baselines.sharper')
   p.add_argument('--out', required=True, help='the study folder')
   p.add_argument('--control', default=None,
                  help='the folder of the control runs (results/dear10)')

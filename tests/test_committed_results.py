@@ -39,6 +39,28 @@ def test_tables_are_rederived_from_the_run_folders(folder, tmp_path):
         f'baselines.compare --report_only --out={folder}')
 
 
+SHARPER, SHARPER_CONTROL = 'results/sharper', 'results/dear10'
+
+
+def test_sharper_tables_are_rederived_from_the_run_folders(tmp_path):
+  """sharper.csv is what baselines.sharper gathers from the study's run
+  folders and its controls', and sharper.md what it writes from that CSV."""
+  from baselines import report, sharper  # pylint: disable=g-import-not-at-top
+  out = os.path.join(REPO, SHARPER)
+  if not os.path.exists(os.path.join(out, 'sharper.csv')):
+    pytest.skip('no sharper run has landed yet')
+  again = tmp_path / 'sharper.csv'
+  report.write_csv(str(again), sharper.gather(
+      out, os.path.join(REPO, SHARPER_CONTROL)), sharper.COLUMNS)
+  hint = (f'run python -m baselines.sharper --out={SHARPER} '
+          f'--control={SHARPER_CONTROL}')
+  with open(os.path.join(out, 'sharper.csv')) as f:
+    assert again.read_text() == f.read(), hint
+  sharper.write_all(str(tmp_path), sharper.read_csv(str(again)))
+  with open(os.path.join(out, 'sharper.md')) as f:
+    assert (tmp_path / 'sharper.md').read_text() == f.read(), hint
+
+
 def _tracked_files() -> list:
   try:
     listed = subprocess.run(['git', 'ls-files', '-z'], cwd=REPO, check=True,

@@ -11,6 +11,7 @@ import os
 import numpy as np
 import pytest
 
+from baselines import readme
 from baselines import report
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -161,12 +162,12 @@ def test_readme_generated_blocks_are_current():
   """README's (and docs') blocks are what `python -m baselines.report
   --readme` writes from the committed results: rerun it after the results
   change."""
-  files = report.generated_files(REPO)
+  files = readme.generated_files(REPO)
   assert set(files) == {'README.md', DOC}
   for name, blocks in files.items():
     text = _readme(name)
-    assert report.render_readme(text, blocks) == text, (
-        f'{name} is stale: run python -m baselines.report --readme')
+    assert readme.render(text, blocks) == text, (
+        f'{name} is stale: run python -m baselines.readme')
 
 
 def test_readme_study_block_is_the_paired_t_intervals_of_the_study():
@@ -276,11 +277,11 @@ def test_readme_quickstart_figures_are_the_recorded_run():
   assert 'Xeon' not in block and 'EPYC' not in block
 
 
-def test_render_readme_refuses_a_readme_without_markers(tmp_path, capsys):
+def test_render_refuses_a_file_without_markers(tmp_path, capsys):
   with pytest.raises(ValueError, match='summary:start'):
-    report.render_readme('# no blocks\n', {'summary': ['x']})
+    readme.render('# no blocks\n', {'summary': ['x']})
   (tmp_path / 'README.md').write_text('# no blocks\n')
-  assert report.main(['--readme', str(tmp_path)]) == 2
+  assert readme.main([str(tmp_path)]) == 2
   assert (tmp_path / 'README.md').read_text() == '# no blocks\n'
   assert capsys.readouterr().err.startswith('error: ')
-  assert report.main(['--bogus']) == 2
+  assert readme.main(['--bogus']) == 2

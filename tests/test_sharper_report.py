@@ -176,3 +176,86 @@ def test_the_sweeps_commands_chain(tmp_path, cache_dir, monkeypatch):
   (out / 'sharper.md').unlink()
   assert sharper.main([f'--out={out}', '--from_csv']) == 0
   assert (out / 'sharper.md').read_text() == md
+
+
+def _verdict_rows():
+  """Two seeds at n=256 on three algorithms: softmax for dear beats its
+  control on bfs and mst_prim by nearly the same margin per seed, and
+  varies on dag_shortest_paths; decay has seed 0 only; adaptive
+  temperature's per-graph intervals lie above 0 on bfs for both seeds."""
+  rows = []
+  scores = {  # (algorithm, model): per seed
+      ('bfs', 'dear'): (0.70, 0.60), ('bfs', 'dear_softmax'): (0.80, 0.701),
+      ('mst_prim', 'dear'): (0.50, 0.40),
+      ('mst_prim', 'dear_softmax'): (0.60, 0.501),
+      ('dag_shortest_paths', 'dear'): (0.5, 0.5),
+      ('dag_shortest_paths', 'dear_softmax'): (0.6, 0.4),
+      ('bfs', 'dear_decay'): (0.9,),
+      ('bfs', 'dear_softmax_at'): (0.85, 0.75)}
+  for (a, m), per_seed in scores.items():
+    for seed, score in enumerate(per_seed):
+      row = dict(algorithm=a, model=m, seed=seed, nodes=256, graphs=16,
+                 test_score=score)
+      if m.endswith('_at'):
+        row.update(graph_diff_mean=0.05, graph_diff_low=0.01 + seed / 100,
+                   graph_diff_high=0.1, graph_diff_n=16)
+      rows.append(row)
+  return rows
+
+
+def _paired_verdict(x, y):
+  d = np.asarray(x) - np.asarray(y)
+  half = scipy_stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(
+      len(d))
+  return ('better' if d.mean() - half > 0 else
+          'worse' if d.mean() + half < 0 else 'indistinguishable')
+
+
+def test_contrast_verdicts_and_the_default_rule(tmp_path):
+  path = tmp_path / 'sharper.csv'
+  _csv(path, _verdict_rows())
+  rows = sharper.read_csv(str(path))
+  got = sharper.contrast_verdicts(rows)
+  assert got['softmax', 'dear', 256] == {
+      'bfs': _paired_verdict([0.80, 0.701], [0.70, 0.60]),
+      'mst_prim': _paired_verdict([0.60, 0.501], [0.50, 0.40]),
+      'dag_shortest_paths': _paired_verdict([0.6, 0.4], [0.5, 0.5])}
+  assert got['softmax', 'dear', 256]['bfs'] == 'better'  # the case is real
+  assert got['decay', 'dear', 256] == {'bfs': sharper.PENDING}
+  assert got['softmax_at', 'dear', 256] == {'bfs': 'better'}
+  # two of three better at n=256, worse nowhere: the protocol's 'yes'
+  assert sharper.default_decision(got, 'softmax', 'dear') == 'yes'
+  assert sharper.default_decision(got, 'decay', 'dear') == 'open'
+  assert sharper.default_decision(got, 'softmax', 'nar_lt') == 'open'
+  # one worse anywhere rules an option out; so do too few better
+  worse = {**got, ('softmax', 'dear', 64): {'bfs': 'worse'}}
+  assert sharper.default_decision(worse, 'softmax', 'dear') == 'no'
+  few = {('decay', 'dear', 256): {'bfs': 'indistinguishable',
+                                  'mst_prim': 'indistinguishable',
+                                  'dag_shortest_paths': sharper.PENDING}}
+  assert sharper.default_decision(few, 'decay', 'dear') == 'no'
+  # a re-test's per-graph intervals: one seed below 0 is not 'better'
+  mixed = [dict(r, graph_diff_low=-0.01) if r['model'] == 'dear_softmax_at'
+           and r['seed'] == 1 else r for r in rows]
+  assert sharper.contrast_verdicts(mixed)['softmax_at', 'dear', 256] == {
+      'bfs': 'indistinguishable'}
+
+
+def test_readme_block_names_each_verdicts_algorithms(tmp_path):
+  out = tmp_path / 'results' / 'sharper'
+  assert 'No run has finished yet.' in sharper.readme_lines(
+      str(tmp_path))[0]
+  out.mkdir(parents=True)
+  _csv(out / 'sharper.csv', _verdict_rows())
+  lines = sharper.readme_lines(str(tmp_path))
+  assert 'So far 7 of 24 trainings have finished.' in lines[0]
+  table = {l.split('|')[1].strip() + l.split('|')[2].strip(): l
+           for l in lines if l.startswith('| ') and '−' in l}
+  assert table['softmax − control`dear`'].endswith(
+      '| better: bfs, mst_prim; cannot tell apart: dag_shortest_paths |')
+  assert table['decay − control`dear`'].endswith('| pending: bfs |')
+  assert table['softmax_at − softmax`dear`'].endswith('| better: bfs |')
+  assert not any('nar_lt' in k for k in table)  # nothing ran for it
+  assert lines[-1].endswith('softmax for `dear`: yes; softmax for `nar_lt`: '
+                            'open; decay for `dear`: open; decay for '
+                            '`nar_lt`: open.')
