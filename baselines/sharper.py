@@ -168,7 +168,8 @@ def table_lines(rows: list) -> list:
         if per_graph:
           text += '; graphs ' + ', '.join(per_graph)
       out.append(text)
-    lines.append(f'| {a} | `{b}` | {n} | ' + ' | '.join(out) + ' |')
+    if any(cell != '–' for cell in out):  # a control alone has no row
+      lines.append(f'| {a} | `{b}` | {n} | ' + ' | '.join(out) + ' |')
   dear = [k for k in keys if k[1] == 'dear']
   if dear:
     lines += ['', '## DEAR\'s solve (means over seeds): iterations / share '
