@@ -198,6 +198,10 @@ SEEDS = 2
 TRAINED = ('softmax', 'decay')  # the options a default could take
 DEFAULT_SIZE = 256  # PROTOCOL.md: better on two of three here, worse nowhere
 PENDING = 'pending'  # fewer than SEEDS seeds on one side
+# Sizes tested on seed 0 alone (PROTOCOL.md: n=512 where the control has
+# it): no interval over seeds; a re-test is judged over seed 0's graphs.
+SEED0_SIZES = (512,)
+ONE_SEED = 'seed 0 only'  # a trained option at such a size: no verdict
 
 
 def contrast_verdicts(rows: list) -> dict:
@@ -205,7 +209,9 @@ def contrast_verdicts(rows: list) -> dict:
   both sides have run. A trained option: the paired t interval over the
   seeds (PENDING below SEEDS seeds). A re-test: better (worse) where the
   per-graph interval of every seed lies above (below) 0, as PROTOCOL.md
-  fixes for adaptive temperature; PENDING until SEEDS seeds have one."""
+  fixes for adaptive temperature; PENDING until SEEDS seeds have one. At
+  SEED0_SIZES: ONE_SEED for a trained option, and a re-test's verdict over
+  seed 0's graphs, marked as such."""
   out = {}
   for a, b, n in {(r['algorithm'], r['base'], r['nodes']) for r in rows}:
     cells = _cells(rows, a, b, n)
@@ -214,7 +220,8 @@ def contrast_verdicts(rows: list) -> dict:
         continue
       if o in RETESTS:
         per = [r for r in cells[o].values() if r['graph_diff_low'] is not None]
-        if len(per) < SEEDS:
+        needed = 1 if n in SEED0_SIZES else SEEDS
+        if len(per) < needed:
           verdict = PENDING
         elif all(r['graph_diff_low'] > 0 for r in per):
           verdict = stats.BETTER
@@ -222,6 +229,10 @@ def contrast_verdicts(rows: list) -> dict:
           verdict = stats.WORSE
         else:
           verdict = stats.SAME
+        if n in SEED0_SIZES and verdict != PENDING:
+          verdict = f'{verdict} ({ONE_SEED})'
+      elif n in SEED0_SIZES:
+        verdict = ONE_SEED
       else:
         x = {s: r['test_score'] for s, r in cells[o].items()}
         y = {s: r['test_score'] for s, r in cells[c].items()}
@@ -243,6 +254,31 @@ def default_decision(verdicts: dict, option: str, base: str) -> str:
     return 'yes'
   decided = [a for a in ALGORITHMS if at.get(a, PENDING) != PENDING]
   return 'no' if better + len(ALGORITHMS) - len(decided) < 2 else 'open'
+
+
+def _seed0_difference(rows: list, algorithm: str, base: str, nodes: int,
+                      option: str, against: str) -> str:
+  """' (+d.d)': seed 0's difference in points, for a size without seeds."""
+  cells = _cells(rows, algorithm, base, nodes)
+  x, y = (cells.get(option, {}).get(0), cells.get(against, {}).get(0))
+  if x is None or y is None:
+    return ''
+  return f' ({100 * (x["test_score"] - y["test_score"]):+.1f})'
+
+
+def _verdict_order(v: str) -> int:
+  order = (stats.BETTER, stats.WORSE, stats.SAME, ONE_SEED, PENDING)
+  return next((i for i, w in enumerate(order) if v.startswith(w)),
+              len(order))
+
+
+def _said(verdict: str, words: dict) -> str:
+  """A verdict as README writes it ('indistinguishable' as 'cannot tell
+  apart')."""
+  for v, w in words.items():
+    if verdict.startswith(v):
+      return w + verdict[len(v):]
+  return verdict
 
 
 def readme_lines(repo: str = '.', out: str = 'results/sharper') -> list:
@@ -274,19 +310,26 @@ def readme_lines(repo: str = '.', out: str = 'results/sharper') -> list:
            'is better / worse (95 % t interval over the seeds excludes 0; a '
            "re-test: every seed's interval over the test graphs on one "
            'side of 0), or else cannot be told apart; pending: fewer than '
-           f'{SEEDS} seeds so far.', '',
+           f'{SEEDS} seeds so far. n={", ".join(map(str, SEED0_SIZES))} is '
+           'tested on seed 0 alone: a re-test is judged over its graphs, a '
+           'trained option not at all (its difference in points in '
+           'brackets).', '',
            '| option | model | ' + ' | '.join(f'n={n}' for n in sizes)
            + ' |', '|---|---|' + '---|' * len(sizes)]
   words = {stats.BETTER: 'better', stats.WORSE: 'worse',
-           stats.SAME: 'cannot tell apart', PENDING: PENDING}
+           stats.SAME: 'cannot tell apart'}
   for o, c in CONTRASTS:
     for b in BASES:
       cells = []
       for n in sizes:
         per = verdicts.get((o, b, n), {})
-        cells.append('; '.join(
-            f'{w}: {", ".join(a for a in sorted(per) if per[a] == v)}'
-            for v, w in words.items() if v in per.values()) or '–')
+        said = {}  # verdict as written -> algorithms, better first
+        for v in sorted(set(per.values()), key=_verdict_order):
+          said[_said(v, words)] = [
+              a + (_seed0_difference(rows, a, b, n, o, c) if v == ONE_SEED
+                   else '') for a in sorted(per) if per[a] == v]
+        cells.append('; '.join(f'{w}: {", ".join(a)}'
+                               for w, a in said.items()) or '–')
       if any(cell != '–' for cell in cells):
         lines.append(f'| {o} − {c} | `{b}` | ' + ' | '.join(cells) + ' |')
   decisions = [f'{o} for `{b}`: {default_decision(verdicts, o, b)}'

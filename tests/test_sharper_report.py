@@ -239,6 +239,21 @@ def test_contrast_verdicts_and_the_default_rule(tmp_path):
            and r['seed'] == 1 else r for r in rows]
   assert sharper.contrast_verdicts(mixed)['softmax_at', 'dear', 256] == {
       'bfs': 'indistinguishable'}
+  # n=512 runs on seed 0 alone: no verdict for training, graphs for re-tests
+  at512 = [dict(r, nodes=512) for r in rows if r['seed'] == 0
+           and r['algorithm'] == 'bfs']
+  got512 = sharper.contrast_verdicts(rows + at512)
+  assert got512['softmax', 'dear', 512] == {'bfs': 'seed 0 only'}
+  assert got512['softmax_at', 'dear', 512] == {'bfs': 'better (seed 0 only)'}
+  assert sharper.default_decision(got512, 'softmax', 'dear') == 'yes'
+  out = tmp_path / 'repo' / 'results' / 'sharper'
+  out.mkdir(parents=True)
+  _csv(out / 'sharper.csv', rows + at512)
+  lines = sharper.readme_lines(str(tmp_path / 'repo'))
+  softmax = next(l for l in lines if l.startswith('| softmax − control | `dear'))
+  assert softmax.endswith('| seed 0 only: bfs (+10.0) |')  # 0.80 - 0.70
+  at = next(l for l in lines if l.startswith('| softmax_at − softmax | `dear'))
+  assert at.endswith('| better (seed 0 only): bfs |')
 
 
 def test_readme_block_names_each_verdicts_algorithms(tmp_path):
