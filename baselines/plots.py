@@ -15,6 +15,7 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
+from . import stats  # pylint: disable=g-import-not-at-top
 from . import variants  # pylint: disable=g-import-not-at-top
 
 # Each compared model's colour (baselines/variants.py, as loaded).
@@ -22,7 +23,13 @@ COLORS = variants.colours()
 
 
 def _color(model: str, i: int):
-  return variants.colours().get(model, f'C{i % 10}')
+  """The variant's own colour, else one that no variant has."""
+  named = variants.colours()
+  if model in named:
+    return named[model]
+  free = [c for c in ('tab:brown', 'tab:pink', 'tab:gray', 'tab:olive',
+                      'black', 'gold') if c not in named.values()]
+  return free[i % len(free)]
 
 
 def _ordered(models, order):
@@ -236,7 +243,9 @@ def score_by_tolerance(path: str, runs: list, order=()) -> str | None:
 def by_size(path: str, rows: list, order=()) -> str:
   """Per algorithm, test score and inference time per graph against n (the
   official test and data.extra_test_lengths), one line per model, means
-  over seeds; `rows`: report.size_rows."""
+  over seeds; the scores with their 95 % t interval over seeds as bars, and
+  a hollow marker where one seed alone was tested; `rows`:
+  report.size_rows."""
   algorithms = sorted({r['algorithm'] for r in rows})
   models = _ordered({r['model'] for r in rows}, order)
   fig, axes = plt.subplots(2, len(algorithms),
@@ -248,11 +257,29 @@ def by_size(path: str, rows: list, order=()) -> str:
       sizes = sorted({r['nodes'] for r in mine})
       if not sizes:
         continue
+      color = _color(m, i)
+      dodge = 2 ** (0.04 * (i - (len(models) - 1) / 2))  # bars side by side
       for ax, key, scale in ((axes[0][j], 'test_score', 100),
                              (axes[1][j], 'eval_seconds_per_graph', 1e3)):
-        ax.plot(sizes, [scale * np.mean([r[key] for r in mine
-                                         if r['nodes'] == n]) for n in sizes],
-                'o-', color=_color(m, i), label=m)
+        at = [[r[key] for r in mine if r['nodes'] == n] for n in sizes]
+        xs_all = [n * dodge for n in sizes]
+        ax.plot(xs_all, [scale * np.mean(v) for v in at], '-', color=color,
+                label=m)
+        one = [len(v) == 1 for v in at]
+        for hollow in (False, True):
+          xs = [x for x, o in zip(xs_all, one) if o == hollow]
+          ys = [scale * np.mean(v) for v, o in zip(at, one) if o == hollow]
+          ax.plot(xs, ys, 'o', color=color,
+                  markerfacecolor='white' if hollow else color)
+        if key == 'test_score':
+          cells = [stats.t_interval(v, bounds=stats.SCORE_BOUNDS) for v in at]
+          got = [(x, c) for x, c in zip(xs_all, cells)
+                 if c is not None and c.low is not None]
+          if got:
+            ax.errorbar([n for n, _ in got], [scale * c.mean for _, c in got],
+                        yerr=[[scale * (c.mean - c.low) for _, c in got],
+                              [scale * (c.high - c.mean) for _, c in got]],
+                        fmt='none', ecolor=color, alpha=0.5, capsize=3)
     for ax, label in ((axes[0][j], 'test score (%)'),
                       (axes[1][j], 'inference ms per graph (log)')):
       ax.set_xscale('log', base=2)
@@ -262,8 +289,8 @@ def by_size(path: str, rows: list, order=()) -> str:
     axes[1][j].set_yscale('log')
     axes[0][j].set_title(a)
     axes[0][j].legend(fontsize=7)
-  fig.suptitle('Test score and time against graph size (means over seeds)',
-               fontsize=10)
+  fig.suptitle('Score and time against n: means over seeds\n'
+               'bars: 95 % t interval; hollow: one seed', fontsize=9)
   return _save(fig, path)
 
 
