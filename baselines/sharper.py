@@ -244,16 +244,20 @@ def contrast_verdicts(rows: list) -> dict:
 
 def default_decision(verdicts: dict, option: str, base: str) -> str:
   """PROTOCOL.md's rule for making a trained option `base`'s default:
-  'yes', 'no', or 'open' while a deciding verdict is missing."""
+  'yes', 'no', or 'open' while a verdict that could decide it is missing
+  (on any algorithm at any size with seeds: a 'worse' there would say no)."""
   mine = {k: v for k, v in verdicts.items() if k[:2] == (option, base)}
   if any(v == stats.WORSE for per in mine.values() for v in per.values()):
     return 'no'
   at = mine.get((option, base, DEFAULT_SIZE), {})
   better = sum(v == stats.BETTER for v in at.values())
-  if better >= 2:
-    return 'yes'
   decided = [a for a in ALGORITHMS if at.get(a, PENDING) != PENDING]
-  return 'no' if better + len(ALGORITHMS) - len(decided) < 2 else 'open'
+  if better + len(ALGORITHMS) - len(decided) < 2:
+    return 'no'
+  complete = all(per.get(a, PENDING) != PENDING for (_, _, n), per
+                 in mine.items() if n not in SEED0_SIZES for a in ALGORITHMS)
+  # 'yes' only once no size can still show a 'worse'
+  return 'yes' if better >= 2 and complete else 'open'
 
 
 def _seed0_difference(rows: list, algorithm: str, base: str, nodes: int,

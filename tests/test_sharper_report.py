@@ -225,6 +225,9 @@ def test_contrast_verdicts_and_the_default_rule(tmp_path):
   assert got['softmax_at', 'dear', 256] == {'bfs': 'better'}
   # two of three better at n=256, worse nowhere: the protocol's 'yes'
   assert sharper.default_decision(got, 'softmax', 'dear') == 'yes'
+  # ... but not while another size could still show a 'worse'
+  unsure = {**got, ('softmax', 'dear', 64): {'bfs': 'better'}}
+  assert sharper.default_decision(unsure, 'softmax', 'dear') == 'open'
   assert sharper.default_decision(got, 'decay', 'dear') == 'open'
   assert sharper.default_decision(got, 'softmax', 'nar_lt') == 'open'
   # one worse anywhere rules an option out; so do too few better
