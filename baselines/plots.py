@@ -18,13 +18,10 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 from . import stats  # pylint: disable=g-import-not-at-top
 from . import variants  # pylint: disable=g-import-not-at-top
 
-# Each compared model's colour (baselines/variants.py, as loaded).
-COLORS = variants.colours()
-
 
 def _color(model: str, i: int):
   """The variant's own colour, else one that no variant has."""
-  named = variants.colours()
+  named = variants.colours()  # now: a variant may be added after import
   if model in named:
     return named[model]
   free = [c for c in ('tab:brown', 'tab:pink', 'tab:gray', 'tab:olive',
@@ -263,14 +260,13 @@ def by_size(path: str, rows: list, order=()) -> str:
                              (axes[1][j], 'eval_seconds_per_graph', 1e3)):
         at = [[r[key] for r in mine if r['nodes'] == n] for n in sizes]
         xs_all = [n * dodge for n in sizes]
-        ax.plot(xs_all, [scale * np.mean(v) for v in at], '-', color=color,
-                label=m)
-        one = [len(v) == 1 for v in at]
-        for hollow in (False, True):
-          xs = [x for x, o in zip(xs_all, one) if o == hollow]
-          ys = [scale * np.mean(v) for v, o in zip(at, one) if o == hollow]
-          ax.plot(xs, ys, 'o', color=color,
-                  markerfacecolor='white' if hollow else color)
+        means = [scale * np.mean(v) for v in at]
+        ax.plot(xs_all, means, '-', color=color, label=m)
+        for hollow in (False, True):  # hollow: one seed alone
+          pick = [len(v) == 1 for v in at]
+          ax.plot([x for x, o in zip(xs_all, pick) if o == hollow],
+                  [y for y, o in zip(means, pick) if o == hollow], 'o',
+                  color=color, markerfacecolor='white' if hollow else color)
         if key == 'test_score':
           cells = [stats.t_interval(v, bounds=stats.SCORE_BOUNDS) for v in at]
           got = [(x, c) for x, c in zip(xs_all, cells)

@@ -7,7 +7,6 @@ import json
 import math
 import os
 import statistics
-import sys
 
 from .plan import MODELS
 from . import stats
@@ -980,8 +979,7 @@ def study_lines(repo: str = '.', sweep: str = STUDY_SWEEP,
 def _short_verdict(got: stats.Interval) -> str:
   if got.low is None:
     return 'one seed'
-  return {stats.BETTER: 'better', stats.WORSE: 'worse',
-          stats.SAME: 'cannot tell apart'}[got.verdict()]
+  return stats.SAID[got.verdict()]
 
 
 # The seed-0 table's timed models, with their column labels.

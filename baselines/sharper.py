@@ -276,10 +276,9 @@ def _verdict_order(v: str) -> int:
               len(order))
 
 
-def _said(verdict: str, words: dict) -> str:
-  """A verdict as README writes it ('indistinguishable' as 'cannot tell
-  apart')."""
-  for v, w in words.items():
+def _said(verdict: str) -> str:
+  """A verdict as README writes it (stats.SAID), its remark kept."""
+  for v, w in stats.SAID.items():
     if verdict.startswith(v):
       return w + verdict[len(v):]
   return verdict
@@ -320,8 +319,6 @@ def readme_lines(repo: str = '.', out: str = 'results/sharper') -> list:
            'brackets).', '',
            '| option | model | ' + ' | '.join(f'n={n}' for n in sizes)
            + ' |', '|---|---|' + '---|' * len(sizes)]
-  words = {stats.BETTER: 'better', stats.WORSE: 'worse',
-           stats.SAME: 'cannot tell apart'}
   for o, c in CONTRASTS:
     for b in BASES:
       cells = []
@@ -329,7 +326,7 @@ def readme_lines(repo: str = '.', out: str = 'results/sharper') -> list:
         per = verdicts.get((o, b, n), {})
         said = {}  # verdict as written -> algorithms, better first
         for v in sorted(set(per.values()), key=_verdict_order):
-          said[_said(v, words)] = [
+          said[_said(v)] = [
               a + (_seed0_difference(rows, a, b, n, o, c) if v == ONE_SEED
                    else '') for a in sorted(per) if per[a] == v]
         cells.append('; '.join(f'{w}: {", ".join(a)}'

@@ -36,6 +36,8 @@ from scipy import stats as scipy_stats
 LEVEL = 0.95
 BETTER, WORSE, SAME = 'better', 'worse', 'indistinguishable'
 ONE_SEED = 'one seed: cannot tell apart'
+# The verdicts as README's generated blocks write them.
+SAID = {BETTER: 'better', WORSE: 'worse', SAME: 'cannot tell apart'}
 SCORE_BOUNDS = (0.0, 1.0)  # test scores are fractions
 DIFFERENCE_BOUNDS = (-1.0, 1.0)  # and so their differences
 

@@ -11,16 +11,7 @@ common=(--preset=dear10-cpu --out="$out" --quiet --no_memory
         --config.data.extra_test_max_seconds=1800)
 algorithms=(bfs mst_prim dag_shortest_paths)
 n512() {  # ALG MODEL...: seed 0 at n=512 where the control has it (PROTOCOL.md)
-  case $1 in bfs|mst_prim) ;; *) return 0 ;; esac
-  local alg=$1; shift
-  for model in "$@"; do
-    run=$out/runs/$alg/$model/s0
-    if [[ -f $run/results.json && -d $run/checkpoints
-          && ! -f $run/tests/n512.json ]]; then
-      python -m dear_jax.pretrained --model="$run" --n=512 --graphs=16 \
-          --max_seconds=1800 --json="$run/tests/n512.json"
-    fi
-  done
+  STUDY=$out ALGORITHMS=$1 MODELS="${*:2}" bash results/dear10/test_n512.sh
 }
 retest() {  # ALG MODEL SUFFIX --config.KEY=VALUE: the softmax runs re-tested
   for s in 0 1; do
