@@ -31,7 +31,7 @@ seeds together (one program; on Ray, one task).
 
 The parts, in the order they act: baselines.plan (presets + flags -> Plan),
 baselines.protocol (the DIR guard), baselines.executors (the runs),
-baselines.memory (memory column), baselines.report (csv, md),
+baselines.memory (memory column), baselines.rows (csv), baselines.report (md),
 baselines.convergence and baselines.plots (figures).
 
 argparse, not absl: `import clrs` registers absl flags such as `seeds`.
@@ -48,6 +48,7 @@ from . import executors
 from . import plan as plan_lib
 from . import protocol as protocol_lib
 from . import report
+from . import rows as rows_lib
 from . import variants
 from dear_jax import compile_cache
 from dear_jax import profiling
@@ -173,13 +174,13 @@ def write_tables(out: str, dest: str | None = None) -> tuple:
   """results.csv and results.md over every finished run in OUT, written to
   DEST (default OUT); (runs, rows)."""
   dest = out if dest is None else dest
-  runs = report.collect(out)
-  rows = [report.csv_row(r, out) for r in runs]
-  report.write_csv(os.path.join(dest, 'results.csv'), rows)
-  sizes = report.size_rows(runs)
+  runs = rows_lib.collect(out)
+  rows = [rows_lib.csv_row(r, out) for r in runs]
+  rows_lib.write_csv(os.path.join(dest, 'results.csv'), rows)
+  sizes = rows_lib.size_rows(runs)
   if sizes:  # runs tested at further sizes (data.extra_test_lengths)
-    report.write_csv(os.path.join(dest, 'results_by_size.csv'), sizes,
-                     report.SIZE_COLUMNS)
+    rows_lib.write_csv(os.path.join(dest, 'results_by_size.csv'), sizes,
+                     rows_lib.SIZE_COLUMNS)
   with open(os.path.join(out, 'protocol.json')) as f:
     stored = json.load(f)
   report.write_markdown(os.path.join(dest, 'results.md'), rows,
@@ -196,7 +197,7 @@ def write_reports(out: str) -> None:
     written = plots.write_all(os.path.join(out, 'plots'), runs, rows,
                               report.PUBLISHED_TRIPLET_GMPNN,
                               report.PUBLISHED_LABEL, traces, MODELS,
-                              report.size_rows(runs))
+                              rows_lib.size_rows(runs))
   print(f'{len(rows)} runs: {os.path.join(out, "results.csv")}, '
         f'{os.path.join(out, "results.md")}, '
         f'{len(written)} plots in {os.path.join(out, "plots")}')
@@ -208,7 +209,7 @@ def check_out(out: str) -> None:
   from dear_jax import validation  # pylint: disable=g-import-not-at-top
   try:
     validation.check_writable_dir(out, '--out')
-    report.collect(out)
+    rows_lib.collect(out)
   except ValueError as e:
     raise CompareError(str(e)) from None
 

@@ -236,7 +236,7 @@ def ray_stack_task(plan: Plan, algorithm: str, model: str, seeds: list,
 
 def write_files(out: str, run: str, files: dict) -> None:
   """A task's files into out. The run folder is assembled beside its place
-  (in a dot-folder report.collect ignores), then swapped in, replacing a
+  (in a dot-folder rows.collect ignores), then swapped in, replacing a
   partial one: a driver killed meanwhile leaves an unfinished run, never a
   half-written one."""
   parent, name = os.path.split(os.path.join(out, run))

@@ -242,7 +242,7 @@ def by_size(path: str, rows: list, order=()) -> str:
   official test and data.extra_test_lengths), one line per model, means
   over seeds; the scores with their 95 % t interval over seeds as bars, and
   a hollow marker where one seed alone was tested; `rows`:
-  report.size_rows."""
+  rows.size_rows."""
   algorithms = sorted({r['algorithm'] for r in rows})
   models = _ordered({r['model'] for r in rows}, order)
   fig, axes = plt.subplots(2, len(algorithms),

@@ -1,18 +1,16 @@
-"""DIR/results.csv and DIR/results.md from the finished runs in DIR/runs."""
+"""DIR/results.md (and, through rows, DIR/results.csv) from the finished
+runs in DIR/runs: per-algorithm tables, paired differences with their
+intervals, the fixed-point goals and the study's goals."""
 
 from __future__ import annotations
 
-import csv
-import json
-import math
-import os
 import statistics
 
 from .plan import MODELS
+from .rows import by_seed, mean_std, number
 from . import stats
 from . import variants
 from .protocol import hardware_lines
-from dear_jax.results import REQUIRED_KEYS, read_json
 
 # Published single-task Triplet-GMPNN OOD test scores (%, n=64, 10 seeds):
 # Ibarz et al. 2022, "A Generalist Neural Algorithmic Learner" (arXiv
@@ -59,188 +57,6 @@ PUBLISHED_LABEL = 'Triplet-GMPNN (Ibarz et al. 2022)'
 FIXED_POINT_GOALS = dict(converged=0.99, distance=0.05, spread=0.5)
 DEAR_MODELS = tuple(n for n, v in variants.VARIANTS.items() if v.kind == 'dear')
 STEPWISE_MODELS = ('nar_nohint', 'nar_lt', 'nar', 'clrs_official')
-
-CSV_COLUMNS = ('algorithm', 'model', 'seed', 'test_score', 'val_score',
-               'train_seconds', 'train_steps_per_second',
-               'eval_seconds_per_graph', 'eval_cpu_seconds_per_graph',
-               'eval_load_average', 'solver_iters_mean',
-               'algo_steps_mean', 'memory_mb', 'nonconverged_fraction',
-               'fixed_point_distance_mean', 'score_by_tol_spread',
-               'spectral_radius_mean', 'checked_graphs', 'final_train_loss',
-               'hardware')
-
-
-def _number(x):
-  if x is None:
-    return None
-  try:
-    x = float(x)
-  except (TypeError, ValueError):
-    return None
-  return x if math.isfinite(x) else None
-
-
-_CACHE_HINT = 'delete it (a cache, measured again)'
-
-
-def collect(out: str) -> list:
-  """Every finished run in OUT/runs, as (algorithm, model, seed, results)."""
-  rows = []
-  root = os.path.join(out, 'runs')
-  if not os.path.isdir(root):
-    return rows
-  for algorithm in sorted(os.listdir(root)):
-    for model in os.listdir(os.path.join(root, algorithm)):
-      mdir = os.path.join(root, algorithm, model)
-      if not os.path.isdir(mdir):
-        continue
-      for sdir in os.listdir(mdir):
-        path = os.path.join(mdir, sdir, 'results.json')
-        if sdir.startswith('s') and os.path.exists(path):
-          results = read_json(path, REQUIRED_KEYS, 'delete it to train that '
-                              'run again (its checkpoints resume it)')
-          rows.append(dict(algorithm=algorithm, model=model,
-                           seed=int(sdir[1:]), results=results,
-                           run_dir=os.path.join(mdir, sdir)))
-  order = {m: i for i, m in enumerate(MODELS)}
-  rows.sort(key=lambda r: (r['algorithm'], order.get(r['model'], 99),
-                           r['seed']))
-  return rows
-
-
-def final_train_loss(loss_curve) -> float | None:
-  """Median training loss over the last tenth of the logged steps (at least
-  one): the level a run ended at, neither one step's noise nor a spike's."""
-  losses = [_number(p[1]) for p in (loss_curve or [])]
-  losses = [x for x in losses if x is not None]
-  if not losses:
-    return None
-  return statistics.median(losses[-max(1, len(losses) // 10):])
-
-
-def eval_seconds(entry: dict, graphs: int, batch_size: int | None,
-                 model: str | None) -> float:
-  """A test's time per graph. A Flax model's test timed before its warm-up
-  was waited for (no 'eval_warmup_waited') timed the warm-up's batch with
-  its own, since JAX dispatches asynchronously: its first batch twice. It
-  is taken as measured x B / (B + 1), B its batches: exact for one batch
-  (the same work twice), off by that batch's difference from the mean
-  batch otherwise. dm-clrs's BaselineModel always waited."""
-  t = entry['eval_seconds_per_graph']
-  if (entry.get('eval_warmup_waited') or model == 'clrs_official' or
-      not batch_size or not graphs):
-    return t
-  batches = -(-int(graphs) // int(batch_size))
-  return t * batches / (batches + 1)
-
-
-def _test_seconds(r: dict) -> float:
-  """`eval_seconds` of a results.json's official test (its graphs per batch
-  from the run's stored config)."""
-  config = r.get('config')
-  batch_size = ((config.get('data') or {}).get('eval_batch_size')
-                if isinstance(config, dict) else None)
-  return eval_seconds(r, r['test_graphs'], batch_size, r.get('model'))
-
-
-def csv_row(run: dict, out: str) -> dict:
-  r = run['results']
-  mem_path = os.path.join(out, 'runs', run['algorithm'], run['model'],
-                          'memory.json')
-  memory = (read_json(mem_path, ('train_step_memory_mb',), _CACHE_HINT) or
-            {}).get('train_step_memory_mb')
-  return dict(algorithm=run['algorithm'], model=run['model'],
-              seed=run['seed'], test_score=r['test_score'],
-              val_score=r['val_score'], train_seconds=r['train_seconds'],
-              train_steps_per_second=r['train_steps_per_second'],
-              eval_seconds_per_graph=_test_seconds(r),
-              eval_cpu_seconds_per_graph=r.get('eval_cpu_seconds_per_graph'),
-              eval_load_average=r.get('eval_load_average'),
-              solver_iters_mean=r.get('solver_iters_mean'),
-              algo_steps_mean=r['algo_steps_mean'], memory_mb=memory,
-              nonconverged_fraction=r.get('nonconverged_fraction'),
-              fixed_point_distance_mean=r.get('fixed_point_distance_mean'),
-              score_by_tol_spread=r.get('score_by_tol_spread'),
-              spectral_radius_mean=r.get('spectral_radius_mean'),
-              checked_graphs=len(r.get('fixed_point_distance') or []) or None,
-              final_train_loss=final_train_loss(r.get('loss_curve')),
-              hardware=r.get('hardware', ''))
-
-
-def write_csv(path: str, rows: list, columns=CSV_COLUMNS) -> None:
-  with open(path, 'w', newline='') as f:
-    w = csv.DictWriter(f, fieldnames=columns)
-    w.writeheader()
-    for row in rows:
-      w.writerow({k: ('' if _number(v) is None and k not in
-                      ('algorithm', 'model', 'hardware') else v)
-                  for k, v in row.items() if k in columns})
-
-
-# results_by_size.csv: one row per run and test size, the official test
-# (n=64) and each of data.extra_test_lengths, for the runs that have those.
-SIZE_COLUMNS = ('algorithm', 'model', 'seed', 'nodes', 'graphs',
-                'graphs_planned', 'batch_size',
-                'test_score', 'eval_seconds_per_graph',
-                'eval_cpu_seconds_per_graph', 'eval_load_average',
-                'solver_iters_mean', 'nonconverged_fraction', 'nar_steps_mean',
-                'nar_cap_hit_fraction', 'algo_steps_mean', 'hardware')
-_SIZE_KEYS = ('eval_cpu_seconds_per_graph', 'eval_load_average',
-              'solver_iters_mean', 'nonconverged_fraction', 'nar_steps_mean',
-              'nar_cap_hit_fraction', 'algo_steps_mean')
-
-
-# A run tested after training at a further size
-# (`python -m dear_jax.pretrained --model=RUN --n=N --json=RUN/tests/nN.json`).
-LATER_TESTS = 'tests'
-
-
-def later_tests(run_dir: str) -> list:
-  """The test entries in RUN/tests/*.json, by n."""
-  folder = os.path.join(run_dir, LATER_TESTS)
-  if not os.path.isdir(folder):
-    return []
-  out = [read_json(os.path.join(folder, f), ('nodes', 'graphs', 'score',
-                                             'eval_seconds_per_graph'),
-                   'test that size again to rewrite it')
-         for f in sorted(os.listdir(folder)) if f.endswith('.json')]
-  return sorted((e for e in out if e.get('split', 'test') == 'test'),
-                key=lambda e: e['nodes'])
-
-
-def size_rows(runs: list) -> list:
-  """Per run with results.json 'extra_tests' or later tests (`later_tests`):
-  its official test and each further size as rows of SIZE_COLUMNS (and the
-  per-graph scores, which the CSV leaves out), by n; a size the run tested
-  itself is not taken again from a later test."""
-  out = []
-  for run in runs:
-    r = run['results']
-    extra = list(r.get('extra_tests', {}).values())
-    done = {e['nodes'] for e in extra} | {r.get('test_nodes')}
-    extra += [e for e in later_tests(run.get('run_dir', ''))
-              if e['nodes'] not in done]
-    if not extra:
-      continue
-    base = dict(algorithm=run['algorithm'], model=run['model'],
-                seed=run['seed'], hardware=r.get('hardware', ''))
-    tests = [dict(nodes=r.get('test_nodes'), graphs=r.get('test_graphs'),
-                  graphs_planned=None, batch_size=None,
-                  test_score=r['test_score'],
-                  eval_seconds_per_graph=_test_seconds(r),
-                  graph_scores=r.get('test_graph_scores'),
-                  **{k: r.get(k) for k in _SIZE_KEYS})]
-    tests += [dict(nodes=e['nodes'], graphs=e['graphs'],
-                   graphs_planned=e.get('graphs_planned'),
-                   batch_size=e.get('batch_size'), test_score=e['score'],
-                   eval_seconds_per_graph=eval_seconds(
-                       e, e['graphs'], e.get('batch_size'), r.get('model')),
-                   graph_scores=e.get('graph_scores'),
-                   **{k: e.get(k) for k in _SIZE_KEYS},
-                   **({'hardware': e['hardware']} if 'hardware' in e else {}))
-              for e in extra]
-    out += [dict(base, **t) for t in sorted(tests, key=lambda t: t['nodes'])]
-  return out
 
 
 def _size_table(rows: list, models: list, title: str, note: str,
@@ -301,7 +117,7 @@ def _size_interval_lines(rows: list, models: list) -> list:
 
   def cell(at):
     if len(at) > 1:
-      got = stats.score_interval([_number(r['test_score']) for r in at])
+      got = stats.score_interval([number(r['test_score']) for r in at])
       return f'{got.format(100)} (n={got.n})'
     if at[0].get('graph_scores'):
       got = stats.graph_interval(at[0]['graph_scores'])
@@ -330,7 +146,7 @@ def _size_differences(rows: list, dear: str, base: str, n: int) -> dict:
   for a in sorted({r['algorithm'] for r in at}):
     mine = {m: {r['seed']: r for r in at
                 if r['algorithm'] == a and r['model'] == m
-                and _number(r['test_score']) is not None}
+                and number(r['test_score']) is not None}
             for m in (dear, base)}
     x, y = {}, {}
     for seed in set(mine[dear]) & set(mine[base]):
@@ -346,7 +162,7 @@ def _on_shared_graphs(one: dict, other: dict) -> tuple:
   _size_differences)."""
   if one.get('graphs') == other.get('graphs') or not (
       one.get('graph_scores') and other.get('graph_scores')):
-    return _number(one['test_score']), _number(other['test_score'])
+    return number(one['test_score']), number(other['test_score'])
   g = min(len(one['graph_scores']), len(other['graph_scores']))
   return (statistics.fmean(one['graph_scores'][:g]),
           statistics.fmean(other['graph_scores'][:g]))
@@ -392,7 +208,7 @@ GOAL_TIME_AT, GOAL_TIME_RATIO = 256, 1 / 3
 GOAL_ALGORITHMS = 10
 
 
-def _goal_lines(rows: list) -> list:
+def goal_lines(rows: list) -> list:
   """Whether the study's goals are met, from the runs measured so far."""
   if not rows or not any(r['model'] == GOAL_DEAR for r in rows):
     return []
@@ -437,7 +253,7 @@ def _goal_lines(rows: list) -> list:
     # CPU seconds where every run recorded them (other jobs on the machine
     # stretch the wall time far more), else wall seconds
     key, clock = (('eval_cpu_seconds_per_graph', 'CPU') if all(
-        _number(r.get('eval_cpu_seconds_per_graph')) for r in big + base_big)
+        number(r.get('eval_cpu_seconds_per_graph')) for r in big + base_big)
                   else ('eval_seconds_per_graph', 'wall'))
     ratio = (mean_std([r[key] for r in big])[0] /
              mean_std([r[key] for r in base_big])[0])
@@ -452,19 +268,6 @@ def _goal_lines(rows: list) -> list:
          else '') + '.')
   return lines
 
-
-def mean_std(values: list):
-  """(mean, sample std or None for one value, n) of the finite values."""
-  vals = [v for v in (_number(x) for x in values) if v is not None]
-  if not vals:
-    return None, None, 0
-  n = len(vals)
-  mean = sum(vals) / n
-  std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1)) if n > 1 \
-      else None
-  return mean, std, n
-
-
 def _fmt(mean, std, n, scale=1.0, digits=1):
   if mean is None:
     return '–'
@@ -472,12 +275,6 @@ def _fmt(mean, std, n, scale=1.0, digits=1):
   if std is not None:
     s += f' ± {scale * std:.{digits}f}'
   return s + (f' (n={n})' if n != 1 else ' (n=1)')
-
-
-def _by_seed(rows: list, algorithm: str, model: str, metric: str) -> dict:
-  return {r['seed']: _number(r[metric]) for r in rows
-          if r['algorithm'] == algorithm and r['model'] == model
-          and _number(r[metric]) is not None}
 
 
 def _verdict_counts(diffs: list) -> str:
@@ -500,8 +297,8 @@ def _head_to_head_lines(rows: list, models: list) -> list:
   for d in dears:
     for b in bases:
       for a in algorithms:
-        got = stats.paired_difference(_by_seed(rows, a, d, 'test_score'),
-                                      _by_seed(rows, a, b, 'test_score'))
+        got = stats.paired_difference(by_seed(rows, a, d, 'test_score'),
+                                      by_seed(rows, a, b, 'test_score'))
         if got is not None:
           diff[d, b, a] = got
   lines = ['', '## DEAR against the stepwise baselines', '',
@@ -526,8 +323,8 @@ def _head_to_head_lines(rows: list, models: list) -> list:
         continue
       per_algorithm = {}
       for a in algorithms:
-        x = _by_seed(rows, a, d, 'test_score')
-        y = _by_seed(rows, a, b, 'test_score')
+        x = by_seed(rows, a, d, 'test_score')
+        y = by_seed(rows, a, b, 'test_score')
         shared = sorted(set(x) & set(y))
         if shared:
           per_algorithm[a] = [x[s] - y[s] for s in shared]
@@ -574,8 +371,8 @@ def _parts_lines(rows: list, models: list) -> list:
       cells = []
       seeds = None
       for metric, _, scale, fmt in PART_METRICS:
-        x = _by_seed(rows, a, 'dear', metric)
-        y = _by_seed(rows, a, part, metric)
+        x = by_seed(rows, a, 'dear', metric)
+        y = by_seed(rows, a, part, metric)
         shared = sorted(set(x) & set(y))
         if metric == 'test_score':
           seeds = shared
@@ -586,8 +383,8 @@ def _parts_lines(rows: list, models: list) -> list:
         my = scale * sum(y[s] for s in shared) / len(shared)
         cells.append(f'{fmt.format(mx)} → {fmt.format(my)}')
       if seeds:
-        diff = stats.paired_difference(_by_seed(rows, a, part, 'test_score'),
-                                       _by_seed(rows, a, 'dear', 'test_score'))
+        diff = stats.paired_difference(by_seed(rows, a, part, 'test_score'),
+                                       by_seed(rows, a, 'dear', 'test_score'))
         cells.insert(1, f'{diff.format(100, signed=True)} (n={diff.n}, '
                      f'{diff.verdict()})')
         out.append(f'| {a} | `{part}` | {len(seeds)} | ' + ' | '.join(cells)
@@ -676,7 +473,7 @@ def _hardware_line(info: dict, rows: list) -> str:
 
 def write_markdown(path: str, rows: list, info: dict, protocol: dict,
                    sizes: list = ()) -> None:
-  """results.md; `sizes`: `size_rows` of the runs (its section when any)."""
+  """results.md; `sizes`: `rows.size_rows` of the runs (its section if any)."""
   algorithms = sorted({r['algorithm'] for r in rows})
   present = {r['model'] for r in rows}
   models = [m for m in MODELS if m in present] + sorted(present - set(MODELS))
@@ -707,7 +504,7 @@ def write_markdown(path: str, rows: list, info: dict, protocol: dict,
   test = {}
   for a in algorithms:
     for m in models:
-      cell = stats.score_interval([_number(r['test_score']) for r in rows
+      cell = stats.score_interval([number(r['test_score']) for r in rows
                                    if r['algorithm'] == a and r['model'] == m])
       test[a, m] = '–' if cell is None else f'{cell.format(100)} (n={cell.n})'
   for a in algorithms:
@@ -718,7 +515,7 @@ def write_markdown(path: str, rows: list, info: dict, protocol: dict,
   lines += _head_to_head_lines(rows, models)
   lines += _fixed_point_goal_lines(rows, models)
   lines += _parts_lines(rows, models)
-  lines += _goal_lines(list(sizes))
+  lines += goal_lines(list(sizes))
   lines += _size_lines(list(sizes), models)
   lines += _size_interval_lines(list(sizes), models)
   lines += _size_head_to_head_lines(list(sizes), models)
@@ -774,241 +571,3 @@ def write_markdown(path: str, rows: list, info: dict, protocol: dict,
   with open(path, 'w') as f:
     f.write('\n'.join(lines) + '\n')
 
-
-# The lines of README.md's and docs/dear10-cpu.md's generated blocks
-# (baselines/readme.py writes them there; tests check that the committed
-# files are what this code writes).
-SUMMARY_SWEEP = 'results/dear10-cpu'
-QUICKSTART_RUN = 'results/default_command/current/results.json'
-# What results.json cannot say about that run: the load on its machine
-# (results/default_command/README.md). Update it when the run is re-recorded.
-QUICKSTART_LOAD = 'shared with other jobs'
-SUMMARY_DEAR, SUMMARY_BASELINE = 'dear', 'nar_nohint'
-
-
-def _sweep_rows(repo: str, sweep: str) -> list:
-  """The rows of a committed sweep's results.csv (strings, as written)."""
-  with open(os.path.join(repo, sweep, 'results.csv')) as f:
-    return list(csv.DictReader(f))
-
-
-def _find_key(tree, key: str):
-  """The first value of `key` anywhere in a nested dict (None if absent):
-  protocol.json's layout of a model's settings may nest sections."""
-  if isinstance(tree, dict):
-    if key in tree:
-      return tree[key]
-    for v in tree.values():
-      got = _find_key(v, key)
-      if got is not None:
-        return got
-  return None
-
-
-def machine(hardware: str) -> str:
-  """A run's hardware line (profiling.hardware_line) in neutral words:
-  'a 2-core CPU', or 'a GPU' where jax's devices were GPUs."""
-  import re  # pylint: disable=g-import-not-at-top
-  devices = (hardware or '').partition(' devices ')[2]
-  if re.search(r'cuda|gpu|rocm', devices, re.I):
-    return 'a GPU'
-  cores = re.search(r'(\d+) CPU cores', hardware or '')
-  return f'a {cores.group(1)}-core CPU' if cores else 'a CPU'
-
-
-def quickstart_lines(repo: str = '.') -> list:
-  """Quick start's figures, read from the recorded run of the default
-  command (results/default_command/current/results.json)."""
-  with open(os.path.join(repo, QUICKSTART_RUN)) as f:
-    r = json.load(f)
-  converged = 100 * (1 - r['nonconverged_fraction'])
-  minutes = r['train_seconds'] / 60
-  return [
-      f'The recorded run of this command (`{QUICKSTART_RUN}`, seed '
-      f'{r["seed"]}): test score **{r["test_score"]:.3f}** on the official '
-      f'out-of-distribution test ({r["test_graphs"]} graphs of '
-      f'{r["test_nodes"]} nodes; validation {r["val_score"]:.3f} at the '
-      f'training sizes), {r["solver_iters_mean"]:.1f} solver iterations per '
-      f'test graph against {r["algo_steps_mean"]:.1f} true BFS steps, '
-      f'{converged:.0f} % of test graphs converged. Its {r["train_steps"]} '
-      f'training steps took {minutes:.1f} min ({r["train_steps_per_second"]:.2f}'
-      f' steps/s) on {machine(r["hardware"])} {QUICKSTART_LOAD}; '
-      'compiling, validation and the fixed-point checks add a few minutes.']
-
-
-def summary_lines(repo: str = '.', sweep: str = SUMMARY_SWEEP,
-                  dear: str = SUMMARY_DEAR,
-                  baseline: str = SUMMARY_BASELINE) -> list:
-  """docs/dear10-cpu.md's summary from SWEEP/results.csv: DEAR minus the no-hint
-  NAR per algorithm, paired by seed, with 95 % t intervals and verdicts, the
-  mean over algorithms with its Welch t interval, and one sentence that
-  counts the verdicts (baselines/stats.py)."""
-  rows = _sweep_rows(repo, sweep)
-  with open(os.path.join(repo, sweep, 'protocol.json')) as f:
-    protocol = json.load(f)['protocol']
-  penalty = _find_key(protocol['models'].get(dear, {}), 'jac_reg_weight')
-  algorithms = sorted({r['algorithm'] for r in rows})
-  table, per_algorithm = [], {}
-  for a in algorithms:
-    x, y = _by_seed(rows, a, dear, 'test_score'), _by_seed(rows, a, baseline,
-                                                           'test_score')
-    diff = stats.paired_difference(x, y)
-    if diff is None:
-      continue
-    shared = sorted(set(x) & set(y))
-    per_algorithm[a] = [x[s] - y[s] for s in shared]
-    mean = lambda v, s=shared: 100 * sum(v[k] for k in s) / len(s)
-    table.append((a, diff, f'| {a} | {len(shared)} | {mean(x):.1f} | '
-                  f'{mean(y):.1f} | {diff.format(100, signed=True)} | '
-                  f'{diff.verdict()} |'))
-  overall = stats.mean_over_groups(per_algorithm)
-  counts = {v: sum(d.verdict() == v for _, d, _ in table)
-            for v in (stats.SAME, stats.BETTER, stats.WORSE, stats.ONE_SEED)}
-  k = len(table)
-  seeds = sorted({d.n for _, d, _ in table})
-  seed_words = ' or '.join(map(str, seeds))
-  setting = (f' (`dear.jac_reg_weight={penalty:g}`)' if penalty is not None
-             else '')
-  lines = [
-      f'DEAR-10 on the CPU ([`{sweep}/`]({sweep}/results.md)): '
-      f'{protocol["train_steps"]} training steps, the official OOD test '
-      f'(n = 64), every model on the same training stream per seed. '
-      f'`{dear}`{setting} minus the stepwise NAR without hints '
-      f'(`{baseline}`), test score in points, paired by seed: mean '
-      '[95 % t interval]; *indistinguishable* where the interval contains 0.',
-      '',
-      '| algorithm | seeds | DEAR (%) | no-hint NAR (%) | DEAR − NAR | '
-      'verdict |', '|---|---|---|---|---|---|']
-  lines += [line for _, _, line in table]
-  if overall is not None:
-    if overall.low is None:
-      verdict = 'no interval (an algorithm has one seed)'
-    else:
-      verdict = {stats.BETTER: 'DEAR higher', stats.WORSE: 'DEAR lower',
-                 stats.SAME: 'indistinguishable'}[overall.verdict()]
-    lines.append(f'| mean over the {len(per_algorithm)} algorithms '
-                 f'(Welch t) | | | | {overall.format(100, signed=True)} | '
-                 f'{verdict} |')
-  told = (f'With {seed_words} seeds per algorithm the two cannot be told '
-          f'apart on {counts[stats.SAME]} of {k} algorithms')
-  others = [f'DEAR is higher on {counts[stats.BETTER]}'
-            if counts[stats.BETTER] else '',
-            f'lower on {counts[stats.WORSE]}' if counts[stats.WORSE] else '',
-            f'{counts[stats.ONE_SEED]} have one seed only'
-            if counts[stats.ONE_SEED] else '']
-  others = [o for o in others if o]
-  sentence = told + ('; ' + ', '.join(others) if others else '') + '.'
-  if overall is not None and overall.low is not None:
-    sentence += (f' Over the {len(per_algorithm)} algorithms DEAR scores '
-                 f'{abs(100 * overall.mean):.1f} points '
-                 f'{"below" if overall.mean < 0 else "above"} the no-hint '
-                 f'NAR on average, an interval that '
-                 + ('excludes 0' if overall.verdict() != stats.SAME
-                    else 'contains 0') + '.')
-  return lines + ['', sentence]
-
-
-STUDY_SWEEP = 'results/dear10'
-STUDY_BASELINES = ('nar_lt', 'nar_nohint')
-
-
-def study_lines(repo: str = '.', sweep: str = STUDY_SWEEP,
-                dear: str = GOAL_DEAR,
-                baselines: tuple = STUDY_BASELINES) -> list:
-  """README's summary of the study (SWEEP, its protocol fixed before the
-  runs) as far as it has run: per algorithm `dear` minus each stepwise model
-  that is told no step count or is, paired by seed, with 95 % t intervals
-  and verdicts; the mean over algorithms; and the protocol's goals."""
-  rows = _sweep_rows(repo, sweep)
-  runs = collect(os.path.join(repo, sweep))
-  models = (dear,) + tuple(baselines)
-  algorithms = sorted({r['algorithm'] for r in rows if r['model'] == dear})
-  head = ['| algorithm | ' + ' | '.join(f'`{m}` (%)' for m in models) + ' | '
-          + ' | '.join(f'`{dear}` − `{b}`' for b in baselines) + ' |',
-          '|---|' + '---|' * (len(models) + len(baselines))]
-  table, per_base = [], {b: {} for b in baselines}
-  for a in algorithms:
-    cells = []
-    for m in models:
-      got = list(_by_seed(rows, a, m, 'test_score').values())
-      cells.append(f'{100 * sum(got) / len(got):.1f} (n={len(got)})' if got
-                   else '–')
-    for b in baselines:
-      x, y = (_by_seed(rows, a, dear, 'test_score'),
-              _by_seed(rows, a, b, 'test_score'))
-      diff = stats.paired_difference(x, y)
-      if diff is None:
-        cells.append('–')
-        continue
-      per_base[b][a] = [x[s] - y[s] for s in sorted(set(x) & set(y))]
-      cells.append(f'{diff.format(100, signed=True)} '
-                   f'({_short_verdict(diff)})')
-    table.append(f'| {a} | ' + ' | '.join(cells) + ' |')
-  means = []
-  for b in baselines:
-    got = stats.mean_over_groups(per_base[b])
-    if got is None:
-      means.append('–')
-    elif got.low is None:
-      means.append(f'{100 * got.mean:+.1f} over {got.n} (no interval: an '
-                   'algorithm has one shared seed)')
-    else:
-      means.append(f'{got.format(100, signed=True)} over {got.n} '
-                   f'({_short_verdict(got)})')
-  table.append('| mean over the algorithms so far (Welch t) | '
-               + ' | ' * len(models) + ' | '.join(means) + ' |')
-  lines = [
-      f'The DEAR-10 study ([`{sweep}/`]({sweep}/results.md); protocol '
-      f'fixed before its runs: [PROTOCOL.md]({sweep}/PROTOCOL.md)), so far '
-      f'{len(rows)} runs on {len(algorithms)} of {GOAL_ALGORITHMS} '
-      'algorithms: 1000 training steps, seeds 0-2, every model on the same '
-      'training stream per seed, the official OOD test (n = 64). '
-      f'`{dear}` is told no step count, nor is `nar_lt` (it learns when to '
-      'stop); `nar_nohint` runs for the true one. Test score (%, mean over '
-      'n seeds) and `dear` minus each, in points, paired by seed: mean '
-      '[95 % t interval] (better / worse where the interval excludes 0, '
-      'else cannot tell apart; one shared seed gives no interval).', '']
-  lines += head + table
-  goals = _goal_lines(size_rows(runs))
-  if goals:
-    lines += ['', 'The protocol\'s goals, so far:', '']
-    lines += [l for l in goals if l.startswith('- ')]
-  return lines
-
-
-def _short_verdict(got: stats.Interval) -> str:
-  if got.low is None:
-    return 'one seed'
-  return stats.SAID[got.verdict()]
-
-
-# The seed-0 table's timed models, with their column labels.
-SEED0_TIMED = {'dear': 'DEAR', 'nar_nohint': 'no-hint NAR',
-               'nar': 'NAR, hints', 'clrs_official': 'official'}
-
-
-def seed0_lines(repo: str = '.', sweep: str = SUMMARY_SWEEP) -> list:
-  """docs/dear10-cpu.md's seed-0 table from SWEEP/results.csv: DEAR's
-  iterations against the true steps, its converged share and distance to
-  H*, and each model's time per test graph (`eval_seconds`)."""
-  rows = {(r['algorithm'], r['model']): r for r in _sweep_rows(repo, sweep)
-          if r['seed'] == '0'}
-  number = lambda r, k: _number(r.get(k)) if r else None
-
-  def ms(algorithm, model):
-    t = number(rows.get((algorithm, model)), 'eval_seconds_per_graph')
-    return '–' if t is None else f'{1e3 * t:.0f}'
-
-  lines = ['| algorithm | DEAR iterations / true steps | DEAR converged | '
-           'DEAR distance to H\\* | ms per test graph: ' +
-           ' / '.join(SEED0_TIMED.values()) + ' |',
-           '|---|---|---|---|---|']
-  for a in sorted({a for a, m in rows if m == SUMMARY_DEAR}):
-    d = rows[(a, SUMMARY_DEAR)]
-    lines.append(
-        f'| {a} | {number(d, "solver_iters_mean"):.1f} / '
-        f'{number(d, "algo_steps_mean"):.1f} | '
-        f'{100 * (1 - number(d, "nonconverged_fraction")):.1f} % | '
-        f'{number(d, "fixed_point_distance_mean"):.4f} | '
-        + ' / '.join(ms(a, m) for m in SEED0_TIMED) + ' |')
-  return lines

@@ -18,7 +18,7 @@ import csv
 import os
 import sys
 
-from . import report
+from . import rows as rows_lib
 from . import stats
 
 BASES = ('dear', 'nar_lt')
@@ -58,15 +58,15 @@ def gather(out: str, control: str, seeds=None) -> list:
   the seeds OUT has). A re-test's row holds its paired difference over the
   test graphs against the run it re-tested (graph_diff_*)."""
   variants = _variants()
-  mine = [r for r in report.collect(out) if r['model'] in variants
+  mine = [r for r in rows_lib.collect(out) if r['model'] in variants
           and variants[r['model']][1] != 'control']
   algorithms = {r['algorithm'] for r in mine}
   seeds = set(seeds) if seeds is not None else {r['seed'] for r in mine}
-  controls = [r for r in report.collect(control) if r['model'] in BASES
+  controls = [r for r in rows_lib.collect(control) if r['model'] in BASES
               and r['algorithm'] in algorithms]
   runs = [r for r in mine + controls if r['seed'] in seeds]
   by_key = {(r['algorithm'], r['model'], r['seed']): r for r in runs}
-  sizes = report.size_rows(runs)  # later tests (n=512) included
+  sizes = rows_lib.size_rows(runs)  # later tests (n=512) included
   graph_scores = {(s['algorithm'], s['model'], s['seed'], s['nodes']):
                   s['graph_scores'] for s in sizes}
   rows = []
@@ -182,7 +182,7 @@ def table_lines(rows: list) -> list:
       out = []
       for o in options:
         per = list(cells.get(o, {}).values())
-        mean = lambda k, per=per: report.mean_std([r[k] for r in per])[0]
+        mean = lambda k, per=per: rows_lib.mean_std([r[k] for r in per])[0]
         it, nc, fp = (mean('solver_iters_mean'),
                       mean('nonconverged_fraction'),
                       mean('fixed_point_distance_mean'))
@@ -384,7 +384,7 @@ def main(argv=None) -> int:
     if args.control is None:
       print('error: give --control=FOLDER (or --from_csv)', file=sys.stderr)
       return 2
-    report.write_csv(path, gather(args.out, args.control), COLUMNS)
+    rows_lib.write_csv(path, gather(args.out, args.control), COLUMNS)
   if not os.path.exists(path):
     print(f'error: {path} not found; run without --from_csv first',
           file=sys.stderr)

@@ -45,12 +45,12 @@ SHARPER, SHARPER_CONTROL = 'results/sharper', 'results/dear10'
 def test_sharper_tables_are_rederived_from_the_run_folders(tmp_path):
   """sharper.csv is what baselines.sharper gathers from the study's run
   folders and its controls', and sharper.md what it writes from that CSV."""
-  from baselines import report, sharper  # pylint: disable=g-import-not-at-top
+  from baselines import rows as rows_lib, sharper  # pylint: disable=g-import-not-at-top
   out = os.path.join(REPO, SHARPER)
   if not os.path.exists(os.path.join(out, 'sharper.csv')):
     pytest.skip('no sharper run has landed yet')
   again = tmp_path / 'sharper.csv'
-  report.write_csv(str(again), sharper.gather(
+  rows_lib.write_csv(str(again), sharper.gather(
       out, os.path.join(REPO, SHARPER_CONTROL)), sharper.COLUMNS)
   hint = (f'run python -m baselines.sharper --out={SHARPER} '
           f'--control={SHARPER_CONTROL}')

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from baselines import compare, convergence, protocol, report
+from baselines import rows as rows_lib
 from baselines import plan as plan_lib
 from conftest import tiny_config
 from dear_jax import loop, profiling, progress, run_config
@@ -153,7 +154,7 @@ def test_outputs(finished):
   with open(out / 'results.csv') as f:
     rows = list(csv.DictReader(f))
   assert [r['model'] for r in rows] == list(MODELS)  # one row per run
-  assert tuple(rows[0]) == report.CSV_COLUMNS
+  assert tuple(rows[0]) == rows_lib.CSV_COLUMNS
   for r in rows:
     assert (r['algorithm'], r['seed']) == ('bfs', '0')
     assert float(r['test_score']) == _results(out, r['model'])['test_score']
@@ -401,11 +402,11 @@ def test_parts_table_compares_each_part_with_plain_dear_on_shared_seeds():
                   'seed: cannot tell apart) | 0.2000 → 0.0500 '
                   '| 0.001 → 0.200 | 18.0 → 16.0 | 1.50 → 1.00 |']
   assert report._parts_lines(rows, ['dear', 'nar']) == []  # pylint: disable=protected-access
-  assert report.final_train_loss([[s, float(s)] for s in range(1, 21)]) == (
+  assert rows_lib.final_train_loss([[s, float(s)] for s in range(1, 21)]) == (
       pytest.approx(19.5))  # the last 2 of 20 steps
   spiky = [[s, 1.0] for s in range(1, 28)] + [[28, 1e3], [29, 3.0], [30, 1.0]]
-  assert report.final_train_loss(spiky) == 3.0  # median of 1000, 3, 1; their mean 334.7
-  assert report.final_train_loss([]) is None
+  assert rows_lib.final_train_loss(spiky) == 3.0  # median of 1000, 3, 1; their mean 334.7
+  assert rows_lib.final_train_loss([]) is None
 
 
 def test_convergence_plot_shows_trace(finished):

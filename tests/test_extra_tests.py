@@ -212,19 +212,19 @@ def test_a_timed_set_is_compiled_and_waited_for_before_its_pass(tmp_path):
 
 
 def test_a_time_from_before_the_waited_warm_up_counts_its_batch_once():
-  """report.eval_seconds: a Flax model's test without 'eval_warmup_waited'
+  """rows.eval_seconds: a Flax model's test without 'eval_warmup_waited'
   ran its first batch twice in the timed pass, so its time per graph is
   taken as measured x B / (B + 1); tests that waited, and dm-clrs's model
   (it always waited), are as measured."""
-  from baselines import report  # pylint: disable=g-import-not-at-top
+  from baselines import rows as rows_lib  # pylint: disable=g-import-not-at-top
   old = {'eval_seconds_per_graph': 0.3}
-  assert report.eval_seconds(old, 32, 32, 'dear') == pytest.approx(0.15)
-  assert report.eval_seconds(old, 16, 8, 'nar') == pytest.approx(0.2)
-  assert report.eval_seconds(old, 16, 2, 'dear') == pytest.approx(0.3 * 8 / 9)
-  assert report.eval_seconds(old, 2048, 32, 'nar') == pytest.approx(
+  assert rows_lib.eval_seconds(old, 32, 32, 'dear') == pytest.approx(0.15)
+  assert rows_lib.eval_seconds(old, 16, 8, 'nar') == pytest.approx(0.2)
+  assert rows_lib.eval_seconds(old, 16, 2, 'dear') == pytest.approx(0.3 * 8 / 9)
+  assert rows_lib.eval_seconds(old, 2048, 32, 'nar') == pytest.approx(
       0.3 * 64 / 65)
-  assert report.eval_seconds(old, 32, 32, 'clrs_official') == 0.3
-  assert report.eval_seconds(dict(old, eval_warmup_waited=True), 32, 32,
+  assert rows_lib.eval_seconds(old, 32, 32, 'clrs_official') == 0.3
+  assert rows_lib.eval_seconds(dict(old, eval_warmup_waited=True), 32, 32,
                              'dear') == 0.3
 
 
@@ -276,13 +276,13 @@ def test_a_later_test_of_a_run_folder_scores_as_the_run_did(tmp_path):
   """`python -m dear_jax.pretrained --model=RUN --n=N --json=RUN/tests/..`
   against the run's own test at that size; the reports take a later size
   and leave a size the run tested itself to results.json."""
-  from baselines import report  # pylint: disable=g-import-not-at-top
+  from baselines import rows as rows_lib  # pylint: disable=g-import-not-at-top
   from dear_jax import pretrained  # pylint: disable=g-import-not-at-top
   config = _tiny_dear(tmp_path, (6,), 3)
   workdir = tmp_path / 'w'
   results = train.train_and_evaluate(config, str(workdir), 'bfs',
                                      progress=False)
-  tests = workdir / report.LATER_TESTS
+  tests = workdir / rows_lib.LATER_TESTS
   for n in (6, 12):
     assert pretrained.main([f'--model={workdir}', f'--n={n}', '--graphs=3',
                             f'--json={tests}/n{n}.json']) == 0
@@ -293,7 +293,7 @@ def test_a_later_test_of_a_run_folder_scores_as_the_run_did(tmp_path):
     assert later[key] == own[key], key
   run = dict(algorithm='bfs', model='dear', seed=0, run_dir=str(workdir),
              results=json.loads((workdir / 'results.json').read_text()))
-  rows = report.size_rows([run])
+  rows = rows_lib.size_rows([run])
   assert [r['nodes'] for r in rows] == [5, 6, 12]
   at12 = json.loads((tests / 'n12.json').read_text())
   assert rows[2]['test_score'] == at12['score'] and at12['graphs'] == 3
@@ -315,6 +315,7 @@ def test_reports_by_size(tmp_path):
   import csv  # pylint: disable=g-import-not-at-top
   import matplotlib.image  # pylint: disable=g-import-not-at-top
   from baselines import plots, report  # pylint: disable=g-import-not-at-top
+  from baselines import rows as rows_lib  # pylint: disable=g-import-not-at-top
   extra = lambda score, it: {'128': dict(
       nodes=128, graphs=100, batch_size=8, score=score,
       eval_seconds_per_graph=0.008, eval_warmup_waited=True,
@@ -326,14 +327,14 @@ def test_reports_by_size(tmp_path):
           _run('nar_lt', 0, 0.7, extra(0.5, dict(nar_steps_mean=2.0)),
                nar_steps_mean=3.0),
           _run('nar', 0, 0.95)]
-  rows = report.size_rows(runs)
+  rows = rows_lib.size_rows(runs)
   assert [(r['model'], r['seed'], r['nodes']) for r in rows] == [
       ('dear', 0, 64), ('dear', 0, 128), ('dear', 1, 64), ('dear', 1, 128),
       ('nar_lt', 0, 64), ('nar_lt', 0, 128)]
   assert rows[1]['test_score'] == 0.6 and rows[1]['graphs'] == 100
   assert rows[5]['nar_steps_mean'] == 2.0 and rows[4]['nar_steps_mean'] == 3.0
   path = tmp_path / 'by_size.csv'
-  report.write_csv(str(path), rows, report.SIZE_COLUMNS)
+  rows_lib.write_csv(str(path), rows, rows_lib.SIZE_COLUMNS)
   with open(path) as f:
     back = list(csv.DictReader(f))
   assert len(back) == 6 and float(back[3]['solver_iters_mean']) == 14.0
@@ -342,7 +343,7 @@ def test_reports_by_size(tmp_path):
           '50.0 / 8.0 / 13.0 (4.0), n=2 |') in lines
   assert '| bfs | `nar_lt` | 70.0 / 2.0 / 3.0 (3.0) | 50.0 / 8.0 / 2.0 (4.0) |' \
       in lines
-  assert report._size_lines(report.size_rows(runs[3:]), ['nar']) == []  # pylint: disable=protected-access
+  assert report._size_lines(rows_lib.size_rows(runs[3:]), ['nar']) == []  # pylint: disable=protected-access
   png = plots.by_size(str(tmp_path / 'by_size.png'), rows)
   assert matplotlib.image.imread(png).shape[0] > 100
 

@@ -132,7 +132,7 @@ def test_penalty_readme_tables_are_the_committed_runs(seed, first_column):
   assert not wrong, '\n'.join(wrong)
 
 
-# README's generated blocks (baselines/report.py, `--readme`).
+# README's generated blocks (baselines/readme.py).
 
 
 def _readme(name: str = 'README.md') -> str:
@@ -159,9 +159,8 @@ def _scores(folder: str) -> tuple:
 
 
 def test_readme_generated_blocks_are_current():
-  """README's (and docs') blocks are what `python -m baselines.report
-  --readme` writes from the committed results: rerun it after the results
-  change."""
+  """README's (and docs') blocks are what `python -m baselines.readme`
+  writes from the committed results: rerun it after the results change."""
   files = readme.generated_files(REPO)
   assert set(files) == {'README.md', DOC}
   for name, blocks in files.items():
@@ -267,7 +266,7 @@ def test_readme_summary_is_the_paired_t_intervals_of_results_csv():
 
 
 def test_readme_quickstart_figures_are_the_recorded_run():
-  with open(os.path.join(REPO, report.QUICKSTART_RUN)) as f:
+  with open(os.path.join(REPO, readme.QUICKSTART_RUN)) as f:
     run = json.load(f)
   block = _block('quickstart')
   assert f'test score **{run["test_score"]:.3f}**' in block

@@ -210,7 +210,7 @@ def test_goals_count_verdicts_and_time_ratios():
       r['eval_cpu_seconds_per_graph'] = 0.5 if r['model'] == 'dear' else 1.0
     if (r['algorithm'], r['model'], r['seed']) == ('alg2', 'dear', 0):
       r['eval_cpu_seconds_per_graph'] = 0.01  # one run of three: wall used
-  text = '\n'.join(report._goal_lines(rows))
+  text = '\n'.join(report.goal_lines(rows))
   # alg0..2: n=64 differences -5 ± small noise, an interval below 0.
   assert ('Not worse at n=64 on at least 8 of 10: 7 of 10 compared '
           '(not met)') in text
