@@ -260,13 +260,25 @@ def index_text(root: str) -> str:
       '|---|---|---|---|---|---|---|---|---|', *rows, ''])
 
 
+def _spread(graph_scores) -> str:
+  """The graphs' mean with its 95 % t interval, cut to [0, 1] (a score's
+  range); where every graph scored the same, that fact instead of an
+  interval of width 0 (the studies' tables, baselines/stats.py, give an
+  exact binomial bound there)."""
+  g = np.asarray(graph_scores, float)
+  if g.size < 2:
+    return ''
+  if np.all(g == g[0]):
+    return f' (every graph scored {g[0]:.4f})'
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  half = stats.t.ppf(0.975, g.size - 1) * g.std(ddof=1) / np.sqrt(g.size)
+  low, high = max(g.mean() - half, 0.0), min(g.mean() + half, 1.0)
+  return (f' (graphs: mean {g.mean():.4f}, 95 % t interval '
+          f'[{low:.4f}, {high:.4f}])')
+
+
 def _line(r: dict) -> str:
-  g = np.asarray(r['graph_scores'])
-  spread = ''
-  if g.size > 1:
-    from scipy import stats  # pylint: disable=g-import-not-at-top
-    half = stats.t.ppf(0.975, g.size - 1) * g.std(ddof=1) / np.sqrt(g.size)
-    spread = f' (graphs: mean {g.mean():.4f} ± {half:.4f}, 95 % t interval)'
+  spread = _spread(r['graph_scores'])
   extra = ''
   if 'solver_iters_mean' in r:
     extra = (f'; solver {r["solver_iters_mean"]:.1f} iterations, '

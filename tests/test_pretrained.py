@@ -169,3 +169,18 @@ def test_a_compare_run_folder_is_named_by_its_model(stored, tmp_path):
   other = tmp_path / 'elsewhere'
   shutil.copytree(done.workdir, other)
   assert pretrained.load(str(other))[0]['name'] == 'dear'
+
+
+def test_the_graphs_interval_is_scipys_t_interval_cut_to_a_scores_range():
+  """The printed interval over the test graphs is scipy's t interval, cut
+  to [0, 1]; equal scores say so instead of an interval of width 0."""
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  scores = [0.5, 0.75, 0.25, 1.0]
+  low, high = stats.t.interval(0.95, len(scores) - 1, loc=np.mean(scores),
+                               scale=stats.sem(scores))
+  assert pretrained._spread(scores) == (  # pylint: disable=protected-access
+      f' (graphs: mean {np.mean(scores):.4f}, 95 % t interval '
+      f'[{max(low, 0):.4f}, {min(high, 1):.4f}])')
+  assert high > 1  # the cut applies here
+  assert pretrained._spread([1.0, 1.0]) == ' (every graph scored 1.0000)'  # pylint: disable=protected-access
+  assert pretrained._spread([0.3]) == ''  # pylint: disable=protected-access
