@@ -170,26 +170,40 @@ def table_lines(rows: list) -> list:
       out.append(text)
     if any(cell != '–' for cell in out):  # a control alone has no row
       lines.append(f'| {a} | `{b}` | {n} | ' + ' | '.join(out) + ' |')
-  dear = [k for k in keys if k[1] == 'dear']
-  if dear:
-    lines += ['', '## DEAR\'s solve (means over seeds): iterations / share '
-              'not converged / distance to H* (n=64 only: the fixed-point '
-              'checks)', '',
-              '| algorithm | n | ' + ' | '.join(options) + ' |',
-              '|' + '---|' * (len(options) + 2)]
-    for a, b, n in dear:
+  def per_option(base: str, title: str, cell) -> list:
+    """A table of `cell(rows of one option over its seeds)` for BASE."""
+    mine = [k for k in keys if k[1] == base]
+    if not mine:
+      return []
+    out = ['', title, '', '| algorithm | n | ' + ' | '.join(options) + ' |',
+           '|' + '---|' * (len(options) + 2)]
+    for a, b, n in mine:
       cells = _cells(rows, a, b, n)
-      out = []
-      for o in options:
-        per = list(cells.get(o, {}).values())
-        mean = lambda k, per=per: rows_lib.mean_std([r[k] for r in per])[0]
-        it, nc, fp = (mean('solver_iters_mean'),
-                      mean('nonconverged_fraction'),
-                      mean('fixed_point_distance_mean'))
-        out.append('–' if it is None else (
-            f'{it:.1f} / {100 * (nc or 0):.0f} % / '
-            + ('–' if fp is None else f'{fp:.3f}')))
-      lines.append(f'| {a} | {n} | ' + ' | '.join(out) + ' |')
+      out.append(f'| {a} | {n} | ' + ' | '.join(
+          cell(list(cells.get(o, {}).values())) for o in options) + ' |')
+    return out
+
+  def mean(per: list, key: str):
+    return rows_lib.mean_std([r[key] for r in per])[0]
+
+  def solve(per: list) -> str:
+    it, nc, fp = (mean(per, 'solver_iters_mean'),
+                  mean(per, 'nonconverged_fraction'),
+                  mean(per, 'fixed_point_distance_mean'))
+    return '–' if it is None else (f'{it:.1f} / {100 * (nc or 0):.0f} % / '
+                                   + ('–' if fp is None else f'{fp:.3f}'))
+
+  def stop(per: list) -> str:
+    taken, true = mean(per, 'nar_steps_mean'), mean(per, 'algo_steps_mean')
+    return '–' if taken is None else f'{taken:.1f} / {true:.1f}'
+
+  lines += per_option('dear', '## DEAR\'s solve (means over seeds): '
+                      'iterations / share not converged / distance to H* '
+                      '(n=64 only: the fixed-point checks)', solve)
+  lines += per_option('nar_lt', '## `nar_lt`\'s learnt stop (means over '
+                      'seeds): steps taken / true steps (a re-test keeps '
+                      'the trained stop head, but what it reads changes)',
+                      stop)
   return lines
 
 

@@ -107,7 +107,9 @@ def test_tables_and_plots_from_a_synthetic_csv(tmp_path):
                          nonconverged_fraction=0.25 if model.startswith(
                              'dear') else None,
                          fixed_point_distance_mean=0.02 if nodes == 64 and
-                         model.startswith('dear') else None))
+                         model.startswith('dear') else None,
+                         nar_steps_mean=(2.0 + seed if model == 'nar_lt'
+                                         else None)))
       if model == 'dear_softmax_at':  # its difference over the test graphs
         rows[-1].update(graph_diff_mean=0.01 + seed / 50, graph_diff_low=0.0,
                         graph_diff_high=0.05, graph_diff_n=4)
@@ -145,6 +147,8 @@ def test_tables_and_plots_from_a_synthetic_csv(tmp_path):
   solve = next(l for l in md.splitlines() if l.startswith('| mst_prim | 64 |'))
   assert '10.5 / 25 % / 0.020' in solve
   assert '10.0 / 25 % / 0.020' in solve  # decay: seed 0 only
+  stops = md.split("## `nar_lt`'s learnt stop")[1].splitlines()
+  assert '| mst_prim | 64 | 2.5 / 3.0 | – | – | – |' in stops  # control only
 
 
 def test_the_sweeps_commands_chain(tmp_path, cache_dir, monkeypatch):
