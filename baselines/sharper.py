@@ -352,7 +352,40 @@ def readme_lines(repo: str = '.', out: str = 'results/sharper') -> list:
   lines += ['', 'A new default (better on two of the three algorithms at '
             f'n={DEFAULT_SIZE}, worse on none at any n): '
             + '; '.join(decisions) + '.']
+  moved = moved_stops(rows)
+  if moved:
+    said = '; '.join(f'{o} on {a} at n={n}: {x:.1f} against {y:.1f}'
+                     for o, a, n, x, y in moved)
+    lines += ['', 'A re-test of `nar_lt` also moves where its trained stop '
+              'head stops, so its difference mixes the option with another '
+              'number of steps (mean steps taken, against the re-tested '
+              f"run's, where they differ by over {100 * MOVED_STOP:.0f} %): "
+              f'{said}.']
   return lines
+
+
+MOVED_STOP = 0.25  # a relative change in nar_lt's steps worth a mention
+
+
+def moved_stops(rows: list) -> list:
+  """(option, algorithm, n, steps, steps of the run it re-tests) where a
+  re-test of `nar_lt` changes the mean steps taken over the seeds both have
+  by more than MOVED_STOP."""
+  out = []
+  keys = sorted({(r['algorithm'], r['nodes']) for r in rows})
+  for o, c in RETESTS.items():
+    for a, n in keys:
+      cells = _cells(rows, a, 'nar_lt', n)
+      mine, theirs = cells.get(o, {}), cells.get(c, {})
+      seeds = sorted(set(mine) & set(theirs))
+      x = [mine[s]['nar_steps_mean'] for s in seeds]
+      y = [theirs[s]['nar_steps_mean'] for s in seeds]
+      if not seeds or None in x + y:
+        continue
+      x, y = sum(x) / len(x), sum(y) / len(y)
+      if abs(x - y) > MOVED_STOP * y:
+        out.append((o, a, n, x, y))
+  return out
 
 
 def write_all(out: str, rows: list) -> list:

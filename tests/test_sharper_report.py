@@ -281,3 +281,23 @@ def test_readme_block_names_each_verdicts_algorithms(tmp_path):
   assert lines[-1].endswith('softmax for `dear`: yes; softmax for `nar_lt`: '
                             'open; decay for `dear`: open; decay for '
                             '`nar_lt`: open.')
+
+
+def test_a_retest_that_moves_nar_lts_stop_is_named():
+  """moved_stops: a re-test of nar_lt whose mean steps (over the seeds both
+  have) differ from the re-tested run's by over MOVED_STOP, and no other."""
+  def row(model, seed, nodes, steps):
+    base, option = sharper._variants()[model]  # pylint: disable=protected-access
+    return dict(algorithm='mst_prim', model=model, base=base, option=option,
+                seed=seed, nodes=nodes, nar_steps_mean=steps)
+  rows = [row('nar_lt_softmax', 0, 64, 36.0),
+          row('nar_lt_softmax', 1, 64, 38.0),
+          row('nar_lt_softmax_at', 0, 64, 6.0),
+          row('nar_lt_softmax_at', 1, 64, 8.0),
+          row('nar_lt_softmax', 0, 128, 40.0),
+          row('nar_lt_softmax_at', 0, 128, 31.0),  # -22.5 %: not named
+          row('nar_lt_softmax_at', 0, 256, 9.0)]  # nothing to compare with
+  assert sharper.moved_stops(rows) == [
+      ('softmax_at', 'mst_prim', 64, 7.0, 37.0)]
+  rows[5]['nar_steps_mean'] = 29.0  # -27.5 %
+  assert [m[2] for m in sharper.moved_stops(rows)] == [64, 128]
