@@ -34,13 +34,19 @@ OPTIONS = {
 # (option, against): each difference the study reports.
 CONTRASTS = (('softmax', 'control'), ('decay', 'control'),
              ('softmax_at', 'softmax'), ('softmax_max', 'softmax'))
+AGAINST = dict(CONTRASTS)
 # Re-tests of the same trained model: also paired over the test graphs.
 RETESTS = {'softmax_at': 'softmax', 'softmax_max': 'softmax'}
-COLUMNS = ('algorithm', 'model', 'seed', 'nodes', 'graphs',
+# diff_*: the option's score minus what it is compared with (AGAINST), same
+# seed and size, on the graphs both scored (a size cut by the time limit
+# scores the first graphs of the same split); graph_diff_*: for a re-test,
+# the t interval of that difference over those graphs.
+COLUMNS = ('algorithm', 'model', 'seed', 'nodes', 'graphs', 'graphs_planned',
            'test_score', 'eval_seconds_per_graph', 'solver_iters_mean',
            'nonconverged_fraction', 'nar_steps_mean', 'algo_steps_mean',
-           'fixed_point_distance_mean', 'graph_diff_mean', 'graph_diff_low',
-           'graph_diff_high', 'graph_diff_n')
+           'fixed_point_distance_mean', 'diff_score', 'diff_graphs',
+           'graph_diff_mean', 'graph_diff_low', 'graph_diff_high',
+           'graph_diff_n')
 
 
 def model_name(base: str, option: str) -> str:
@@ -55,8 +61,9 @@ def _variants() -> dict:
 def gather(out: str, control: str, seeds=None) -> list:
   """One row (COLUMNS) per run and test size: OUT's runs of the study's
   models, CONTROL's runs of the bases on OUT's algorithms (and `seeds`, or
-  the seeds OUT has). A re-test's row holds its paired difference over the
-  test graphs against the run it re-tested (graph_diff_*)."""
+  the seeds OUT has). An option's row holds its difference from what it is
+  compared with on the graphs both scored (diff_*), and a re-test's row
+  that difference's interval over those graphs (graph_diff_*)."""
   variants = _variants()
   mine = [r for r in rows_lib.collect(out) if r['model'] in variants
           and variants[r['model']][1] != 'control']
@@ -77,14 +84,17 @@ def gather(out: str, control: str, seeds=None) -> list:
     if size['nodes'] == run['results'].get('test_nodes'):
       row['fixed_point_distance_mean'] = run['results'].get(
           'fixed_point_distance_mean')
-    if option in RETESTS:
-      mine_g = size['graph_scores']
-      theirs = graph_scores.get((size['algorithm'],
-                                 model_name(base, RETESTS[option]),
-                                 size['seed'], size['nodes']))
-      if mine_g and theirs and len(mine_g) == len(theirs):
-        diff = stats.t_interval([a - b for a, b in zip(mine_g, theirs)],
-                                bounds=stats.DIFFERENCE_BOUNDS)
+    mine_g = size['graph_scores']
+    theirs = (graph_scores.get((size['algorithm'],
+                                model_name(base, AGAINST[option]),
+                                size['seed'], size['nodes']))
+              if option in AGAINST else None)
+    if mine_g and theirs:
+      g = min(len(mine_g), len(theirs))
+      diffs = [a - b for a, b in zip(mine_g[:g], theirs[:g])]
+      row.update(diff_score=sum(diffs) / g, diff_graphs=g)
+      if option in RETESTS:
+        diff = stats.t_interval(diffs, bounds=stats.DIFFERENCE_BOUNDS)
         row.update(graph_diff_mean=diff.mean, graph_diff_low=diff.low,
                    graph_diff_high=diff.high, graph_diff_n=diff.n)
     rows.append(row)
@@ -124,7 +134,28 @@ def _mean_cell(per_seed: dict, key: str, scale: float, digits: int,
   if not vals:
     return '–'
   cell = stats.t_interval(vals, bounds=bounds)
-  return f'{cell.format(scale, digits)} (n={cell.n})'
+  cut = [int(r['graphs']) for r in per_seed.values() if r['graphs_planned']]
+  return (f'{cell.format(scale, digits)} (n={cell.n}'
+          + (f'; g={min(cut)}' if cut else '') + ')')
+
+
+def _difference(cells: dict, option: str) -> stats.Interval | None:
+  """OPTION minus what it is compared with over the seeds both have, each
+  seed's difference on the graphs both scored (diff_score), with its t
+  interval."""
+  return stats.t_interval(
+      [r['diff_score'] for r in cells.get(option, {}).values()
+       if r['diff_score'] is not None], bounds=stats.DIFFERENCE_BOUNDS)
+
+
+def _cut(cells: dict, option: str, against: str) -> str:
+  """'; g=G' where a seed's difference is on fewer graphs than one side
+  planned (the time limit cut a size)."""
+  cut = [int(r['diff_graphs']) for s, r in cells.get(option, {}).items()
+         if r['diff_graphs'] is not None and any(
+             side.get(s, {}).get('graphs_planned')
+             for side in (cells.get(option, {}), cells.get(against, {})))]
+  return f'; g={min(cut)}' if cut else ''
 
 
 def table_lines(rows: list) -> list:
@@ -133,7 +164,7 @@ def table_lines(rows: list) -> list:
                 key=lambda k: (k[0], BASES.index(k[1]), k[2]))
   options = [o for o in OPTIONS if any(r['option'] == o for r in rows)]
   lines = ['## Test score (%, mean over seeds [95 % t interval, cut to 0-100], '
-           'n = seeds)',
+           'n = seeds; g = graphs scored where the time limit cut a size)',
            '', '| algorithm | model | n | ' + ' | '.join(options) + ' |',
            '|' + '---|' * (len(options) + 3)]
   for a, b, n in keys:
@@ -143,9 +174,10 @@ def table_lines(rows: list) -> list:
                    stats.SCORE_BOUNDS)
         for o in options) + ' |')
   lines += ['', '## Differences (points, paired over seeds [95 % t '
-            'interval]: better / worse where the interval excludes 0, else '
-            'indistinguishable; re-tests also paired over the test graphs '
-            'of each seed)', '',
+            'interval], each seed\'s on the test graphs both scored (g where '
+            'a size was cut): better / worse where the interval excludes 0, '
+            'else indistinguishable; re-tests also paired over the test '
+            'graphs of each seed)', '',
             '| algorithm | model | n | ' + ' | '.join(
                 f'{o} − {c}' for o, c in CONTRASTS) + ' |',
             '|' + '---|' * (len(CONTRASTS) + 3)]
@@ -153,11 +185,10 @@ def table_lines(rows: list) -> list:
     cells = _cells(rows, a, b, n)
     out = []
     for o, c in CONTRASTS:
-      x = {s: r['test_score'] for s, r in cells.get(o, {}).items()}
-      y = {s: r['test_score'] for s, r in cells.get(c, {}).items()}
-      d = stats.paired_difference(x, y)
+      d = _difference(cells, o)
       text = '–' if d is None else (f'{d.format(100, 1, signed=True)} '
-                                    f'{d.verdict()} (n={d.n})')
+                                    f'{d.verdict()} (n={d.n})'
+                                    + _cut(cells, o, c))
       if o in RETESTS:
         per_graph = [
             f's{s}: {100 * r["graph_diff_mean"]:+.1f} '
@@ -248,9 +279,7 @@ def contrast_verdicts(rows: list) -> dict:
       elif n in SEED0_SIZES:
         verdict = ONE_SEED
       else:
-        x = {s: r['test_score'] for s, r in cells[o].items()}
-        y = {s: r['test_score'] for s, r in cells[c].items()}
-        d = stats.paired_difference(x, y)
+        d = _difference(cells, o)
         verdict = PENDING if d is None or d.n < SEEDS else d.verdict()
       out.setdefault((o, b, n), {})[a] = verdict
   return out
@@ -277,11 +306,11 @@ def default_decision(verdicts: dict, option: str, base: str) -> str:
 def _seed0_difference(rows: list, algorithm: str, base: str, nodes: int,
                       option: str, against: str) -> str:
   """' (+d.d)': seed 0's difference in points, for a size without seeds."""
-  cells = _cells(rows, algorithm, base, nodes)
-  x, y = (cells.get(option, {}).get(0), cells.get(against, {}).get(0))
-  if x is None or y is None:
+  del against  # the row of `option` holds its difference (AGAINST)
+  row = _cells(rows, algorithm, base, nodes).get(option, {}).get(0)
+  if row is None or row['diff_score'] is None:
     return ''
-  return f' ({100 * (x["test_score"] - y["test_score"]):+.1f})'
+  return f' ({100 * row["diff_score"]:+.1f})'
 
 
 def _verdict_order(v: str) -> int:

@@ -52,13 +52,15 @@ def test_gather_pairs_options_with_controls_and_retests_with_their_runs(
         'bfs', seed, 0.8, [1.0, 0.6], _extra(0.7, [0.9, 0.5])))
     _write(out, 'bfs', 'dear_softmax_at', seed, _results(
         'bfs', seed, 0.85, [1.0, 0.7], _extra(0.75, [1.0, 0.6 - seed / 10])))
-  for model, graphs in (('dear_softmax', [0.2, 0.4, 0.3]),
-                        ('dear_softmax_at', [0.3, 0.4, 0.6])):
+  for model, graphs, cut in (('dear_softmax', [0.2, 0.4, 0.3, 0.5], {}),
+                             ('dear_softmax_at', [0.3, 0.4, 0.6],
+                              {'graphs_planned': 4})):  # the time limit
     later = os.path.join(out, 'runs', 'bfs', model, 's0', 'tests')
     os.makedirs(later)
     with open(os.path.join(later, 'n512.json'), 'w') as f:  # a later test
-      json.dump(dict(nodes=512, graphs=3, score=float(np.mean(graphs)),
-                     eval_seconds_per_graph=1.0, graph_scores=graphs), f)
+      json.dump(dict(nodes=512, graphs=len(graphs),
+                     score=float(np.mean(graphs)), eval_seconds_per_graph=1.0,
+                     graph_scores=graphs, **cut), f)
   rows = sharper.gather(out, control)
   got = {(r['model'], r['seed'], r['nodes']) for r in rows}
   assert got == {(m, s, n) for m in ('dear', 'dear_softmax', 'dear_softmax_at')
@@ -72,14 +74,45 @@ def test_gather_pairs_options_with_controls_and_retests_with_their_runs(
   assert at[1, 128]['graph_diff_mean'] == pytest.approx(0.05)
   assert at[1, 128]['graph_diff_high'] == pytest.approx(0.05 + half)
   assert at[0, 64]['graph_diff_mean'] == pytest.approx(0.05)
-  # n=512 from the later tests: graph differences 0.1, 0.0, 0.3
+  # n=512 from the later tests, on the 3 graphs both scored: 0.1, 0.0, 0.3
   d = np.array([0.1, 0.0, 0.3])
   half = scipy_stats.t.ppf(0.975, 2) * d.std(ddof=1) / math.sqrt(3)
   assert at[0, 512]['graph_diff_mean'] == pytest.approx(d.mean())
   assert at[0, 512]['graph_diff_low'] == pytest.approx(d.mean() - half)
+  assert at[0, 512]['diff_score'] == pytest.approx(d.mean())
+  assert (at[0, 512]['diff_graphs'], at[0, 512]['graphs_planned']) == (3, 4)
+  # the whole runs' scores differ by another amount: 0.4333 - 0.35
+  assert at[0, 512]['test_score'] - 0.35 != pytest.approx(d.mean())
+  # softmax - control, seed 0 at n=64: graphs [1.0, 0.6] - [0.9, 0.9]
+  soft = {(r['seed'], r['nodes']): r for r in rows
+          if r['model'] == 'dear_softmax'}
+  assert soft[0, 64]['diff_score'] == pytest.approx(-0.1)
+  assert soft[0, 512].get('diff_score') is None  # no control at n=512
+  _csv(tmp_path / 'sharper.csv', rows)  # the tables mark the cut size
+  md = sharper.table_lines(sharper.read_csv(str(tmp_path / 'sharper.csv')))
+  cells = [l for l in md if l.startswith('| bfs | `dear` | 512 |')]
+  assert '43.3 (n=1; g=3)' in cells[0]  # its score table: 3 of 4 graphs
+  assert '+13.3 one seed: cannot tell apart (n=1); g=3' in cells[1]
   ctrl = {(r['seed'], r['nodes']): r for r in rows if r['model'] == 'dear'}
   assert ctrl[0, 64]['fixed_point_distance_mean'] == 0.01
   assert ctrl[0, 128].get('fixed_point_distance_mean') is None
+
+
+def _with_differences(rows):
+  """Each option's row with its score minus its counterpart's (AGAINST;
+  same algorithm, seed and n): what gather writes where both sides scored
+  the same graphs."""
+  def key(r, model):
+    return r['algorithm'], model, r['seed'], r['nodes']
+  score = {key(r, r['model']): r['test_score'] for r in rows}
+  for r in rows:
+    base, option = sharper._variants()[r['model']]  # pylint: disable=protected-access
+    if option in sharper.AGAINST:
+      other = score.get(key(r, sharper.model_name(
+          base, sharper.AGAINST[option])))
+      if other is not None:
+        r.update(diff_score=r['test_score'] - other, diff_graphs=r['graphs'])
+  return rows
 
 
 def _csv(path, rows):
@@ -114,7 +147,7 @@ def test_tables_and_plots_from_a_synthetic_csv(tmp_path):
         rows[-1].update(graph_diff_mean=0.01 + seed / 50, graph_diff_low=0.0,
                         graph_diff_high=0.05, graph_diff_n=4)
   path = tmp_path / 'sharper.csv'
-  _csv(path, rows)
+  _csv(path, _with_differences(rows))
   written = sharper.write_all(str(tmp_path), sharper.read_csv(str(path)))
   assert [os.path.basename(p) for p in written] == [
       'sharper.md', 'sharper_dear.png', 'sharper_nar_lt.png']
@@ -217,7 +250,7 @@ def _paired_verdict(x, y):
 
 def test_contrast_verdicts_and_the_default_rule(tmp_path):
   path = tmp_path / 'sharper.csv'
-  _csv(path, _verdict_rows())
+  _csv(path, _with_differences(_verdict_rows()))
   rows = sharper.read_csv(str(path))
   got = sharper.contrast_verdicts(rows)
   assert got['softmax', 'dear', 256] == {
@@ -255,7 +288,7 @@ def test_contrast_verdicts_and_the_default_rule(tmp_path):
   assert sharper.default_decision(got512, 'softmax', 'dear') == 'yes'
   out = tmp_path / 'repo' / 'results' / 'sharper'
   out.mkdir(parents=True)
-  _csv(out / 'sharper.csv', rows + at512)
+  _csv(out / 'sharper.csv', _with_differences(rows + at512))
   lines = sharper.readme_lines(str(tmp_path / 'repo'))
   softmax = next(l for l in lines if l.startswith('| softmax − control | `dear'))
   assert softmax.endswith('| seed 0 only: bfs (+10.0) |')  # 0.80 - 0.70
@@ -268,7 +301,7 @@ def test_readme_block_names_each_verdicts_algorithms(tmp_path):
   assert 'No run has finished yet.' in sharper.readme_lines(
       str(tmp_path))[0]
   out.mkdir(parents=True)
-  _csv(out / 'sharper.csv', _verdict_rows())
+  _csv(out / 'sharper.csv', _with_differences(_verdict_rows()))
   lines = sharper.readme_lines(str(tmp_path))
   assert 'So far 7 of 24 trainings have finished.' in lines[0]
   table = {l.split('|')[1].strip() + l.split('|')[2].strip(): l
