@@ -304,9 +304,9 @@ def default_decision(verdicts: dict, option: str, base: str) -> str:
 
 
 def _seed0_difference(rows: list, algorithm: str, base: str, nodes: int,
-                      option: str, against: str) -> str:
-  """' (+d.d)': seed 0's difference in points, for a size without seeds."""
-  del against  # the row of `option` holds its difference (AGAINST)
+                      option: str) -> str:
+  """' (+d.d)': seed 0's difference in points (OPTION minus AGAINST, on
+  the graphs both scored), for a size without seeds."""
   row = _cells(rows, algorithm, base, nodes).get(option, {}).get(0)
   if row is None or row['diff_score'] is None:
     return ''
@@ -370,7 +370,7 @@ def readme_lines(repo: str = '.', out: str = 'results/sharper') -> list:
         said = {}  # verdict as written -> algorithms, better first
         for v in sorted(set(per.values()), key=_verdict_order):
           said[_said(v)] = [
-              a + (_seed0_difference(rows, a, b, n, o, c) if v == ONE_SEED
+              a + (_seed0_difference(rows, a, b, n, o) if v == ONE_SEED
                    else '') for a in sorted(per) if per[a] == v]
         cells.append('; '.join(f'{w}: {", ".join(a)}'
                                for w, a in said.items()) or '–')
