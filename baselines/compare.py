@@ -180,7 +180,7 @@ def write_tables(out: str, dest: str | None = None) -> tuple:
   sizes = rows_lib.size_rows(runs)
   if sizes:  # runs tested at further sizes (data.extra_test_lengths)
     rows_lib.write_csv(os.path.join(dest, 'results_by_size.csv'), sizes,
-                     rows_lib.SIZE_COLUMNS)
+                       rows_lib.SIZE_COLUMNS)
   with open(os.path.join(out, 'protocol.json')) as f:
     stored = json.load(f)
   report.write_markdown(os.path.join(dest, 'results.md'), rows,

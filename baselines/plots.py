@@ -262,8 +262,8 @@ def by_size(path: str, rows: list, order=()) -> str:
         xs_all = [n * dodge for n in sizes]
         means = [scale * np.mean(v) for v in at]
         ax.plot(xs_all, means, '-', color=color, label=m)
+        pick = [len(v) == 1 for v in at]
         for hollow in (False, True):  # hollow: one seed alone
-          pick = [len(v) == 1 for v in at]
           ax.plot([x for x, o in zip(xs_all, pick) if o == hollow],
                   [y for y, o in zip(means, pick) if o == hollow], 'o',
                   color=color, markerfacecolor='white' if hollow else color)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import statistics
 
 from .plan import MODELS
-from .rows import by_seed, mean_std, number
+from .rows import by_seed, mean_std, number, shared_graphs
 from . import stats
 from . import variants
 from .protocol import hardware_lines
@@ -160,12 +160,10 @@ def _size_differences(rows: list, dear: str, base: str, n: int) -> dict:
 def _on_shared_graphs(one: dict, other: dict) -> tuple:
   """The two size rows' scores on the graphs both scored (see
   _size_differences)."""
-  if one.get('graphs') == other.get('graphs') or not (
-      one.get('graph_scores') and other.get('graph_scores')):
+  shared = shared_graphs(one, other)
+  if one.get('graphs') == other.get('graphs') or shared is None:
     return number(one['test_score']), number(other['test_score'])
-  g = min(len(one['graph_scores']), len(other['graph_scores']))
-  return (statistics.fmean(one['graph_scores'][:g]),
-          statistics.fmean(other['graph_scores'][:g]))
+  return statistics.fmean(shared[0]), statistics.fmean(shared[1])
 
 
 def _size_head_to_head_lines(rows: list, models: list) -> list:

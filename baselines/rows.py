@@ -216,6 +216,17 @@ def by_seed(rows: list, algorithm: str, model: str, metric: str) -> dict:
           and number(r[metric]) is not None}
 
 
+def shared_graphs(one: dict, other: dict) -> tuple | None:
+  """Two size rows' (size_rows) per-graph scores on the graphs both scored:
+  a size cut by the time limit scores the first graphs of the same split.
+  None where either has no per-graph scores."""
+  a, b = one.get('graph_scores'), other.get('graph_scores')
+  if not (a and b):
+    return None
+  g = min(len(a), len(b))
+  return a[:g], b[:g]
+
+
 def read_csv(path: str) -> list:
   """The rows of a committed results.csv (strings, as written)."""
   with open(path) as f:

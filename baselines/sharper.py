@@ -74,8 +74,8 @@ def gather(out: str, control: str, seeds=None) -> list:
   runs = [r for r in mine + controls if r['seed'] in seeds]
   by_key = {(r['algorithm'], r['model'], r['seed']): r for r in runs}
   sizes = rows_lib.size_rows(runs)  # later tests (n=512) included
-  graph_scores = {(s['algorithm'], s['model'], s['seed'], s['nodes']):
-                  s['graph_scores'] for s in sizes}
+  by_size = {(s['algorithm'], s['model'], s['seed'], s['nodes']): s
+             for s in sizes}
   rows = []
   for size in sizes:
     run = by_key[size['algorithm'], size['model'], size['seed']]
@@ -84,15 +84,13 @@ def gather(out: str, control: str, seeds=None) -> list:
     if size['nodes'] == run['results'].get('test_nodes'):
       row['fixed_point_distance_mean'] = run['results'].get(
           'fixed_point_distance_mean')
-    mine_g = size['graph_scores']
-    theirs = (graph_scores.get((size['algorithm'],
-                                model_name(base, AGAINST[option]),
-                                size['seed'], size['nodes']))
-              if option in AGAINST else None)
-    if mine_g and theirs:
-      g = min(len(mine_g), len(theirs))
-      diffs = [a - b for a, b in zip(mine_g[:g], theirs[:g])]
-      row.update(diff_score=sum(diffs) / g, diff_graphs=g)
+    theirs = (by_size.get((size['algorithm'],
+                           model_name(base, AGAINST[option]), size['seed'],
+                           size['nodes'])) if option in AGAINST else None)
+    shared = rows_lib.shared_graphs(size, theirs) if theirs else None
+    if shared:
+      diffs = [a - b for a, b in zip(*shared)]
+      row.update(diff_score=sum(diffs) / len(diffs), diff_graphs=len(diffs))
       if option in RETESTS:
         diff = stats.t_interval(diffs, bounds=stats.DIFFERENCE_BOUNDS)
         row.update(graph_diff_mean=diff.mean, graph_diff_low=diff.low,
