@@ -12,8 +12,8 @@ common=(--preset=dear10-cpu --out=results/dear10 --quiet --no_memory
         --config.data.extra_test_lengths=128,256
         --config.data.extra_test_num_samples=16
         --config.data.extra_test_max_seconds=1800)
-algorithms=(minimum bellman_ford bfs mst_prim insertion_sort binary_search
-            dag_shortest_paths floyd_warshall dfs strongly_connected_components)
+algorithms=(minimum bellman_ford bfs mst_prim dag_shortest_paths insertion_sort
+            binary_search floyd_warshall dfs strongly_connected_components)
 stage() {  # stage MODELS SEEDS
   for alg in "${algorithms[@]}"; do
     python -m baselines.compare "${common[@]}" --algorithms="$alg" \
@@ -21,6 +21,11 @@ stage() {  # stage MODELS SEEDS
     ALGORITHMS="$alg" bash results/dear10/test_n512.sh
   done
 }
+if [[ -n ${CONTROLS_OF:-} ]]; then  # the sharper study's controls on one algorithm
+  algorithms=("$CONTROLS_OF")
+  stage dear,nar_lt 2
+  exit 0
+fi
 stage dear,nar_lt 3
 stage nar_nohint 3
 stage dear_paper 3
