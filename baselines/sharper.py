@@ -424,7 +424,9 @@ def write_all(out: str, rows: list) -> list:
            '(results/sharper/PROTOCOL.md says what ran and how it is '
            'compared). Options:', '']
   lines += [f'- `{o}`: {what}' for o, what in OPTIONS.items()]
-  lines += [''] + table_lines(rows)
+  lines += ['', 'A cell with – was not measured: not run yet, or cut (the '
+            'protocol\'s amendments say which and why).', '']
+  lines += table_lines(rows)
   path = os.path.join(out, 'sharper.md')
   with open(path, 'w') as f:
     f.write('\n'.join(lines) + '\n')
