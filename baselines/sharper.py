@@ -325,6 +325,18 @@ def _said(verdict: str) -> str:
   return verdict
 
 
+def _retested(rows: list) -> str:
+  """Which algorithms each re-test has reached (a softmax run's re-tests need
+  its checkpoints, which the repository does not keep)."""
+  said = []
+  for option in RETESTS:
+    algorithms = [a for a in ALGORITHMS
+                  if any(r['option'] == option and r['algorithm'] == a
+                         for r in rows)]
+    said.append(f'{option} on {", ".join(algorithms) or "none"}')
+  return '; '.join(said)
+
+
 def readme_lines(repo: str = '.', out: str = 'results/sharper') -> list:
   """README's summary of the study from its committed sharper.csv: per
   option, model and test size, on which algorithms the option was better,
@@ -350,7 +362,8 @@ def readme_lines(repo: str = '.', out: str = 'results/sharper') -> list:
   sizes = sorted({r['nodes'] for r in rows})
   lines = [intro + f' So far {len(trained)} of '
            f'{len(ALGORITHMS) * len(BASES) * len(TRAINED) * SEEDS} trainings '
-           'have finished. Per test size, the algorithms where the option '
+           f'have finished; re-tested so far: {_retested(rows)}. Per test '
+           'size, the algorithms where the option '
            'is better / worse (95 % t interval over the seeds excludes 0; a '
            "re-test: every seed's interval over the test graphs on one "
            'side of 0), or else cannot be told apart; pending: fewer than '

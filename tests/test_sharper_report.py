@@ -303,7 +303,8 @@ def test_readme_block_names_each_verdicts_algorithms(tmp_path):
   out.mkdir(parents=True)
   _csv(out / 'sharper.csv', _with_differences(_verdict_rows()))
   lines = sharper.readme_lines(str(tmp_path))
-  assert 'So far 7 of 24 trainings have finished.' in lines[0]
+  assert ('So far 7 of 24 trainings have finished; re-tested so far: '
+          'softmax_at on bfs; softmax_max on none.') in lines[0]
   table = {l.split('|')[1].strip() + l.split('|')[2].strip(): l
            for l in lines if l.startswith('| ') and '−' in l}
   assert table['softmax − control`dear`'].endswith(
