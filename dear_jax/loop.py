@@ -357,11 +357,14 @@ def train(learner: Learner, runs: list, steps: int, eval_every: int,
   except KeyboardInterrupt as e:
     clock.close()
     if len(runs) == 1:
+      latest = (runs[0].checkpoints.latest_step()
+                if runs[0].checkpoints is not None else None)
       raise RunError(
           f'interrupted at step {runs[0].step}; ' + (
-              f'the checkpoint of step {runs[0].checkpoints.latest_step()} '
-              'is intact: rerun the same command to resume'
-              if runs[0].checkpoints else 'rerun to start again')) from e
+              f'the checkpoint of step {latest} is intact: rerun the same '
+              'command to resume' if latest is not None else
+              'no checkpoint was written yet: rerun the same command to '
+              'start again')) from e
     raise RunError(
         f'interrupted at step {min(r.step for r in runs)}; every seed\'s last '
         'checkpoint is intact: rerun the same command to resume') from e

@@ -126,6 +126,25 @@ def test_sigterm_interrupts_a_run_as_ctrl_c_does(cache_dir, tmp_path,
   assert max(map(int, os.listdir(os.path.join(workdir, 'checkpoints')))) == 2
 
 
+def test_an_interruption_before_any_checkpoint_says_so(cache_dir, tmp_path,
+                                                       monkeypatch):
+  """Interrupted before its first checkpoint, a run names no checkpoint step
+  (there is none) and says a rerun starts it again."""
+  from dear_jax import loop  # pylint: disable=g-import-not-at-top
+  config = tiny_config(cache_dir, 'nar')
+  workdir = str(tmp_path / 'w')
+
+  def interrupt(self, params, opt_state):
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(loop.Run, 'save', interrupt)
+  with pytest.raises(train.RunError, match=r'interrupted at step \d+; no '
+                     'checkpoint was written yet: rerun the same command to '
+                     'start again'):
+    train.train_and_evaluate(config, workdir, 'bfs', False)
+  assert not os.path.exists(os.path.join(workdir, 'results.json'))
+
+
 @pytest.mark.parametrize('kind', ['nar', 'dear'])
 def test_loss_and_validation_cadence(finished_run, kind):
   """dear_jax.loop's rule (clrs_official's too, tests/test_clrs_official.py):
