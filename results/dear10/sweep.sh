@@ -35,7 +35,7 @@ stage() {  # stage MODELS SEEDS
 }
 if [[ -n ${CONTROLS_OF:-} ]]; then  # the sharper study's controls on one algorithm
   algorithms=("$CONTROLS_OF")
-  stage dear,nar_lt 2
+  stage "${CONTROL_MODELS:-dear,nar_lt}" 2
   exit 0
 fi
 stage dear,nar_lt 3

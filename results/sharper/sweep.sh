@@ -24,15 +24,16 @@ retest() {  # ALG MODEL SUFFIX --config.KEY=VALUE: the softmax runs re-tested
   done
 }
 for alg in "${algorithms[@]}"; do
-  CONTROLS_OF=$alg bash results/dear10/sweep.sh  # seeds 0, 1 where not there yet
-  for model in dear nar_lt; do  # re-tested at once, while the checkpoints are here
+  for model in dear nar_lt; do  # the control (seeds 0, 1) where not there yet,
+    # the softmax runs re-tested at once (while the checkpoints are here), decay
+    CONTROLS_OF=$alg CONTROL_MODELS=$model bash results/dear10/sweep.sh
     python -m baselines.compare "${common[@]}" --algorithms="$alg" \
         --models="${model}_softmax" --seeds=2
     retest "$alg" "$model" at --config.model.adaptive_temperature=True
     retest "$alg" "$model" max --config.model.test_aggregation=max
+    python -m baselines.compare "${common[@]}" --algorithms="$alg" \
+        --models="${model}_decay" --seeds=2
   done
-  python -m baselines.compare "${common[@]}" --algorithms="$alg" \
-      --models=dear_decay,nar_lt_decay --seeds=2
   n512 "$alg" dear_softmax dear_decay dear_softmax_at dear_softmax_max \
       nar_lt_softmax nar_lt_decay nar_lt_softmax_at nar_lt_softmax_max
 done
