@@ -93,11 +93,14 @@ def _loss_and_grad(model, params, batch):
   return loss, grad
 
 
-def _close(got, want, rtol, atol):
+def _close(got, want, rtol, atol, scale=0.0):
+  """Leaf by leaf; `scale`: atol at least that share of the leaf's largest."""
   for g, w in zip(jax.tree_util.tree_leaves(got),
                   jax.tree_util.tree_leaves(want)):
-    np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=rtol,
-                               atol=atol)
+    w = np.asarray(w)
+    np.testing.assert_allclose(
+        np.asarray(g), w, rtol=rtol,
+        atol=max(atol, scale * float(np.abs(w).max(initial=0.0))))
 
 
 def test_pad_nodes_pads_every_axis_and_marks_real_nodes():
@@ -143,7 +146,12 @@ def test_padded_loss_and_gradients_equal_unpadded(cache_dir, which, algorithm):
   p_loss, p_grad = _loss_and_grad(model, params, padded)
   assert np.isfinite(float(loss))
   np.testing.assert_allclose(float(p_loss), float(loss), rtol=2e-5)
-  _close(p_grad, grad, rtol=2e-3, atol=2e-5)
+  # DEAR's solves stop at a tolerance, and padding changes the summation
+  # order and so where they stop: on an AMD EPYC (family 26) Floyd-Warshall's
+  # gradient entries moved by up to 0.6 % of their leaf's largest; a leak of
+  # the random padded values moves them by the leaf's own scale.
+  _close(p_grad, grad, rtol=2e-3, atol=2e-5,
+         scale=1e-2 if which.startswith('dear') else 0.0)
 
 
 @pytest.mark.parametrize('which', ['dear', 'dear_gmpnn'])
