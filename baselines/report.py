@@ -255,9 +255,8 @@ def goal_lines(rows: list) -> list:
     mine = {m: [r for r in rows if r['algorithm'] == a and r['model'] == m]
             for m in (d, b)}
     small = [r for r in mine[d] if r['nodes'] == GOAL_NOT_WORSE_AT]
-    big, base_big = (
-        [r for r in mine[d] if r['nodes'] == GOAL_TIME_AT],
-        [r for r in mine[b] if r['nodes'] == GOAL_TIME_AT])
+    big = [r for r in mine[d] if r['nodes'] == GOAL_TIME_AT]
+    base_big = [r for r in mine[b] if r['nodes'] == GOAL_TIME_AT]
     if not (small and big and base_big):
       continue
     steps_small = mean_std([r['algo_steps_mean'] for r in small])[0]
