@@ -8,9 +8,10 @@ with the learner's own evaluation, so every model of `dear_jax.loop` is
 tested alike. Each size is timed as the official test is: compiled first
 and the warm-up waited for, then one timed pass.
 
-A stepwise model's evaluation grows with its steps x n^2, so a large size
-can take hours; with `data.extra_test_max_seconds` a size estimated to take
-longer is scored on its first graphs that fit (`graphs_within`). dm-clrs's
+A stepwise model's evaluation grows with its steps x n^2 (n^3 with
+triplet messages), so a large size can take hours; with
+`data.extra_test_max_seconds` a size whose first graphs show it would take
+longer is scored on its first graphs that fit (`score_within`). dm-clrs's
 samplers draw graphs one after another from the split's seed, so the first
 g graphs are the same for every model and every planned count, and only
 those are computed (`EvalSet.only_its_graphs`).
@@ -71,41 +72,47 @@ def score_set(learner, params, evalset) -> dict:
 MIN_GRAPHS = 2
 
 
-def graphs_within(max_seconds, seconds_per_graph, nodes: int, n: int,
-                  planned: int) -> tuple:
-  """(graphs, estimated seconds per graph): the graphs of an n-node test
-  that fit `max_seconds`, by the estimate `seconds_per_graph` (measured at
-  `nodes`) x (n / nodes)^3, at least MIN_GRAPHS and at most `planned`
-  (all of them where there is no limit or no measurement)."""
-  if not max_seconds or not seconds_per_graph or not nodes:
-    return planned, None
-  per = float(seconds_per_graph) * (n / nodes) ** 3
-  return int(min(planned, max(MIN_GRAPHS, max_seconds // per))), per
+def graphs_within(max_seconds, seconds_per_graph, planned: int) -> int:
+  """The graphs of a test that fit `max_seconds` at `seconds_per_graph`
+  (timed on that test's own first graphs), at least MIN_GRAPHS and at most
+  `planned` (all of them where there is no limit)."""
+  if not max_seconds:
+    return planned
+  return int(min(planned, max(MIN_GRAPHS,
+                              max_seconds // float(seconds_per_graph))))
 
 
-def score_within(learner, params, evalset, max_seconds, seconds_per_graph,
-                 nodes: int) -> dict:
-  """`score_set` of the first graphs of `evalset` that fit `max_seconds`
-  (`graphs_within`); where they are fewer than the split, the entry also
-  has 'graphs_planned' and 'estimated_seconds_per_graph'."""
+def score_within(learner, params, evalset, max_seconds) -> dict:
+  """`score_set` of the first graphs of `evalset` that fit `max_seconds`.
+
+  The time per graph is measured on the set's own first MIN_GRAPHS graphs
+  (a probe), not extrapolated from another size: a model's time grows with
+  its steps (or solver iterations) x n^2 or n^3, and the steps with n in
+  ways that differ by algorithm and model (up to the learnt-termination
+  cap), so no one power of n estimates it. The probe
+  is scored as every set is; where only MIN_GRAPHS fit it is the entry, else
+  the fitting graphs are scored again as one set (the probe's graphs
+  included), so the limit is exceeded by the probe's time at most. Where
+  fewer graphs than planned are scored, the entry also has
+  'graphs_planned' and 'estimated_seconds_per_graph' (the probe's)."""
   planned = int(evalset.num_samples)
-  n = int(batch_lib.num_nodes(evalset.batches[0]))
-  graphs, per = graphs_within(max_seconds, seconds_per_graph, nodes, n,
-                              planned)
-  entry = score_set(learner, params, evalset.head(graphs))
+  if not max_seconds or planned <= MIN_GRAPHS:
+    return score_set(learner, params, evalset)
+  probe = score_set(learner, params, evalset.head(MIN_GRAPHS))
+  per = probe['eval_seconds_per_graph']
+  graphs = graphs_within(max_seconds, per, planned)
+  entry = (probe if graphs == MIN_GRAPHS
+           else score_set(learner, params, evalset.head(graphs)))
   if graphs < planned:
     entry.update(graphs_planned=planned, estimated_seconds_per_graph=per)
   return entry
 
 
-def evaluate_sizes(learner, params, algorithm: str, dcfg, keep_hints: bool,
-                   seconds_per_graph: float | None = None,
-                   nodes: int | None = None) -> dict:
+def evaluate_sizes(learner, params, algorithm: str, dcfg,
+                   keep_hints: bool) -> dict:
   """{str(n): `score_set` of that size} for every n of
   dcfg.extra_test_lengths (`learner`: a dear_jax.loop.Learner), each within
-  dcfg.extra_test_max_seconds by the official test's `seconds_per_graph`
-  at `nodes` nodes."""
+  dcfg.extra_test_max_seconds (`score_within`)."""
   return {str(n): score_within(
       learner, params, splits.load_extra_test(algorithm, n, dcfg, keep_hints),
-      dcfg.extra_test_max_seconds, seconds_per_graph,
-      nodes or dcfg.test_length) for n in dcfg.extra_test_lengths}
+      dcfg.extra_test_max_seconds) for n in dcfg.extra_test_lengths}

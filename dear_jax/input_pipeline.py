@@ -52,8 +52,8 @@ class DataConfig(sections.Section):
   # results.json 'extra_tests'. Evaluation batches shrink with n.
   extra_test_lengths: tuple = ()
   extra_test_num_samples: int = 100
-  # A size whose test is estimated to take longer than this many seconds
-  # (the official test's time per graph x (n / test_length)^3, per graph) is
+  # A size whose test would take longer than this many seconds (at the pace
+  # of its own first 2 graphs, scored and timed first) is
   # scored on its first graphs that fit, at least 2: the same first graphs
   # for every model. None: always every graph. results.json records the
   # count ('graphs', and 'graphs_planned' where it is fewer).

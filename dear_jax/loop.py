@@ -446,9 +446,7 @@ def _results(learner: Learner, run: Run, test_set, steps: int,
     if getattr(run.dcfg, 'extra_test_lengths', ()):
       results['extra_tests'] = extra_tests.evaluate_sizes(
           learner, best_params, algorithm, run.dcfg,
-          keep_hints=bool(test_set.batches[0]['hints']),
-          seconds_per_graph=results['eval_seconds_per_graph'],
-          nodes=results['test_nodes'])
+          keep_hints=bool(test_set.batches[0]['hints']))
   results['timings'] = dict(meta['timings'])
   write_results(run.workdir, results)
   return results

@@ -126,10 +126,7 @@ def load(folder: str):
             if seed_dir == f's{results["seed"]}'  # compare's runs/ALG/MODEL/sS
             else factory.model_label(config))
     meta = dict(name=name, algorithm=results['algorithm'],
-                seed=results['seed'],
-                # the run's own official test, for --max_seconds's estimate
-                test_seconds_per_graph=results.get('eval_seconds_per_graph'),
-                test_nodes=results.get('test_nodes'))
+                seed=results['seed'], test_nodes=results.get('test_nodes'))
     params = checkpoints.load_best_params(folder)
   else:
     missing = [f for f in (PARAMS, CONFIG, MODEL)
@@ -188,20 +185,14 @@ def evaluate(folder: str, split: str = 'test', n: int | None = None,
   """Scores a stored model (or a finished run's best parameters) on its
   algorithm's validation split, or on a test split of `n` nodes and `graphs`
   graphs (default: the official test), as the run scored its own tests
-  (`extra_tests.score_set`); with `max_seconds` (a run folder only), on the
-  first of those graphs that fit it by the estimate from the run's own
-  official test (`extra_tests.graphs_within`)."""
+  (`extra_tests.score_set`); with `max_seconds`, on the first of those
+  graphs that fit it, as timed on the first two (`extra_tests.score_within`)."""
   from dear_jax import extra_tests  # pylint: disable=g-import-not-at-top
   from dear_jax import factory  # pylint: disable=g-import-not-at-top
   from dear_jax import profiling  # pylint: disable=g-import-not-at-top
   from dear_jax import splits  # pylint: disable=g-import-not-at-top
   from dear_jax import train  # pylint: disable=g-import-not-at-top
   meta, config, params = load(folder)
-  if max_seconds is not None and not meta.get('test_seconds_per_graph'):
-    raise StoredModelError(
-        '--max_seconds estimates from the time per graph of the run\'s own '
-        f'official test, which {folder} does not record: give a finished '
-        'run folder, or --graphs alone')
   if cache_dir:
     config.data.cache_dir = cache_dir
   algorithm = meta['algorithm']
@@ -223,9 +214,7 @@ def evaluate(folder: str, split: str = 'test', n: int | None = None,
   if split == 'test':  # the run's test settings; validation never had them
     net = net.for_test()
   entry = extra_tests.score_within(
-      _Learner(net), params, evalset, max_seconds,
-      meta.get('test_seconds_per_graph'),
-      meta.get('test_nodes') or dcfg.test_length)
+      _Learner(net), params, evalset, max_seconds)
   return dict(model=meta['name'], algorithm=algorithm, seed=meta['seed'],
               split=split,
               hardware=profiling.hardware_line(), **entry)
@@ -308,10 +297,9 @@ def main(argv=None) -> int:
                       help='test graphs (default: the official count at '
                       'n=64, else the run\'s data.extra_test_num_samples)')
   parser.add_argument('--max_seconds', type=float, default=None,
-                      help='with a finished run folder: score only the first '
-                      'of the --graphs that fit this many seconds, estimated '
-                      'from the run\'s official test (time per graph x '
-                      '(n / its n)^3), at least 2')
+                      help='score only the first of the --graphs that fit '
+                      'this many seconds, as timed on the first 2 (at least '
+                      '2)')
   parser.add_argument('--cache_dir', default=None,
                       help='dataset cache (default: the run\'s)')
   parser.add_argument('--json', default=None,
