@@ -7,8 +7,8 @@
 # ALGORITHMS: a subset of the four (sweep.sh tests each as it finishes).
 # STUDY, MODELS: another study's folder and models, tested the same way on
 # the same graphs (results/sharper/sweep.sh).
-# Each test scores the first of its GRAPHS graphs that fit MAX_SECONDS by
-# the estimate from the run's own n=64 test (amendment of 2026-12-07).
+# Each test scores the first of its GRAPHS graphs that fit MAX_SECONDS at
+# the pace of its own first 2 (PROTOCOL.md's amendments of 2026-12-07).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 graphs=${GRAPHS:-16}
