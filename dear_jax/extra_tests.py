@@ -19,6 +19,10 @@ those are computed (`EvalSet.only_its_graphs`).
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+
 import jax
 import numpy as np
 
@@ -108,11 +112,62 @@ def score_within(learner, params, evalset, max_seconds) -> dict:
   return entry
 
 
-def evaluate_sizes(learner, params, algorithm: str, dcfg,
-                   keep_hints: bool) -> dict:
+# A run folder's finished sizes while its test phase runs (removed once
+# results.json holds them): an interrupted test phase resumes at its first
+# unfinished size instead of scoring hours of large graphs again.
+KEPT_DIR = 'extra_tests.partial'
+
+
+def fingerprint(params, settings) -> str:
+  """sha256 of the parameters (dtypes, shapes, bytes) and `settings`' JSON:
+  what a kept size's entry was computed from."""
+  h = hashlib.sha256()
+  for leaf in jax.tree_util.tree_leaves(params):
+    a = np.asarray(leaf)
+    h.update(f'{a.dtype}{a.shape}'.encode())
+    h.update(np.ascontiguousarray(a).tobytes())
+  h.update(json.dumps(settings, sort_keys=True, default=str).encode())
+  return h.hexdigest()
+
+
+def _kept(path: str, key: str):
+  """The entry kept at `path` for `key`, else None (absent, unreadable or
+  computed from other parameters or settings)."""
+  try:
+    with open(path) as f:
+      kept = json.load(f)
+  except (OSError, ValueError):
+    return None
+  return kept.get('entry') if kept.get('key') == key else None
+
+
+def _keep(path: str, key: str, entry: dict) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path + '.tmp', 'w') as f:
+    json.dump(dict(key=key, entry=entry), f, default=float)
+  os.replace(path + '.tmp', path)
+
+
+def evaluate_sizes(learner, params, algorithm: str, dcfg, keep_hints: bool,
+                   keep_dir: str | None = None, settings=None) -> dict:
   """{str(n): `score_set` of that size} for every n of
   dcfg.extra_test_lengths (`learner`: a dear_jax.loop.Learner), each within
-  dcfg.extra_test_max_seconds (`score_within`)."""
-  return {str(n): score_within(
-      learner, params, splits.load_extra_test(algorithm, n, dcfg, keep_hints),
-      dcfg.extra_test_max_seconds) for n in dcfg.extra_test_lengths}
+  dcfg.extra_test_max_seconds (`score_within`). With `keep_dir`, each
+  finished size is kept there under a key of the parameters and `settings`
+  (the run's config), and a size already kept under the same key is not
+  scored again."""
+  key = fingerprint(params, settings) if keep_dir else None
+  out = {}
+  for n in dcfg.extra_test_lengths:
+    path = os.path.join(keep_dir, f'n{n}.json') if keep_dir else None
+    entry = _kept(path, key) if path else None
+    if entry is None:
+      entry = score_within(
+          learner, params,
+          splits.load_extra_test(algorithm, n, dcfg, keep_hints),
+          dcfg.extra_test_max_seconds)
+      if path:
+        _keep(path, key, entry)
+        entry = _kept(path, key)  # as kept: a resumed run reads the same
+    out[str(n)] = entry
+  return out

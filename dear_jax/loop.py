@@ -30,8 +30,10 @@ comparison depends on, so that it is the same for all of them:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import shutil
 import signal
 import time
 
@@ -446,7 +448,12 @@ def _results(learner: Learner, run: Run, test_set, steps: int,
     if getattr(run.dcfg, 'extra_test_lengths', ()):
       results['extra_tests'] = extra_tests.evaluate_sizes(
           learner, best_params, algorithm, run.dcfg,
-          keep_hints=bool(test_set.batches[0]['hints']))
+          keep_hints=bool(test_set.batches[0]['hints']),
+          keep_dir=os.path.join(run.workdir, extra_tests.KEPT_DIR),
+          settings=(run.config.to_dict() if hasattr(run.config, 'to_dict')
+                    else run.config, dataclasses.asdict(run.dcfg)))
   results['timings'] = dict(meta['timings'])
   write_results(run.workdir, results)
+  shutil.rmtree(os.path.join(run.workdir, extra_tests.KEPT_DIR),
+                ignore_errors=True)
   return results

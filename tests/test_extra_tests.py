@@ -4,6 +4,7 @@ batch sizes, and what a run writes for them."""
 import dataclasses
 import json
 
+import jax
 import numpy as np
 import pytest
 
@@ -211,6 +212,46 @@ def test_a_size_over_the_time_limit_scores_its_first_graphs(tmp_path,
   assert pretrained.main([f'--model={workdir}', '--n=12',
                           '--max_seconds=0']) == 2
   assert '--max_seconds must be a positive' in capsys.readouterr().err
+
+
+def test_an_interrupted_test_phase_resumes_at_its_first_unfinished_size(
+    tmp_path, monkeypatch):
+  """A run stopped while testing its second size keeps its first: the
+  resumed run scores only the second, writes the first as it was scored,
+  and leaves no kept sizes behind; other parameters or settings score
+  again."""
+  from dear_jax import extra_tests  # pylint: disable=g-import-not-at-top
+  config = _tiny_dear(tmp_path, (6, 7), 2)
+  workdir = tmp_path / 'w'
+  real, scored = extra_tests.score_within, []
+
+  def stopping(learner, params, evalset, max_seconds):
+    n = int(evalset.batches[0]['inputs']['pos'].shape[1])
+    scored.append(n)
+    if n == 7 and scored.count(7) == 1:
+      raise KeyboardInterrupt('stopped while testing n=7')
+    return real(learner, params, evalset, max_seconds)
+
+  monkeypatch.setattr(extra_tests, 'score_within', stopping)
+  with pytest.raises((KeyboardInterrupt, train.RunError)):
+    train.train_and_evaluate(config, str(workdir), 'bfs', progress=False)
+  kept = workdir / extra_tests.KEPT_DIR
+  assert sorted(p.name for p in kept.iterdir()) == ['n6.json']
+  first = json.loads((kept / 'n6.json').read_text())['entry']
+  results = train.train_and_evaluate(config, str(workdir), 'bfs',
+                                     progress=False)
+  assert scored == [6, 7, 7]  # n=6 once, n=7 again after the stop
+  assert results['extra_tests']['6'] == first
+  assert results['extra_tests']['7']['graphs'] == 2
+  assert not kept.exists()
+  # the key: another parameter value, or other settings, is another key
+  params = checkpoints.load_best_params(str(workdir))
+  key = extra_tests.fingerprint(params, ('a',))
+  assert extra_tests.fingerprint(params, ('b',)) != key
+  flat, tree = jax.tree_util.tree_flatten(params)
+  flat[0] = np.nextafter(np.asarray(flat[0]), np.inf)  # one ulp
+  assert extra_tests.fingerprint(
+      jax.tree_util.tree_unflatten(tree, flat), ('a',)) != key
 
 
 class _Ready:
