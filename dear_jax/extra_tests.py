@@ -168,6 +168,5 @@ def evaluate_sizes(learner, params, algorithm: str, dcfg, keep_hints: bool,
           dcfg.extra_test_max_seconds)
       if path:
         _keep(path, key, entry)
-        entry = _kept(path, key)  # as kept: a resumed run reads the same
     out[str(n)] = entry
   return out

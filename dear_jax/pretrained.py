@@ -126,7 +126,7 @@ def load(folder: str):
             if seed_dir == f's{results["seed"]}'  # compare's runs/ALG/MODEL/sS
             else factory.model_label(config))
     meta = dict(name=name, algorithm=results['algorithm'],
-                seed=results['seed'], test_nodes=results.get('test_nodes'))
+                seed=results['seed'])
     params = checkpoints.load_best_params(folder)
   else:
     missing = [f for f in (PARAMS, CONFIG, MODEL)
