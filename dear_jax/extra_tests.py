@@ -5,8 +5,8 @@ fresh test sets of each `data.extra_test_lengths` size
 (`splits.load_extra_test`: the official test's sampler and seed,
 `data.extra_test_num_samples` graphs, cached, the same for every model),
 with the learner's own evaluation, so every model of `dear_jax.loop` is
-tested alike. Each size is timed as the official test is: compiled first
-and the warm-up waited for, then one timed pass.
+tested alike. Each size is timed as the official test is: warmed up first
+(`warm`) and waited for, then one timed pass.
 
 A stepwise model's evaluation grows with its steps x n^2 (n^3 with
 triplet messages), so a large size can take hours; with
@@ -40,13 +40,28 @@ _KEPT = ('solver_iters_mean', 'solver_iters_p95', 'nonconverged_fraction',
          'nar_step_cap', 'nar_cap_hit_fraction', 'nar_steps', 'graph_scores')
 
 
-def warm(learner, params, evalset) -> None:
-  """Compiles `learner`'s prediction for each batch shape of `evalset` and
-  waits for it, so that a timed pass after it neither compiles nor waits
-  for the warm-up: JAX dispatches asynchronously, and a warm-up left
-  running would be timed with the pass (its first batch twice)."""
-  for batch in evalset.one_batch_per_shape():
+MIN_GRAPHS = 2
+
+
+def warm(learner, params, evalset) -> str:
+  """Readies `learner`'s prediction for each batch shape of `evalset`, so
+  that a timed pass after it neither compiles nor waits for the warm-up
+  (JAX dispatches asynchronously: a warm-up left running was timed with
+  the pass, its first batch twice). Returns how: 'executed' (each shape
+  predicted once and waited for) or, where a batch holds at most
+  MIN_GRAPHS graphs (n = 256 and 512 at the default batch sizes) and the
+  learner can, 'compiled' (`Learner.compile`, nothing run). There one
+  batch of a stepwise model takes many minutes, and executing it doubled
+  the probe's cost; a first run after a bare compile pays a fixed extra
+  (about 0.3 s on a CPU, benchmarks/warmup.md) that only small, fast
+  batches would feel."""
+  shapes = evalset.one_batch_per_shape()
+  if len(evalset.batches[0]['lengths']) <= MIN_GRAPHS and all(
+      learner.compile(params, batch) for batch in shapes):
+    return 'compiled'
+  for batch in shapes:
     jax.block_until_ready(learner.warm(params, batch))
+  return 'executed'
 
 
 def score_set(learner, params, evalset) -> dict:
@@ -56,7 +71,7 @@ def score_set(learner, params, evalset) -> dict:
   batch holds only its graphs, so the time is theirs."""
   batch_size = int(len(evalset.batches[0]['lengths']))
   evalset = evalset.only_its_graphs()
-  warm(learner, params, evalset)
+  warmup = warm(learner, params, evalset)
   with profiling.Stopwatch() as timed:
     r = learner.evaluate(params, evalset, per_graph=True)
   entry = dict(
@@ -66,14 +81,12 @@ def score_set(learner, params, evalset) -> dict:
       batch_size=batch_size,
       **timed.per_graph(evalset.num_samples),
       eval_warmup_waited=True,  # tests without it timed a batch twice
+      eval_warmup=warmup,
       algo_steps_mean=float(np.mean(evalset.lengths) - 1))
   entry.update({k: r[k] for k in _KEPT if k in r})
   if 'iterations' in entry:
     entry['solver_iterations'] = entry.pop('iterations')
   return entry
-
-
-MIN_GRAPHS = 2
 
 
 def graphs_within(max_seconds, seconds_per_graph, planned: int) -> int:

@@ -93,6 +93,13 @@ class Learner:
     prediction, which `extra_tests.warm` waits for."""
     raise NotImplementedError
 
+  def compile(self, params, batch) -> bool:
+    """Compiles the test's prediction for `batch`'s shape without running
+    it, so that the next call finds the executable; False where the learner
+    cannot (a model with its own jit inside), and `warm` must run it."""
+    del params, batch
+    return False
+
   def metrics(self, evaluation: dict) -> dict:
     """The model's own keys of a validation's evaluation that metrics.jsonl
     logs beside its score (DEAR: the solver's iterations, convergence)."""
@@ -416,8 +423,8 @@ def _results(learner: Learner, run: Run, test_set, steps: int,
   `timings`' checks_seconds is `Learner.results` (DEAR's fixed-point checks,
   with the model's own keys, which cost nothing beside them)."""
   meta, best_params = run.meta, run.best_params
-  with _Phase(clock, [run], None):
-    extra_tests.warm(learner, best_params, test_set)  # outside the timing
+  with _Phase(clock, [run], None):  # outside the timing
+    warmup = extra_tests.warm(learner, best_params, test_set)
   with _Phase(clock, [run], 'test_seconds'), profiling.Stopwatch() as timed:
     test = learner.evaluate(best_params, test_set, per_graph=True)
   results = dict(
@@ -436,6 +443,7 @@ def _results(learner: Learner, run: Run, test_set, steps: int,
       compile_steps=meta['compile_steps'],
       **timed.per_graph(test_set.num_samples),
       eval_warmup_waited=True,  # runs without it timed a batch twice
+      eval_warmup=warmup,
       algo_steps_mean=float(np.mean(test_set.lengths) - 1),
       val_curve=meta['val_curve'], loss_curve=meta['loss_curve'],
       # the machine that tested the run (and timed it, unless it resumed

@@ -160,6 +160,10 @@ class _Learner:
   def warm(self, params, batch):
     return self.predict(params, batch)
 
+  def compile(self, params, batch) -> bool:
+    self.predict.lower(params, batch).compile()  # cached by the jit
+    return True
+
   def evaluate(self, params, evalset, per_graph: bool = False) -> dict:
     from dear_jax import train  # pylint: disable=g-import-not-at-top
     return train.evaluate(self.net, self.predict, params, evalset, per_graph)

@@ -440,6 +440,10 @@ class FlaxLearner(loop.Learner):
   def warm(self, params, batch):  # before each test only
     return self.test_predict(params, batch)
 
+  def compile(self, params, batch) -> bool:
+    self.test_predict.lower(params, batch).compile()  # cached by the jit
+    return True
+
   def metrics(self, evaluation: dict) -> dict:
     return self.net.metrics(evaluation)
 

@@ -520,3 +520,29 @@ def test_eval_chunk_times_both_modes_and_they_predict_the_same(tmp_path,
   for bad in ('--n=0', '--cases=gnn:bfs', '--cases=nar:sorting', '--cases='):
     assert eval_chunk.main([bad, f'--out={tmp_path / "bad"}']) == 2
   assert not (tmp_path / 'bad').exists()
+
+
+def test_warmup_times_a_pass_after_each_warm_up_with_the_same_score(
+    tmp_path, cache_dir):
+  """benchmarks.warmup on a stored model: both warm-ups give a timed pass
+  of the same graphs and score (the warm-up computes nothing kept); a
+  compiled warm-up leaves the pass nothing to compile (test_extra_tests.py);
+  a table row per case; bad flags."""
+  from benchmarks import warmup  # pylint: disable=g-import-not-at-top
+  folder = os.path.join(warmup.REPO, 'pretrained', 'bfs', 'dear')
+  got = {w: warmup.measure(folder, 8, w, cache_dir) for w in warmup.WARMUPS}
+  assert got['executed']['score'] == got['compiled']['score']
+  assert {r['graphs'] for r in got.values()} == {16}
+  assert all(r['seconds_per_graph'] > 0 for r in got.values())
+  row = dict(model='pretrained/bfs/dear', n=8, graphs=16, batch_size=16,
+             same_score=True, load_average_1min=0.5, ratio=2.0,
+             executed=0.1, compiled=0.2, executed_all=[0.1],
+             compiled_all=[0.2])
+  warmup.write([row], str(tmp_path), 'machine')
+  assert ('| pretrained/bfs/dear | 8 | 16 | 16 | 0.100 (0.100–0.100) | '
+          '0.200 (0.200–0.200) | 2.00 | yes |') in (
+              tmp_path / 'warmup.md').read_text()
+  for bad in ('--rounds=0', '--cases=bfs/nar:64', '--cases=bfs/dear:0',
+              '--cases='):
+    assert warmup.main([bad, f'--out={tmp_path / "bad"}']) == 2
+  assert not (tmp_path / 'bad').exists()

@@ -268,8 +268,13 @@ class _Ready:
 class _RecordingLearner:
   """The parts of a Learner that score_set calls, recording their order."""
 
-  def __init__(self):
-    self.log = []
+  def __init__(self, can_compile=False):
+    self.log, self.can_compile = [], can_compile
+
+  def compile(self, params, batch):
+    if self.can_compile:
+      self.log.append(('compile', len(batch['lengths'])))
+    return self.can_compile
 
   def warm(self, params, batch):
     self.log.append(('warm', len(batch['lengths'])))
@@ -297,6 +302,72 @@ def test_a_timed_set_is_compiled_and_waited_for_before_its_pass(tmp_path):
   learner.log.clear()
   extra_tests.score_set(learner, None, full)  # uncut: one shape
   assert learner.log == [('warm', 8), ('waited', 8), ('evaluate', [8, 8])]
+
+
+def test_a_compiled_warm_up_leaves_the_timed_call_nothing_to_trace_or_compile(
+    tmp_path):
+  """`Learner.compile` of the Flax learners (the training loop's and the
+  stored models') compiles the test's prediction without running it; the
+  call that follows must find that executable, or the timed pass would
+  compile. Counted with jax.monitoring's trace and compile events."""
+  from jax import monitoring  # pylint: disable=g-import-not-at-top
+  from dear_jax import pretrained  # pylint: disable=g-import-not-at-top
+  config = _tiny_dear(tmp_path, (6,), 2)
+  spec = clrs_lib.processed_spec('bfs')
+  batch = splits.load_extra_test('bfs', 6, train.data_config(config),
+                                 keep_hints=False).batches[0]
+  net = factory.build_model(config, spec, batch)
+  params = net.init(jax.random.PRNGKey(0), batch)
+  flax_learner = train.FlaxLearner(config, spec)
+  flax_learner.test_predict = jax.jit(net.for_test().predict)
+  stored_learner = pretrained._Learner(net)  # pylint: disable=protected-access
+  events = []
+
+  def listen(name, seconds, **kwargs):
+    del seconds, kwargs
+    if name in ('/jax/core/compile/jaxpr_trace_duration',
+                '/jax/core/compile/backend_compile_duration'):
+      events.append(name)
+
+  monitoring.register_event_duration_secs_listener(listen)
+  try:
+    for learner, predict in ((flax_learner, flax_learner.test_predict),
+                             (stored_learner, stored_learner.predict)):
+      events.clear()
+      assert learner.compile(params, batch) is True
+      assert events  # traced (compiled, unless an equal jit had compiled)
+      events.clear()
+      jax.block_until_ready(predict(params, batch))
+      assert not events
+  finally:
+    monitoring.unregister_event_duration_listener(listen)
+
+
+@pytest.mark.parametrize('batch_size,can_compile,want', [
+    (2, True, 'compiled'), (1, True, 'compiled'), (8, True, 'executed'),
+    (2, False, 'executed')])
+def test_a_set_of_small_batches_is_compiled_for_without_being_run(
+    tmp_path, batch_size, can_compile, want):
+  """warm: where a batch holds at most MIN_GRAPHS graphs (one batch costs
+  as much as the probe) and the learner can compile apart from a call, the
+  shapes are compiled and nothing runs; otherwise each shape is predicted
+  once. score_set records which."""
+  from dear_jax import extra_tests  # pylint: disable=g-import-not-at-top
+  cfg = tiny_data_config(str(tmp_path), eval_batch_size=batch_size)
+  full = splits.load_split('bfs', 'test', cfg, length=6, num_samples=16,
+                           keep_hints=False)
+  learner = _RecordingLearner(can_compile)
+  entry = extra_tests.score_set(learner, None, full.head(5))
+  assert entry['eval_warmup'] == want
+  shapes = sorted({len(b['lengths'])
+                   for b in full.head(5).only_its_graphs().batches},
+                  reverse=True)
+  if want == 'compiled':
+    assert learner.log[:-1] == [('compile', k) for k in shapes]
+  else:
+    assert learner.log[:-1] == [e for k in shapes
+                                for e in (('warm', k), ('waited', k))]
+  assert learner.log[-1][0] == 'evaluate'
 
 
 def test_a_time_from_before_the_waited_warm_up_counts_its_batch_once():
