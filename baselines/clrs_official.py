@@ -223,16 +223,20 @@ class OfficialLearner(loop.Learner):
     return {k: np.concatenate([np.asarray(p[k]) for p in parts])
             for k in parts[0]}, {}
 
-  def evaluate(self, params, evalset, per_graph: bool = False) -> dict:
+  def evaluate(self, params, evalset, per_graph: bool = False,
+               done: list | None = None) -> dict:
     key, self.eval_key = jax.random.split(self.eval_key)
 
-    def predict(p, batch):  # a key per batch, as run.py's collect_and_eval
+    # A key per batch predicted, as run.py's collect_and_eval (dm-clrs's
+    # nets draw from it in training only, so a batch's prediction does not
+    # depend on which key it gets: `done` batches may be skipped).
+    def predict(p, batch):
       nonlocal key
       sub, key = jax.random.split(key)
       return self._predict(p, batch, sub)
 
     return train_lib.evaluate(None, predict, jax.device_put(params), evalset,
-                              per_graph)
+                              per_graph, done)
 
   def warm(self, params, batch):
     return self._predict(jax.device_put(params), batch, jax.random.PRNGKey(0))

@@ -19,6 +19,7 @@ those are computed (`EvalSet.only_its_graphs`).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -55,8 +56,12 @@ def warm(learner, params, evalset) -> str:
   the probe's cost; a first run after a bare compile pays a fixed extra
   (about 0.3 s on a CPU, benchmarks/warmup.md) that only small, fast
   batches would feel."""
-  shapes = evalset.one_batch_per_shape()
-  if len(evalset.batches[0]['lengths']) <= MIN_GRAPHS and all(
+  return _warm(learner, params, evalset.batches)
+
+
+def _warm(learner, params, batches: list) -> str:
+  shapes = list({len(b['lengths']): b for b in batches}.values())
+  if len(batches[0]['lengths']) <= MIN_GRAPHS and all(
       learner.compile(params, batch) for batch in shapes):
     return 'compiled'
   for batch in shapes:
@@ -64,29 +69,59 @@ def warm(learner, params, evalset) -> str:
   return 'executed'
 
 
+@dataclasses.dataclass
+class _Pass:
+  """A scored set's batches, their host predictions and the pass's time:
+  what a later set that starts with the same batches reuses."""
+  batches: list
+  done: list
+  wall: float
+  cpu: float
+
+
 def score_set(learner, params, evalset) -> dict:
   """One evaluation set scored and timed as every test size is: {score,
   scores, graphs, nodes, batch_size, eval_seconds_per_graph, algo_steps_mean,
   solver/steps keys} (`learner`: a dear_jax.loop.Learner). A cut set's last
   batch holds only its graphs, so the time is theirs."""
+  return _score(learner, params, evalset)[0]
+
+
+def _score(learner, params, evalset, before: _Pass | None = None):
+  """score_set's entry and its `_Pass`. Where `before` passed over this
+  set's first batches (the very batch objects) those are not predicted
+  again: their predictions and time are `before`'s, added to this pass's."""
   batch_size = int(len(evalset.batches[0]['lengths']))
   evalset = evalset.only_its_graphs()
-  warmup = warm(learner, params, evalset)
+  if before is not None and not (
+      len(before.batches) < len(evalset.batches) and all(
+          a is b for a, b in zip(before.batches, evalset.batches))):
+    before = None  # not this set's first batches: all are scored here
+  done, wall, cpu = [], 0.0, 0.0
+  if before is not None:
+    done, wall, cpu = list(before.done), before.wall, before.cpu
+  warmup = _warm(learner, params, evalset.batches[len(done):])
   with profiling.Stopwatch() as timed:
-    r = learner.evaluate(params, evalset, per_graph=True)
+    r = learner.evaluate(params, evalset, per_graph=True, done=done)
+  wall, cpu = wall + timed.wall, cpu + timed.cpu
+  graphs = int(evalset.num_samples)
   entry = dict(
       score=r['score'], scores=r.get('scores'),
-      graphs=int(evalset.num_samples),
+      graphs=graphs,
       nodes=int(batch_lib.num_nodes(evalset.batches[0])),
       batch_size=batch_size,
-      **timed.per_graph(evalset.num_samples),
+      eval_seconds_per_graph=wall / graphs,
+      eval_cpu_seconds_per_graph=cpu / graphs,
+      eval_load_average=timed.load,
       eval_warmup_waited=True,  # tests without it timed a batch twice
       eval_warmup=warmup,
       algo_steps_mean=float(np.mean(evalset.lengths) - 1))
+  if before is not None:
+    entry['graphs_from_probe'] = sum(len(b['lengths']) for b in before.batches)
   entry.update({k: r[k] for k in _KEPT if k in r})
   if 'iterations' in entry:
     entry['solver_iterations'] = entry.pop('iterations')
-  return entry
+  return entry, _Pass(evalset.batches, done, wall, cpu)
 
 
 def graphs_within(max_seconds, seconds_per_graph, planned: int) -> int:
@@ -108,18 +143,23 @@ def score_within(learner, params, evalset, max_seconds) -> dict:
   ways that differ by algorithm and model (up to the learnt-termination
   cap), so no one power of n estimates it. The probe
   is scored as every set is; where only MIN_GRAPHS fit it is the entry, else
-  the fitting graphs are scored again as one set (the probe's graphs
-  included), so the limit is exceeded by the probe's time at most. Where
-  fewer graphs than planned are scored, the entry also has
+  the fitting graphs are scored as one set, so the limit is exceeded by the
+  probe's time at most. Where the probe's batches are that set's first
+  (batches of at most MIN_GRAPHS graphs: n = 256, 512) they are not
+  predicted again: the set's predictions and time include the probe's
+  ('graphs_from_probe'); else the probe's graphs are scored again with the
+  others. Where fewer graphs than planned are scored, the entry also has
   'graphs_planned' and 'estimated_seconds_per_graph' (the probe's)."""
   planned = int(evalset.num_samples)
   if not max_seconds or planned <= MIN_GRAPHS:
     return score_set(learner, params, evalset)
-  probe = score_set(learner, params, evalset.head(MIN_GRAPHS))
+  probe, probe_pass = _score(learner, params, evalset.head(MIN_GRAPHS))
   per = probe['eval_seconds_per_graph']
   graphs = graphs_within(max_seconds, per, planned)
-  entry = (probe if graphs == MIN_GRAPHS
-           else score_set(learner, params, evalset.head(graphs)))
+  if graphs == MIN_GRAPHS:
+    entry = probe
+  else:
+    entry = _score(learner, params, evalset.head(graphs), probe_pass)[0]
   if graphs < planned:
     entry.update(graphs_planned=planned, estimated_seconds_per_graph=per)
   return entry

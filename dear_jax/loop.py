@@ -83,9 +83,11 @@ class Learner:
     run.meta['learner']; `start` reads it back after `run.restore`."""
     return {}
 
-  def evaluate(self, params, evalset, per_graph: bool = False) -> dict:
+  def evaluate(self, params, evalset, per_graph: bool = False,
+               done: list | None = None) -> dict:
     """`dear_jax.train.evaluate`'s dict (score, scores, solver statistics;
-    with `per_graph`, each graph's own score too: tests, not validation)."""
+    with `per_graph`, each graph's own score too: tests, not validation);
+    `done` as that function takes it."""
     raise NotImplementedError
 
   def warm(self, params, batch):

@@ -164,9 +164,11 @@ class _Learner:
     self.predict.lower(params, batch).compile()  # cached by the jit
     return True
 
-  def evaluate(self, params, evalset, per_graph: bool = False) -> dict:
+  def evaluate(self, params, evalset, per_graph: bool = False,
+               done: list | None = None) -> dict:
     from dear_jax import train  # pylint: disable=g-import-not-at-top
-    return train.evaluate(self.net, self.predict, params, evalset, per_graph)
+    return train.evaluate(self.net, self.predict, params, evalset, per_graph,
+                          done)
 
 
 def _check_shapes(net, params, batch) -> None:

@@ -157,17 +157,22 @@ def graph_scores(evalset, preds: dict) -> list:
           for i in range(evalset.num_samples)]
 
 
-def evaluate(model, predict_fn, params, evalset, per_graph: bool = False) -> dict:
+def evaluate(model, predict_fn, params, evalset, per_graph: bool = False,
+             done: list | None = None) -> dict:
   """Scores a split with `clrs.evaluate` (pooled over the whole split), for
   every model: `predict_fn(params, batch)` -> (hard output arrays, aux).
   'scores' holds clrs.evaluate's per-output scores too; a Reasoner `model`
-  adds its own keys (`Reasoner.summarise`)."""
-  preds, auxes = [], []
-  for batch in evalset.batches:
+  adds its own keys (`Reasoner.summarise`). `done`: the host (outputs, aux)
+  of the split's first batches, predicted by an earlier pass over the same
+  batches (a size's probe, `extra_tests.score_within`); those are not
+  predicted again, and the list is extended with the others'."""
+  done = [] if done is None else done
+  for batch in evalset.batches[len(done):]:
     out, aux = predict_fn(params, batch)
-    preds.append(jax.device_get(out))
-    if model is not None:
-      auxes.append(jax.device_get(aux))
+    done.append((jax.device_get(out),
+                 None if model is None else jax.device_get(aux)))
+  preds = [out for out, _ in done[:len(evalset.batches)]]
+  auxes = [aux for _, aux in done[:len(evalset.batches)]]
   n = evalset.num_samples
   preds = {k: np.concatenate([p[k] for p in preds])[:n] for k in preds[0]}
   clrs = clrs_lib.clrs()
@@ -432,10 +437,12 @@ class FlaxLearner(loop.Learner):
     params, opt_state = self.stack.get(j)
     return jax.tree.map(jnp.copy, params), opt_state
 
-  def evaluate(self, params, evalset, per_graph: bool = False) -> dict:
+  def evaluate(self, params, evalset, per_graph: bool = False,
+               done: list | None = None) -> dict:
     if per_graph:
-      return evaluate(self.test_net, self.test_predict, params, evalset, True)
-    return evaluate(self.net, self.predict, params, evalset)
+      return evaluate(self.test_net, self.test_predict, params, evalset, True,
+                      done)
+    return evaluate(self.net, self.predict, params, evalset, done=done)
 
   def warm(self, params, batch):  # before each test only
     return self.test_predict(params, batch)

@@ -154,13 +154,13 @@ def test_a_size_is_timed_on_its_own_first_graphs(monkeypatch, pace, planned,
   from dear_jax import extra_tests  # pylint: disable=g-import-not-at-top
   scored = []
 
-  def score_set(learner, params, evalset):
-    del learner, params
+  def score(learner, params, evalset, before=None):
+    del learner, params, before
     scored.append(evalset.num_samples)
     return dict(graphs=evalset.num_samples, eval_seconds_per_graph=pace,
-                call=len(scored))
+                call=len(scored)), None
 
-  monkeypatch.setattr(extra_tests, 'score_set', score_set)
+  monkeypatch.setattr(extra_tests, '_score', score)
   got = extra_tests.score_within(None, None, _Graphs(planned), 1800)
   assert scored == want_sets
   assert got['graphs'] == want and got['call'] == len(want_sets)
@@ -280,8 +280,9 @@ class _RecordingLearner:
     self.log.append(('warm', len(batch['lengths'])))
     return {'out': _Ready(self.log, len(batch['lengths']))}
 
-  def evaluate(self, params, evalset, per_graph=False):
-    self.log.append(('evaluate', [len(b['lengths']) for b in evalset.batches]))
+  def evaluate(self, params, evalset, per_graph=False, done=None):
+    self.log.append(('evaluate', [len(b['lengths'])
+                                  for b in evalset.batches[len(done or []):]]))
     return {'score': 0.5}
 
 
@@ -368,6 +369,63 @@ def test_a_set_of_small_batches_is_compiled_for_without_being_run(
     assert learner.log[:-1] == [e for k in shapes
                                 for e in (('warm', k), ('waited', k))]
   assert learner.log[-1][0] == 'evaluate'
+
+
+@pytest.mark.parametrize('kind', ['dear', 'nar_lt'])
+@pytest.mark.parametrize('batch_size,reused', [(2, True), (1, True),
+                                               (4, False)])
+def test_a_probe_of_whole_batches_is_not_predicted_again(
+    tmp_path, monkeypatch, kind, batch_size, reused):
+  """score_within over 5 graphs with a limit they fit: where the probe's 2
+  graphs are the set's first whole batches (batches of 1 or 2) they are
+  predicted once, and the entry is the one set's that scores all 5 at once
+  (score, per-graph scores, DEAR's iterations, the NAR's steps), timed as
+  the probe's pass plus the rest's; where the probe cut a batch (batches
+  of 4) the set is scored whole again, and timed alone."""
+  from dear_jax import extra_tests, pretrained  # pylint: disable=g-import-not-at-top
+  config = tiny_config(tmp_path / 'data', kind='nar' if kind == 'nar_lt'
+                       else kind)
+  if kind == 'nar_lt':
+    config.nar.hint_mode = 'none'
+    config.nar.learn_termination = True
+  config.model.hidden = 8
+  config.data.eval_batch_size = batch_size
+  config.data.extra_test_num_samples = 5
+  evalset = splits.load_extra_test('bfs', 5, train.data_config(config),
+                                   keep_hints=False)
+  assert len(evalset.batches[0]['lengths']) == batch_size
+  net = factory.build_model(config, clrs_lib.processed_spec('bfs'),
+                            evalset.batches[0]).for_test()
+  params = net.init(jax.random.PRNGKey(3), evalset.batches[0])
+
+  class Counting(pretrained._Learner):  # pylint: disable=protected-access
+    predicted = 0
+
+    def evaluate(self, params, evalset, per_graph=False, done=None):
+      Counting.predicted += len(evalset.batches) - len(done or [])
+      return super().evaluate(params, evalset, per_graph, done)
+
+  class Second:  # every timed pass takes 1 s (0.5 s of CPU)
+    def __enter__(self):
+      return self
+
+    def __exit__(self, *exc):
+      self.wall, self.cpu, self.load = 1.0, 0.5, 0.0
+
+  monkeypatch.setattr(extra_tests.profiling, 'Stopwatch', Second)
+  got = extra_tests.score_within(Counting(net), params, evalset, 1e6)
+  passes = 2 if reused else 1
+  assert got['eval_seconds_per_graph'] == pytest.approx(passes / 5)
+  assert got['eval_cpu_seconds_per_graph'] == pytest.approx(passes * 0.5 / 5)
+  batches = -(-5 // batch_size)
+  probe = -(-2 // batch_size)
+  assert Counting.predicted == (batches if reused else probe + batches)
+  assert got.get('graphs_from_probe') == (2 if reused else None)
+  want = extra_tests.score_set(pretrained._Learner(net), params, evalset)  # pylint: disable=protected-access
+  assert got['graphs'] == want['graphs'] == 5
+  for key in ('score', 'graph_scores', 'solver_iterations', 'nar_steps'):
+    assert got.get(key) == want.get(key), key
+  assert ('solver_iterations' if kind == 'dear' else 'nar_steps') in got
 
 
 def test_a_time_from_before_the_waited_warm_up_counts_its_batch_once():

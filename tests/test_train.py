@@ -294,10 +294,11 @@ def test_test_score_uses_best_validation_parameters(cache_dir, tmp_path,
   val_params, test_calls = [], []
   real = train.evaluate
 
-  def fake_evaluate(model, predict_fn, params, evalset, per_graph=False):
+  def fake_evaluate(model, predict_fn, params, evalset, per_graph=False,
+                    done=None):
     if evalset.key == test_key:
       assert per_graph  # the test's graphs are scored one by one too
-      result = real(model, predict_fn, params, evalset, per_graph)
+      result = real(model, predict_fn, params, evalset, per_graph, done)
       test_calls.append((params, result['score']))
       return result
     assert not per_graph  # validation needs no per-graph scores
