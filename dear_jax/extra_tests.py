@@ -56,12 +56,8 @@ def warm(learner, params, evalset) -> str:
   the probe's cost; a first run after a bare compile pays a fixed extra
   (about 0.3 s on a CPU, benchmarks/warmup.md) that only small, fast
   batches would feel."""
-  return _warm(learner, params, evalset.batches)
-
-
-def _warm(learner, params, batches: list) -> str:
-  shapes = list({len(b['lengths']): b for b in batches}.values())
-  if len(batches[0]['lengths']) <= MIN_GRAPHS and all(
+  shapes = evalset.one_batch_per_shape()
+  if len(evalset.batches[0]['lengths']) <= MIN_GRAPHS and all(
       learner.compile(params, batch) for batch in shapes):
     return 'compiled'
   for batch in shapes:
@@ -100,19 +96,17 @@ def _score(learner, params, evalset, before: _Pass | None = None):
   done, wall, cpu = [], 0.0, 0.0
   if before is not None:
     done, wall, cpu = list(before.done), before.wall, before.cpu
-  warmup = _warm(learner, params, evalset.batches[len(done):])
+  warmup = warm(learner, params, dataclasses.replace(
+      evalset, batches=evalset.batches[len(done):]))
   with profiling.Stopwatch() as timed:
     r = learner.evaluate(params, evalset, per_graph=True, done=done)
-  wall, cpu = wall + timed.wall, cpu + timed.cpu
-  graphs = int(evalset.num_samples)
+  timed.wall, timed.cpu = timed.wall + wall, timed.cpu + cpu
   entry = dict(
       score=r['score'], scores=r.get('scores'),
-      graphs=graphs,
+      graphs=int(evalset.num_samples),
       nodes=int(batch_lib.num_nodes(evalset.batches[0])),
       batch_size=batch_size,
-      eval_seconds_per_graph=wall / graphs,
-      eval_cpu_seconds_per_graph=cpu / graphs,
-      eval_load_average=timed.load,
+      **timed.per_graph(evalset.num_samples),
       eval_warmup_waited=True,  # tests without it timed a batch twice
       eval_warmup=warmup,
       algo_steps_mean=float(np.mean(evalset.lengths) - 1))
@@ -121,7 +115,7 @@ def _score(learner, params, evalset, before: _Pass | None = None):
   entry.update({k: r[k] for k in _KEPT if k in r})
   if 'iterations' in entry:
     entry['solver_iterations'] = entry.pop('iterations')
-  return entry, _Pass(evalset.batches, done, wall, cpu)
+  return entry, _Pass(evalset.batches, done, timed.wall, timed.cpu)
 
 
 def graphs_within(max_seconds, seconds_per_graph, planned: int) -> int:
